@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random-weight RWKV models (built once per session, official layout, real
+World vocabulary) and a private data directory for every test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# tests never reach the network, and never write into the repository's data/
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _private_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    monkeypatch.setenv("RP_DATA_DIR", str(d))
+    return d
+
+
+@pytest.fixture
+def data_dir(_private_data_dir: Path) -> Path:
+    return _private_data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """tiny_models(version, layers=2, width=128) -> Path of a .pth built once per session."""
+    from core.tiny_model import write_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    made: dict[tuple[int, int, int], Path] = {}
+
+    def get(version: int, layers: int = 2, width: int = 128) -> Path:
+        key = (version, layers, width)
+        if key not in made:
+            made[key] = write_model(root / f"v{version}-L{layers}-D{width}.pth", *key)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def rwkv7_backend(tiny_models):
+    """One loaded tiny RWKV-7 (cpu fp32), shared by the tests that only read from it."""
+    from core.rwkv_backend import RwkvBackend
+
+    return RwkvBackend(tiny_models(7), "cpu fp32")
