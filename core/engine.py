@@ -147,7 +147,12 @@ class Engine:
     def set_cache_budget(self, mem_mb: float, disk_mb: float) -> None:
         self.cache.set_budget(mem_mb, disk_mb)
 
+    def flush(self) -> None:
+        """Wait for checkpoints on their way to disk (before a planned restart, in tests)."""
+        self.cache.flush()
+
     def close(self) -> None:
+        self.cache.flush()
         self.backend.close()
 
     # ------------------------------------------------------------------ prompt building

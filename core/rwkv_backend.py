@@ -8,6 +8,7 @@ after the other in one process and users never set any of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -17,6 +18,7 @@ import pickle
 import re
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from types import ModuleType
@@ -57,7 +59,9 @@ def _model_module(v7: bool, cuda_on: bool, jit_on: bool) -> ModuleType:
         saved = {k: os.environ.get(k) for k in switches}
         os.environ.update(switches)
         try:
-            mod_spec.loader.exec_module(module)
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                mod_spec.loader.exec_module(module)
         except Exception as e:  # a CUDA kernel that fails to build, say
             raise ModelError(f"Could not prepare the rwkv package ({switches}): {e}") from e
         finally:
@@ -195,10 +199,12 @@ class RwkvBackend:
         os.environ["RWKV_CUDA_ON"] = "1" if cuda_on else "0"
         os.environ["RWKV_JIT_ON"] = "1" if jit_on else "0"
         try:
-            if version == 7:  # the v7 class appends ".pth" itself
-                model = module.RWKV(str(p.with_suffix("")), strategy)
-            else:
-                model = module.RWKV(str(p), strategy, verbose=False)
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                if version == 7:  # the v7 class appends ".pth" itself
+                    model = module.RWKV(str(p.with_suffix("")), strategy)
+                else:
+                    model = module.RWKV(str(p), strategy, verbose=False)
         except ModelError:
             raise
         except Exception as e:

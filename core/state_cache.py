@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -57,6 +58,10 @@ class StateCache:
         self._lock = threading.Lock()
         self._disk_bytes: int | None = None
         self.hits_mem = self.hits_disk = self.misses = 0
+        # disk writes happen on a writer thread, off the path to the first token
+        self._queue: queue.Queue[tuple[str, Checkpoint]] = queue.Queue()
+        self._pending: dict[str, Checkpoint] = {}
+        self._writer: threading.Thread | None = None
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
 
@@ -73,7 +78,10 @@ class StateCache:
                 self._mem.move_to_end(key)
                 self.hits_mem += 1
                 return hit[0]
-        cp = self._read_disk(key)
+        with self._lock:
+            cp = self._pending.get(key)
+        if cp is None:
+            cp = self._read_disk(key)
         if cp is not None:
             self.hits_disk += 1
             self.put(key, cp, disk=False)
@@ -83,7 +91,7 @@ class StateCache:
 
     def contains(self, key: str) -> bool:
         with self._lock:
-            if key in self._mem:
+            if key in self._mem or key in self._pending:
                 return True
         return self.dir is not None and (self.dir / f"{key}.state").is_file()
 
@@ -97,8 +105,30 @@ class StateCache:
             while self._mem_bytes > self.mem_budget and len(self._mem) > 1:
                 _, (_, s) = self._mem.popitem(last=False)
                 self._mem_bytes -= s
-        if disk:
-            self._write_disk(key, cp)
+        if disk and self.dir is not None and self.disk_budget > 0:
+            with self._lock:
+                self._pending[key] = cp
+                if self._writer is None or not self._writer.is_alive():
+                    self._writer = threading.Thread(
+                        target=self._write_loop, name="state-cache-writer", daemon=True
+                    )
+                    self._writer.start()
+            self._queue.put((key, cp))
+
+    def _write_loop(self) -> None:
+        while True:
+            key, cp = self._queue.get()
+            try:
+                self._write_disk(key, cp)
+            finally:
+                with self._lock:
+                    if self._pending.get(key) is cp:
+                        del self._pending[key]
+                self._queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every checkpoint sent to disk is written."""
+        self._queue.join()
 
     # ---- disk
     def _read_disk(self, key: str) -> Checkpoint | None:
@@ -187,6 +217,7 @@ class StateCache:
             self._evict_disk()
 
     def clear(self) -> None:
+        self.flush()
         with self._lock:
             self._mem.clear()
             self._mem_bytes = 0

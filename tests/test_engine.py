@@ -43,7 +43,9 @@ def test_chinese_blank_line_split_across_tokens_ends_the_reply(rwkv7_backend) ->
 
 def test_token_limit_keeps_the_text_and_says_why(rwkv7_backend) -> None:
     eng = Engine(rwkv7_backend)
-    res = eng.reply(CTX, _history(), Message("char"), SamplingParams(seed=1, max_tokens=5)).consume()
+    res = eng.reply(
+        CTX, _history(), Message("char"), SamplingParams(seed=1, max_tokens=5)
+    ).consume()
     assert res.stop_reason == "length" and res.new_tokens == 5 and res.text
 
 
@@ -81,7 +83,9 @@ def test_the_first_token_cannot_end_the_reply_empty(rwkv7_backend) -> None:
     fb = ForcedBackend(rwkv7_backend)
     eng = Engine(fb)
     fb.script = [261, 261, 261]  # "\n\n" forced three times: banned while nothing was said
-    res = eng.reply(CTX, _history(), Message("char"), SamplingParams(seed=3, max_tokens=8)).consume()
+    res = eng.reply(
+        CTX, _history(), Message("char"), SamplingParams(seed=3, max_tokens=8)
+    ).consume()
     assert res.text.strip() != ""
 
 
@@ -163,11 +167,13 @@ def test_checkpoints_survive_a_restart_and_respect_the_disk_budget(
     hist = _history()
     r = eng.reply(CTX, hist, Message("char"), P).consume()
     hist += [Message("char", r.text), Message("user", "again")]
+    eng.flush()
     reopened = Engine(rwkv7_backend, cache_dir=cache)  # a new process, the same data directory
     res = reopened.reply(CTX, hist, Message("char"), P).consume()
     assert res.fed_tokens == len(rwkv7_backend.tokenize("Bob:")) + len(
         rwkv7_backend.tokenize(" again\n\n")
     ) + len(rwkv7_backend.tokenize("Alice:"))
+    reopened.flush()
     size = eng.cache_stats()["disk_bytes"]
     assert size > 0
     reopened.set_cache_budget(64, size / 2**20 / 2)
@@ -180,6 +186,7 @@ def test_a_damaged_checkpoint_file_is_only_a_miss(rwkv7_backend, tmp_path: Path)
     cache = tmp_path / "states"
     eng = Engine(rwkv7_backend, cache_dir=cache)
     eng.warm(CTX, _history())
+    eng.flush()
     for f in cache.glob("*.state"):
         f.write_bytes(b"garbage")
     fresh = Engine(rwkv7_backend, cache_dir=cache)
@@ -193,7 +200,9 @@ def test_engine_runs_older_versions(tiny_models, version: int) -> None:
     from core.rwkv_backend import RwkvBackend
 
     eng = Engine(RwkvBackend(tiny_models(version), "cpu fp32"))
-    res = eng.reply(CTX, _history(), Message("char"), SamplingParams(seed=1, max_tokens=6)).consume()
+    res = eng.reply(
+        CTX, _history(), Message("char"), SamplingParams(seed=1, max_tokens=6)
+    ).consume()
     assert res.new_tokens >= 1
     hist = [*_history(), Message("char", res.text or "ok"), Message("user", "more")]
     a, _ = eng.state_for(CTX, hist, Message("char"))

@@ -65,6 +65,7 @@ def check_invariant(make_engine, ops) -> None:
                 hist.append(Message("user", o[1]))
                 reply(1234, max_tokens=12, cancel_after=o[2])
             elif kind == "reopen":
+                eng.flush()  # a restart after the writes (a crash before them only loses speed)
                 eng = make_engine(cache_dir)
             cached, _ = eng.state_for(CTX, hist, Message("char"))
             fresh, _ = eng.reference_state(CTX, hist, Message("char"))
