@@ -148,3 +148,16 @@ def _other_network(d: Path) -> Path:
     path = d / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(10, 4)}, path)
     return path
+
+
+def test_tiny_model_command_line_writes_a_loadable_model(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "made.pth"
+    cmd = [sys.executable, "-m", "core.tiny_model", "--version", "5", "--layers", "2"]
+    cmd += ["--width", "64", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    b = RwkvBackend(out, "cpu fp32")
+    assert (b.info.version, b.info.n_layer, b.info.n_embd, b.info.n_vocab) == (5, 2, 64, 65536)
