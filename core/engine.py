@@ -32,6 +32,7 @@ from core.prompt import (
     PromptFormat,
     RoleplayFormat,
     normalize,
+    speaker_name,
 )
 from core.sampler import Penalties, SamplingParams, sample
 from core.state_cache import Checkpoint, StateCache, chain_key, root_key
@@ -122,6 +123,7 @@ class Engine:
             cache_dir,
             mem_budget_mb,
             disk_budget_mb,
+            nbytes=getattr(backend, "state_nbytes", None),
         )
         self._root = root_key(self.info.identity)
         self._lock = threading.Lock()  # one forward at a time on the model
@@ -349,9 +351,11 @@ class Engine:
                 raise ValueError("nothing to continue: the chat is empty")
             speaker = history[-1]
         names = [m.name for m in history if m.name]
+        me = speaker_name(speaker, ctx)
         scanner = StopScanner(
             self.format.stop_strings(speaker, ctx, names),
             strip_leading=not continue_last,
+            strip_prefixes=(f"{me}:", f"{me}\uff1a"),  # a reply that repeats its own header
         )
         prompt = self._build(ctx, history, speaker, open_last=continue_last)
         res.prompt_tokens = prompt.n_tokens

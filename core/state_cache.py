@@ -46,8 +46,10 @@ class StateCache:
         directory: Path | None,
         mem_budget_mb: float = 512,
         disk_budget_mb: float = 2048,
+        nbytes: Callable[[State], int] | None = None,
     ) -> None:
         self._to_bytes = to_bytes
+        self._nbytes = nbytes  # a state's size without serialising it, where states vary
         self._from_bytes = from_bytes
         self.dir = directory
         self.mem_budget = int(mem_budget_mb * 2**20)
@@ -67,7 +69,9 @@ class StateCache:
 
     # ---- memory
     def _size(self, cp: Checkpoint) -> int:
-        if self._state_nbytes is None:
+        if self._nbytes is not None:  # a transformer's KV cache grows with the context
+            return self._nbytes(cp.state) + cp.logits.nbytes
+        if self._state_nbytes is None:  # RWKV: every state has the same size
             self._state_nbytes = len(self._to_bytes(cp.state))
         return self._state_nbytes + cp.logits.nbytes
 

@@ -67,3 +67,16 @@ def test_streamed_pieces_always_add_up_to_the_kept_text() -> None:
     text = " 小雪看着你。\n她笑了：“好呀！”🎉\n\nUser: x"
     shown, sc = _run(_tokens(text))
     assert "".join(shown) == sc.final_text() == "小雪看着你。\n她笑了：“好呀！”🎉"
+
+
+def test_a_reply_that_opens_with_another_speakers_name_ends_there() -> None:
+    shown, sc = _run([b" Us", b"er", b": I speak for you"])
+    assert sc.stopped and sc.final_text() == "" and "".join(shown) == ""
+
+
+def test_a_reply_that_repeats_its_own_name_loses_it() -> None:
+    sc = StopScanner(STOPS, strip_prefixes=["Mia:", "Mia："])
+    shown = [sc.push(p) for p in (b" Mi", b"a", b":", b" Hello", b" there", b"\n\n")]
+    assert "".join(shown) == "Hello there" == sc.final_text()
+    other = StopScanner(STOPS, strip_prefixes=["Mia:"])
+    assert other.push(b" Mi") == "" and other.push(b"ke waves") == "Mike waves"
