@@ -133,6 +133,7 @@ class Engine:
         self._key_cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._banned_first: np.ndarray | None = None
         self._initial: Checkpoint | None = None
+        self._advance_fn = getattr(backend, "advance", None)
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -211,8 +212,14 @@ class Engine:
         return _Prompt(chunks, boundaries)
 
     # ------------------------------------------------------------------ states
-    def _forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
+    def _forward(
+        self, tokens: list[int], state: State, drop_input: bool = False
+    ) -> tuple[np.ndarray, State]:
+        """One call into the model, under the model's lock. With `drop_input` the caller never
+        uses `state` again, and a back end with `advance` may skip keeping it."""
         with self._lock:
+            if drop_input and self._advance_fn is not None:
+                return self._advance_fn(tokens, state)
             return self.backend.forward(tokens, state)
 
     def _initial_checkpoint(self) -> Checkpoint:
@@ -393,7 +400,8 @@ class Engine:
                 if i == params.max_tokens - 1:
                     res.stop_reason = "length"
                     break
-                logits, state = self._forward([tok], state)
+                # the prompt's state stays in the cache; later ones are this loop's alone
+                logits, state = self._forward([tok], state, drop_input=bool(fed))
                 fed.append(tok)
         except GeneratorExit:
             res.stop_reason = "closed"  # the consumer went away: keep what was shown

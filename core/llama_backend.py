@@ -304,13 +304,14 @@ class LlamaState:
     """An immutable model state: `n_past` tokens fed. Lives in a slot of the context and/or as
     bytes (`data`); never changed after it is made."""
 
-    __slots__ = ("n_past", "data", "slot", "owner", "__weakref__")
+    __slots__ = ("n_past", "data", "slot", "owner", "consumed", "__weakref__")
 
     def __init__(self, n_past: int, data: bytes | bytearray | None = None, owner: int = 0) -> None:
         self.n_past = n_past
         self.data = data  # llama_state_seq bytes (never changed); None while only resident
         self.slot: int | None = None  # sequence id that holds it, if any
         self.owner = owner  # id of the backend instance that made it
+        self.consumed = False  # given to `advance`: its contents are gone
 
     @property
     def empty(self) -> bool:
@@ -747,10 +748,20 @@ class LlamaBackend:
         return s
 
     # ---- running
-    def forward(self, tokens: list[int], state: LlamaState) -> tuple[np.ndarray, LlamaState]:
+    def advance(self, tokens: list[int], state: LlamaState) -> tuple[np.ndarray, LlamaState]:
+        """`forward` for a caller that drops `state` afterwards (a decode loop): a recurrent
+        model's sequence is then decoded without first saving the old state. Using `state`
+        again raises ModelError."""
+        return self.forward(tokens, state, consume=True)
+
+    def forward(
+        self, tokens: list[int], state: LlamaState, consume: bool = False
+    ) -> tuple[np.ndarray, LlamaState]:
         """Feed `tokens` after `state`: float32 logits of the last token and the new state.
-        `state` is left as it was."""
+        `state` is left as it was (unless `consume`, see `advance`)."""
         self._check_state(state)
+        if state.consumed:
+            raise ModelError("This state was used up by a decode step; it cannot be fed again.")
         n = len(tokens)
         if n == 0:
             raise ValueError("forward needs at least one token")
@@ -767,7 +778,7 @@ class LlamaBackend:
             if int(arr.min()) < 0 or int(arr.max()) >= self.n_vocab:
                 raise ModelError(f"A token id is outside the vocabulary of {self.n_vocab}.")
             if self.recurrent:
-                return self._forward_in_place(tokens, state)
+                return self._forward_in_place(tokens, state, consume)
             self._collect()
             src = self._resident(state)
             dst = self._take_slot(src)
@@ -783,7 +794,7 @@ class LlamaBackend:
             return logits, new
 
     def _forward_in_place(
-        self, tokens: list[int], state: LlamaState
+        self, tokens: list[int], state: LlamaState, consume: bool = False
     ) -> tuple[np.ndarray, LlamaState]:
         """Recurrent models: one sequence, decoded in place, so llama.cpp reuses its graph from
         token to token. The state in it is saved to bytes first if it has none (one copy of the
@@ -793,7 +804,10 @@ class LlamaBackend:
         here = sl.owner() if sl.owner is not None else None
         if here is state:
             if state.data is None:
-                self._snapshot(state, w)
+                if consume:  # nobody will read it again: no need to save it
+                    state.consumed = True
+                else:
+                    self._snapshot(state, w)
         else:
             if here is not None:
                 if here.data is None:

@@ -265,3 +265,19 @@ def test_a_copied_gguf_has_the_same_identity_and_shares_states(ggufs, f32, tmp_p
 def test_state_invariant_on_the_llama_backend(f32, ops) -> None:
     """The foundation's property test, on llama.cpp states."""
     check_invariant(lambda d: Engine(f32, cache_dir=d), ops)
+
+
+def test_advance_gives_the_same_logits_and_uses_its_input_up(f32) -> None:
+    toks = f32.tokenize(PROMPT)
+    expected = []
+    la, sa = f32.forward(toks, f32.initial_state())
+    for t in (11, 12, 13):
+        la, sa = f32.forward([t], sa)
+        expected.append(la)
+    lb, sb = f32.forward(toks, f32.initial_state())
+    for t, want in zip((11, 12, 13), expected, strict=True):
+        lb, nxt = f32.advance([t], sb)  # sb is the resident state: it is not saved first
+        assert np.array_equal(lb, want)
+        with pytest.raises(ModelError, match="used up"):
+            f32.forward([t], sb)
+        sb = nxt
