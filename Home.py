@@ -1,0 +1,59 @@
+"""Entry point: `streamlit run Home.py [-- --model models/x.pth --strategy "cpu fp32" ...]`.
+
+It is the router of the app: page setup, st.navigation over the pages in pages/ (home, chat,
+characters, settings; pages/ui_common.py is a helper module, not a page), the password, then the
+chosen page. st.navigation is called before the password form so that Streamlit stops running
+pages/ files directly (its old multipage mode) from the first run on.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.cli_args import cli_args
+from pages.ui_common import (
+    PAGE_CHARACTERS,
+    PAGE_CHAT,
+    PAGE_HOME,
+    PAGE_SETTINGS,
+    T,
+    app_icon,
+    authenticated,
+    md_inline,
+    password_gate,
+    routed,
+)
+
+# the icon is a picture served by this server: an emoji or :material/...: favicon would be
+# fetched from a CDN by the browser
+st.set_page_config(page_title="RWKV Role Play", page_icon=app_icon(), layout="wide")
+
+page = st.navigation(
+    [
+        st.Page(PAGE_HOME, title=T("nav_home"), icon=":material/home:", default=True),
+        st.Page(PAGE_CHAT, title=T("nav_chat"), icon=":material/chat:", url_path="chat"),
+        st.Page(
+            PAGE_CHARACTERS,
+            title=T("nav_characters"),
+            icon=":material/group:",
+            url_path="characters",
+        ),
+        st.Page(
+            PAGE_SETTINGS,
+            title=T("nav_settings"),
+            icon=":material/settings:",
+            url_path="settings",
+        ),
+    ],
+    position="sidebar" if authenticated() else "hidden",
+)
+
+password_gate()  # stops here until this browser session gives the password
+
+_, warnings = cli_args()
+if warnings and not st.session_state.get("cli_warned"):
+    st.session_state.cli_warned = True
+    st.toast(T("cli_warnings", text=md_inline("; ".join(warnings))), icon=":material/warning:")
+
+with routed():
+    page.run()

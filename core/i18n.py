@@ -1,0 +1,312 @@
+"""Every word of the interface, in English and Chinese. No streamlit import.
+
+    t("new_chat", "zh")                   -> "新对话"
+    t("meta_tokens", "en", n=42)          -> "42 tokens"
+
+A missing key or language falls back to English, then to the key itself, so a slip never breaks
+a page; tests/test_app_i18n.py checks that every key has both languages with the same fields.
+Error messages from core/ stay in English; pages put a translated prefix before them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LANGS: tuple[str, ...] = ("en", "zh")
+LANG_NAMES: dict[str, str] = {"en": "English", "zh": "中文"}
+DEFAULT_LANG = "en"
+
+# key: (English, 中文)
+_S: dict[str, tuple[str, str]] = {
+    # app and navigation
+    "app_title": ("RWKV Role Play", "RWKV 角色扮演"),
+    "nav_home": ("Home", "首页"),
+    "nav_chat": ("Chat", "聊天"),
+    "nav_characters": ("Characters", "角色"),
+    "nav_settings": ("Settings", "设置"),
+    "cli_warnings": ("Command-line flags: {text}", "命令行参数：{text}"),
+    # password
+    "password": ("Password", "密码"),
+    "login": ("Log in", "登录"),
+    "wrong_password": ("Wrong password.", "密码错误。"),
+    "new_password": ("New password", "新密码"),
+    "repeat_password": ("Repeat the password", "再次输入密码"),
+    "set_password": ("Set password", "设置密码"),
+    "remove_password": ("Remove the password", "取消密码"),
+    "password_env": (
+        "The environment variable RP_PASSWORD sets the password; it takes precedence over the "
+        "one saved here.",
+        "环境变量 RP_PASSWORD 设置了密码，它优先于这里保存的密码。",
+    ),
+    "password_is_set": (
+        "A password is set: every page asks for it first.",
+        "已设置密码：打开任何页面都要先输入密码。",
+    ),
+    "password_not_set": ("No password is set.", "未设置密码。"),
+    "password_saved": ("Password saved.", "密码已保存。"),
+    "password_removed": ("Password removed.", "密码已取消。"),
+    "err_empty_password": ("The password is empty.", "密码不能为空。"),
+    "err_password_mismatch": ("The two passwords differ.", "两次输入的密码不一致。"),
+    # errors
+    "err_prefix": ("Could not do that:", "操作失败："),
+    "err_load": ("Could not load the model:", "无法加载模型："),
+    "err_convert": ("Could not convert the model:", "无法转换模型："),
+    "err_import": ("Could not import {file}:", "无法导入 {file}："),
+    "err_no_path": ("Give the path of a model file.", "请填写模型文件的路径。"),
+    # model
+    "model": ("Model", "模型"),
+    "no_model_loaded": ("No model is loaded.", "尚未加载模型。"),
+    "embedded_model": ("Built-in default (SmolLM2-135M)", "内置默认模型（SmolLM2-135M）"),
+    "not_installed": ("not installed", "未安装"),
+    "loading_model": ("Loading {name}…", "正在加载 {name}…"),
+    "model_loaded_in": ("{name} loaded in {s} s", "{name} 已加载，用时 {s} 秒"),
+    "model_ready": ("Model {name} is ready.", "模型 {name} 已就绪。"),
+    "model_unloaded": ("The model was unloaded.", "模型已卸载。"),
+    "load": ("Load", "加载"),
+    "load_named": ("Load {name}", "加载 {name}"),
+    "unload": ("Unload", "卸载"),
+    "choose_model": ("Choose a model in Settings", "在设置中选择模型"),
+    "n_layers": ("{n} layers", "{n} 层"),
+    "n_params": ("{n} parameters", "{n} 参数"),
+    "model_file": ("Model file", "模型文件"),
+    "model_file_help": (
+        "Put .pth (RWKV) or .gguf files in {folder} and they appear here.",
+        "把 .pth（RWKV）或 .gguf 文件放进 {folder}，就会出现在这里。",
+    ),
+    "other_path": ("Another file (type its path)", "其他文件（填写路径）"),
+    "model_path": ("Path of the model file", "模型文件路径"),
+    "backend": ("Back end", "推理后端"),
+    "backend_auto": ("Automatic (by file type)", "自动（按文件类型）"),
+    "backend_rwkv": ("rwkv package (PyTorch, .pth)", "rwkv 包（PyTorch，.pth）"),
+    "backend_llama": ("llama.cpp (.gguf)", "llama.cpp（.gguf）"),
+    "strategy": ("Strategy", "加载策略"),
+    "strategy_help": (
+        'How the rwkv package runs the model, e.g. "cpu fp32", "cuda fp16", '
+        '"cuda fp16i8 *10 -> cpu fp32". Type your own if it is not in the list.',
+        'rwkv 包运行模型的方式，例如 "cpu fp32"、"cuda fp16"、'
+        '"cuda fp16i8 *10 -> cpu fp32"。列表中没有的可以自己输入。',
+    ),
+    "cuda_on_help": (
+        "Compile the rwkv package's CUDA kernel (needs CUDA and a compiler).",
+        "编译 rwkv 包的 CUDA 内核（需要 CUDA 和编译器）。",
+    ),
+    "jit_on_help": ("Use TorchScript JIT in the rwkv package.", "rwkv 包使用 TorchScript JIT。"),
+    # convert
+    "convert": ("Convert a .pth model to GGUF", "把 .pth 模型转换为 GGUF"),
+    "convert_help": (
+        "llama.cpp runs RWKV-6/7 two to four times faster than the rwkv package on a CPU. "
+        "The GGUF file is written beside the source unless you choose another path.",
+        "在 CPU 上，llama.cpp 运行 RWKV-6/7 比 rwkv 包快二到四倍。"
+        "GGUF 文件默认写在源文件旁边，也可以另选路径。",
+    ),
+    "convert_source": ("Source (.pth)", "源文件（.pth）"),
+    "convert_type": ("Tensor type", "张量类型"),
+    "convert_type_help": (
+        "f16: exact enough and half the size; q8_0: smaller and fastest; f32: exact.",
+        "f16：足够精确，体积减半；q8_0：更小、最快；f32：完全精确。",
+    ),
+    "convert_dest": ("Destination (.gguf)", "目标文件（.gguf）"),
+    "convert_start": ("Convert", "开始转换"),
+    "converting": ("Converting…", "正在转换…"),
+    "converted": ("Written: {path}", "已写入：{path}"),
+    # home
+    "characters": ("Characters", "角色"),
+    "character": ("Character", "角色"),
+    "no_characters": (
+        "There are no characters yet. Create one or import a card.",
+        "还没有角色。请新建一个或导入角色卡。",
+    ),
+    "create_character": ("Create a character", "新建角色"),
+    "start_chat": ("Chat", "聊天"),
+    "recent_chats": ("Recent chats", "最近的对话"),
+    "no_chats": ("No chats yet.", "还没有对话。"),
+    "resume": ("Resume", "继续"),
+    # chat
+    "chat": ("Chat", "对话"),
+    "choose_character": ("Choose a character", "选择角色"),
+    "new_chat": ("New chat", "新对话"),
+    "character_deleted": (
+        "The character {name} of this chat was deleted.",
+        "此对话的角色 {name} 已被删除。",
+    ),
+    "this_chat": ("This chat", "当前对话"),
+    "title": ("Title", "标题"),
+    "rename": ("Rename", "重命名"),
+    "export_markdown": ("Download as Markdown", "下载为 Markdown"),
+    "export_jsonl": ("Download as JSONL (SillyTavern)", "下载为 JSONL（SillyTavern）"),
+    "delete_chat": ("Delete chat", "删除对话"),
+    "delete_chat_confirm": (
+        "Delete this chat and all its messages?",
+        "删除这个对话及其全部消息？",
+    ),
+    "import_chat": ("Import a chat", "导入对话"),
+    "import_chat_file": ("SillyTavern chat file (.jsonl)", "SillyTavern 对话文件（.jsonl）"),
+    "no_chat_open": ("No chat with {name} is open.", "还没有打开与 {name} 的对话。"),
+    "start_chat_with": ("Start a chat with {name}", "开始与 {name} 对话"),
+    "chat_placeholder": ("Write as {name}…", "以 {name} 的身份说话…"),
+    "empty_chat": ("The chat is empty: say something.", "对话是空的：说点什么吧。"),
+    "narrator": ("Narrator", "旁白"),
+    "you_named": ("{name} (you)", "{name}（你）"),
+    "next_speaker": ("Who speaks next", "下一个说话的人"),
+    "generate": ("Generate", "生成"),
+    "stop": ("Stop", "停止"),
+    "waiting_model": (
+        "Waiting for the model… (it is also answering another chat)",
+        "正在等待模型…（它也在回复另一个对话）",
+    ),
+    "empty_reply": (
+        "The model gave an empty reply. Try again or change the sampling.",
+        "模型的回复是空的。请重试或调整采样参数。",
+    ),
+    "regenerate": ("Regenerate (keeps the other versions)", "重说（保留其他版本）"),
+    "continue": ("Continue this message", "继续写这条消息"),
+    "edit": ("Edit", "编辑"),
+    "edit_message": ("Message", "消息"),
+    "more_actions": ("More", "更多"),
+    "delete_message": ("Delete this message", "删除这条消息"),
+    "rewind_here": ("Rewind to here (delete the later messages)", "回退到这里（删除之后的消息）"),
+    "prev_version": ("Previous version", "上一个版本"),
+    "next_version": ("Next version", "下一个版本"),
+    "show_earlier": ("Show earlier messages ({n} hidden)", "显示更早的消息（隐藏了 {n} 条）"),
+    "meta_tokens": ("{n} tokens", "{n} 个词元"),
+    "meta_speed": ("{v} tokens/s", "{v} 词元/秒"),
+    "meta_stopped": ("stopped", "已停止"),
+    "meta_length": ("cut at the token limit", "达到长度上限"),
+    "meta_edited": ("edited", "已编辑"),
+    # sampling
+    "sampling": ("Sampling", "采样"),
+    "preset": ("Preset", "预设"),
+    "preset_roleplay": ("Role play", "角色扮演"),
+    "preset_chat": ("Chat", "聊天"),
+    "preset_creative": ("Creative", "创意"),
+    "preset_precise": ("Precise", "精确"),
+    "preset_greedy": ("Greedy (always the likeliest)", "贪心（总选最可能的）"),
+    "preset_custom": ("Custom", "自定义"),
+    "preset_none": ("(the app's default)", "（使用应用默认）"),
+    "samp_temperature": ("Temperature", "温度"),
+    "samp_top_p": ("Top P", "Top P"),
+    "samp_top_k": ("Top K (0 = off)", "Top K（0 = 不限）"),
+    "samp_min_p": ("Min P", "Min P"),
+    "samp_presence_penalty": ("Presence penalty", "存在惩罚"),
+    "samp_frequency_penalty": ("Frequency penalty", "频率惩罚"),
+    "samp_penalty_decay": ("Penalty decay", "惩罚衰减"),
+    "samp_max_tokens": ("Max tokens per reply", "每次回复的最大词元数"),
+    "samp_seed": ("Seed", "随机种子"),
+    "seed_random": ("random", "随机"),
+    "default_preset": ("Default preset for new chats", "新对话的默认预设"),
+    "default_preset_help": (
+        "Each chat keeps its own sampling; change it in the chat's sidebar.",
+        "每个对话有自己的采样设置，可在对话的侧边栏修改。",
+    ),
+    # characters
+    "search": ("Search", "搜索"),
+    "search_placeholder": ("name, tag, creator or description", "名字、标签、作者或描述"),
+    "no_match": ("No character matches.", "没有匹配的角色。"),
+    "new_character": ("New character", "新建角色"),
+    "edit_character": ("Edit {name}", "编辑 {name}"),
+    "avatar_upload": ("Avatar (PNG, JPEG, WebP, GIF, BMP)", "头像（PNG、JPEG、WebP、GIF、BMP）"),
+    "avatar_preview": ("new avatar", "新头像"),
+    "remove_avatar": ("Remove the avatar", "删除头像"),
+    "f_name": ("Name", "名字"),
+    "f_description": ("Description / persona", "描述 / 人设"),
+    "f_personality": ("Personality", "性格"),
+    "f_scenario": ("Scenario", "场景"),
+    "f_greeting": ("First message (greeting)", "开场白"),
+    "f_alt_greetings": ("Alternate greetings", "备选开场白"),
+    "f_alt_help": (
+        "Separate greetings with a line that holds only ---",
+        "用只含 --- 的一行分隔多个开场白",
+    ),
+    "f_example_dialogue": ("Example dialogue", "对话示例"),
+    "f_example_help": (
+        'Lines like "{{user}}: ..." and "{{char}}: ..."',
+        '形如 "{{user}}: ..." 和 "{{char}}: ..." 的行',
+    ),
+    "more_fields": ("More fields", "更多字段"),
+    "f_user_name": ("The user's name in this role play", "此角色扮演中用户的名字"),
+    "f_user_name_help": (
+        "Empty: your name from Settings.",
+        "留空则使用设置中你的名字。",
+    ),
+    "f_stop_strings": ("Stop strings", "停止词"),
+    "f_stop_help": ("One a line; type \\n for a line break.", "每行一个；换行写作 \\n。"),
+    "f_tags": ("Tags", "标签"),
+    "f_tags_help": ("Separated by commas", "用逗号分隔"),
+    "f_preset": ("Sampling preset", "采样预设"),
+    "f_creator": ("Creator", "作者"),
+    "f_creator_notes": ("Creator's notes", "作者备注"),
+    "save": ("Save", "保存"),
+    "saved": ("Saved.", "已保存。"),
+    "cancel": ("Cancel", "取消"),
+    "saved_character": ("Saved {name}.", "已保存 {name}。"),
+    "duplicate": ("Duplicate", "复制"),
+    "duplicated": ("Made a copy: {name}.", "已复制为 {name}。"),
+    "delete": ("Delete", "删除"),
+    "delete_chats_question": ("What happens to its chats?", "它的对话怎么处理？"),
+    "chats_keep": ("Keep them", "保留"),
+    "chats_delete": ("Delete them too", "一起删除"),
+    "delete_character_confirm": ("Delete {name}", "删除 {name}"),
+    "deleted_character": ("Deleted {name}.", "已删除 {name}。"),
+    "export": ("Export", "导出"),
+    "export_png": ("Card as PNG", "PNG 角色卡"),
+    "export_json": ("Card as JSON", "JSON 角色卡"),
+    "import_cards": ("Import character cards", "导入角色卡"),
+    "import_cards_help": (
+        "PNG or JSON cards (SillyTavern V1/V2/V3, or the older app's JSON)",
+        "PNG 或 JSON 角色卡（SillyTavern V1/V2/V3，或旧版应用的 JSON）",
+    ),
+    "import": ("Import", "导入"),
+    "imported": ("Imported: {names}", "已导入：{names}"),
+    # settings
+    "language": ("Language", "语言"),
+    "about_you": ("You", "你"),
+    "f_your_name": ("Your name", "你的名字"),
+    "f_your_name_help": (
+        'Used in chats whose character sets no user name. Empty: "User".',
+        '用于角色未指定用户名字的对话。留空则为 "User"。',
+    ),
+    "f_your_persona": ("About you (persona)", "关于你（人设）"),
+    "f_your_persona_help": (
+        "Told to the model at the start of every chat.",
+        "在每个对话开头告诉模型。",
+    ),
+    "data": ("Data", "数据"),
+    "data_dir": (
+        "Chats, characters, avatars and state checkpoints live in:",
+        "对话、角色、头像和状态缓存保存在：",
+    ),
+    "models_dir": ("Model files are found in:", "模型文件所在目录："),
+    "state_cache": ("State cache", "状态缓存"),
+    "state_cache_help": (
+        "Model states at message boundaries, so a reply only feeds the new text. "
+        "Clearing it loses nothing but speed.",
+        "在消息边界保存的模型状态，让回复只需处理新文字。清除它只会损失速度。",
+    ),
+    "cache_stats": (
+        "memory: {mem_n} states, {mem_mb} MB · disk: {disk_n} states, {disk_mb} MB · "
+        "hits {hits}, misses {misses}",
+        "内存：{mem_n} 个状态，{mem_mb} MB · 磁盘：{disk_n} 个状态，{disk_mb} MB · "
+        "命中 {hits}，未命中 {misses}",
+    ),
+    "cache_mem_mb": ("Memory budget (MB)", "内存上限（MB）"),
+    "cache_disk_mb": ("Disk budget (MB)", "磁盘上限（MB）"),
+    "clear_cache": ("Clear the cache", "清除缓存"),
+    "cache_cleared": ("The state cache was cleared.", "状态缓存已清除。"),
+}
+
+STRINGS: dict[str, dict[str, str]] = {k: dict(zip(LANGS, v, strict=True)) for k, v in _S.items()}
+
+
+def t(key: str, lang: str = DEFAULT_LANG, **fmt: Any) -> str:
+    """The text of `key` in `lang` ("en" or "zh"), with `{fields}` filled from `fmt`."""
+    entry = STRINGS.get(key)
+    if entry is None:
+        text = key
+    else:
+        text = entry.get(lang) or entry[DEFAULT_LANG]
+    if fmt:
+        try:
+            text = text.format(**fmt)
+        except (KeyError, IndexError, ValueError):
+            pass
+    return text

@@ -1,0 +1,379 @@
+"""Settings: language, model (load/unload), .pth -> GGUF conversion, default sampling preset,
+the user's name and persona, password, data location, state cache."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.config import MODELS_DIR, data_dir
+from core.errors import AppError
+from core.i18n import LANG_NAMES, LANGS
+from core.sampler import PRESETS
+from pages.ui_common import (
+    BACKENDS,
+    DEFAULT_CACHE_DISK_MB,
+    DEFAULT_CACHE_MEM_MB,
+    STRATEGIES,
+    ModelChoice,
+    T,
+    choose_model,
+    current_choice,
+    default_preset,
+    hash_password,
+    lang,
+    load_model,
+    loaded_engine,
+    md_inline,
+    model_summary,
+    page_guard,
+    setting,
+    show_error,
+    store,
+    unload_model,
+)
+
+page_guard()
+
+s = store()
+ss = st.session_state
+EMBEDDED = "__embedded__"
+OTHER = "__other__"
+
+st.title(T("nav_settings"))
+if ss.get("settings_flash"):
+    st.success(ss.pop("settings_flash"), icon=":material/check_circle:")
+
+
+def _save(key: str, value: Any, flash: bool = True) -> None:
+    try:
+        s.set_setting(key, value)
+    except AppError as e:
+        ss.settings_error = str(e)
+    else:
+        if flash:
+            ss.settings_flash = T("saved")
+
+
+if ss.get("settings_error"):
+    show_error(AppError(ss.pop("settings_error")))
+
+# --- language ------------------------------------------------------------------------------------
+st.subheader(T("language"), anchor=False)
+current_lang = lang()
+if ss.get("set_language") not in LANGS:
+    ss.set_language = current_lang
+st.radio(
+    T("language"),
+    LANGS,
+    format_func=lambda code: LANG_NAMES[code],
+    key="set_language",
+    horizontal=True,
+    label_visibility="collapsed",
+    on_change=lambda: _save("language", ss.set_language, flash=False),
+)
+
+# --- model ---------------------------------------------------------------------------------
+st.subheader(T("model"), anchor=False)
+engine = loaded_engine()
+if engine is not None:
+    st.success(md_inline(model_summary(engine)), icon=":material/memory:")
+else:
+    st.info(T("no_model_loaded"), icon=":material/memory:")
+
+try:
+    from core.loader import list_model_files
+
+    files = [str(p) for p in list_model_files()]
+except Exception:  # the models folder cannot be read: still offer the other choices
+    files = []
+choice = current_choice()
+
+
+def _embedded_label() -> str:
+    try:
+        from core.embedded import embedded_model_path
+
+        found = embedded_model_path() is not None
+    except Exception:
+        found = False
+    return T("embedded_model") + ("" if found else f" ({T('not_installed')})")
+
+
+def _file_label(opt: str) -> str:
+    if opt == EMBEDDED:
+        return _embedded_label()
+    if opt == OTHER:
+        return T("other_path")
+    try:
+        return str(Path(opt).relative_to(MODELS_DIR))
+    except ValueError:
+        return opt
+
+
+options = [EMBEDDED, *files, OTHER]
+if "set_model_src" not in ss:
+    ss.set_model_src = (
+        EMBEDDED if not choice.path else choice.path if choice.path in files else OTHER
+    )
+st.selectbox(
+    T("model_file"),
+    options,
+    key="set_model_src",
+    format_func=_file_label,
+    help=T("model_file_help", folder=str(MODELS_DIR)),
+)
+other_path = ""
+if ss.set_model_src == OTHER:
+    other_path = st.text_input(
+        T("model_path"),
+        value=choice.path if choice.path and choice.path not in files else "",
+        key="set_model_path",
+        placeholder="/path/to/model.pth",
+    )
+with st.container(horizontal=True):
+    backend = st.selectbox(
+        T("backend"),
+        BACKENDS,
+        index=BACKENDS.index(choice.backend) if choice.backend in BACKENDS else 0,
+        format_func=lambda b: T(f"backend_{b}"),
+        key="set_backend",
+    )
+    strategy = st.selectbox(
+        T("strategy"),
+        list(dict.fromkeys([choice.strategy, *STRATEGIES])),
+        key="set_strategy",
+        accept_new_options=True,
+        help=T("strategy_help"),
+    )
+with st.container(horizontal=True):
+    cuda_on = st.checkbox(
+        "cuda_on", value=choice.cuda_on, key="set_cuda_on", help=T("cuda_on_help")
+    )
+    jit_on = st.checkbox("jit_on", value=choice.jit_on, key="set_jit_on", help=T("jit_on_help"))
+
+with st.container(horizontal=True):
+    load_clicked = st.button(
+        T("load"), key="load_model", type="primary", icon=":material/play_arrow:"
+    )
+    unload_clicked = st.button(
+        T("unload"), key="unload_model", icon=":material/eject:", disabled=engine is None
+    )
+if load_clicked:
+    path = (
+        ""
+        if ss.set_model_src == EMBEDDED
+        else (other_path.strip() if ss.set_model_src == OTHER else ss.set_model_src)
+    )
+    if ss.set_model_src == OTHER and not path:
+        st.error(T("err_no_path"))
+    else:
+        new = ModelChoice(
+            path=path,
+            backend=backend,
+            strategy=(strategy or "").strip() or "cpu fp32",
+            cuda_on=cuda_on,
+            jit_on=jit_on,
+        )
+        try:
+            choose_model(new)
+        except AppError as e:
+            show_error(e)
+        else:
+            if load_model(new, ui="status") is not None:
+                ss.settings_flash = T("model_ready", name=md_inline(new.label()))
+                st.rerun()
+if unload_clicked:
+    unload_model()
+    ss.settings_flash = T("model_unloaded")
+    st.rerun()
+
+# --- convert .pth -> GGUF ------------------------------------------------------------------------
+with st.expander(T("convert"), icon=":material/transform:"):
+    st.caption(T("convert_help"))
+    pth = [f for f in files if f.lower().endswith(".pth")]
+    src_opts = [*pth, OTHER]
+    src = st.selectbox(T("convert_source"), src_opts, key="conv_src", format_func=_file_label)
+    src_path = st.text_input(T("model_path"), key="conv_path") if src == OTHER else src
+    try:
+        from core.convert import TYPES
+    except Exception:
+        TYPES = ("f16", "q8_0", "f32")  # noqa: N806
+    gtype = st.selectbox(
+        T("convert_type"),
+        TYPES,
+        index=TYPES.index("f16") if "f16" in TYPES else 0,
+        key="conv_type",
+        help=T("convert_type_help"),
+    )
+    default_dst = ""
+    if src_path:
+        default_dst = str(Path(src_path).with_name(Path(src_path).stem + f"-{gtype}.gguf"))
+    dst = st.text_input(T("convert_dest"), value=default_dst, key=f"conv_dst_{default_dst}")
+    if st.button(
+        T("convert_start"),
+        key="convert_start",
+        icon=":material/transform:",
+        disabled=not (src_path and dst),
+    ):
+        from core.convert import convert
+
+        progress = {"frac": 0.0, "msg": ""}
+        result: dict[str, Any] = {}
+        cancel = threading.Event()
+
+        def work() -> None:
+            try:
+                result["path"] = convert(
+                    src_path,
+                    dst,
+                    gtype,
+                    progress=lambda f, m: progress.update(frac=float(f), msg=str(m)),
+                    cancel=cancel,
+                )
+            except Exception as e:  # ModelError and anything unexpected: shown, not raised
+                result["error"] = e
+
+        worker = threading.Thread(target=work, daemon=True, name="convert")
+        bar = st.progress(0.0, text=T("converting"))
+        st.button(T("cancel"), key="convert_cancel", icon=":material/close:")  # click = rerun
+        worker.start()
+        try:
+            while worker.is_alive():
+                frac = min(max(progress["frac"], 0.0), 1.0)
+                bar.progress(frac, text=f"{T('converting')} {frac:.0%} · {progress['msg']}")
+                time.sleep(0.25)
+        finally:  # the page went away or Cancel was clicked: stop and leave no file
+            if worker.is_alive():
+                cancel.set()
+                worker.join(timeout=60)
+        if "error" in result:
+            show_error(result["error"], "err_convert")
+        else:
+            bar.progress(1.0, text=T("converted", path=md_inline(str(result.get("path")))))
+            st.success(T("converted", path=md_inline(str(result.get("path")))))
+
+# --- sampling default -----------------------------------------------------------------------
+st.subheader(T("sampling"), anchor=False)
+presets = list(PRESETS)
+if ss.get("set_preset") not in presets:
+    ss.set_preset = default_preset()
+st.selectbox(
+    T("default_preset"),
+    presets,
+    key="set_preset",
+    format_func=lambda n: T(f"preset_{n}"),
+    help=T("default_preset_help"),
+    on_change=lambda: _save("default_preset", ss.set_preset),
+)
+
+# --- you -------------------------------------------------------------------------------------
+st.subheader(T("about_you"), anchor=False)
+with st.form("user_form"):
+    user_name = st.text_input(
+        T("f_your_name"), value=setting("user_name", ""), max_chars=100, help=T("f_your_name_help")
+    )
+    user_persona = st.text_area(
+        T("f_your_persona"), value=setting("user_persona", ""), help=T("f_your_persona_help")
+    )
+    if st.form_submit_button(T("save"), icon=":material/save:"):
+        try:
+            s.set_setting("user_name", (user_name or "").strip())
+            s.set_setting("user_persona", user_persona or "")
+        except AppError as e:
+            show_error(e)
+        else:
+            st.success(T("saved"))
+
+# --- password --------------------------------------------------------------------------------
+st.subheader(T("password"), anchor=False)
+if os.environ.get("RP_PASSWORD"):
+    st.info(T("password_env"))
+has_pw = bool(setting("password", ""))
+st.caption(T("password_is_set") if has_pw else T("password_not_set"))
+with st.form("password_form", clear_on_submit=True):
+    pw1 = st.text_input(T("new_password"), type="password")
+    pw2 = st.text_input(T("repeat_password"), type="password")
+    if st.form_submit_button(T("set_password"), icon=":material/lock:"):
+        if not pw1:
+            st.error(T("err_empty_password"))
+        elif pw1 != pw2:
+            st.error(T("err_password_mismatch"))
+        else:
+            _save("password", hash_password(pw1), flash=False)
+            ss.authenticated = True
+            ss.settings_flash = T("password_saved")
+            st.rerun()
+if has_pw and st.button(T("remove_password"), key="remove_password", icon=":material/lock_open:"):
+    _save("password", "", flash=False)
+    ss.settings_flash = T("password_removed")
+    st.rerun()
+
+# --- data and state cache --------------------------------------------------------------
+st.subheader(T("data"), anchor=False)
+st.caption(T("data_dir"))
+st.code(str(data_dir()), language=None)
+st.caption(T("models_dir"))
+st.code(str(MODELS_DIR), language=None)
+
+st.subheader(T("state_cache"), anchor=False)
+st.caption(T("state_cache_help"))
+if engine is not None:
+    try:
+        stats = engine.cache_stats()
+    except Exception:
+        stats = {}
+    if stats:
+        st.text(
+            T(
+                "cache_stats",
+                mem_n=stats.get("mem_entries", 0),
+                mem_mb=f"{stats.get('mem_bytes', 0) / 2**20:.1f}",
+                disk_n=stats.get("disk_entries", 0),
+                disk_mb=f"{stats.get('disk_bytes', 0) / 2**20:.1f}",
+                hits=stats.get("hits_mem", 0) + stats.get("hits_disk", 0),
+                misses=stats.get("misses", 0),
+            )
+        )
+with st.form("cache_form"):
+    with st.container(horizontal=True):
+        mem_mb = st.number_input(
+            T("cache_mem_mb"),
+            min_value=0,
+            max_value=1_000_000,
+            step=64,
+            value=int(setting("cache_mem_mb", DEFAULT_CACHE_MEM_MB)),
+        )
+        disk_mb = st.number_input(
+            T("cache_disk_mb"),
+            min_value=0,
+            max_value=10_000_000,
+            step=256,
+            value=int(setting("cache_disk_mb", DEFAULT_CACHE_DISK_MB)),
+        )
+    if st.form_submit_button(T("save"), icon=":material/save:"):
+        try:
+            s.set_setting("cache_mem_mb", int(mem_mb))
+            s.set_setting("cache_disk_mb", int(disk_mb))
+            if engine is not None:
+                engine.set_cache_budget(float(mem_mb), float(disk_mb))
+        except AppError as e:
+            show_error(e)
+        else:
+            ss.settings_flash = T("saved")
+            st.rerun()
+if st.button(
+    T("clear_cache"), key="clear_cache", icon=":material/delete_sweep:", disabled=engine is None
+):
+    try:
+        engine.clear_cache()
+    except AppError as e:
+        show_error(e)
+    else:
+        ss.settings_flash = T("cache_cleared")
+        st.rerun()

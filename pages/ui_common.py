@@ -1,0 +1,552 @@
+"""What every page shares: the store, the model, the language, errors, avatars, the password.
+
+Not a page: Home.py registers pages with st.navigation, so files in pages/ become pages only
+when listed there.
+
+The store and the model are st.cache_resource objects shared by every browser session. A
+session keeps only ids in st.session_state, never ORM objects or engine handles.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import runpy
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core.avatars import avatar_path
+from core.cli_args import cli_args, resolve_model_path
+from core.config import REPO_ROOT, data_dir
+from core.errors import AppError
+from core.i18n import LANGS, t
+from core.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
+
+PAGE_HOME = "pages/home.py"
+PAGE_CHAT = "pages/chat.py"
+PAGE_CHARACTERS = "pages/characters.py"
+PAGE_SETTINGS = "pages/settings.py"
+
+USER_AVATAR = "user"  # Streamlit's own user icon (served locally)
+CHAR_AVATAR = "assistant"  # for characters without a picture
+NARRATOR_AVATAR = ":material/auto_stories:"
+
+STRATEGIES = (
+    "cpu fp32",
+    "cpu bf16",
+    "cpu fp16",
+    "cuda fp16",
+    "cuda fp16i8",
+    "cuda fp16i8 *10 -> cuda fp16",
+    "cuda fp16i8 *10 -> cpu fp32",
+    "cuda bf16",
+)
+DEFAULT_STRATEGY = "cpu fp32"
+BACKENDS = ("auto", "rwkv", "llama")
+DEFAULT_CACHE_MEM_MB = 512
+DEFAULT_CACHE_DISK_MB = 2048
+
+
+# --- store and language ----------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _store(data_dir_key: str, db_url: str) -> Any:
+    from core.db import open_store
+
+    return open_store(db_url or None)
+
+
+def store() -> Any:
+    """The Store of this data directory (shared by all sessions; every call is thread-safe)."""
+    return _store(str(data_dir()), os.environ.get("RP_DB_URL", ""))
+
+
+def setting(key: str, default: Any = None) -> Any:
+    try:
+        value = store().get_setting(key, default)
+    except AppError:
+        return default
+    return default if value is None else value
+
+
+def lang() -> str:
+    """The interface language: the saved setting, else --lang, else the browser's, else en."""
+    value = setting("language")
+    if value in LANGS:
+        return value
+    cli, _ = cli_args()
+    if cli.lang in LANGS:
+        return cli.lang
+    try:
+        locale = (st.context.locale or "").lower()
+    except Exception:
+        locale = ""
+    return "zh" if locale.startswith("zh") else "en"
+
+
+def T(key: str, **fmt: Any) -> str:  # noqa: N802 - the one-letter name of a translation call
+    return t(key, lang(), **fmt)
+
+
+def show_error(err: BaseException, prefix: str = "err_prefix") -> None:
+    """An AppError (or any refusal) as st.error, with a translated prefix; never a traceback."""
+    message = str(err) or err.__class__.__name__
+    st.error(f"{T(prefix)} {md_inline(message)}", icon=":material/error:")
+
+
+# --- text shown as text --------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>$~:])")
+
+
+def md_inline(text: str) -> str:
+    """Text (a name, a title) for use inside markdown: every markdown character escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", str(text).replace("\n", " "))
+
+
+def md_text(text: str) -> str:
+    """A message's text for st.markdown. Streamlit already shows raw HTML as text; here images
+    (which would make the browser fetch a URL), math ($...$) and backslashes are neutralised,
+    and single newlines are kept as line breaks. Emphasis like *smiles* still renders."""
+    text = str(text).replace("\\", "\\\\").replace("$", "\\$").replace("![", "!\\[")
+    return text.replace("\r\n", "\n").replace("\n", "  \n")
+
+
+class StreamText:
+    """md_text applied piece by piece for st.write_stream: a trailing "!" waits for the next
+    piece, in case it starts an image link. Pieces that come less than `interval` seconds
+    apart are sent together: each send redraws the whole message in the browser, and a
+    redraw per token takes CPU from the model on a small machine."""
+
+    def __init__(self, pieces: Any, interval: float = 0.05) -> None:
+        self._pieces = pieces
+        self._interval = interval
+
+    def __iter__(self) -> Any:
+        held = ""
+        last = 0.0
+        for piece in self._pieces:
+            held += piece
+            now = time.monotonic()
+            if now - last < self._interval:
+                continue
+            text, held = (held[:-1], "!") if held.endswith("!") else (held, "")
+            if text:
+                last = now
+                yield md_text(text)
+        if held:
+            yield md_text(held)
+
+
+# --- avatars ---------------------------------------------------------------------------------
+
+
+def char_avatar(character: Any) -> str:
+    """A chat_message / st.image avatar for a character: its picture file, else the bot icon."""
+    path = avatar_path(getattr(character, "avatar", "") if character is not None else "")
+    return str(path) if path is not None else CHAR_AVATAR
+
+
+def role_avatar(role: str, character: Any) -> str:
+    if role == "user":
+        return USER_AVATAR
+    if role == "narrator":
+        return NARRATOR_AVATAR
+    return char_avatar(character)
+
+
+def avatar_image(character: Any, width: int = 64) -> None:
+    """The character's picture, or a neutral icon when it has none."""
+    path = avatar_path(getattr(character, "avatar", "") if character is not None else "")
+    if path is not None:
+        st.image(str(path), width=width)
+    else:
+        st.image(_placeholder(getattr(character, "name", "") or "?"), width=width)
+
+
+@st.cache_data(show_spinner=False)
+def app_icon() -> bytes:
+    from core.avatars import placeholder_png
+
+    return placeholder_png("RWKV Role Play", size=64)
+
+
+@st.cache_data(show_spinner=False, max_entries=500)
+def _placeholder(name: str) -> bytes:
+    from core.avatars import placeholder_png
+
+    return placeholder_png(name, size=128)
+
+
+# --- password --------------------------------------------------------------------------------
+
+_PBKDF2 = "pbkdf2_sha256"
+_ITERATIONS = 200_000
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _ITERATIONS)
+    b64 = base64.b64encode
+    return f"{_PBKDF2}${_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_password(entered: str, stored: str) -> bool:
+    """Compare in constant time; `stored` is a hash_password() string or a plain password
+    (the RP_PASSWORD environment variable, or a setting written by hand)."""
+    if stored.startswith(_PBKDF2 + "$"):
+        try:
+            _, iters, salt, digest = stored.split("$")
+            got = hashlib.pbkdf2_hmac(
+                "sha256", entered.encode(), base64.b64decode(salt), int(iters)
+            )
+            return hmac.compare_digest(got, base64.b64decode(digest))
+        except (ValueError, TypeError):
+            return False
+    return hmac.compare_digest(entered.encode(), stored.encode())
+
+
+def required_password() -> str:
+    env = os.environ.get("RP_PASSWORD", "")
+    if env:
+        return env
+    value = setting("password", "")
+    return value if isinstance(value, str) else ""
+
+
+def authenticated() -> bool:
+    """No password is set, or this browser session gave it."""
+    return not required_password() or bool(st.session_state.get("authenticated"))
+
+
+def password_gate() -> None:
+    """With a password set, ask for it before anything else (once per browser session)."""
+    stored = required_password()
+    if not stored or st.session_state.get("authenticated"):
+        return
+    st.title(T("app_title"))
+    with st.form("login"):
+        entered = st.text_input(T("password"), type="password", key="login_password")
+        ok = st.form_submit_button(T("login"), type="primary")
+    if ok:
+        if check_password(entered or "", stored):
+            st.session_state.authenticated = True
+            st.rerun()
+        st.error(T("wrong_password"))
+    st.stop()
+
+
+# --- routing -----------------------------------------------------------------------------------
+# Streamlit (1.67) runs the files of a folder named pages/ the old way ("MPA v1": the requested
+# file directly, Home.py not run) until the first st.navigation call of the process, and
+# AppTest does so at the start of every run. A page must never run that way: it would skip the
+# password. Home.py marks the runs it routes; a page run without the mark runs Home.py in its
+# place (which calls st.navigation, asks for the password, then runs the requested page) and
+# stops.
+_ROUTE = threading.local()
+HOME_SCRIPT = REPO_ROOT / "Home.py"
+
+
+@contextmanager
+def routed() -> Iterator[None]:
+    _ROUTE.on = True
+    try:
+        yield
+    finally:
+        _ROUTE.on = False
+
+
+def page_guard() -> None:
+    """First line of every page: run only through Home.py's router."""
+    if getattr(_ROUTE, "on", False):
+        return
+    runpy.run_path(str(HOME_SCRIPT), run_name="__main__")
+    st.stop()
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    path: str = ""  # "" = the embedded default model
+    backend: str = "auto"
+    strategy: str = DEFAULT_STRATEGY
+    cuda_on: bool = False
+    jit_on: bool = True
+
+    @property
+    def key(self) -> tuple[str, str, str, bool, bool]:
+        return (self.path, self.backend, self.strategy, self.cuda_on, self.jit_on)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "backend": self.backend,
+            "strategy": self.strategy,
+            "cuda_on": self.cuda_on,
+            "jit_on": self.jit_on,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ModelChoice:
+        d = d if isinstance(d, dict) else {}
+        backend = d.get("backend") if d.get("backend") in BACKENDS else "auto"
+        return cls(
+            path=str(d.get("path") or ""),
+            backend=backend,
+            strategy=str(d.get("strategy") or DEFAULT_STRATEGY),
+            cuda_on=bool(d.get("cuda_on", False)),
+            jit_on=bool(d.get("jit_on", True)),
+        )
+
+    def label(self) -> str:
+        return Path(self.path).name if self.path else T("embedded_model")
+
+
+@dataclass
+class ModelSlot:
+    """Process-wide: which model the app uses and whether it was unloaded on purpose."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    override: ModelChoice | None = None  # chosen in Settings (or by flags) in this process
+    cli_applied: bool = False
+    unloaded: bool = False
+    loaded: tuple[Any, ...] | None = None  # cache key of the engine in _engine's cache
+    failed: dict[tuple[Any, ...], str] = field(default_factory=dict)  # key -> error message
+
+
+@st.cache_resource(show_spinner=False)
+def _slot() -> ModelSlot:
+    return ModelSlot()
+
+
+def model_slot() -> ModelSlot:
+    return _slot()
+
+
+def current_choice() -> ModelChoice:
+    """The model to use: the one loaded in Settings, else the flags after `--`, else the saved
+    setting, else $RP_MODEL, else the embedded default."""
+    slot = model_slot()
+    if slot.override is not None:
+        return slot.override
+    cli, _ = cli_args()
+    saved = setting("model")
+    base = ModelChoice.from_dict(saved) if isinstance(saved, dict) else None
+    if base is None:
+        env = os.environ.get("RP_MODEL", "")
+        base = ModelChoice(path=env, backend=os.environ.get("RP_BACKEND", "auto") or "auto")
+    if cli.any_model_flag:
+        return ModelChoice(
+            path=resolve_model_path(cli.model) or base.path if cli.model else base.path,
+            backend=cli.backend or base.backend,
+            strategy=cli.strategy or base.strategy,
+            cuda_on=base.cuda_on if cli.cuda_on is None else cli.cuda_on,
+            jit_on=base.jit_on if cli.jit_on is None else cli.jit_on,
+        )
+    return base
+
+
+def _release_engine(engine: Any) -> None:
+    try:
+        engine.close()
+    except Exception:
+        pass
+
+
+@st.cache_resource(show_spinner=False, max_entries=1, on_release=_release_engine)
+def _engine(
+    path: str, backend: str, strategy: str, cuda_on: bool, jit_on: bool, data_dir_key: str
+) -> Any:
+    """The loaded model, shared by all sessions (one at a time: loading another releases it)."""
+    from core.engine import Engine
+    from core.loader import load_backend
+
+    be = load_backend(
+        path or None, backend=backend, strategy=strategy, cuda_on=cuda_on, jit_on=jit_on
+    )
+    engine = Engine(be, cache_dir=Path(data_dir_key) / "states")
+    mem = setting("cache_mem_mb", DEFAULT_CACHE_MEM_MB)
+    disk = setting("cache_disk_mb", DEFAULT_CACHE_DISK_MB)
+    try:
+        engine.set_cache_budget(float(mem), float(disk))
+    except (TypeError, ValueError):
+        pass
+    return engine
+
+
+def _full_key(choice: ModelChoice) -> tuple[Any, ...]:
+    return (*choice.key, str(data_dir()))
+
+
+def loaded_engine() -> Any | None:
+    """The engine if the current choice is loaded, else None. Never loads."""
+    slot = model_slot()
+    key = _full_key(current_choice())
+    if slot.unloaded or slot.loaded != key:
+        return None
+    try:
+        return _engine(*key)
+    except AppError:
+        return None
+
+
+def load_model(choice: ModelChoice | None = None, ui: str = "spinner") -> Any | None:
+    """Load `choice` (default: the current one) showing progress; None and an error shown when
+    it cannot. ui: "status" (st.status), "spinner" or "none"."""
+    slot = model_slot()
+    choice = choice or current_choice()
+    key = _full_key(choice)
+    label = T("loading_model", name=choice.label())
+    try:
+        if ui == "status":
+            with st.status(label, expanded=False) as status:
+                engine = _engine(*key)
+                info = engine.info
+                status.update(
+                    label=T("model_loaded_in", name=choice.label(), s=f"{info.load_s:.1f}"),
+                    state="complete",
+                )
+        elif ui == "spinner":
+            with st.spinner(label):
+                engine = _engine(*key)
+        else:
+            engine = _engine(*key)
+    except AppError as e:
+        slot.failed[key] = str(e)
+        show_error(e, "err_load")
+        return None
+    except Exception as e:  # a back end that fails in an unexpected way must not kill the page
+        slot.failed[key] = str(e)
+        show_error(e, "err_load")
+        return None
+    with slot.lock:
+        slot.failed.pop(key, None)
+        slot.loaded = key
+        slot.unloaded = False
+    return engine
+
+
+def get_engine(ui: str = "spinner") -> Any | None:
+    """The engine for this page: already loaded, or loaded now unless the user unloaded it or
+    loading it failed before (then None; Settings or a Load button retries)."""
+    engine = loaded_engine()
+    if engine is not None:
+        return engine
+    slot = model_slot()
+    key = _full_key(current_choice())
+    if slot.unloaded:
+        return None
+    if key in slot.failed:
+        st.error(f"{T('err_load')} {md_inline(slot.failed[key])}", icon=":material/error:")
+        return None
+    return load_model(ui=ui)
+
+
+def unload_model() -> None:
+    slot = model_slot()
+    with slot.lock:
+        slot.unloaded = True
+        slot.loaded = None
+    _engine.clear()
+
+
+def choose_model(choice: ModelChoice) -> None:
+    """Make `choice` the model of this process and save it as the setting."""
+    slot = model_slot()
+    with slot.lock:
+        slot.override = choice
+        slot.unloaded = False
+        slot.failed.pop(_full_key(choice), None)
+    store().set_setting("model", choice.to_dict())
+
+
+def model_summary(engine: Any) -> str:
+    """One line about the loaded model (plain text)."""
+    info = engine.info
+    name = Path(info.path).name if info.path else T("embedded_model")
+    parts = [name, info.arch]
+    if info.n_layer:
+        parts.append(T("n_layers", n=info.n_layer))
+    if info.n_params:
+        parts.append(T("n_params", n=_human(info.n_params)))
+    strategy = str(info.strategy or "")
+    parts.append(strategy if info.backend in strategy else f"{info.backend} · {strategy}")
+    return " · ".join(str(p) for p in parts if p)
+
+
+def _human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+# --- sampling ---------------------------------------------------------------------------------
+
+
+def default_preset() -> str:
+    name = setting("default_preset", DEFAULT_PRESET)
+    return name if name in PRESETS else DEFAULT_PRESET
+
+
+def preset_sampling(name: str) -> dict[str, Any]:
+    params = PRESETS.get(name, PRESETS[DEFAULT_PRESET])
+    return {"preset": name, **params.to_dict()}
+
+
+def conversation_params(conv: Any) -> SamplingParams:
+    data = (
+        conv.sampling if conv is not None and conv.sampling else preset_sampling(default_preset())
+    )
+    return SamplingParams.from_dict(data).validated()
+
+
+def new_conversation(character_id: int) -> Any:
+    """Start a chat with a character: the character's sampling preset (else the default one),
+    the user's name from Settings, the loaded model's name."""
+    engine = loaded_engine()
+    model = ""
+    if engine is not None:
+        model = Path(engine.info.path).name if engine.info.path else "embedded"
+    character = store().get_character(character_id)
+    preset = getattr(character, "sampling_preset", "") or ""
+    user_name = setting("user_name", "") or None
+    return store().create_conversation(
+        character_id,
+        model=model,
+        sampling=preset_sampling(preset if preset in PRESETS else default_preset()),
+        user_name=user_name,
+    )
+
+
+def open_chat(conv_id: int) -> None:
+    """Go to the Chat page showing conversation `conv_id`."""
+    st.session_state.conv_id = conv_id
+    st.switch_page(PAGE_CHAT, query_params={"chat": str(conv_id)})
+
+
+def fmt_time(dt: Any) -> str:
+    """A stored (naive UTC) time in the server's local time."""
+    try:
+        return dt.replace(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M")
+    except (AttributeError, ValueError, OverflowError):
+        return ""
+
+
+if __name__ == "__main__":  # run as a page by the old pages/ mechanism: it is not one
+    page_guard()
