@@ -131,9 +131,9 @@ class Engine:
         self._active_lock = threading.Lock()
         self._tok_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._key_cache: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._banned_first: np.ndarray | None = None
         self._initial: Checkpoint | None = None
         self._advance_fn = getattr(backend, "advance", None)
+        self._banned_first = self._banned_at_start()  # at load time, not in the first reply
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -212,15 +212,19 @@ class Engine:
         return _Prompt(chunks, boundaries)
 
     # ------------------------------------------------------------------ states
-    def _forward(
+    def _forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
+        """One call into the model, under the model's lock."""
+        with self._lock:
+            return self.backend.forward(tokens, state)
+
+    def _step(
         self, tokens: list[int], state: State, drop_input: bool = False
     ) -> tuple[np.ndarray, State]:
-        """One call into the model, under the model's lock. With `drop_input` the caller never
-        uses `state` again, and a back end with `advance` may skip keeping it."""
-        with self._lock:
-            if drop_input and self._advance_fn is not None:
-                return self._advance_fn(tokens, state)
-            return self.backend.forward(tokens, state)
+        """A decode step; the caller holds the lock. With `drop_input` the caller never uses
+        `state` again, and a back end with `advance` may skip keeping it."""
+        if drop_input and self._advance_fn is not None:
+            return self._advance_fn(tokens, state)
+        return self.backend.forward(tokens, state)
 
     def _initial_checkpoint(self) -> Checkpoint:
         if self._initial is None:
@@ -240,9 +244,15 @@ class Engine:
                 return cp, i + 1
         return self._initial_checkpoint(), 0
 
-    def _advance(self, prompt: _Prompt, upto: int | None = None) -> tuple[Checkpoint, int]:
+    def _advance(
+        self, prompt: _Prompt, upto: int | None = None, to_disk: bool = True
+    ) -> tuple[Checkpoint, int]:
         """State after chunks[:upto] (default: all), feeding what the cache lacks and recording
-        checkpoints at message boundaries. Returns (checkpoint, tokens fed)."""
+        checkpoints at message boundaries. Returns (checkpoint, tokens fed).
+
+        Every checkpoint goes to memory; with `to_disk`, the last message boundary also goes to
+        disk, for a restart. A reply passes False: the checkpoint after the reply itself is the
+        one worth keeping, and fewer writes leave the CPU to the reply."""
         end = len(prompt.chunks) if upto is None else upto
         cp, done = self._restore(prompt, end)
         fed = 0
@@ -257,12 +267,10 @@ class Engine:
                     n += len(pending)
                     fed += len(pending)
                     pending = []
-                    # boundaries deep in a long history only go to memory; the last message
-                    # boundary and the end (the prompt) also go to disk, for a restart
                     self.cache.put(
                         prompt.chunks[i].key,
                         Checkpoint(logits, state, n),
-                        disk=i in (last_boundary, end - 1),
+                        disk=to_disk and i == last_boundary,
                     )
         if done == end == 0:
             return self._initial_checkpoint(), 0
@@ -293,20 +301,26 @@ class Engine:
     # ------------------------------------------------------------------ generation
     def _banned_at_start(self) -> np.ndarray:
         """Tokens that would end or blank a reply before it says anything: whitespace with a
-        newline in it, and the end-of-turn token."""
-        if self._banned_first is None:
-            tb = getattr(self.backend, "token_bytes", None)
-            ids: list[int] = []
-            if tb is not None:
-                for t in range(self.info.n_vocab):
-                    b = tb(t)
-                    if b and b"\n" in b and not b.strip():
-                        ids.append(t)
-            eos = self.backend.eos_token()
-            if eos is not None:
-                ids.append(eos)
-            self._banned_first = np.array(sorted(set(ids)), dtype=np.int64)
-        return self._banned_first
+        newline in it, and the end-of-turn token. Computed once per loaded model (tens of ms)."""
+        cached = getattr(self.backend, "_rp_banned_first", None)
+        if isinstance(cached, np.ndarray):
+            return cached
+        tb = getattr(self.backend, "token_bytes", None)
+        ids: list[int] = []
+        if tb is not None:
+            for t in range(self.info.n_vocab):
+                b = tb(t)
+                if b and b"\n" in b and not b.strip():
+                    ids.append(t)
+        eos = self.backend.eos_token()
+        if eos is not None:
+            ids.append(eos)
+        banned = np.array(sorted(set(ids)), dtype=np.int64)
+        try:
+            self.backend._rp_banned_first = banned  # type: ignore[attr-defined]
+        except AttributeError:
+            pass
+        return banned
 
     def _token_bytes(self, token: int) -> bytes:
         tb = getattr(self.backend, "token_bytes", None)
@@ -371,19 +385,27 @@ class Engine:
         header_cp: Checkpoint | None = None
         t_first = 0.0
         try:
-            start_cp, res.fed_tokens = self._advance(prompt)
+            start_cp, res.fed_tokens = self._advance(prompt, to_disk=False)
             header_cp = start_cp
             logits, state = start_cp.logits, start_cp.state
             rng = np.random.default_rng(params.seed)
             penalties = Penalties(logits.size, params.penalty_decay)
             eos = self.backend.eos_token()
-            banned = self._banned_at_start() if not continue_last else None
+            banned = self._banned_first if not continue_last else None
             t_first = time.perf_counter()
+
+            def pick(logits: np.ndarray) -> int:
+                return sample(logits, params, rng, penalties, banned if scanner.empty else None)
+
+            # Sampling runs under the model's lock, right after the forward it depends on: a
+            # second session's numpy work never competes with the model's own threads (on two
+            # cores that contention halved the total speed of two interleaved chats).
+            with self._lock:
+                tok = pick(logits)
             for i in range(params.max_tokens):
                 if cancel is not None and cancel.is_set():
                     res.stop_reason = "cancel"
                     break
-                tok = sample(logits, params, rng, penalties, banned if scanner.empty else None)
                 res.new_tokens += 1
                 if tok == eos:
                     res.stop_reason = "eos"
@@ -400,9 +422,11 @@ class Engine:
                 if i == params.max_tokens - 1:
                     res.stop_reason = "length"
                     break
-                # the prompt's state stays in the cache; later ones are this loop's alone
-                logits, state = self._forward([tok], state, drop_input=bool(fed))
-                fed.append(tok)
+                with self._lock:
+                    # the prompt's state stays in the cache; later ones are this loop's alone
+                    logits, state = self._step([tok], state, drop_input=bool(fed))
+                    fed.append(tok)
+                    tok = pick(logits)
         except GeneratorExit:
             res.stop_reason = "closed"  # the consumer went away: keep what was shown
         finally:

@@ -173,7 +173,11 @@ def test_checkpoints_survive_a_restart_and_respect_the_disk_budget(
     assert res.fed_tokens == len(rwkv7_backend.tokenize("Bob:")) + len(
         rwkv7_backend.tokenize(" again\n\n")
     ) + len(rwkv7_backend.tokenize("Alice:"))
+    for text in ("one more", "and another", "and the last"):
+        hist += [Message("char", res.text or "ok"), Message("user", text)]
+        res = reopened.reply(CTX, hist, Message("char"), P).consume()
     reopened.flush()
+    assert reopened.cache_stats()["disk_entries"] >= 4  # one per reply
     size = eng.cache_stats()["disk_bytes"]
     assert size > 0
     reopened.set_cache_budget(64, size / 2**20 / 2)
