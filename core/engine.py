@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from core.backend import Backend, ModelInfo, State
+from core.errors import ModelError
 from core.prompt import (
     CharacterContext,
     Message,
@@ -125,7 +126,8 @@ class Engine:
             disk_budget_mb,
             nbytes=getattr(backend, "state_nbytes", None),
         )
-        self._root = root_key(self.info.identity)
+        # checkpoints of another state layout (another llama.cpp build, say) are never matched
+        self._root = root_key(f"{self.info.identity}\0{getattr(backend, 'state_format', '')}")
         self._lock = threading.Lock()  # one forward at a time on the model
         self._active = 0
         self._active_lock = threading.Lock()
@@ -258,20 +260,27 @@ class Engine:
         fed = 0
         logits, state, n = cp.logits, cp.state, cp.n_tokens
         last_boundary = max((b for b in prompt.boundaries if b < end), default=-1)
-        pending: list[int] = []
-        for i in range(done, end):
-            pending += prompt.chunks[i].tokens
-            if i in prompt.boundaries or i == end - 1:
-                if pending:
-                    logits, state = self._forward(pending, state)
-                    n += len(pending)
-                    fed += len(pending)
-                    pending = []
-                    self.cache.put(
-                        prompt.chunks[i].key,
-                        Checkpoint(logits, state, n),
-                        disk=to_disk and i == last_boundary,
-                    )
+        try:
+            pending: list[int] = []
+            for i in range(done, end):
+                pending += prompt.chunks[i].tokens
+                if i in prompt.boundaries or i == end - 1:
+                    if pending:
+                        logits, state = self._forward(pending, state)
+                        n += len(pending)
+                        fed += len(pending)
+                        pending = []
+                        self.cache.put(
+                            prompt.chunks[i].key,
+                            Checkpoint(logits, state, n),
+                            disk=to_disk and i == last_boundary,
+                        )
+        except ModelError:
+            if done == 0:
+                raise
+            # the back end refused a stored state (written by another version?): forget it
+            self.cache.discard(prompt.chunks[done - 1].key)
+            return self._advance(prompt, upto, to_disk)
         if done == end == 0:
             return self._initial_checkpoint(), 0
         return Checkpoint(logits, state, n), fed

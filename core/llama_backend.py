@@ -454,6 +454,8 @@ class LlamaBackend:
                 "name": summary.get("general.name"),
             },
         )
+        # what a saved state depends on besides the weights (keys the engine's state cache)
+        self.state_format = f"llama-cpp-python {L.__version__}, seq state v1"
         self._id_tag = self.info.identity.encode()[:16].ljust(16, b"\0")
         self._initial = LlamaState(0, owner=id(self))
         bos = int(L.llama_vocab_bos(self._vocab))

@@ -225,6 +225,7 @@ class RwkvBackend:
             identity=file_identity(p, "rwkv", strategy),
         )
         self._zero = self._make_zero_state()
+        self.state_format = "rwkv tensors v1"  # layout of state_to_bytes
 
     # ---- tokens
     def tokenize(self, text: str) -> list[int]:

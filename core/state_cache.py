@@ -134,6 +134,16 @@ class StateCache:
         """Wait until every checkpoint sent to disk is written."""
         self._queue.join()
 
+    def discard(self, key: str) -> None:
+        """Forget one checkpoint, in memory and on disk."""
+        self.flush()
+        with self._lock:
+            hit = self._mem.pop(key, None)
+            if hit is not None:
+                self._mem_bytes -= hit[1]
+        if self.dir is not None:
+            (self.dir / f"{key}.state").unlink(missing_ok=True)
+
     # ---- disk
     def _read_disk(self, key: str) -> Checkpoint | None:
         if self.dir is None:

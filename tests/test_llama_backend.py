@@ -281,3 +281,22 @@ def test_advance_gives_the_same_logits_and_uses_its_input_up(f32) -> None:
         with pytest.raises(ModelError, match="used up"):
             f32.forward([t], sb)
         sb = nxt
+
+
+def test_a_stored_state_the_back_end_refuses_is_only_a_miss(f32, tmp_path: Path) -> None:
+    """A checkpoint llama.cpp will not load (another build wrote it, say) costs a re-feed."""
+    from core.prompt import CharacterContext, Message
+
+    ctx = CharacterContext(name="A", user_name="B", persona="test")
+    hist = [Message("char", "hi"), Message("user", "hello")]
+    eng = Engine(f32, cache_dir=tmp_path / "states")
+    eng.warm(ctx, hist[:1])
+    eng.flush()
+    files = list((tmp_path / "states").glob("*.state"))
+    assert files
+    for f in files:  # keep the header and logits, cut the state: llama.cpp refuses it
+        f.write_bytes(f.read_bytes()[:-100])
+    fresh = Engine(f32, cache_dir=tmp_path / "states")
+    a, _ = fresh.state_for(ctx, hist, Message("char"))
+    b, _ = fresh.reference_state(ctx, hist, Message("char"))
+    assert np.abs(a - b).max() < 1e-4
