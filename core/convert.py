@@ -83,16 +83,28 @@ def _squeeze(t: torch.Tensor) -> torch.Tensor:
     return t.squeeze()
 
 
-def _plan_v7(sd: dict[str, torch.Tensor], n_layer: int) -> list[_Tensor]:
+_Fn = Callable[[torch.Tensor], torch.Tensor]
+_Add = Callable[..., None]  # add(gguf_name, pth_key, fn=None)
+
+
+def _t(x: torch.Tensor) -> torch.Tensor:
+    return x.transpose(0, 1)
+
+
+def _plan(
+    sd: dict[str, torch.Tensor],
+    n_layer: int,
+    lerps: Callable[[str], list[str]],
+    block: Callable[[_Add, int, str, str, str], None],
+) -> list[_Tensor]:
+    """The GGUF tensors of an RWKV model: what versions share (embedding, norms, the fused
+    token-shift lerp, output), with `block(add, layer, att, ffn, gguf_prefix)` for the rest."""
     out: list[_Tensor] = []
 
-    def add(name: str, key: str, fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def add(name: str, key: str, fn: _Fn | None = None) -> None:
         src = sd[key]
         shape = tuple((fn(torch.empty(src.shape, device="meta")) if fn else src).shape)
         out.append(_Tensor(name, shape, lambda: fn(sd[key]) if fn else sd[key]))
-
-    def t(x: torch.Tensor) -> torch.Tensor:
-        return x.transpose(0, 1)
 
     add("token_embd.weight", "emb.weight")
     add("token_embd_norm.weight", "blocks.0.ln0.weight")
@@ -103,87 +115,65 @@ def _plan_v7(sd: dict[str, torch.Tensor], n_layer: int) -> list[_Tensor]:
         add(g + "attn_norm.bias", b + "ln1.bias")
         add(g + "attn_norm_2.weight", b + "ln2.weight")
         add(g + "attn_norm_2.bias", b + "ln2.bias")
-        lerp = [a + f"x_{c}" for c in "rwkvag"]
-        C = sd[lerp[0]].numel()
+        keys = lerps(a)
+        C = sd[keys[0]].numel()
         out.append(
             _Tensor(
                 g + "time_mix_lerp_fused.weight",
-                (6, 1, 1, C),
-                lambda lerp=lerp: torch.stack([sd[k].reshape(1, 1, -1) for k in lerp], 0),
+                (len(keys), 1, 1, C),
+                lambda keys=keys: torch.stack([sd[k].reshape(1, 1, -1) for k in keys], 0),
             )
         )
-        for p in ("w", "a", "v", "g"):
-            # layer 0 has no value residual: llama.cpp wants the tensors anyway, unused, so
-            # layer 0's a0/a1/a2 stand in for them (as llama.cpp's converter does)
-            src = "a" if (p == "v" and i == 0) else p
-            if p != "g":
-                add(g + f"time_mix_{p}0.weight", a + f"{src}0", _squeeze)
-            add(g + f"time_mix_{p}1.weight", a + f"{src}1", t)
-            add(g + f"time_mix_{p}2.weight", a + f"{src}2", t)
-        add(g + "time_mix_k_k.weight", a + "k_k", _squeeze)
-        add(g + "time_mix_k_a.weight", a + "k_a", _squeeze)
-        add(g + "time_mix_r_k.weight", a + "r_k", lambda x: x.flatten())
-        for name in ("key", "value", "receptance", "output"):
-            add(g + f"time_mix_{name}.weight", a + f"{name}.weight")
+        block(add, i, a, f, g)
         add(g + "time_mix_ln.weight", a + "ln_x.weight")
         add(g + "time_mix_ln.bias", a + "ln_x.bias")
-        add(g + "channel_mix_lerp_k.weight", f + "x_k", _squeeze)
-        add(g + "channel_mix_key.weight", f + "key.weight")
-        add(g + "channel_mix_value.weight", f + "value.weight")
     add("output_norm.weight", "ln_out.weight")
     add("output_norm.bias", "ln_out.bias")
     add("output.weight", "head.weight")
     return out
+
+
+def _block_v7(add: _Add, i: int, a: str, f: str, g: str) -> None:
+    for p in ("w", "a", "v", "g"):
+        # layer 0 has no value residual: llama.cpp wants the tensors anyway, unused, so
+        # layer 0's a0/a1/a2 stand in for them (as llama.cpp's converter does)
+        src = "a" if (p == "v" and i == 0) else p
+        if p != "g":
+            add(g + f"time_mix_{p}0.weight", a + f"{src}0", _squeeze)
+        add(g + f"time_mix_{p}1.weight", a + f"{src}1", _t)
+        add(g + f"time_mix_{p}2.weight", a + f"{src}2", _t)
+    add(g + "time_mix_k_k.weight", a + "k_k", _squeeze)
+    add(g + "time_mix_k_a.weight", a + "k_a", _squeeze)
+    add(g + "time_mix_r_k.weight", a + "r_k", lambda x: x.flatten())
+    for name in ("key", "value", "receptance", "output"):
+        add(g + f"time_mix_{name}.weight", a + f"{name}.weight")
+    add(g + "channel_mix_lerp_k.weight", f + "x_k", _squeeze)
+    add(g + "channel_mix_key.weight", f + "key.weight")
+    add(g + "channel_mix_value.weight", f + "value.weight")
+
+
+def _block_v6(add: _Add, i: int, a: str, f: str, g: str) -> None:
+    add(g + "time_mix_lerp_x.weight", a + "time_maa_x", _squeeze)
+    add(g + "time_mix_w1.weight", a + "time_maa_w1", _t)
+    add(g + "time_mix_w2.weight", a + "time_maa_w2", lambda x: x.permute(0, 2, 1))
+    add(g + "time_mix_decay.weight", a + "time_decay", _squeeze)
+    add(g + "time_mix_decay_w1.weight", a + "time_decay_w1", _t)
+    add(g + "time_mix_decay_w2.weight", a + "time_decay_w2", _t)
+    add(g + "time_mix_first.weight", a + "time_faaaa")
+    for name in ("key", "value", "receptance", "gate", "output"):
+        add(g + f"time_mix_{name}.weight", a + f"{name}.weight")
+    add(g + "channel_mix_lerp_k.weight", f + "time_maa_k", _squeeze)
+    add(g + "channel_mix_lerp_r.weight", f + "time_maa_r", _squeeze)
+    for name in ("key", "receptance", "value"):
+        add(g + f"channel_mix_{name}.weight", f + f"{name}.weight")
+
+
+def _plan_v7(sd: dict[str, torch.Tensor], n_layer: int) -> list[_Tensor]:
+    return _plan(sd, n_layer, lambda a: [a + f"x_{c}" for c in "rwkvag"], _block_v7)
 
 
 def _plan_v6(sd: dict[str, torch.Tensor], n_layer: int) -> list[_Tensor]:
-    out: list[_Tensor] = []
-
-    def add(name: str, key: str, fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        src = sd[key]
-        shape = tuple((fn(torch.empty(src.shape, device="meta")) if fn else src).shape)
-        out.append(_Tensor(name, shape, lambda: fn(sd[key]) if fn else sd[key]))
-
-    def t(x: torch.Tensor) -> torch.Tensor:
-        return x.transpose(0, 1)
-
-    add("token_embd.weight", "emb.weight")
-    add("token_embd_norm.weight", "blocks.0.ln0.weight")
-    add("token_embd_norm.bias", "blocks.0.ln0.bias")
-    for i in range(n_layer):
-        b, a, f, g = f"blocks.{i}.", f"blocks.{i}.att.", f"blocks.{i}.ffn.", f"blk.{i}."
-        add(g + "attn_norm.weight", b + "ln1.weight")
-        add(g + "attn_norm.bias", b + "ln1.bias")
-        add(g + "attn_norm_2.weight", b + "ln2.weight")
-        add(g + "attn_norm_2.bias", b + "ln2.bias")
-        add(g + "time_mix_lerp_x.weight", a + "time_maa_x", _squeeze)
-        lerp = [a + f"time_maa_{c}" for c in "wkvrg"]
-        C = sd[lerp[0]].numel()
-        out.append(
-            _Tensor(
-                g + "time_mix_lerp_fused.weight",
-                (5, 1, 1, C),
-                lambda lerp=lerp: torch.stack([sd[k].reshape(1, 1, -1) for k in lerp], 0),
-            )
-        )
-        add(g + "time_mix_w1.weight", a + "time_maa_w1", t)
-        add(g + "time_mix_w2.weight", a + "time_maa_w2", lambda x: x.permute(0, 2, 1))
-        add(g + "time_mix_decay.weight", a + "time_decay", _squeeze)
-        add(g + "time_mix_decay_w1.weight", a + "time_decay_w1", t)
-        add(g + "time_mix_decay_w2.weight", a + "time_decay_w2", t)
-        add(g + "time_mix_first.weight", a + "time_faaaa")
-        for name in ("key", "value", "receptance", "gate", "output"):
-            add(g + f"time_mix_{name}.weight", a + f"{name}.weight")
-        add(g + "time_mix_ln.weight", a + "ln_x.weight")
-        add(g + "time_mix_ln.bias", a + "ln_x.bias")
-        add(g + "channel_mix_lerp_k.weight", f + "time_maa_k", _squeeze)
-        add(g + "channel_mix_lerp_r.weight", f + "time_maa_r", _squeeze)
-        for name in ("key", "receptance", "value"):
-            add(g + f"channel_mix_{name}.weight", f + f"{name}.weight")
-    add("output_norm.weight", "ln_out.weight")
-    add("output_norm.bias", "ln_out.bias")
-    add("output.weight", "head.weight")
-    return out
+    return _plan(sd, n_layer, lambda a: [a + f"time_maa_{c}" for c in "wkvrg"], _block_v6)
 
 
 def _choose_type(t: _Tensor, out_type: str) -> gguf.GGMLQuantizationType:
