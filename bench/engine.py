@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.engine import Engine  # noqa: E402
 from core.loader import load_backend  # noqa: E402
+from core.model_thread import on_model_thread  # noqa: E402
 from core.prompt import CharacterContext, Message  # noqa: E402
 from core.sampler import PRESETS, Penalties, SamplingParams, sample  # noqa: E402
 
@@ -157,7 +158,8 @@ def main() -> int:
     }
 
     # decode: ours vs bare, then the sampler alone
-    bare = bare_decode(backend, args.decode_steps)
+    # every model call runs on the model thread, as in the app (one OpenMP team)
+    bare = on_model_thread(bare_decode, backend, args.decode_steps)
     ours, step = our_decode(engine, args.decode_steps)
     out.update(
         bare_decode_tok_s=round(bare, 2),
@@ -169,7 +171,7 @@ def main() -> int:
     if info.backend == "llama":
         from core.llama_backend import bare_decode_tok_s
 
-        llama_bare = bare_decode_tok_s(backend, args.decode_steps)
+        llama_bare = on_model_thread(bare_decode_tok_s, backend, args.decode_steps)
         weight_bytes = model.stat().st_size
         bw = bandwidth_gbs()
         bound = bw * 1e9 / weight_bytes
@@ -200,8 +202,9 @@ def main() -> int:
     regen = statistics.median(ttft(engine, hist[:-1])[0] for _ in range(3))
     # naive baseline: feed the whole transcript of the last turn, then sample
     tokens = backend.tokenize(engine.prompt_text(CTX, hist[:-1], Message("char")))
+    engine.flush()  # no checkpoint writes running beside it
     t0 = time.perf_counter()
-    logits, _ = backend.forward(tokens, backend.initial_state())
+    logits, _ = on_model_thread(backend.forward, tokens, backend.initial_state())
     sample(logits, CAPPED, np.random.default_rng(0))
     refeed = time.perf_counter() - t0
     out.update(

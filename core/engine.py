@@ -27,6 +27,7 @@ import numpy as np
 
 from core.backend import Backend, ModelInfo, State
 from core.errors import ModelError
+from core.model_thread import OnModelThread, on_model_thread
 from core.prompt import (
     CharacterContext,
     Message,
@@ -114,13 +115,14 @@ class Engine:
         mem_budget_mb: float = 512,
         disk_budget_mb: float = 2048,
     ) -> None:
-        self.backend = backend
+        self.raw_backend = backend
+        self.backend: Backend = OnModelThread(backend)  # type: ignore[assignment]
         self.info: ModelInfo = backend.info
         fmt = getattr(backend, "prompt_format", None)
         self.format: PromptFormat = (fmt() if fmt else None) or RoleplayFormat()
         self.cache = StateCache(
-            backend.state_to_bytes,
-            backend.state_from_bytes,
+            self.backend.state_to_bytes,
+            self.backend.state_from_bytes,
             cache_dir,
             mem_budget_mb,
             disk_budget_mb,
@@ -128,7 +130,6 @@ class Engine:
         )
         # checkpoints of another state layout (another llama.cpp build, say) are never matched
         self._root = root_key(f"{self.info.identity}\0{getattr(backend, 'state_format', '')}")
-        self._lock = threading.Lock()  # one forward at a time on the model
         self._active = 0
         self._active_lock = threading.Lock()
         self._tok_cache: OrderedDict[str, list[int]] = OrderedDict()
@@ -215,14 +216,13 @@ class Engine:
 
     # ------------------------------------------------------------------ states
     def _forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
-        """One call into the model, under the model's lock."""
-        with self._lock:
-            return self.backend.forward(tokens, state)
+        """One call into the model (on the model thread, as every call of self.backend)."""
+        return self.backend.forward(tokens, state)
 
     def _step(
         self, tokens: list[int], state: State, drop_input: bool = False
     ) -> tuple[np.ndarray, State]:
-        """A decode step; the caller holds the lock. With `drop_input` the caller never uses
+        """A decode step; runs on the model thread. With `drop_input` the caller never uses
         `state` again, and a back end with `advance` may skip keeping it."""
         if drop_input and self._advance_fn is not None:
             return self._advance_fn(tokens, state)
@@ -311,7 +311,7 @@ class Engine:
     def _banned_at_start(self) -> np.ndarray:
         """Tokens that would end or blank a reply before it says anything: whitespace with a
         newline in it, and the end-of-turn token. Computed once per loaded model (tens of ms)."""
-        cached = getattr(self.backend, "_rp_banned_first", None)
+        cached = getattr(self.raw_backend, "_rp_banned_first", None)
         if isinstance(cached, np.ndarray):
             return cached
         tb = getattr(self.backend, "token_bytes", None)
@@ -326,7 +326,7 @@ class Engine:
             ids.append(eos)
         banned = np.array(sorted(set(ids)), dtype=np.int64)
         try:
-            self.backend._rp_banned_first = banned  # type: ignore[attr-defined]
+            self.raw_backend._rp_banned_first = banned  # type: ignore[attr-defined]
         except AttributeError:
             pass
         return banned
@@ -406,11 +406,13 @@ class Engine:
             def pick(logits: np.ndarray) -> int:
                 return sample(logits, params, rng, penalties, banned if scanner.empty else None)
 
-            # Sampling runs under the model's lock, right after the forward it depends on: a
-            # second session's numpy work never competes with the model's own threads (on two
-            # cores that contention halved the total speed of two interleaved chats).
-            with self._lock:
-                tok = pick(logits)
+            def step(tok: int, state: State, drop: bool) -> tuple[State, int]:
+                logits, state = self._step([tok], state, drop_input=drop)
+                return state, pick(logits)
+
+            # Sampling runs on the model thread right after the forward it depends on, so a
+            # second session's numpy work never competes with the model's own threads.
+            tok = on_model_thread(pick, logits)
             for i in range(params.max_tokens):
                 if cancel is not None and cancel.is_set():
                     res.stop_reason = "cancel"
@@ -431,11 +433,10 @@ class Engine:
                 if i == params.max_tokens - 1:
                     res.stop_reason = "length"
                     break
-                with self._lock:
-                    # the prompt's state stays in the cache; later ones are this loop's alone
-                    logits, state = self._step([tok], state, drop_input=bool(fed))
-                    fed.append(tok)
-                    tok = pick(logits)
+                # the prompt's state stays in the cache; later ones are this loop's alone
+                state, nxt = on_model_thread(step, tok, state, bool(fed))
+                fed.append(tok)
+                tok = nxt
         except GeneratorExit:
             res.stop_reason = "closed"  # the consumer went away: keep what was shown
         finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 from core.backend import Backend
 from core.config import MODELS_DIR
 from core.errors import ModelError
+from core.model_thread import on_model_thread
 
 BACKENDS = ("auto", "rwkv", "llama")
 
@@ -43,7 +44,8 @@ def load_backend(
     jit_on: bool = True,
     n_threads: int | None = None,
 ) -> Backend:
-    """Load a model. Raises ModelError with a message for the user when it cannot."""
+    """Load a model (on the model thread, where it will run). Raises ModelError with a message
+    for the user when it cannot."""
     p: Path | None = Path(path).expanduser() if path not in (None, "") else None
     if p is None:
         from core.embedded import embedded_model_path, missing_message
@@ -57,7 +59,7 @@ def load_backend(
             raise ModelError(f"{p.name} is a GGUF file: load it with the llama.cpp back end.")
         from core.rwkv_backend import RwkvBackend
 
-        return RwkvBackend(p, strategy, cuda_on=cuda_on, jit_on=jit_on)
+        return on_model_thread(RwkvBackend, p, strategy, cuda_on, jit_on)
     if p.suffix.lower() == ".pth":
         raise ModelError(
             f"{p.name} is a .pth file: load it with the rwkv back end, or convert it to GGUF "
@@ -65,4 +67,4 @@ def load_backend(
         )
     from core.llama_backend import LlamaBackend
 
-    return LlamaBackend(p, n_threads=n_threads)
+    return on_model_thread(LlamaBackend, p, n_threads)

@@ -1,0 +1,67 @@
+"""The one thread that runs every model call.
+
+The models compute with OpenMP thread teams (llama.cpp's ggml and torch), and a team belongs to
+the OS thread that calls in. Two browser sessions calling from their own threads made two teams
+whose idle workers spin while the other team works: on two cores both chats together got 0.6 of
+one chat's speed. One calling thread keeps one team (measured: 1.0, see bench/two_sessions.py).
+The queue also serialises the calls, which keeps the states of concurrent chats apart.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+_jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]] = (
+    queue.SimpleQueue()
+)
+
+
+def _model_loop() -> None:
+    while True:
+        fn, args, fut = _jobs.get()
+        if fut.set_running_or_notify_cancel():
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:  # handed to the caller, raised there
+                fut.set_exception(e)
+
+
+# A daemon thread that lives as long as the process: it is never joined or torn down, so the
+# thread-local pools of torch and OpenMP that belong to it are never destroyed under it at exit.
+_model_thread = threading.Thread(target=_model_loop, name="model", daemon=True)
+_model_thread.start()
+
+
+def on_model_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """Run `fn(*args)` on the model thread and wait for it (at once when already there)."""
+    if threading.current_thread() is _model_thread:
+        return fn(*args)
+    fut: Future[_T] = Future()
+    _jobs.put((fn, args, fut))
+    return fut.result()
+
+
+class OnModelThread:
+    """A back end whose model and state calls all run on the model thread (tokenizing does not
+    need it). Torch work in any other thread leaves that thread an OpenMP team of its own, and
+    from then on the model's parallel regions were 2.7 times slower (measured: a 600-token
+    prefill of the 0.1B shape took 1.2 s with one team, 3.2-4.2 s once a second thread had
+    cloned a state)."""
+
+    _ROUTED = frozenset(
+        ("forward", "advance", "initial_state", "copy_state", "state_to_bytes", "state_from_bytes")
+    )
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name in self._ROUTED and callable(attr):
+            return lambda *args: on_model_thread(attr, *args)
+        return attr
