@@ -237,11 +237,7 @@ class Engine:
         """The longest cached prefix among chunks[:upto]: (checkpoint, chunks covered)."""
         end = len(prompt.chunks) if upto is None else upto
         for i in range(end - 1, -1, -1):
-            cp = (
-                self.cache.get(prompt.chunks[i].key)
-                if self.cache.contains(prompt.chunks[i].key)
-                else None
-            )
+            cp = self.cache.get(prompt.chunks[i].key)
             if cp is not None:
                 return cp, i + 1
         return self._initial_checkpoint(), 0

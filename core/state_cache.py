@@ -93,12 +93,6 @@ class StateCache:
             self.misses += 1
         return cp
 
-    def contains(self, key: str) -> bool:
-        with self._lock:
-            if key in self._mem or key in self._pending:
-                return True
-        return self.dir is not None and (self.dir / f"{key}.state").is_file()
-
     def put(self, key: str, cp: Checkpoint, disk: bool = False) -> None:
         size = self._size(cp)
         with self._lock:
