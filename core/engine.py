@@ -370,8 +370,6 @@ class Engine:
         t0 = time.perf_counter()
         params = params.validated()
         res = ReplyResult(stop_reason="closed")
-        with self._active_lock:
-            self._active += 1
         if continue_last:
             if not history:
                 raise ValueError("nothing to continue: the chat is empty")
@@ -389,6 +387,8 @@ class Engine:
         state: State = None
         header_cp: Checkpoint | None = None
         t_first = 0.0
+        with self._active_lock:  # counted down in `finally`, whatever happens from here
+            self._active += 1
         try:
             start_cp, res.fed_tokens = self._advance(prompt, to_disk=False)
             header_cp = start_cp

@@ -212,3 +212,10 @@ def test_engine_runs_older_versions(tiny_models, version: int) -> None:
     a, _ = eng.state_for(CTX, hist, Message("char"))
     b, _ = eng.reference_state(CTX, hist, Message("char"))
     assert np.abs(a - b).max() < 1e-4
+
+
+def test_a_reply_that_cannot_start_does_not_leave_the_engine_busy(rwkv7_backend) -> None:
+    eng = Engine(rwkv7_backend)
+    with pytest.raises(ValueError, match="nothing to continue"):
+        eng.reply(CTX, [], Message("char"), P, continue_last=True).consume()
+    assert not eng.busy
