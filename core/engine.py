@@ -136,6 +136,8 @@ class Engine:
         self._key_cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._initial: Checkpoint | None = None
         self._advance_fn = getattr(backend, "advance", None)
+        tb = getattr(backend, "token_bytes", None)  # tokenizing needs no model thread
+        self._token_bytes: Callable[[int], bytes] = tb or (lambda t: backend.detokenize([t]))
         self._banned_first = self._banned_at_start()  # at load time, not in the first reply
 
     # ------------------------------------------------------------------ public helpers
@@ -255,12 +257,13 @@ class Engine:
         cp, done = self._restore(prompt, end)
         fed = 0
         logits, state, n = cp.logits, cp.state, cp.n_tokens
-        last_boundary = max((b for b in prompt.boundaries if b < end), default=-1)
+        bounds = set(prompt.boundaries)  # a 1,000-message chat has 1,000 of them
+        last_boundary = max((b for b in bounds if b < end), default=-1)
         try:
             pending: list[int] = []
             for i in range(done, end):
                 pending += prompt.chunks[i].tokens
-                if i in prompt.boundaries or i == end - 1:
+                if i in bounds or i == end - 1:
                     if pending:
                         logits, state = self._forward(pending, state)
                         n += len(pending)
@@ -310,13 +313,11 @@ class Engine:
         cached = getattr(self.raw_backend, "_rp_banned_first", None)
         if isinstance(cached, np.ndarray):
             return cached
-        tb = getattr(self.backend, "token_bytes", None)
         ids: list[int] = []
-        if tb is not None:
-            for t in range(self.info.n_vocab):
-                b = tb(t)
-                if b and b"\n" in b and not b.strip():
-                    ids.append(t)
+        for t in range(self.info.n_vocab):
+            b = self._token_bytes(t)
+            if b and b"\n" in b and not b.strip():
+                ids.append(t)
         eos = self.backend.eos_token()
         if eos is not None:
             ids.append(eos)
@@ -326,10 +327,6 @@ class Engine:
         except AttributeError:
             pass
         return banned
-
-    def _token_bytes(self, token: int) -> bytes:
-        tb = getattr(self.backend, "token_bytes", None)
-        return tb(token) if tb is not None else self.backend.detokenize([token])
 
     def reply(
         self,
