@@ -23,11 +23,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.backends.loader import load_backend  # noqa: E402
+from core.backends.model_thread import on_model_thread  # noqa: E402
 from core.engine import Engine  # noqa: E402
-from core.loader import load_backend  # noqa: E402
-from core.model_thread import on_model_thread  # noqa: E402
+from core.engine.sampler import PRESETS, Penalties, SamplingParams, sample  # noqa: E402
 from core.prompt import CharacterContext, Message  # noqa: E402
-from core.sampler import PRESETS, Penalties, SamplingParams, sample  # noqa: E402
 
 SHAPES = {"tiny": (2, 128), "0.1b": (12, 768), "0.4b": (24, 1024)}
 CTX = CharacterContext(
@@ -46,7 +46,7 @@ CAPPED = SamplingParams(temperature=1.0, top_p=0.6, seed=11, max_tokens=4)
 def build_model(args: argparse.Namespace, work: Path) -> Path:
     if args.model:
         return Path(args.model)
-    from core.tiny_model import write_model
+    from tests.support.tiny_model import write_model
 
     layers, width = SHAPES[args.shape]
     cache = Path(tempfile.gettempdir()) / "rwkv-rp-bench"
@@ -169,7 +169,7 @@ def main() -> int:
         sample_ms=round(sample_ms(info.n_vocab), 3),
     )
     if info.backend == "llama":
-        from core.llama_backend import bare_decode_tok_s
+        from bench.bare import bare_decode_tok_s
 
         llama_bare = on_model_thread(bare_decode_tok_s, backend, args.decode_steps)
         weight_bytes = model.stat().st_size

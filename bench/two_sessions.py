@@ -26,10 +26,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file: make `core` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.backends.loader import load_backend  # noqa: E402
 from core.engine import Engine  # noqa: E402
-from core.loader import load_backend  # noqa: E402
+from core.engine.sampler import SamplingParams  # noqa: E402
 from core.prompt import CharacterContext, Message  # noqa: E402
-from core.sampler import SamplingParams  # noqa: E402
 
 SESSIONS = (
     (
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model
     tmp = None
     if args.tiny:
-        from core.tiny_model import write_model
+        from tests.support.tiny_model import write_model
 
         tmp = tempfile.TemporaryDirectory()
         model = str(write_model(Path(tmp.name) / "tiny-v7.pth", 7, 2, 128))

@@ -35,9 +35,9 @@ from typing import Any
 
 from core import avatars
 from core.config import BUNDLED_CHARACTERS_DIR, data_dir
-from core.db import Store, StoreError, clean_name, open_store, validate_character
 from core.errors import AppError
-from core.models import Character, utcnow
+from core.store import Store, StoreError, clean_name, open_store, validate_character
+from core.store.models import Character, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -581,6 +581,19 @@ def _candidate_files(folder: Path) -> list[Path]:
     ]
 
 
+def open_app_store(url: str | None = None) -> Store:
+    """The store as the app opens it at start: migrated, with the characters of the character
+    folders that were never imported seeded into it (the bundled ones on first start; files a
+    user adds later on the next start)."""
+    store = open_store(url)
+    try:
+        sync_character_folders(store)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
 def sync_character_folders(store: Store, dirs: Iterable[Path] | None = None) -> list[Character]:
     """Import character files never imported before (old-format JSON with its PNG, or card PNG
     and JSON files) whose name is not taken. Each file is tried once: its name is recorded in
@@ -647,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        store = open_store()
+        store = open_app_store()
     except AppError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -699,6 +712,7 @@ __all__ = [
     "main",
     "normalize_card",
     "read_card",
+    "open_app_store",
     "sync_character_folders",
 ]
 

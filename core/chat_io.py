@@ -12,10 +12,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from core.db import MAX_ITEMS, Store, StoreError
 from core.errors import AppError
-from core.models import ChatMessage, Conversation
-from core.prompt import NARRATOR_NAME
+from core.store import MAX_ITEMS, Store, StoreError
+from core.store.models import ChatMessage, Conversation
+from core.text import NARRATOR_NAME
 
 MAX_CHAT_BYTES = 50 * 1024 * 1024
 MAX_CHAT_MESSAGES = 100_000

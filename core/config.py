@@ -19,10 +19,3 @@ def data_dir() -> Path:
     path = Path(env).expanduser() if env else REPO_ROOT / "data"
     path.mkdir(parents=True, exist_ok=True)
     return path.resolve()
-
-
-def states_dir() -> Path:
-    """Disk store of the prefix state cache."""
-    path = data_dir() / "states"
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -29,9 +29,9 @@ import gguf
 import numpy as np
 import torch
 
+from core.backends.rwkv import detect_version, read_weights
+from core.backends.tokenizer import WORLD_VOCAB_SIZE, _vocab_file
 from core.errors import ModelError
-from core.rwkv_backend import detect_version, read_weights
-from core.tokenizer import WORLD_VOCAB_SIZE, _vocab_file
 
 TYPES = ("f32", "f16", "q8_0")
 SUPPORTED_VERSIONS = (6, 7)

@@ -11,5 +11,5 @@ class ModelError(AppError):
     """A model cannot be loaded or used: missing or bad file, unknown or unsupported strategy."""
 
 
-class BusyError(AppError):
-    """The model is busy and the caller asked not to wait."""
+class StoreError(AppError):
+    """A database operation was refused or failed; the message says why."""

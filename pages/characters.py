@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import streamlit as st
 
 from core.avatars import encode_avatar, remove_avatar_file, save_avatar
+from core.engine.sampler import PRESETS
 from core.errors import AppError
-from core.models import CharacterCreate, CharacterUpdate
 from core.prompt import substitute
-from core.sampler import PRESETS
+from core.store import CharacterCreate, CharacterUpdate
 from pages.ui_common import (
     T,
     avatar_image,
@@ -60,7 +61,7 @@ def _preview(data: bytes) -> bytes | str:
         return str(e)
 
 
-def _edit(target: Any) -> None:
+def _edit(target: int | Literal["new"] | None) -> None:
     ss.char_edit = target
 
 
@@ -88,7 +89,7 @@ def _delete(char_id: int, name: str) -> None:
 
 
 # --- the editor --------------------------------------------------------------------------------
-def render_editor(target: Any) -> None:
+def render_editor(target: int | Literal["new"]) -> None:
     ch = s.get_character(target) if target != "new" else None
     if target != "new" and ch is None:
         ss.char_edit = None
@@ -287,7 +288,7 @@ if not characters:
     st.info(T("no_match") if search else T("no_characters"))
 
 
-def _card_bytes(char_id: int, fmt: str) -> Any:
+def _card_bytes(char_id: int, fmt: str) -> Callable[[], bytes]:
     from core.cards import export_card
 
     return lambda: export_card(s, char_id, fmt)

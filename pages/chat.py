@@ -13,15 +13,23 @@ stream; the finally below closes the reply so on_finish runs at once), or cut by
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from core import chat
+from core.engine.sampler import PRESETS, SamplingParams
 from core.errors import AppError
-from core.prompt import NARRATOR_NAME, Message
-from core.sampler import PRESETS, SamplingParams
+from core.prompt import NARRATOR_NAME, CharacterContext, Message
+from core.store import ChatMessage, Conversation
+
+if TYPE_CHECKING:
+    from streamlit.delta_generator import DeltaGenerator
+
+    from core.engine import Engine, ReplyResult
+
 from pages.ui_common import (
     PAGE_CHARACTERS,
     StreamText,
@@ -224,7 +232,7 @@ with st.sidebar:
                     st.rerun()
 
 
-def _sampling_controls(conv: Any) -> None:
+def _sampling_controls(conv: Conversation) -> None:
     """Per-chat sampling with presets, saved in conversation.sampling on every change."""
     prefix = f"samp_{conv.id}_"
     params = conversation_params(conv)
@@ -318,7 +326,7 @@ if conv is None:
     st.stop()
 
 # --- the open chat -------------------------------------------------------------------------------
-ctx = s.conversation_context(conv.id)
+ctx = chat.conversation_context(s, conv.id)
 user_label = ctx.user_name
 names = {"char": ctx.name, "narrator": NARRATOR_NAME, "user": user_label}
 
@@ -338,7 +346,7 @@ if engine is None:
                 st.rerun()
 
 
-def _warm(engine: Any, ctx: Any, history: list[Message]) -> None:
+def _warm(engine: Engine, ctx: CharacterContext, history: list[Message]) -> None:
     try:
         engine.warm(ctx, history)
     except Exception:  # only a head start: the reply prefills whatever is missing
@@ -351,7 +359,7 @@ if engine is not None and ss.get("warmed") != (conv.id, id(engine)) and not ss.g
     # not a daemon: a prefill cut off by interpreter exit inside torch aborts the process
     threading.Thread(
         target=_warm,
-        args=(engine, ctx, s.prompt_messages(conv.id)),
+        args=(engine, ctx, chat.prompt_messages(s, conv.id)),
         daemon=False,
         name=f"warm-{conv.id}",
     ).start()
@@ -401,7 +409,7 @@ def _meta_line(meta: dict[str, Any]) -> str:
 
 
 # --- message actions (callbacks run before the next script run) -------------------------------
-def _act(fn: Any, *args: Any) -> None:
+def _act(fn: Callable[..., object], *args: Any) -> None:
     try:
         fn(*args)
     except AppError as e:
@@ -435,7 +443,7 @@ def _more() -> None:
     ss[f"visible_{conv.id}"] = ss.get(f"visible_{conv.id}", DEFAULT_VISIBLE) + MORE_STEP
 
 
-def render_message(msg: Any, is_last: bool) -> None:
+def render_message(msg: ChatMessage, is_last: bool) -> None:
     name = _display_name(msg.role, msg.name)
     with st.chat_message(
         name if msg.role != "user" else "user", avatar=role_avatar(msg.role, character)
@@ -547,7 +555,7 @@ if not messages:
 
 
 # --- generation --------------------------------------------------------------------------------
-def _until_first(pieces: Iterator[str], waiting: Any) -> Iterator[str]:
+def _until_first(pieces: Iterator[str], waiting: DeltaGenerator) -> Iterator[str]:
     """Pass the pieces on; the "waiting for the model" note goes when the first one arrives."""
     first = True
     for piece in pieces:
@@ -562,7 +570,7 @@ def _chain(first: list[str], rest: Iterator[str]) -> Iterator[str]:
     yield from rest
 
 
-def generate(op: str, role: str = "char", target: Any = None) -> None:
+def generate(op: str, role: str = "char", target: ChatMessage | None = None) -> None:
     """Stream one reply and save it through on_finish (also when stopped)."""
     if engine is None:
         st.warning(T("no_model_loaded"))
@@ -584,7 +592,9 @@ def generate(op: str, role: str = "char", target: Any = None) -> None:
     ss.gen_done = done  # the next run of this session waits for it (see the top)
     box: dict[str, Any] = {}
 
-    def on_finish(res: Any) -> None:  # runs in this thread when the reply ends, however it ends
+    def on_finish(
+        res: ReplyResult,
+    ) -> None:  # runs in this thread when the reply ends, however it ends
         try:
             box["result"] = res
             text = res.text or ""
@@ -616,7 +626,7 @@ def generate(op: str, role: str = "char", target: Any = None) -> None:
         body = st.container(key="streaming")
         stop_slot = st.empty()  # a click reruns the script, which interrupts the stream
         stop_slot.button(T("stop"), key="stop_gen", icon=":material/stop_circle:")
-        it: Any = None
+        it: Iterator[str] | None = None
         try:
             reply = engine.reply(
                 ctx,

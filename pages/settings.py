@@ -11,10 +11,11 @@ from typing import Any
 
 import streamlit as st
 
+from core.auth import hash_password
 from core.config import MODELS_DIR, data_dir
+from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.i18n import LANG_NAMES, LANGS
-from core.sampler import PRESETS
 from pages.ui_common import (
     BACKENDS,
     DEFAULT_CACHE_DISK_MB,
@@ -25,7 +26,6 @@ from pages.ui_common import (
     choose_model,
     current_choice,
     default_preset,
-    hash_password,
     lang,
     load_model,
     loaded_engine,
@@ -87,7 +87,7 @@ else:
     st.info(T("no_model_loaded"), icon=":material/memory:")
 
 try:
-    from core.loader import list_model_files
+    from core.backends.loader import list_model_files
 
     files = [str(p) for p in list_model_files()]
 except Exception:  # the models folder cannot be read: still offer the other choices
@@ -97,7 +97,7 @@ choice = current_choice()
 
 def _embedded_label() -> str:
     try:
-        from core.embedded import embedded_model_path
+        from core.backends.embedded import embedded_model_path
 
         found = embedded_model_path() is not None
     except Exception:

@@ -9,30 +9,31 @@ session keeps only ids in st.session_state, never ORM objects or engine handles.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
 import re
 import runpy
-import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from core.auth import check_password
 from core.avatars import avatar_path
 from core.cli_args import cli_args, resolve_model_path
 from core.config import REPO_ROOT, data_dir
+from core.engine.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
+from core.store import Character, Conversation, Store
+
+if TYPE_CHECKING:
+    from core.engine import Engine
 from core.errors import AppError
 from core.i18n import LANGS, t
-from core.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
 
 PAGE_HOME = "pages/home.py"
 PAGE_CHAT = "pages/chat.py"
@@ -63,13 +64,13 @@ DEFAULT_CACHE_DISK_MB = 2048
 
 
 @st.cache_resource(show_spinner=False)
-def _store(data_dir_key: str, db_url: str) -> Any:
-    from core.db import open_store
+def _store(data_dir_key: str, db_url: str) -> Store:
+    from core.cards import open_app_store
 
-    return open_store(db_url or None)
+    return open_app_store(db_url or None)
 
 
-def store() -> Any:
+def store() -> Store:
     """The Store of this data directory (shared by all sessions; every call is thread-safe)."""
     return _store(str(data_dir()), os.environ.get("RP_DB_URL", ""))
 
@@ -131,11 +132,11 @@ class StreamText:
     apart are sent together: each send redraws the whole message in the browser, and a
     redraw per token takes CPU from the model on a small machine."""
 
-    def __init__(self, pieces: Any, interval: float = 0.05) -> None:
+    def __init__(self, pieces: Iterable[str], interval: float = 0.05) -> None:
         self._pieces = pieces
         self._interval = interval
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[str]:
         held = ""
         last = 0.0
         for piece in self._pieces:
@@ -154,13 +155,13 @@ class StreamText:
 # --- avatars ---------------------------------------------------------------------------------
 
 
-def char_avatar(character: Any) -> str:
+def char_avatar(character: Character | None) -> str:
     """A chat_message / st.image avatar for a character: its picture file, else the bot icon."""
-    path = avatar_path(getattr(character, "avatar", "") if character is not None else "")
+    path = avatar_path(character.avatar if character is not None else "")
     return str(path) if path is not None else CHAR_AVATAR
 
 
-def role_avatar(role: str, character: Any) -> str:
+def role_avatar(role: str, character: Character | None) -> str:
     if role == "user":
         return USER_AVATAR
     if role == "narrator":
@@ -168,13 +169,15 @@ def role_avatar(role: str, character: Any) -> str:
     return char_avatar(character)
 
 
-def avatar_image(character: Any, width: int = 64) -> None:
+def avatar_image(character: Character | None, width: int = 64) -> None:
     """The character's picture, or a neutral icon when it has none."""
-    path = avatar_path(getattr(character, "avatar", "") if character is not None else "")
+    path = avatar_path(character.avatar if character is not None else "")
     if path is not None:
         st.image(str(path), width=width)
     else:
-        st.image(_placeholder(getattr(character, "name", "") or "?"), width=width)
+        st.image(
+            _placeholder((character.name if character is not None else "") or "?"), width=width
+        )
 
 
 @st.cache_data(show_spinner=False)
@@ -192,31 +195,6 @@ def _placeholder(name: str) -> bytes:
 
 
 # --- password --------------------------------------------------------------------------------
-
-_PBKDF2 = "pbkdf2_sha256"
-_ITERATIONS = 200_000
-
-
-def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, _ITERATIONS)
-    b64 = base64.b64encode
-    return f"{_PBKDF2}${_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def check_password(entered: str, stored: str) -> bool:
-    """Compare in constant time; `stored` is a hash_password() string or a plain password
-    (the RP_PASSWORD environment variable, or a setting written by hand)."""
-    if stored.startswith(_PBKDF2 + "$"):
-        try:
-            _, iters, salt, digest = stored.split("$")
-            got = hashlib.pbkdf2_hmac(
-                "sha256", entered.encode(), base64.b64decode(salt), int(iters)
-            )
-            return hmac.compare_digest(got, base64.b64decode(digest))
-        except (ValueError, TypeError):
-            return False
-    return hmac.compare_digest(entered.encode(), stored.encode())
 
 
 def required_password() -> str:
@@ -302,7 +280,7 @@ class ModelChoice:
         }
 
     @classmethod
-    def from_dict(cls, d: Any) -> ModelChoice:
+    def from_dict(cls, d: object) -> ModelChoice:
         d = d if isinstance(d, dict) else {}
         backend = d.get("backend") if d.get("backend") in BACKENDS else "auto"
         return cls(
@@ -317,6 +295,9 @@ class ModelChoice:
         return Path(self.path).name if self.path else T("embedded_model")
 
 
+EngineKey = tuple[str, str, str, bool, bool, str]  # the model choice's key and the data directory
+
+
 @dataclass
 class ModelSlot:
     """Process-wide: which model the app uses and whether it was unloaded on purpose."""
@@ -325,8 +306,8 @@ class ModelSlot:
     override: ModelChoice | None = None  # chosen in Settings (or by flags) in this process
     cli_applied: bool = False
     unloaded: bool = False
-    loaded: tuple[Any, ...] | None = None  # cache key of the engine in _engine's cache
-    failed: dict[tuple[Any, ...], str] = field(default_factory=dict)  # key -> error message
+    loaded: EngineKey | None = None  # cache key of the engine in _engine's cache
+    failed: dict[EngineKey, str] = field(default_factory=dict)  # key -> error message
 
 
 @st.cache_resource(show_spinner=False)
@@ -361,7 +342,7 @@ def current_choice() -> ModelChoice:
     return base
 
 
-def _release_engine(engine: Any) -> None:
+def _release_engine(engine: Engine) -> None:
     try:
         engine.close()
     except Exception:
@@ -371,10 +352,10 @@ def _release_engine(engine: Any) -> None:
 @st.cache_resource(show_spinner=False, max_entries=1, on_release=_release_engine)
 def _engine(
     path: str, backend: str, strategy: str, cuda_on: bool, jit_on: bool, data_dir_key: str
-) -> Any:
+) -> Engine:
     """The loaded model, shared by all sessions (one at a time: loading another releases it)."""
+    from core.backends.loader import load_backend
     from core.engine import Engine
-    from core.loader import load_backend
 
     be = load_backend(
         path or None, backend=backend, strategy=strategy, cuda_on=cuda_on, jit_on=jit_on
@@ -389,11 +370,11 @@ def _engine(
     return engine
 
 
-def _full_key(choice: ModelChoice) -> tuple[Any, ...]:
+def _full_key(choice: ModelChoice) -> EngineKey:
     return (*choice.key, str(data_dir()))
 
 
-def loaded_engine() -> Any | None:
+def loaded_engine() -> Engine | None:
     """The engine if the current choice is loaded, else None. Never loads."""
     slot = model_slot()
     key = _full_key(current_choice())
@@ -405,7 +386,7 @@ def loaded_engine() -> Any | None:
         return None
 
 
-def load_model(choice: ModelChoice | None = None, ui: str = "spinner") -> Any | None:
+def load_model(choice: ModelChoice | None = None, ui: str = "spinner") -> Engine | None:
     """Load `choice` (default: the current one) showing progress; None and an error shown when
     it cannot. ui: "status" (st.status), "spinner" or "none"."""
     slot = model_slot()
@@ -441,7 +422,7 @@ def load_model(choice: ModelChoice | None = None, ui: str = "spinner") -> Any | 
     return engine
 
 
-def get_engine(ui: str = "spinner") -> Any | None:
+def get_engine(ui: str = "spinner") -> Engine | None:
     """The engine for this page: already loaded, or loaded now unless the user unloaded it or
     loading it failed before (then None; Settings or a Load button retries)."""
     engine = loaded_engine()
@@ -475,7 +456,7 @@ def choose_model(choice: ModelChoice) -> None:
     store().set_setting("model", choice.to_dict())
 
 
-def model_summary(engine: Any) -> str:
+def model_summary(engine: Engine) -> str:
     """One line about the loaded model (plain text)."""
     info = engine.info
     name = Path(info.path).name if info.path else T("embedded_model")
@@ -509,14 +490,14 @@ def preset_sampling(name: str) -> dict[str, Any]:
     return {"preset": name, **params.to_dict()}
 
 
-def conversation_params(conv: Any) -> SamplingParams:
+def conversation_params(conv: Conversation | None) -> SamplingParams:
     data = (
         conv.sampling if conv is not None and conv.sampling else preset_sampling(default_preset())
     )
     return SamplingParams.from_dict(data).validated()
 
 
-def new_conversation(character_id: int) -> Any:
+def new_conversation(character_id: int) -> Conversation:
     """Start a chat with a character: the character's sampling preset (else the default one),
     the user's name from Settings, the loaded model's name."""
     engine = loaded_engine()
@@ -524,7 +505,7 @@ def new_conversation(character_id: int) -> Any:
     if engine is not None:
         model = Path(engine.info.path).name if engine.info.path else "embedded"
     character = store().get_character(character_id)
-    preset = getattr(character, "sampling_preset", "") or ""
+    preset = (character.sampling_preset if character is not None else "") or ""
     user_name = setting("user_name", "") or None
     return store().create_conversation(
         character_id,
@@ -540,8 +521,8 @@ def open_chat(conv_id: int) -> None:
     st.switch_page(PAGE_CHAT, query_params={"chat": str(conv_id)})
 
 
-def fmt_time(dt: Any) -> str:
-    """A stored (naive UTC) time in the server's local time."""
+def fmt_time(dt: datetime | None) -> str:
+    """A stored time (UTC, read back naive from SQLite) in the server's local time."""
     try:
         return dt.replace(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M")
     except (AttributeError, ValueError, OverflowError):

@@ -1,5 +1,9 @@
-"""Shared fixtures: tiny random-weight RWKV models (built once per session, official layout, real
-World vocabulary) and a private data directory for every test."""
+"""Fixtures of every level: tiny random-weight RWKV models (built once per session, official
+layout, real World vocabulary) and a private data directory for every test.
+
+Each test is marked with its level, the folder it lives in (unit, integration, ui, e2e), so
+`-m "not e2e"` or `-m unit` select by level.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,19 @@ import os
 from pathlib import Path
 
 import pytest
+
+pytest.register_assert_rewrite("tests.support")
+
+LEVELS = ("unit", "integration", "ui", "e2e")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).resolve().parent
+    for item in items:
+        level = item.path.resolve().relative_to(root).parts[0]
+        if level in LEVELS:
+            item.add_marker(getattr(pytest.mark, level))
+
 
 # tests never reach the network, and never write into the repository's data/
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,7 +45,7 @@ def data_dir(_private_data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """tiny_models(version, layers=2, width=128) -> Path of a .pth built once per session."""
-    from core.tiny_model import write_model
+    from tests.support.tiny_model import write_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     made: dict[tuple[int, int, int], Path] = {}
@@ -45,6 +62,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def rwkv7_backend(tiny_models):
     """One loaded tiny RWKV-7 (cpu fp32), shared by the tests that only read from it."""
-    from core.rwkv_backend import RwkvBackend
+    from core.backends.rwkv import RwkvBackend
 
     return RwkvBackend(tiny_models(7), "cpu fp32")

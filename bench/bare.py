@@ -1,0 +1,52 @@
+"""Yardsticks for the benches: bare decode loops with no engine and no state handling."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import llama_cpp as L
+import numpy as np
+
+from core.backends.llama import LlamaBackend
+from core.errors import ModelError
+
+
+def bare_decode_tok_s(backend: LlamaBackend, n_tokens: int = 128, first_token: int = 0) -> float:
+    """Tokens/s of a bare llama.cpp loop on `backend`'s model: decode one token, argmax its
+    logits, feed that, on one sequence, with no state handling at all. The yardstick for the
+    back end's own forward loop."""
+    b = backend
+    with b._lock:
+        b._check_open()
+        b._collect()
+        seq = b._take_slot(None)
+        bt = b._batch
+        try:
+            tok = first_token
+            t0 = 0.0
+            for i in range(n_tokens + 1):
+                if i == 1:
+                    t0 = time.perf_counter()  # the first step warms up
+                bt.n_tokens = 1
+                bt.token[0] = tok
+                bt.pos[0] = i
+                bt.n_seq_id[0] = 1
+                bt.seq_id[0][0] = seq
+                bt.logits[0] = 1
+                if L.llama_decode(b._ctx, bt) != 0:
+                    raise ModelError("llama.cpp failed in the bare decode loop.")
+                ptr = L.llama_get_logits_ith(b._ctx, -1)
+                tok = int(np.argmax(np.ctypeslib.as_array(ptr, shape=(b.n_vocab,))))
+            return n_tokens / (time.perf_counter() - t0)
+        finally:
+            b._free_slot(seq)
+
+
+def forward_decode_tok_s(backend: Any, n_tokens: int = 128, first_token: int = 0) -> float:
+    """Tokens/s of the same greedy loop through the Backend protocol (`forward` with states)."""
+    logits, state = backend.forward([first_token], backend.initial_state())
+    t0 = time.perf_counter()
+    for _ in range(n_tokens):
+        logits, state = backend.forward([int(np.argmax(logits))], state)
+    return n_tokens / (time.perf_counter() - t0)

@@ -1,0 +1,109 @@
+"""The interface every model back end implements, and what it reports about its model.
+
+A back end only knows tokens, logits and states. Prompt text, sampling, stopping and the prefix
+cache live above it (core/engine/), so the rwkv package and llama.cpp behave the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from core.prompt.base import PromptFormat
+
+State = Any  # opaque to callers: a list of tensors (rwkv) or a llama.cpp sequence snapshot
+
+
+@dataclass
+class ModelInfo:
+    path: str  # file the model was loaded from ("" for none)
+    backend: str  # "rwkv" or "llama"
+    arch: str  # "rwkv4" ... "rwkv7", or a llama.cpp architecture such as "llama"
+    n_layer: int  # number of blocks
+    n_embd: int  # model width
+    n_vocab: int  # vocabulary size
+    n_params: int  # parameter count
+    strategy: str  # rwkv strategy string, or a llama.cpp description
+    load_s: float  # seconds the load took
+    identity: str  # stable id of the weights (keys the state cache)
+    chat_template: str | None = None  # the model's own chat template (GGUF metadata), if any
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else worth showing
+
+    @property
+    def version(self) -> int | None:
+        """RWKV version number (4..7), or None for other architectures."""
+        if self.arch.startswith("rwkv") and self.arch[4:].isdigit():
+            return int(self.arch[4:])
+        return None
+
+
+def file_identity(path: Path, *extra: str) -> str:
+    """Stable id of a model file's weights without reading it all: size, and samples of it."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        for pos in sorted({0, max(0, size // 2 - 2**19), max(0, size - 2**20)}):
+            f.seek(pos)
+            h.update(f.read(2**20))
+    for e in extra:
+        h.update(b"\0" + e.encode())
+    return h.hexdigest()[:32]
+
+
+class Backend(Protocol):
+    """A loaded model. Every call runs on the one model thread (core/backends/model_thread.py),
+    so a back end never sees two calls at once.
+
+    Back ends subclass this protocol to inherit the defaults of its optional capabilities
+    (`state_format`, `prompt_format`, `state_nbytes`, `advance`, `token_bytes`)."""
+
+    info: ModelInfo
+    state_format: str = ""  # layout of state_to_bytes; checkpoints of another layout never match
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> bytes: ...
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes of one token (may be part of a UTF-8 character). Called for every
+        generated token, from any thread: a back end with a table answers without the model."""
+        return self.detokenize([token])
+
+    def initial_state(self) -> State: ...
+
+    def forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
+        """Feed `tokens` (non-empty) after `state`. Returns float32 logits of the last token
+        [n_vocab] and the new state. Must not modify `state` in place."""
+        ...
+
+    def advance(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
+        """`forward` for a caller that never uses `state` again (a decode loop): a back end
+        may then skip keeping it."""
+        return self.forward(tokens, state)
+
+    def copy_state(self, state: State) -> State: ...
+
+    def state_to_bytes(self, state: State) -> bytes: ...
+
+    def state_from_bytes(self, data: bytes) -> State: ...
+
+    def state_nbytes(self, state: State) -> int | None:
+        """A state's size in bytes without serialising it, for back ends whose states grow
+        (a transformer's KV cache); None: every state has the same size."""
+        return None
+
+    def eos_token(self) -> int | None:
+        """Token that ends a reply by itself (ChatML's <|im_end|>, say), or None."""
+        ...
+
+    def prompt_format(self) -> PromptFormat | None:
+        """The prompt format this model expects; None for the RWKV role-play format."""
+        return None
+
+    def close(self) -> None: ...

@@ -1,0 +1,685 @@
+"""Back end on llama.cpp (llama-cpp-python's low-level API): GGUF files, RWKV-6/7 GGUF and other
+GGUF chat models such as the embedded SmolLM2.
+
+States. The engine treats states as immutable values; llama.cpp keeps state inside its context, in
+numbered sequences. A `LlamaState` is a snapshot held in a sequence of the context (its "slot")
+and/or as bytes (`llama_state_seq_get_data`), never changed once made.
+
+- Recurrent models (RWKV): one sequence, decoded in place, so llama.cpp reuses its compute graph
+  from token to token. Before the state in it is overwritten it is saved to bytes, unless it has
+  them already (a 2.4 MB copy for a 0.1B RWKV-7, ~0.1 ms; buffers are pooled); feeding another
+  state restores its bytes (`llama_state_seq_set_data`).
+- Transformers: the KV cache is the state and grows with the context, so states are not copied:
+  `forward` copies the input's sequence to a free one (`llama_memory_seq_cp`, which shares the
+  cells of the unified cache) and decodes there. When every sequence holds a live state, the
+  least recently used one is saved to bytes and its sequence reused; a sequence whose state was
+  garbage-collected is freed.
+
+Either way `forward(tokens, state)` leaves `state` as it was, and serialising happens only when a
+state must leave the context (or `copy_state` / `state_to_bytes` asks for it).
+
+Files are checked before llama.cpp sees them (core/backends/gguf_file.py): a malformed file could
+otherwise make the native library abort the whole process.
+llama.cpp's own logging is silenced (kept only for error messages).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import struct
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+import llama_cpp as L
+import numpy as np
+
+from core.backends.base import Backend, ModelInfo, file_identity
+from core.backends.gguf_file import RWKV_ARCHS, GGUFSummary, check_gguf
+from core.backends.tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer, world_tokenizer
+from core.errors import ModelError
+from core.prompt.base import PromptFormat
+from core.prompt.chatml import IM_END, IM_START, MARKERS, ChatMLFormat
+
+_STATE_MAGIC = b"LLST"
+_STATE_HEADER = struct.Struct("<4sI16sQ")  # magic, format version, identity, n_past
+
+# ---------------------------------------------------------------- llama.cpp process set-up
+_init_lock = threading.Lock()
+_initialised = False
+_log_lines: collections.deque[str] = collections.deque(maxlen=40)
+
+
+@L.llama_log_callback
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # keep warnings and errors for error messages, print nothing
+    if level in (2, 3) and text:
+        _log_lines.append(text.decode("utf-8", errors="replace").strip())
+
+
+def _init_llama() -> None:
+    """Once per process: silence llama.cpp's logging and initialise its back ends."""
+    global _initialised
+    with _init_lock:
+        if _initialised:
+            return
+        L.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        L.llama_backend_init()
+        _initialised = True
+
+
+def _recent_log() -> str:
+    lines = [s for s in _log_lines if s]
+    return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------- states
+class LlamaState:
+    """An immutable model state: `n_past` tokens fed. Lives in a slot of the context and/or as
+    bytes (`data`); never changed after it is made."""
+
+    __slots__ = ("n_past", "data", "slot", "owner", "consumed", "__weakref__")
+
+    def __init__(self, n_past: int, data: bytes | bytearray | None = None, owner: int = 0) -> None:
+        self.n_past = n_past
+        self.data = data  # llama_state_seq bytes (never changed); None while only resident
+        self.slot: int | None = None  # sequence id that holds it, if any
+        self.owner = owner  # id of the backend instance that made it
+        self.consumed = False  # given to `advance`: its contents are gone
+
+    @property
+    def empty(self) -> bool:
+        return self.n_past == 0 and not self.data
+
+    def __repr__(self) -> str:
+        where = f"slot {self.slot}" if self.slot is not None else "bytes"
+        return f"LlamaState(n_past={self.n_past}, {where})"
+
+
+@dataclass
+class _Slot:
+    owner: weakref.ref[LlamaState] | None = None
+    used: int = 0  # tick of last use, for LRU
+
+
+@dataclass
+class _Special:
+    """Token ids with a role."""
+
+    markers: dict[str, int] = field(default_factory=dict)  # template marker text -> id
+    render: set[int] = field(default_factory=set)  # control tokens shown as their text
+    eog_texts: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- the back end
+class LlamaBackend(Backend):
+    """A GGUF model loaded through llama.cpp."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_threads: int | None = None,
+        n_ctx: int | None = None,
+        n_batch: int = 512,
+        n_slots: int = 6,
+    ) -> None:
+        t0 = time.perf_counter()
+        _init_llama()
+        p = Path(path).expanduser()
+        summary = check_gguf(p)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._model: Any = None
+        self._ctx: Any = None
+        self._batch: Any = None
+        self.n_threads = n_threads or max(1, len(os.sched_getaffinity(0)))
+        mparams = L.llama_model_default_params()
+        _log_lines.clear()
+        model = L.llama_model_load_from_file(str(p).encode("utf-8"), mparams)
+        if not model:
+            why = _recent_log()
+            raise ModelError(
+                f"llama.cpp could not load {p.name}"
+                + (f": {why}" if why else ".")
+                + " The file may be damaged, or of a model variant this llama.cpp lacks."
+            )
+        self._model = model
+        try:
+            self._setup(p, summary, n_ctx, n_batch, n_slots)
+        except BaseException:
+            self.close()
+            raise
+        self.info.load_s = time.perf_counter() - t0
+
+    def _setup(
+        self, p: Path, summary: GGUFSummary, n_ctx: int | None, n_batch: int, n_slots: int
+    ) -> None:
+        model = self._model
+        self._vocab = L.llama_model_get_vocab(model)
+        self.n_vocab = int(L.llama_vocab_n_tokens(self._vocab))
+        self.recurrent = bool(L.llama_model_is_recurrent(model))
+        n_ctx_train = int(L.llama_model_n_ctx_train(model)) or 4096
+        if n_ctx is None:
+            # a recurrent model's state does not grow with the context: n_ctx only sizes buffers
+            n_ctx = 4096 if self.recurrent else min(n_ctx_train, 8192)
+        self.n_ctx = int(n_ctx)
+        self.n_batch = max(1, min(int(n_batch), self.n_ctx))
+        # a recurrent model runs in place in one sequence (states are snapshots in bytes); a
+        # transformer keeps live states in several sequences that share its KV cache
+        self.n_slots = 1 if self.recurrent else max(2, int(n_slots))
+        cparams = L.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = self.n_slots
+        cparams.n_threads = self.n_threads
+        cparams.n_threads_batch = self.n_threads
+        cparams.kv_unified = True  # sequences share the cache: a copy shares cells
+        # llama.cpp's CPU flash attention depends much on where cells lie in the cache (a token
+        # that landed in a hole before its prompt moved SmolLM2's logits by ~1; the plain path
+        # gave identical logits there, and is as fast on this CPU for small models)
+        cparams.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cparams.no_perf = True
+        ctx = L.llama_init_from_model(model, cparams)
+        if not ctx:
+            why = _recent_log()
+            raise ModelError(
+                f"llama.cpp could not make a context for {p.name}" + (f": {why}" if why else ".")
+            )
+        self._ctx = ctx
+        self._mem = L.llama_get_memory(ctx)
+        self._batch = L.llama_batch_init(self.n_batch, 0, 1)
+        self._slots = [_Slot() for _ in range(self.n_slots)]
+        self._tick = 0
+        self._piece = ctypes.create_string_buffer(256)
+        self._pool: list[bytearray] = []  # snapshot buffers of dead states, for reuse
+        self._bytes_cache: list[bytes | None] = [None] * self.n_vocab
+
+        arch = summary.arch
+        self.arch = arch
+        template = summary.get("tokenizer.chat_template")
+        self.chat_template = template if isinstance(template, str) else None
+        self._special = self._find_specials()
+        self._world = self._world_tokenizer(summary)
+        ftype = summary.get("general.file_type")
+        try:
+            type_name = gguf.LlamaFileType(ftype).name.split("_", 1)[1].lower()
+        except (ValueError, TypeError):
+            type_name = "unknown"
+        self.file_type = type_name
+        self.info = ModelInfo(
+            path=str(p),
+            backend="llama",
+            arch=arch,
+            n_layer=int(L.llama_model_n_layer(model)),
+            n_embd=int(L.llama_model_n_embd(model)),
+            n_vocab=self.n_vocab,
+            n_params=int(L.llama_model_n_params(model)),
+            strategy=f"llama.cpp cpu {type_name}, {self.n_threads} threads",
+            load_s=0.0,
+            identity=file_identity(p, "llama", type_name),
+            chat_template=self.chat_template,
+            extra={
+                "file_type": type_name,
+                "n_ctx": self.n_ctx,
+                "n_ctx_train": n_ctx_train,
+                "recurrent": self.recurrent,
+                "threads": self.n_threads,
+                "name": summary.get("general.name"),
+            },
+        )
+        # what a saved state depends on besides the weights (keys the engine's state cache)
+        self.state_format = f"llama-cpp-python {L.__version__}, seq state v1"
+        self._id_tag = self.info.identity.encode()[:16].ljust(16, b"\0")
+        self._initial = LlamaState(0, owner=id(self))
+        bos = int(L.llama_vocab_bos(self._vocab))
+        if L.llama_vocab_get_add_bos(self._vocab) and 0 <= bos < self.n_vocab:
+            # models that expect BOS start from the state after it: it is part of "empty"
+            _, st = self.forward([bos], self._initial)
+            self._initial = self.copy_state(st)
+
+    # ---- tokens
+    def _find_specials(self) -> _Special:
+        sp = _Special()
+        is_chatml = bool(self.chat_template and IM_START in self.chat_template)
+        if not is_chatml or self.arch in RWKV_ARCHS:
+            return sp
+        for m in MARKERS:
+            ids = self._tokenize_raw(m, parse_special=True)
+            if len(ids) != 1:
+                return _Special()  # the template names markers the vocabulary lacks
+            sp.markers[m] = ids[0]
+        eog: list[str] = []
+        for t in range(self.n_vocab):
+            if L.llama_vocab_is_eog(self._vocab, t) or t in sp.markers.values():
+                sp.render.add(t)
+                txt = self._piece_of(t, special=True).decode("utf-8", errors="replace")
+                if txt and txt not in MARKERS:
+                    eog.append(txt)
+        sp.eog_texts = tuple(eog)
+        return sp
+
+    def _world_tokenizer(self, summary: GGUFSummary) -> WorldTokenizer | None:
+        """The World tokenizer when this GGUF's vocabulary is exactly the World vocabulary.
+
+        llama.cpp's RWKV tokenizer also matches the text of the control token "<s>" (id 0) and of
+        the padding tokens ("[PAD1]"...), which the rwkv package never produces; the World
+        tokenizer gives the rwkv package's ids for every text (and is faster)."""
+        if summary.get("tokenizer.ggml.model") != "rwkv" or self.n_vocab != WORLD_VOCAB_SIZE:
+            return None
+        world = world_tokenizer()
+        for t in range(1, WORLD_VOCAB_SIZE):
+            attr = L.llama_vocab_get_attr(self._vocab, t)
+            want = b"" if attr & L.LLAMA_TOKEN_ATTR_UNUSED else self._piece_of(t, special=False)
+            if want != world.token_bytes(t):
+                return None
+        return world
+
+    def _tokenize_raw(self, text: str, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        if not data:
+            return []
+        cap = len(data) + 16
+        while True:
+            arr = (L.llama_token * cap)()
+            n = L.llama_tokenize(self._vocab, data, len(data), arr, cap, False, parse_special)
+            if n >= 0:
+                return list(arr[:n])
+            cap = -n + 16
+
+    def tokenize(self, text: str, special: bool = False) -> list[int]:
+        """Token ids of `text`. With `special`, any special token's text becomes that token.
+        Without it (the default), only this model's prompt-format markers (ChatML's
+        <|im_start|> / <|im_end|>) do, and all other text is plain text."""
+        with self._lock:
+            self._check_open()
+            if self._world is not None:
+                return self._world.encode(text)
+            if special or not self._special.markers:
+                return self._tokenize_raw(text, parse_special=special)
+            out: list[int] = []
+            rest = text
+            while rest:
+                hits = [(rest.find(m), m) for m in self._special.markers if m in rest]
+                if not hits:
+                    out += self._tokenize_raw(rest, parse_special=False)
+                    break
+                i, m = min(hits)
+                out += self._tokenize_raw(rest[:i], parse_special=False)
+                out.append(self._special.markers[m])
+                rest = rest[i + len(m) :]
+            return out
+
+    def _piece_of(self, token: int, special: bool) -> bytes:
+        buf = self._piece
+        n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n + 8)
+            n = L.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[: max(n, 0)]
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for (may be part of a UTF-8 character); template markers
+        and end-of-turn tokens as their text, other control tokens as nothing."""
+        if self._world is not None:
+            return self._world.token_bytes(token)
+        b = self._bytes_cache[token]
+        if b is None:
+            with self._lock:
+                self._check_open()
+                if L.llama_vocab_get_attr(self._vocab, token) & L.LLAMA_TOKEN_ATTR_UNUSED:
+                    b = b""  # padding of the vocabulary ("[PAD1]" in RWKV GGUF files)
+                else:
+                    b = self._piece_of(token, special=token in self._special.render)
+            self._bytes_cache[token] = b
+        return b
+
+    def detokenize(self, tokens: list[int]) -> bytes:
+        return b"".join(self.token_bytes(t) for t in tokens)
+
+    def eos_token(self) -> int | None:
+        if self.arch in RWKV_ARCHS:
+            return None  # World models end a turn with a blank line: the stop strings catch it
+        if IM_END in self._special.markers:
+            return self._special.markers[IM_END]
+        for fn in (L.llama_vocab_eot, L.llama_vocab_eos):
+            t = int(fn(self._vocab))
+            if 0 <= t < self.n_vocab:
+                return t
+        return None
+
+    def prompt_format(self) -> PromptFormat | None:
+        """ChatML for models whose template is ChatML; None (the RWKV role-play format) for
+        RWKV and for models without a template the app knows."""
+        if self._special.markers:
+            return ChatMLFormat(self._special.eog_texts)
+        return None
+
+    # ---- states
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelError("This model was closed; load it again.")
+
+    def _check_state(self, state: LlamaState) -> None:
+        if not isinstance(state, LlamaState):
+            raise ModelError(f"Not a llama.cpp state: {type(state).__name__}.")
+
+    def initial_state(self) -> LlamaState:
+        return self._initial
+
+    def copy_state(self, state: LlamaState) -> LlamaState:
+        """A detached copy, held as bytes (states never change, so this is for callers that
+        want a snapshot that holds no sequence of the context)."""
+        self._check_state(state)
+        with self._lock:
+            data = bytes(self._data_of(state))
+        return LlamaState(state.n_past, data or None, owner=id(self))
+
+    def _data_of(self, state: LlamaState) -> bytes | bytearray:
+        if state.data is None and not state.empty:
+            self._check_open()
+            slot = self._slot_of(state)
+            if slot is None:
+                raise ModelError("This state was lost (its model was closed or reloaded).")
+            self._snapshot(state, slot)
+        return state.data or b""
+
+    def state_to_bytes(self, state: LlamaState) -> bytes:
+        self._check_state(state)
+        with self._lock:
+            data = self._data_of(state)
+        return _STATE_HEADER.pack(_STATE_MAGIC, 1, self._id_tag, state.n_past) + data
+
+    def state_from_bytes(self, data: bytes) -> LlamaState:
+        if len(data) < _STATE_HEADER.size:
+            raise ModelError("The saved state is truncated.")
+        magic, ver, tag, n_past = _STATE_HEADER.unpack_from(data)
+        if magic != _STATE_MAGIC or ver != 1:
+            raise ModelError("The saved state is not a llama.cpp state of this app.")
+        if tag != self._id_tag:
+            raise ModelError("The saved state belongs to another model.")
+        payload = bytes(data[_STATE_HEADER.size :])
+        if n_past and not payload:
+            raise ModelError("The saved state is empty.")
+        return LlamaState(int(n_past), payload or None, owner=id(self))
+
+    def state_nbytes(self, state: LlamaState) -> int:
+        """Size of the state in bytes, without serialising it (for cache budgets)."""
+        self._check_state(state)
+        with self._lock:
+            if state.data is not None:
+                return _STATE_HEADER.size + len(state.data)
+            slot = self._slot_of(state)
+            if slot is None:
+                return _STATE_HEADER.size
+            return _STATE_HEADER.size + int(L.llama_state_seq_get_size(self._ctx, slot))
+
+    def _snapshot(self, state: LlamaState, slot: int) -> None:
+        """Save the sequence `slot` (which holds `state`) into `state.data`. The buffer comes
+        from a pool and goes back to it when the state is garbage-collected: in a decode loop
+        every state is saved once and dropped at once, and fresh 2 MB buffers cost page faults."""
+        size = int(L.llama_state_seq_get_size(self._ctx, slot))
+        buf = None
+        while self._pool:
+            b = self._pool.pop()
+            if len(b) == size:
+                buf = b
+                break
+        if buf is None:
+            buf = bytearray(size)
+        arr = (ctypes.c_uint8 * size).from_buffer(buf)
+        n = int(L.llama_state_seq_get_data(self._ctx, arr, size, slot))
+        del arr
+        if n != size:
+            raise ModelError("llama.cpp could not save a state.")
+        state.data = buf
+        weakref.finalize(state, self._recycle, buf)
+
+    def _recycle(self, buf: bytearray) -> None:
+        if len(self._pool) < 4:
+            self._pool.append(buf)
+
+    def _load_seq(self, slot: int, data: bytes | bytearray) -> None:
+        n = len(data)
+        if isinstance(data, bytearray):
+            ptr: Any = (ctypes.c_uint8 * n).from_buffer(data)
+        else:
+            ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.POINTER(ctypes.c_uint8))
+        ok = int(L.llama_state_seq_set_data(self._ctx, ptr, n, slot)) > 0
+        if not ok and not self.recurrent:
+            # maybe no room in the KV cache: save the other live states to bytes and retry
+            for s in range(self.n_slots):
+                if s != slot and self._slots[s].owner is not None:
+                    self._evict(s)
+            ok = int(L.llama_state_seq_set_data(self._ctx, ptr, n, slot)) > 0
+        if not ok:
+            L.llama_memory_seq_rm(self._mem, slot, -1, -1)
+            raise ModelError(
+                "llama.cpp refused a saved state: it does not fit this model or its context."
+            )
+
+    # ---- slots
+    def _slot_of(self, state: LlamaState) -> int | None:
+        s = state.slot
+        if s is not None and self._slots[s].owner is not None and self._slots[s].owner() is state:
+            return s
+        state.slot = None
+        return None
+
+    def _free_slot(self, s: int) -> None:
+        L.llama_memory_seq_rm(self._mem, s, -1, -1)
+        self._slots[s].owner = None
+
+    def _collect(self) -> None:
+        """Free the slots whose states were garbage-collected."""
+        for i, sl in enumerate(self._slots):
+            if sl.owner is not None and sl.owner() is None:
+                self._free_slot(i)
+
+    def _take_slot(self, keep: int | None) -> int:
+        """A cleared slot, evicting (saving to bytes) the least recently used live state."""
+        free = [i for i, sl in enumerate(self._slots) if sl.owner is None and i != keep]
+        if free:
+            s = free[0]
+        else:
+            s = min(
+                (i for i in range(self.n_slots) if i != keep), key=lambda i: self._slots[i].used
+            )
+            self._evict(s)
+        L.llama_memory_seq_rm(self._mem, s, -1, -1)
+        return s
+
+    def _evict(self, s: int) -> None:
+        sl = self._slots[s]
+        st = sl.owner() if sl.owner is not None else None
+        if st is not None:
+            if st.data is None:
+                self._snapshot(st, s)
+            st.slot = None
+        self._free_slot(s)
+
+    def _bind(self, state: LlamaState, s: int) -> None:
+        self._tick += 1
+        state.slot = s
+        self._slots[s].owner = weakref.ref(state)
+        self._slots[s].used = self._tick
+
+    def _resident(self, state: LlamaState) -> int | None:
+        """The slot holding `state`, restoring it from bytes if needed; None for empty."""
+        s = self._slot_of(state)
+        if s is not None:
+            self._tick += 1
+            self._slots[s].used = self._tick
+            return s
+        if state.empty:
+            return None
+        assert state.data is not None
+        s = self._take_slot(None)
+        try:
+            self._load_seq(s, state.data)
+        except ModelError:
+            self._free_slot(s)
+            raise
+        self._bind(state, s)
+        return s
+
+    # ---- running
+    def advance(self, tokens: list[int], state: LlamaState) -> tuple[np.ndarray, LlamaState]:
+        """`forward` for a caller that drops `state` afterwards (a decode loop): a recurrent
+        model's sequence is then decoded without first saving the old state. Using `state`
+        again raises ModelError."""
+        return self.forward(tokens, state, consume=True)
+
+    def forward(
+        self, tokens: list[int], state: LlamaState, consume: bool = False
+    ) -> tuple[np.ndarray, LlamaState]:
+        """Feed `tokens` after `state`: float32 logits of the last token and the new state.
+        `state` is left as it was (unless `consume`, see `advance`)."""
+        self._check_state(state)
+        if state.consumed:
+            raise ModelError("This state was used up by a decode step; it cannot be fed again.")
+        n = len(tokens)
+        if n == 0:
+            raise ValueError("forward needs at least one token")
+        with self._lock:
+            self._check_open()
+            if state.owner != id(self):
+                state = self._adopt(state)
+            if not self.recurrent and state.n_past + n > self.n_ctx:
+                raise ModelError(
+                    f"The chat no longer fits this model's context of {self.n_ctx} tokens "
+                    f"({state.n_past + n} needed). Start a new chat or shorten this one."
+                )
+            arr = np.asarray(tokens, dtype=np.int64)
+            if int(arr.min()) < 0 or int(arr.max()) >= self.n_vocab:
+                raise ModelError(f"A token id is outside the vocabulary of {self.n_vocab}.")
+            if self.recurrent:
+                return self._forward_in_place(tokens, state, consume)
+            self._collect()
+            src = self._resident(state)
+            dst = self._take_slot(src)
+            if src is not None:
+                L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+            try:
+                logits = self._decode(tokens, dst, state.n_past, src)
+            except BaseException:
+                self._free_slot(dst)
+                raise
+            new = LlamaState(state.n_past + n, owner=id(self))
+            self._bind(new, dst)
+            return logits, new
+
+    def _forward_in_place(
+        self, tokens: list[int], state: LlamaState, consume: bool = False
+    ) -> tuple[np.ndarray, LlamaState]:
+        """Recurrent models: one sequence, decoded in place, so llama.cpp reuses its graph from
+        token to token. The state in it is saved to bytes first if it has none (one copy of the
+        state, ~50 us for 2.4 MB); switching to another state restores its bytes."""
+        w = 0
+        sl = self._slots[w]
+        here = sl.owner() if sl.owner is not None else None
+        if here is state:
+            if state.data is None:
+                if consume:  # nobody will read it again: no need to save it
+                    state.consumed = True
+                else:
+                    self._snapshot(state, w)
+        else:
+            if here is not None:
+                if here.data is None:
+                    self._snapshot(here, w)
+                here.slot = None
+            sl.owner = None
+            if state.empty:
+                L.llama_memory_seq_rm(self._mem, w, -1, -1)
+            else:
+                assert state.data is not None
+                L.llama_memory_seq_rm(self._mem, w, -1, -1)
+                self._load_seq(w, state.data)
+        state.slot = None
+        sl.owner = None
+        try:
+            logits = self._decode(tokens, w, state.n_past, None)
+        except BaseException:
+            L.llama_memory_seq_rm(self._mem, w, -1, -1)
+            raise
+        new = LlamaState(state.n_past + len(tokens), owner=id(self))
+        self._bind(new, w)
+        return logits, new
+
+    def _adopt(self, state: LlamaState) -> LlamaState:
+        """A state of another backend instance (of the same file): only its bytes travel."""
+        if state.empty:
+            return self._initial
+        if state.data is None:
+            raise ModelError("This state belongs to a model that was closed or reloaded.")
+        return LlamaState(state.n_past, bytes(state.data), owner=id(self))
+
+    def _decode(self, tokens: list[int], seq: int, pos: int, src: int | None) -> np.ndarray:
+        batch = self._batch
+        n_all = len(tokens)
+        for start in range(0, n_all, self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            k = len(chunk)
+            last = start + k == n_all
+            batch.n_tokens = k
+            tok, p, nseq, sid, lg = (
+                batch.token,
+                batch.pos,
+                batch.n_seq_id,
+                batch.seq_id,
+                batch.logits,
+            )
+            for i, t in enumerate(chunk):
+                tok[i] = t
+                p[i] = pos + start + i
+                nseq[i] = 1
+                sid[i][0] = seq
+                lg[i] = 0
+            if last:
+                lg[k - 1] = 1
+            rc = L.llama_decode(self._ctx, batch)
+            if rc == 1 and not self.recurrent:
+                # no room in the KV cache: save the other live states to bytes and retry
+                for s in range(self.n_slots):
+                    if s not in (seq, src) and self._slots[s].owner is not None:
+                        self._evict(s)
+                rc = L.llama_decode(self._ctx, batch)
+            if rc != 0:
+                why = _recent_log()
+                if rc == 1:
+                    raise ModelError(
+                        f"The model's context ({self.n_ctx} tokens) is full. Start a new chat."
+                    )
+                raise ModelError(f"llama.cpp failed to run the model (code {rc}). {why}".strip())
+        ptr = L.llama_get_logits_ith(self._ctx, -1)
+        if not ptr:
+            raise ModelError("llama.cpp returned no logits.")
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._batch is not None:
+                L.llama_batch_free(self._batch)
+                self._batch = None
+            if self._ctx is not None:
+                L.llama_free(self._ctx)
+                self._ctx = None
+            if self._model is not None:
+                L.llama_model_free(self._model)
+                self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

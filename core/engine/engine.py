@@ -1,0 +1,478 @@
+"""The engine: one loaded model, its prefix state cache, and the generation loop.
+
+    engine = Engine(load_backend("models/x.pth", strategy="cpu fp32"))
+    reply = engine.reply(ctx, history, Message("char"), PRESETS["roleplay"])
+    for piece in reply:          # complete text pieces, as they are generated
+        print(piece, end="")
+    reply.result                 # text, stop reason, token counts, timings
+
+Invariant (docs/ARCHITECTURE.md, "The state invariant"): the state a reply is generated from
+equals the state obtained by feeding, from the model's initial state, exactly the tokens of the
+stored transcript before it. The transcript is cut into chunks (core/prompt/) tokenized one at a
+time; checkpoints are keyed
+by the chain hash of those chunks; every reply restores the longest cached prefix and feeds the
+rest. A finished reply's checkpoint is rebuilt from its stored text, never from a trimmed tail.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.backends.base import Backend, ModelInfo, State
+from core.backends.model_thread import OnModelThread, on_model_thread
+from core.engine.sampler import Penalties, SamplingParams, sample
+from core.engine.state_cache import Checkpoint, StateCache, chain_key, root_key
+from core.engine.stops import StopScanner
+from core.errors import ModelError
+from core.prompt import (
+    CharacterContext,
+    Message,
+    PromptFormat,
+    RoleplayFormat,
+    normalize,
+    speaker_name,
+)
+
+
+@dataclass
+class ReplyResult:
+    text: str = ""  # the reply as stored (for continue: the whole message)
+    stop_reason: str = ""  # "stop", "eos", "length", "cancel", "closed" or "error"
+    prompt_tokens: int = 0  # tokens of the transcript before the reply
+    fed_tokens: int = 0  # of those, tokens fed now (the rest came from the cache)
+    new_tokens: int = 0  # tokens generated
+    ttft_s: float = 0.0  # from the start to the first text shown
+    gen_s: float = 0.0  # from the first generated token to the end
+    tok_s: float = 0.0  # generated tokens per second
+    stop_string: str | None = None  # which stop string ended it
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "tokens": self.new_tokens,
+            "tok_s": round(self.tok_s, 2),
+            "ttft_s": round(self.ttft_s, 3),
+            "stop": self.stop_reason,
+        }
+
+
+@dataclass
+class _Chunk:
+    text: str
+    tokens: list[int]
+    key: str  # chain key of the prefix that ends with this chunk
+
+
+@dataclass
+class _Prompt:
+    chunks: list[_Chunk]
+    boundaries: list[int] = field(default_factory=list)  # chunk indexes that end a message
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.chunks)
+
+
+class Reply:
+    """An iterator of text pieces with the result attached when it ends."""
+
+    def __init__(self, gen: Iterator[str], holder: list[ReplyResult]) -> None:
+        self._gen = gen
+        self._holder = holder
+
+    def __iter__(self) -> Iterator[str]:
+        return self._gen
+
+    def __next__(self) -> str:
+        return next(self._gen)
+
+    def close(self) -> None:
+        self._gen.close()  # type: ignore[attr-defined]
+
+    @property
+    def result(self) -> ReplyResult:
+        if not self._holder:
+            raise RuntimeError("the reply has not finished yet")
+        return self._holder[0]
+
+    def consume(self) -> ReplyResult:
+        for _ in self._gen:
+            pass
+        return self.result
+
+
+class Engine:
+    def __init__(
+        self,
+        backend: Backend,
+        cache_dir: Path | None = None,
+        mem_budget_mb: float = 512,
+        disk_budget_mb: float = 2048,
+    ) -> None:
+        self.raw_backend = backend
+        self.backend: Backend = OnModelThread(backend)  # type: ignore[assignment]
+        self.info: ModelInfo = backend.info
+        self.format: PromptFormat = backend.prompt_format() or RoleplayFormat()
+        self.cache = StateCache(
+            self.backend.state_to_bytes,
+            self.backend.state_from_bytes,
+            cache_dir,
+            mem_budget_mb,
+            disk_budget_mb,
+            nbytes=backend.state_nbytes,
+        )
+        # checkpoints of another state layout (another llama.cpp build, say) are never matched
+        self._root = root_key(f"{self.info.identity}\0{backend.state_format}")
+        self._active = 0
+        self._active_lock = threading.Lock()
+        self._tok_cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._key_cache: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._initial: Checkpoint | None = None
+        self._token_bytes: Callable[[int], bytes] = backend.token_bytes  # no model thread needed
+        self._banned_first = self._banned_at_start()  # at load time, not in the first reply
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def busy(self) -> bool:
+        """Another generation is running (a new one will interleave with it)."""
+        return self._active > 0
+
+    def cache_stats(self) -> dict[str, Any]:
+        return self.cache.stats()
+
+    def clear_cache(self) -> None:
+        self.cache.clear()
+
+    def set_cache_budget(self, mem_mb: float, disk_mb: float) -> None:
+        self.cache.set_budget(mem_mb, disk_mb)
+
+    def flush(self) -> None:
+        """Wait for checkpoints on their way to disk (before a planned restart, in tests)."""
+        self.cache.flush()
+
+    def close(self) -> None:
+        self.cache.flush()
+        self.backend.close()
+
+    # ------------------------------------------------------------------ prompt building
+    def _tokens(self, text: str) -> list[int]:
+        toks = self._tok_cache.get(text)
+        if toks is None:
+            toks = self.backend.tokenize(text)
+            self._tok_cache[text] = toks
+            if len(self._tok_cache) > 20000:
+                self._tok_cache.popitem(last=False)
+        return toks
+
+    def _key(self, prev: str, text: str, tokens: list[int]) -> str:
+        k = self._key_cache.get((prev, text))
+        if k is None:
+            k = chain_key(prev, tokens)
+            self._key_cache[(prev, text)] = k
+            if len(self._key_cache) > 20000:
+                self._key_cache.popitem(last=False)
+        return k
+
+    def _build(
+        self,
+        ctx: CharacterContext,
+        history: list[Message],
+        speaker: Message | None,
+        open_last: bool = False,
+    ) -> _Prompt:
+        """Chunks of the transcript: opening, each message (header, body), then the header of
+        `speaker`; with `open_last`, the last message is left open (for "continue")."""
+        fmt = self.format
+        texts: list[str] = []
+        boundaries: list[int] = []
+        opening = fmt.opening(ctx)
+        if opening:
+            texts.append(opening)
+            boundaries.append(0)
+        for i, msg in enumerate(history):
+            last_open = open_last and i == len(history) - 1
+            texts.append(fmt.header(msg, ctx))
+            if last_open:
+                texts.append(fmt.open_body(msg.text, msg, ctx))
+            else:
+                texts.append(fmt.body(msg.text, msg, ctx))
+                boundaries.append(len(texts) - 1)
+        if speaker is not None and not open_last:
+            texts.append(fmt.header(speaker, ctx))
+        chunks: list[_Chunk] = []
+        prev = self._root
+        for text in texts:
+            toks = self._tokens(text)
+            prev = self._key(prev, text, toks)
+            chunks.append(_Chunk(text, toks, prev))
+        return _Prompt(chunks, boundaries)
+
+    # ------------------------------------------------------------------ states
+    def _forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
+        """One call into the model (on the model thread, as every call of self.backend)."""
+        return self.backend.forward(tokens, state)
+
+    def _step(
+        self, tokens: list[int], state: State, drop_input: bool = False
+    ) -> tuple[np.ndarray, State]:
+        """A decode step; runs on the model thread. With `drop_input` the caller never uses
+        `state` again, and the back end may skip keeping it."""
+        if drop_input:
+            return self.raw_backend.advance(tokens, state)
+        return self.raw_backend.forward(tokens, state)
+
+    def _initial_checkpoint(self) -> Checkpoint:
+        if self._initial is None:
+            self._initial = Checkpoint(np.zeros(0, np.float32), self.backend.initial_state(), 0)
+        return self._initial
+
+    def _restore(self, prompt: _Prompt, upto: int | None = None) -> tuple[Checkpoint, int]:
+        """The longest cached prefix among chunks[:upto]: (checkpoint, chunks covered)."""
+        end = len(prompt.chunks) if upto is None else upto
+        for i in range(end - 1, -1, -1):
+            cp = self.cache.get(prompt.chunks[i].key)
+            if cp is not None:
+                return cp, i + 1
+        return self._initial_checkpoint(), 0
+
+    def _advance(
+        self, prompt: _Prompt, upto: int | None = None, to_disk: bool = True
+    ) -> tuple[Checkpoint, int]:
+        """State after chunks[:upto] (default: all), feeding what the cache lacks and recording
+        checkpoints at message boundaries. Returns (checkpoint, tokens fed).
+
+        Every checkpoint goes to memory; with `to_disk`, the last message boundary also goes to
+        disk, for a restart. A reply passes False: the checkpoint after the reply itself is the
+        one worth keeping, and fewer writes leave the CPU to the reply."""
+        end = len(prompt.chunks) if upto is None else upto
+        cp, done = self._restore(prompt, end)
+        fed = 0
+        logits, state, n = cp.logits, cp.state, cp.n_tokens
+        bounds = set(prompt.boundaries)  # a 1,000-message chat has 1,000 of them
+        last_boundary = max((b for b in bounds if b < end), default=-1)
+        try:
+            pending: list[int] = []
+            for i in range(done, end):
+                pending += prompt.chunks[i].tokens
+                if i in bounds or i == end - 1:
+                    if pending:
+                        logits, state = self._forward(pending, state)
+                        n += len(pending)
+                        fed += len(pending)
+                        pending = []
+                        self.cache.put(
+                            prompt.chunks[i].key,
+                            Checkpoint(logits, state, n),
+                            disk=to_disk and i == last_boundary,
+                        )
+        except ModelError:
+            if done == 0:
+                raise
+            # the back end refused a stored state (written by another version?): forget it
+            self.cache.discard(prompt.chunks[done - 1].key)
+            return self._advance(prompt, upto, to_disk)
+        if done == end == 0:
+            return self._initial_checkpoint(), 0
+        return Checkpoint(logits, state, n), fed
+
+    def warm(self, ctx: CharacterContext, history: list[Message]) -> None:
+        """Prefill the state of a chat's transcript so its next reply starts at once."""
+        self._advance(self._build(ctx, history, None))
+
+    def state_for(
+        self, ctx: CharacterContext, history: list[Message], speaker: Message
+    ) -> tuple[np.ndarray, State]:
+        """Logits and state the next reply by `speaker` would start from (through the cache)."""
+        cp, _ = self._advance(self._build(ctx, history, speaker))
+        return cp.logits, cp.state
+
+    def reference_state(
+        self, ctx: CharacterContext, history: list[Message], speaker: Message
+    ) -> tuple[np.ndarray, State]:
+        """The same, fed from the initial state in one go, without the cache."""
+        prompt = self._build(ctx, history, speaker)
+        tokens = [t for c in prompt.chunks for t in c.tokens]
+        return self._forward(tokens, self.backend.initial_state())
+
+    def prompt_text(self, ctx: CharacterContext, history: list[Message], speaker: Message) -> str:
+        return "".join(c.text for c in self._build(ctx, history, speaker).chunks)
+
+    # ------------------------------------------------------------------ generation
+    def _banned_at_start(self) -> np.ndarray:
+        """Tokens that would end or blank a reply before it says anything: whitespace with a
+        newline in it, and the end-of-turn token. Computed once per engine, at load (tens of ms)."""
+        ids: list[int] = []
+        for t in range(self.info.n_vocab):
+            b = self._token_bytes(t)
+            if b and b"\n" in b and not b.strip():
+                ids.append(t)
+        eos = self.backend.eos_token()
+        if eos is not None:
+            ids.append(eos)
+        return np.array(sorted(set(ids)), dtype=np.int64)
+
+    def reply(
+        self,
+        ctx: CharacterContext,
+        history: list[Message],
+        speaker: Message,
+        params: SamplingParams,
+        cancel: threading.Event | None = None,
+        continue_last: bool = False,
+        on_finish: Callable[[ReplyResult], None] | None = None,
+    ) -> Reply:
+        """Generate the next message by `speaker` (its text is ignored), or with
+        `continue_last` extend the last message of `history`."""
+        holder: list[ReplyResult] = []
+        gen = self._generate(
+            ctx,
+            list(history),
+            speaker,
+            params,
+            cancel,
+            continue_last,
+            on_finish,
+            holder,
+        )
+        return Reply(gen, holder)
+
+    def _generate(
+        self,
+        ctx: CharacterContext,
+        history: list[Message],
+        speaker: Message,
+        params: SamplingParams,
+        cancel: threading.Event | None,
+        continue_last: bool,
+        on_finish: Callable[[ReplyResult], None] | None,
+        holder: list[ReplyResult],
+    ) -> Iterator[str]:
+        t0 = time.perf_counter()
+        params = params.validated()
+        res = ReplyResult(stop_reason="closed")
+        if continue_last:
+            if not history:
+                raise ValueError("nothing to continue: the chat is empty")
+            speaker = history[-1]
+        names = [m.name for m in history if m.name]
+        me = speaker_name(speaker, ctx)
+        scanner = StopScanner(
+            self.format.stop_strings(speaker, ctx, names),
+            strip_leading=not continue_last,
+            strip_prefixes=(f"{me}:", f"{me}\uff1a"),  # a reply that repeats its own header
+        )
+        prompt = self._build(ctx, history, speaker, open_last=continue_last)
+        res.prompt_tokens = prompt.n_tokens
+        fed: list[int] = []  # generated tokens fed back into the model, in order
+        state: State = None
+        header_cp: Checkpoint | None = None
+        t_first = 0.0
+        with self._active_lock:  # counted down in `finally`, whatever happens from here
+            self._active += 1
+        try:
+            start_cp, res.fed_tokens = self._advance(prompt, to_disk=False)
+            header_cp = start_cp
+            logits, state = start_cp.logits, start_cp.state
+            rng = np.random.default_rng(params.seed)
+            penalties = Penalties(logits.size, params.penalty_decay)
+            eos = self.backend.eos_token()
+            banned = self._banned_first if not continue_last else None
+            t_first = time.perf_counter()
+
+            def pick(logits: np.ndarray) -> int:
+                return sample(logits, params, rng, penalties, banned if scanner.empty else None)
+
+            def step(tok: int, state: State, drop: bool) -> tuple[State, int]:
+                logits, state = self._step([tok], state, drop_input=drop)
+                return state, pick(logits)
+
+            # Sampling runs on the model thread right after the forward it depends on, so a
+            # second session's numpy work never competes with the model's own threads.
+            tok = on_model_thread(pick, logits)
+            for i in range(params.max_tokens):
+                if cancel is not None and cancel.is_set():
+                    res.stop_reason = "cancel"
+                    break
+                res.new_tokens += 1
+                if tok == eos:
+                    res.stop_reason = "eos"
+                    break
+                penalties.add(tok)
+                piece = scanner.push(self._token_bytes(tok))
+                if piece:
+                    if not res.ttft_s:
+                        res.ttft_s = time.perf_counter() - t0
+                    yield piece
+                if scanner.stopped:
+                    res.stop_reason = "stop"
+                    break
+                if i == params.max_tokens - 1:
+                    res.stop_reason = "length"
+                    break
+                # the prompt's state stays in the cache; later ones are this loop's alone
+                state, nxt = on_model_thread(step, tok, state, bool(fed))
+                fed.append(tok)
+                tok = nxt
+        except GeneratorExit:
+            res.stop_reason = "closed"  # the consumer went away: keep what was shown
+        finally:
+            with self._active_lock:
+                self._active -= 1
+            res.gen_s = time.perf_counter() - t_first if t_first else 0.0
+            res.tok_s = res.new_tokens / res.gen_s if res.gen_s > 0 else 0.0
+            res.stop_string = scanner.stop_string
+            text = scanner.final_text()
+            if continue_last:
+                text = normalize(history[-1].text + text)
+            res.text = text
+            if not res.ttft_s:
+                res.ttft_s = time.perf_counter() - t0
+            if text and header_cp is not None:
+                self._record_reply(
+                    ctx, history, speaker, text, continue_last, header_cp, fed, state
+                )
+            holder.append(res)
+            if on_finish is not None:
+                on_finish(res)
+
+    def _record_reply(
+        self,
+        ctx: CharacterContext,
+        history: list[Message],
+        speaker: Message,
+        text: str,
+        continued: bool,
+        header_cp: Checkpoint,
+        fed: list[int],
+        state: State,
+    ) -> None:
+        """Checkpoint the transcript with the reply as it will be stored, so the next turn only
+        feeds the user's message. Built from the stored text: the state after the sampled tokens
+        is reused only when they are exactly a prefix of the text's tokens."""
+        msg = Message(speaker.role, text, speaker.name)
+        base = history[:-1] if continued else history
+        full = self._build(ctx, [*base, msg], None)
+        body = full.chunks[-1]
+        if continued:
+            # the open body differs from the closed one: rebuild from the header's checkpoint
+            self._advance(full)
+            return
+        logits, st, n = header_cp.logits, header_cp.state, header_cp.n_tokens
+        rest = body.tokens
+        if fed and body.tokens[: len(fed)] == fed:
+            st, n, rest = state, n + len(fed), body.tokens[len(fed) :]
+            logits = None  # type: ignore[assignment]
+        if rest:
+            logits, st = self._forward(rest, st)
+            n += len(rest)
+        if logits is None:  # sampled tokens were the whole body (rare): no logits for it
+            self._advance(full)
+            return
+        self.cache.put(body.key, Checkpoint(logits, st, n), disk=True)

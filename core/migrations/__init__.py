@@ -1,1 +1,0 @@
-"""Alembic migrations of the app database, run in code by `core.db.upgrade_db`."""

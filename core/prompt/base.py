@@ -1,0 +1,67 @@
+"""What a prompt is made of: the messages of a transcript, the character they are spoken with,
+and the protocol of a prompt format (how a transcript becomes text chunks).
+
+The transcript's tokens are the concatenation of each chunk's tokens, so the tokens of a prefix
+never change when messages are added after it: that is what lets the prefix state cache match
+(docs/ARCHITECTURE.md, "The state invariant").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from core.text import DEFAULT_CHAR, DEFAULT_USER, NARRATOR_NAME
+
+Role = Literal["user", "char", "narrator"]
+
+
+@dataclass
+class Message:
+    role: Role  # who speaks: the user, the character, or a narrator line
+    text: str = ""  # what was said, as stored
+    name: str = ""  # display name; empty means the default for the role
+
+
+@dataclass
+class CharacterContext:
+    """What the engine needs to know of a character to open a chat."""
+
+    name: str = DEFAULT_CHAR  # the character's name, used as its speaker name
+    user_name: str = DEFAULT_USER  # the user's name in this role play
+    persona: str = ""  # description / persona
+    personality: str = ""  # short personality summary (SillyTavern field)
+    scenario: str = ""  # the situation the chat starts in
+    example_dialogue: str = ""  # example lines, "{{user}}: ..." / "{{char}}: ..."
+    user_persona: str = ""  # what the user says about themselves
+    stop_strings: list[str] = field(default_factory=list)  # custom stops of this character
+
+
+def speaker_name(msg: Message, ctx: CharacterContext) -> str:
+    if msg.name:
+        return msg.name
+    return {"user": ctx.user_name, "char": ctx.name, "narrator": NARRATOR_NAME}[msg.role]
+
+
+class PromptFormat(Protocol):
+    """How a transcript becomes text chunks. Implemented per model family."""
+
+    def opening(self, ctx: CharacterContext) -> str:
+        """Text before the first message (may be empty)."""
+        ...
+
+    def header(self, msg: Message, ctx: CharacterContext) -> str:
+        """Text that opens a message, ending where the model starts writing."""
+        ...
+
+    def body(self, text: str, msg: Message, ctx: CharacterContext) -> str:
+        """A finished message's text after its header, with the separator that ends it."""
+        ...
+
+    def open_body(self, text: str, msg: Message, ctx: CharacterContext) -> str:
+        """An unfinished message's text (for "continue"), without the separator."""
+        ...
+
+    def stop_strings(self, msg: Message, ctx: CharacterContext, names: list[str]) -> list[str]:
+        """Strings that end a reply by `msg`'s speaker; `names` are all speakers of the chat."""
+        ...

@@ -1,0 +1,49 @@
+"""Persistence: characters, conversations, messages and settings in one SQL database.
+
+`models` holds the SQLModel tables, `validation` what a value must be to be stored, `database`
+the engine and the Alembic migrations (`migrations/`, append-only), `store` the Store with one
+short transaction per method. The store knows nothing of models, prompts or card formats.
+"""
+
+from core.errors import StoreError
+from core.store.database import db_revision, default_url, known_revisions, make_engine, upgrade_db
+from core.store.models import (
+    AppSetting,
+    Character,
+    CharacterCreate,
+    CharacterUpdate,
+    ChatMessage,
+    Conversation,
+)
+from core.store.store import Store, open_store
+from core.store.validation import (
+    MAX_ITEMS,
+    MAX_MESSAGE,
+    MAX_NAME,
+    MAX_TEXT,
+    clean_name,
+    validate_character,
+)
+
+__all__ = [
+    "MAX_ITEMS",
+    "MAX_MESSAGE",
+    "MAX_NAME",
+    "MAX_TEXT",
+    "AppSetting",
+    "Character",
+    "CharacterCreate",
+    "CharacterUpdate",
+    "ChatMessage",
+    "Conversation",
+    "Store",
+    "StoreError",
+    "clean_name",
+    "db_revision",
+    "default_url",
+    "known_revisions",
+    "make_engine",
+    "open_store",
+    "upgrade_db",
+    "validate_character",
+]

@@ -1,0 +1,142 @@
+"""The database under the store: the SQLAlchemy engine (SQLite with WAL, foreign keys, a busy
+timeout and BEGIN IMMEDIATE for writes) and the Alembic migrations that create and upgrade it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, event, inspect, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import create_engine
+
+from core.config import data_dir
+from core.errors import StoreError
+from core.store.validation import json_dumps
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+APP_TABLES = ("characters", "conversations", "messages", "app_settings")
+IMMEDIATE = "rp_begin_immediate"  # execution option: this transaction writes (BEGIN IMMEDIATE)
+
+
+def store_error(e: SQLAlchemyError) -> StoreError:
+    text = str(getattr(e, "orig", None) or e)
+    if isinstance(e, IntegrityError) and "characters.name" in text:
+        return StoreError("A character with that name already exists. Choose another name.")
+    if isinstance(e, OperationalError) and "locked" in text:
+        return StoreError("The database is busy (another program is writing to it). Try again.")
+    return StoreError(f"Database error: {text}")
+
+
+def default_url() -> str:
+    """`$RP_DB_URL` if set, else the SQLite file `data_dir()/app.db`."""
+    env = os.environ.get("RP_DB_URL", "").strip()
+    return env or f"sqlite:///{data_dir() / 'app.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; for SQLite with WAL, foreign keys, busy timeout, BEGIN IMMEDIATE."""
+    kwargs: dict[str, Any] = {"json_serializer": json_dumps}
+    memory = _is_memory(url)
+    if memory:  # one shared connection, else every thread would see its own empty database
+        kwargs |= {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name != "sqlite":
+        return engine
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (see _on_begin)
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA busy_timeout = 15000")
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.execute("PRAGMA synchronous = FULL")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        immediate = conn.get_execution_options().get(IMMEDIATE)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def _is_memory(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False
+    return parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
+def known_revisions() -> list[str]:
+    """Revision ids of this app, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [s.revision for s in reversed(list(script.walk_revisions()))]
+
+
+def db_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade_db(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database to `revision` (creating it if empty), in one transaction; SQLite
+    files are switched to WAL mode (a lasting property of the file).
+
+    Refuses, touching nothing, a database at a revision this app does not know (made by a newer
+    version) or one that has tables but no revision (not made by this app).
+    """
+    cfg = alembic_config()
+    known = set(known_revisions())
+    where = engine.url.render_as_string(hide_password=True)
+
+    def check(conn: Connection) -> None:
+        current = MigrationContext.configure(conn).get_current_heads()
+        unknown = [r for r in current if r not in known]
+        if unknown:
+            raise StoreError(
+                f"The database {where} is at revision {', '.join(unknown)}, which this version "
+                "of the app does not know (it was made by a newer version). It was left "
+                "untouched: update the app, or set RP_DB_URL to another database."
+            )
+        if not current:
+            tables = set(inspect(conn).get_table_names()) - {"alembic_version"}
+            if tables:
+                raise StoreError(
+                    f"The database {where} has tables but was not made by this app "
+                    f"({', '.join(sorted(tables)[:5])}). It was left untouched: set RP_DB_URL "
+                    "to another database."
+                )
+
+    try:
+        with engine.connect() as conn:
+            with conn.begin():  # a read: nothing is written before the checks pass
+                check(conn)
+            if engine.dialect.name == "sqlite" and not _is_memory(str(engine.url)):
+                # outside any transaction (SQLite cannot change journal mode inside one)
+                conn.connection.dbapi_connection.execute("PRAGMA journal_mode = WAL")  # type: ignore[union-attr]
+            conn.execution_options(**{IMMEDIATE: True})
+            with conn.begin():
+                check(conn)  # again, under the write lock: another process may have migrated
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+    except SQLAlchemyError as e:
+        raise StoreError(f"Cannot open the database {where}: {getattr(e, 'orig', e)}") from e
+    except CommandError as e:
+        raise StoreError(f"Cannot migrate the database {where}: {e}") from e

@@ -1,0 +1,1 @@
+"""Alembic migrations of the app database, run in code by `core.store.upgrade_db`."""

@@ -1,0 +1,636 @@
+"""The store: characters, conversations, messages and settings in one SQL database.
+
+`open_store()` opens (and creates or migrates) `data_dir()/app.db`, or the SQLAlchemy URL given
+or named by `$RP_DB_URL`. Every method is one short transaction in its own session, so a
+`Store` is safe to share between threads (Streamlit sessions); the objects it returns are
+detached copies that stay readable after it returns.
+
+SQLite runs in WAL mode with foreign keys on and a busy timeout on every connection, and each
+write transaction starts with BEGIN IMMEDIATE: two writers queue instead of failing, and a
+reader never sees half a write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, String, cast, delete, func, or_, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, SQLModel, select
+
+from core import avatars
+from core.errors import StoreError
+from core.store.database import IMMEDIATE, default_url, make_engine, store_error, upgrade_db
+from core.store.models import (
+    ROLES,
+    AppSetting,
+    Character,
+    CharacterCreate,
+    CharacterUpdate,
+    ChatMessage,
+    Conversation,
+    utcnow,
+)
+from core.store.validation import (
+    MAX_ITEMS,
+    MAX_MESSAGE,
+    MAX_NAME,
+    MAX_SHORT,
+    check_dict,
+    check_json,
+    check_line,
+    check_list,
+    check_name,
+    check_text,
+    clean_name,
+    validate_character,
+)
+from core.text import DEFAULT_USER, substitute
+
+log = logging.getLogger(__name__)
+
+_CONVERSATION_FIELDS = {"title", "model", "sampling", "user_name"}
+_NUMBERED = re.compile(r"^(.*) \((\d+)\)$")  # "Name (2)"
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open the store at `url` (default: `default_url()`), migrated to the newest schema.
+    The bundled characters are seeded by the app at start (core.cards.sync_character_folders),
+    not here: the store knows nothing of card formats.
+    """
+    engine = make_engine(url or default_url())
+    try:
+        upgrade_db(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Store(engine)
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+class Store:
+    """All database operations of the app. Thread-safe: each call is its own transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                yield session
+        except SQLAlchemyError as e:
+            raise store_error(e) from e
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A write transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE)."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                if self._sqlite:
+                    session.connection(execution_options={IMMEDIATE: True})
+                yield session
+                session.commit()
+        except SQLAlchemyError as e:
+            raise store_error(e) from e
+
+    # --- characters ---------------------------------------------------------------------
+
+    def list_characters(self, search: str = "") -> list[Character]:
+        """Characters by name; `search` matches name, tags, creator or description."""
+        stmt = select(Character)
+        q = (search or "").strip()
+        if q:
+            stmt = stmt.where(
+                or_(
+                    Character.name.icontains(q, autoescape=True),
+                    cast(Character.tags, String).icontains(q, autoescape=True),
+                    Character.creator.icontains(q, autoescape=True),
+                    Character.description.icontains(q, autoescape=True),
+                )
+            )
+        stmt = stmt.order_by(func.lower(Character.name), Character.id)
+        with self._read() as s:
+            return list(s.exec(stmt).all())
+
+    def get_character(self, character_id: int | None) -> Character | None:
+        if character_id is None:
+            return None
+        with self._read() as s:
+            return s.get(Character, character_id)
+
+    def get_character_by_name(self, name: str) -> Character | None:
+        with self._read() as s:
+            return s.exec(select(Character).where(Character.name == clean_name(name))).first()
+
+    def unique_name(self, name: str) -> str:
+        """`name` cleaned, or "name (2)", "name (3)"... if taken."""
+        with self._read() as s:
+            return self._unique_name(s, name)
+
+    def _unique_name(self, s: Session, name: str) -> str:
+        name = clean_name(name)[:MAX_NAME] or "Unnamed"
+        if not self._name_taken(s, name):
+            return name
+        m = _NUMBERED.match(name)
+        base = m.group(1) if m else name
+        n = 2
+        while True:
+            suffix = f" ({n})"
+            candidate = base[: MAX_NAME - len(suffix)] + suffix
+            if not self._name_taken(s, candidate):
+                return candidate
+            n += 1
+
+    @staticmethod
+    def _name_taken(s: Session, name: str, except_id: int | None = None) -> bool:
+        stmt = select(Character.id).where(Character.name == name)
+        if except_id is not None:
+            stmt = stmt.where(Character.id != except_id)
+        return s.exec(stmt).first() is not None
+
+    def create_character(
+        self, data: CharacterCreate | dict[str, Any], *, unique: bool = False
+    ) -> Character:
+        """Add a character. A taken name is refused, or with `unique` made "Name (2)"."""
+        values = data.model_dump() if isinstance(data, SQLModel) else dict(data)
+        if "name" not in values:
+            raise StoreError("The character's name is empty. Give a name.")
+        values = validate_character(values)
+        with self._write() as s:
+            if self._name_taken(s, values["name"]):
+                if not unique:
+                    raise StoreError(
+                        f'A character named "{values["name"]}" already exists. Choose another name.'
+                    )
+                values["name"] = self._unique_name(s, values["name"])
+            character = Character(**values)
+            s.add(character)
+            s.flush()
+        return character
+
+    def update_character(
+        self, character_id: int, data: CharacterUpdate | dict[str, Any]
+    ) -> Character:
+        """Change the fields given (None and unset fields of a CharacterUpdate are kept)."""
+        if isinstance(data, SQLModel):
+            values = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
+        else:
+            values = dict(data)
+        values = validate_character(values)
+        old_avatar = ""
+        with self._write() as s:
+            character = self._get(s, Character, character_id, "character")
+            if "name" in values and values["name"] != character.name:
+                if self._name_taken(s, values["name"], except_id=character_id):
+                    raise StoreError(
+                        f'A character named "{values["name"]}" already exists. Choose another name.'
+                    )
+                s.exec(
+                    update(Conversation)
+                    .where(Conversation.character_id == character_id)
+                    .values(character_name=values["name"])
+                )
+            if "avatar" in values and values["avatar"] != character.avatar:
+                old_avatar = character.avatar
+            for key, value in values.items():
+                setattr(character, key, value)
+            character.updated_at = utcnow()
+            s.add(character)
+        self.collect_avatar(old_avatar)
+        return character
+
+    def duplicate_character(self, character_id: int) -> Character:
+        """A copy named "Name (2)" (or the next free number), with no chats."""
+        with self._write() as s:
+            original = self._get(s, Character, character_id, "character")
+            values = original.model_dump(exclude={"id", "created_at", "updated_at"})
+            values["name"] = self._unique_name(s, original.name)
+            copy = Character(**json.loads(json.dumps(values, default=str)))
+            s.add(copy)
+            s.flush()
+        return copy
+
+    def delete_character(self, character_id: int, chats: str) -> None:
+        """Delete a character. `chats="delete"` deletes its conversations too; `chats="keep"`
+        keeps them, detached (character_id NULL, the name kept in `character_name`)."""
+        if chats not in ("delete", "keep"):
+            raise StoreError('Say what to do with the chats of the character: "delete" or "keep".')
+        with self._write() as s:
+            character = self._get(s, Character, character_id, "character")
+            if chats == "delete":
+                conv_ids = select(Conversation.id).where(Conversation.character_id == character_id)
+                s.exec(delete(ChatMessage).where(ChatMessage.conversation_id.in_(conv_ids)))
+                s.exec(delete(Conversation).where(Conversation.character_id == character_id))
+            else:
+                s.exec(
+                    update(Conversation)
+                    .where(Conversation.character_id == character_id)
+                    .values(character_id=None, character_name=character.name)
+                )
+            avatar = character.avatar
+            s.delete(character)
+        self.collect_avatar(avatar)
+
+    def collect_avatar(self, rel: str) -> None:
+        """Delete an avatar file that no character uses any more."""
+        if not rel:
+            return
+        with self._read() as s:
+            used = s.exec(select(Character.id).where(Character.avatar == rel)).first()
+        if used is None:
+            avatars.remove_avatar_file(rel)
+
+    def user_name(self, *candidates: str | None) -> str:
+        """The first usable name of `candidates`, else the saved user name, else "User"."""
+        for name in (*candidates, self.setting_str("user_name")):
+            if name and clean_name(name):
+                return clean_name(name)
+        return DEFAULT_USER
+
+    def setting_str(self, key: str) -> str:
+        value = self.get_setting(key, "")
+        return value if isinstance(value, str) else ""
+
+    # --- conversations ------------------------------------------------------------------
+
+    def create_conversation(
+        self,
+        character_id: int,
+        title: str | None = None,
+        model: str = "",
+        sampling: dict[str, Any] | None = None,
+        user_name: str | None = None,
+    ) -> Conversation:
+        """Start a chat with a character; its greetings become message 0 and its alternatives."""
+        sampling = check_dict(sampling, "The sampling settings")
+        model = check_line(model, "The model name", 1000)
+        character = self.get_character(character_id)
+        if character is None:
+            raise StoreError(f"There is no character with id {character_id}.")
+        uname = self.user_name(user_name, character.user_name)
+        if title is None or not title.strip():
+            title = f"{character.name} {datetime.now():%Y-%m-%d %H:%M}"
+        title = check_line(title, "The title")
+        greetings = [substitute(g, character.name, uname) for g in character.greetings]
+        greetings = [g for g in greetings if g.strip()]
+        with self._write() as s:
+            if s.get(Character, character_id) is None:
+                raise StoreError(f"There is no character with id {character_id}.")
+            conv = Conversation(
+                character_id=character_id,
+                character_name=character.name,
+                title=title,
+                model=model,
+                sampling=sampling,
+                user_name=uname,
+            )
+            s.add(conv)
+            s.flush()
+            if greetings:
+                s.add(
+                    ChatMessage(
+                        conversation_id=conv.id,
+                        position=0,
+                        role="char",
+                        text=greetings[0],
+                        alternatives=greetings,
+                        chosen=0,
+                        alt_meta=[{} for _ in greetings],
+                    )
+                )
+        return conv
+
+    def list_conversations(
+        self, character_id: int | None = None, limit: int = 50
+    ) -> list[Conversation]:
+        """Conversations, the most recently updated first (of one character if given)."""
+        stmt = select(Conversation)
+        if character_id is not None:
+            stmt = stmt.where(Conversation.character_id == character_id)
+        stmt = stmt.order_by(Conversation.updated_at.desc(), Conversation.id.desc())
+        stmt = stmt.limit(max(1, int(limit)))
+        with self._read() as s:
+            return list(s.exec(stmt).all())
+
+    def get_conversation(self, conversation_id: int | None) -> Conversation | None:
+        if conversation_id is None:
+            return None
+        with self._read() as s:
+            return s.get(Conversation, conversation_id)
+
+    def rename_conversation(self, conversation_id: int, title: str) -> Conversation:
+        return self.update_conversation(conversation_id, title=title)
+
+    def update_conversation(self, conversation_id: int, **fields: Any) -> Conversation:
+        """Change title, model, sampling or user_name of a conversation."""
+        unknown = set(fields) - _CONVERSATION_FIELDS
+        if unknown:
+            raise StoreError(f"Conversations have no field(s) {', '.join(sorted(unknown))}.")
+        values: dict[str, Any] = {}
+        if "title" in fields:
+            values["title"] = check_line(fields["title"], "The title")
+            if not values["title"]:
+                raise StoreError("The title is empty. Give a title.")
+        if "model" in fields:
+            values["model"] = check_line(fields["model"], "The model name", 1000)
+        if "sampling" in fields:
+            values["sampling"] = check_dict(fields["sampling"], "The sampling settings")
+        if "user_name" in fields:
+            values["user_name"] = check_name(fields["user_name"] or "", "The user's name", True)
+        with self._write() as s:
+            conv = self._get(s, Conversation, conversation_id, "conversation")
+            for key, value in values.items():
+                setattr(conv, key, value)
+            conv.updated_at = utcnow()
+            s.add(conv)
+        return conv
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        with self._write() as s:
+            conv = self._get(s, Conversation, conversation_id, "conversation")
+            s.exec(delete(ChatMessage).where(ChatMessage.conversation_id == conversation_id))
+            s.delete(conv)
+
+    def import_conversation(
+        self,
+        *,
+        character_id: int | None,
+        character_name: str,
+        title: str,
+        user_name: str = "",
+        model: str = "",
+        sampling: dict[str, Any] | None = None,
+        messages: list[dict[str, Any]],
+        created_at: datetime | None = None,
+    ) -> Conversation:
+        """Add a whole conversation at once (all or nothing). Each message is a dict with
+        role, text and optionally name, alternatives, chosen, alt_meta, meta, created_at."""
+        title = check_line(title, "The title") or "Imported chat"
+        character_name = check_name(character_name or "", "The character's name", True)
+        user_name = check_name(user_name or "", "The user's name", True)
+        rows = [self._check_message_dict(i, m) for i, m in enumerate(messages)]
+        sampling = check_dict(sampling, "The sampling settings")
+        model = check_line(model, "The model name", 1000)
+        with self._write() as s:
+            if character_id is not None and s.get(Character, character_id) is None:
+                raise StoreError(f"There is no character with id {character_id}.")
+            now = utcnow()
+            conv = Conversation(
+                character_id=character_id,
+                character_name=character_name,
+                title=title,
+                model=model,
+                sampling=sampling,
+                user_name=user_name,
+                created_at=created_at or now,
+                updated_at=now,
+            )
+            s.add(conv)
+            s.flush()
+            for position, row in enumerate(rows):
+                s.add(ChatMessage(conversation_id=conv.id, position=position, **row))
+        return conv
+
+    def _check_message_dict(self, i: int, m: dict[str, Any]) -> dict[str, Any]:
+        label = f"Message {i + 1}"
+        role = m.get("role")
+        if role not in ROLES:
+            raise StoreError(f"{label}: the role must be one of {', '.join(ROLES)}, not {role!r}.")
+        text = check_text(m.get("text", ""), f"{label}'s text", MAX_MESSAGE)
+        alts = check_list(m.get("alternatives") or [text], f"{label}'s alternatives")
+        alts = [check_text(a, f"{label}'s alternative", MAX_MESSAGE) for a in alts]
+        chosen = m.get("chosen", 0)
+        if not isinstance(chosen, int) or not 0 <= chosen < len(alts) or alts[chosen] != text:
+            alts, chosen = (alts, alts.index(text)) if text in alts else ([*alts, text], len(alts))
+        alt_meta = m.get("alt_meta")
+        if not isinstance(alt_meta, list) or len(alt_meta) != len(alts):
+            alt_meta = [{} for _ in alts]
+        alt_meta = [check_dict(x if isinstance(x, dict) else {}, "meta") for x in alt_meta]
+        meta = check_dict(m.get("meta") or alt_meta[chosen], f"{label}'s meta")
+        alt_meta[chosen] = meta
+        row: dict[str, Any] = {
+            "role": role,
+            "name": check_name(m.get("name") or "", f"{label}'s name", True),
+            "text": text,
+            "alternatives": alts,
+            "chosen": chosen,
+            "alt_meta": alt_meta,
+            "meta": meta,
+        }
+        if isinstance(m.get("created_at"), datetime):
+            row["created_at"] = row["updated_at"] = m["created_at"]
+        return row
+
+    # --- messages -----------------------------------------------------------------------
+
+    def list_messages(self, conversation_id: int) -> list[ChatMessage]:
+        stmt = (
+            select(ChatMessage)
+            .where(ChatMessage.conversation_id == conversation_id)
+            .order_by(ChatMessage.position, ChatMessage.id)
+        )
+        with self._read() as s:
+            return list(s.exec(stmt).all())
+
+    def get_message(self, message_id: int) -> ChatMessage | None:
+        with self._read() as s:
+            return s.get(ChatMessage, message_id)
+
+    def add_message(
+        self,
+        conversation_id: int,
+        role: str,
+        text: str,
+        name: str = "",
+        meta: dict[str, Any] | None = None,
+    ) -> ChatMessage:
+        """Append a message at the end of a conversation."""
+        if role not in ROLES:
+            raise StoreError(f"A message's role must be one of {', '.join(ROLES)}, not {role!r}.")
+        text = check_text(text, "The message", MAX_MESSAGE)
+        name = check_name(name or "", "The speaker's name", allow_empty=True)
+        meta = check_dict(meta, "The message's meta")
+        with self._write() as s:
+            conv = self._get(s, Conversation, conversation_id, "conversation")
+            last = s.exec(
+                select(func.max(ChatMessage.position)).where(
+                    ChatMessage.conversation_id == conversation_id
+                )
+            ).one()
+            now = utcnow()
+            msg = ChatMessage(
+                conversation_id=conversation_id,
+                position=0 if last is None else last + 1,
+                role=role,
+                name=name,
+                text=text,
+                alternatives=[text],
+                chosen=0,
+                alt_meta=[meta],
+                meta=meta,
+                created_at=now,
+                updated_at=now,
+            )
+            conv.updated_at = now
+            s.add(conv)
+            s.add(msg)
+            s.flush()
+        return msg
+
+    def edit_message(self, message_id: int, text: str) -> ChatMessage:
+        """Replace the text of the chosen version of a message."""
+        text = check_text(text, "The message", MAX_MESSAGE)
+
+        def change(msg: ChatMessage) -> None:
+            alts = list(msg.alternatives) or [msg.text]
+            chosen = min(max(msg.chosen, 0), len(alts) - 1)
+            alts[chosen] = text
+            msg.alternatives, msg.chosen, msg.text = alts, chosen, text
+            msg.meta = {**msg.meta, "edited": True}
+            msg.alt_meta = _set_at(msg.alt_meta, chosen, msg.meta, len(alts))
+
+        return self._change_message(message_id, change)
+
+    def add_alternative(
+        self,
+        message_id: int,
+        text: str,
+        meta: dict[str, Any] | None = None,
+        select: bool = True,
+    ) -> ChatMessage:
+        """Add another version of a message (a regenerated reply, a swipe); with `select` it
+        becomes the chosen one."""
+        text = check_text(text, "The message", MAX_MESSAGE)
+        meta = check_dict(meta, "The message's meta")
+
+        def change(msg: ChatMessage) -> None:
+            alts = list(msg.alternatives) or [msg.text]
+            if len(alts) >= MAX_ITEMS:
+                raise StoreError(f"A message can have at most {MAX_ITEMS} versions.")
+            alt_meta = _set_at(msg.alt_meta, len(alts), meta, len(alts) + 1)
+            msg.alternatives, msg.alt_meta = [*alts, text], alt_meta
+            if select:
+                msg.chosen, msg.text, msg.meta = len(alts), text, meta
+
+        return self._change_message(message_id, change, clear_tokens=select)
+
+    def select_alternative(self, message_id: int, index: int) -> ChatMessage:
+        """Show and feed version `index` (0-based) of a message."""
+
+        def change(msg: ChatMessage) -> None:
+            alts = list(msg.alternatives) or [msg.text]
+            if not isinstance(index, int) or not 0 <= index < len(alts):
+                raise StoreError(
+                    f"Version {index} does not exist; this message has {len(alts)} "
+                    f"version(s), numbered from 0."
+                )
+            metas = _set_at(msg.alt_meta, 0, None, len(alts))
+            msg.chosen, msg.text, msg.meta = index, alts[index], dict(metas[index] or {})
+
+        return self._change_message(message_id, change)
+
+    def _change_message(
+        self,
+        message_id: int,
+        change: Callable[[ChatMessage], None],
+        clear_tokens: bool = True,
+        touch: bool = True,
+    ) -> ChatMessage:
+        with self._write() as s:
+            msg = self._get(s, ChatMessage, message_id, "message")
+            change(msg)
+            if clear_tokens:
+                msg.tokens = None
+            if touch:
+                now = utcnow()
+                msg.updated_at = now
+                conv = s.get(Conversation, msg.conversation_id)
+                if conv is not None:
+                    conv.updated_at = now
+                    s.add(conv)
+            s.add(msg)
+        return msg
+
+    def delete_message(self, message_id: int) -> None:
+        """Delete one message; those after it move up one position."""
+        with self._write() as s:
+            msg = self._get(s, ChatMessage, message_id, "message")
+            cid, pos = msg.conversation_id, msg.position
+            s.delete(msg)
+            s.flush()
+            s.exec(
+                update(ChatMessage)
+                .where(ChatMessage.conversation_id == cid, ChatMessage.position > pos)
+                .values(position=ChatMessage.position - 1)
+            )
+            self._touch(s, cid)
+
+    def rewind(self, conversation_id: int, position: int) -> int:
+        """Delete the messages at `position` and after; returns how many were deleted."""
+        with self._write() as s:
+            self._get(s, Conversation, conversation_id, "conversation")
+            result = s.exec(
+                delete(ChatMessage).where(
+                    ChatMessage.conversation_id == conversation_id,
+                    ChatMessage.position >= position,
+                )
+            )
+            self._touch(s, conversation_id)
+            return int(result.rowcount or 0)
+
+    def _touch(self, s: Session, conversation_id: int) -> None:
+        s.exec(
+            update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(updated_at=utcnow())
+        )
+
+    # --- settings -----------------------------------------------------------------------
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        with self._read() as s:
+            row = s.get(AppSetting, key)
+            return default if row is None else row.value
+
+    def set_setting(self, key: str, value: Any) -> None:
+        if not isinstance(key, str) or not key or len(key) > MAX_SHORT:
+            raise StoreError("A setting's key must be non-empty text of at most 200 characters.")
+        value = check_json(value, f"The setting {key!r}")
+        with self._write() as s:
+            row = s.get(AppSetting, key)
+            if row is None:
+                s.add(AppSetting(key=key, value=value))
+            else:
+                row.value = value
+                s.add(row)
+
+    # --- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    def _get(s: Session, cls: Any, id_: int, what: str) -> Any:
+        obj = s.get(cls, id_) if id_ is not None else None
+        if obj is None:
+            raise StoreError(f"There is no {what} with id {id_}.")
+        return obj
+
+
+def _set_at(items: list[Any], index: int, value: Any, length: int) -> list[Any]:
+    """A copy of `items` padded with {} (or cut) to `length`, with `value` at `index` if given."""
+    out = [x if isinstance(x, dict) else {} for x in list(items)[:length]]
+    out += [{} for _ in range(length - len(out))]
+    if value is not None and 0 <= index < length:
+        out[index] = value
+    return out

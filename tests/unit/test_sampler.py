@@ -1,0 +1,76 @@
+"""The sampler: each knob does what it says, and seeds make replies reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.engine.sampler import PRESETS, Penalties, SamplingParams, nucleus_threshold, sample
+
+
+def _probs(seed: int = 0, n: int = 65536, scale: float = 2.0) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=n).astype(np.float32) * scale
+    p = np.exp(x - x.max())
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.3, 0.6, 0.9, 0.999])
+def test_nucleus_is_the_shortest_descending_prefix_reaching_top_p(top_p: float) -> None:
+    p = _probs()
+    cut = nucleus_threshold(p, top_p)
+    kept = np.sort(p[p >= cut])[::-1]
+    assert kept.sum() >= top_p * (1 - 1e-5)
+    assert kept[:-1].sum() < top_p * (1 + 1e-5)  # one token fewer would not reach it
+
+
+def test_top_k_and_min_p_and_greedy() -> None:
+    rng = np.random.default_rng(0)
+    logits = np.random.default_rng(1).normal(size=1000).astype(np.float32)
+    top5 = set(np.argsort(logits)[-5:].tolist())
+    params = SamplingParams(temperature=1.0, top_p=1.0, top_k=5, presence_penalty=0)
+    assert {sample(logits, params, rng) for _ in range(300)} <= top5
+    greedy = SamplingParams(temperature=0.0)
+    assert sample(logits, greedy, rng) == int(np.argmax(logits))
+    minp = SamplingParams(temperature=1.0, top_p=1.0, min_p=0.5)
+    p = np.exp(logits - logits.max())
+    allowed = set(np.flatnonzero(p >= 0.5).tolist())
+    assert {sample(logits, minp, rng) for _ in range(300)} <= allowed
+
+
+def test_penalties_lower_seen_tokens_and_decay() -> None:
+    pen = Penalties(10, decay=0.5)
+    pen.add(3)
+    pen.add(3)
+    logits = np.zeros(10, np.float32)
+    pen.apply(logits, presence=1.0, frequency=1.0)
+    # count of token 3: (1 * 0.5) + 1 = 1.5 after the second add
+    assert logits[3] == pytest.approx(-(1.0 + 1.5))
+    assert np.count_nonzero(logits) == 1
+
+
+def test_banned_tokens_are_never_sampled() -> None:
+    logits = np.zeros(50, np.float32)
+    logits[7] = 10
+    rng = np.random.default_rng(0)
+    p = SamplingParams(temperature=1.0, top_p=1.0)
+    assert all(sample(logits, p, rng, banned=np.array([7])) != 7 for _ in range(50))
+
+
+def test_same_seed_same_tokens() -> None:
+    logits = np.random.default_rng(3).normal(size=65536).astype(np.float32)
+    p = PRESETS["roleplay"]
+    a = [sample(logits, p, np.random.default_rng(42)) for _ in range(5)]
+    b = [sample(logits, p, np.random.default_rng(42)) for _ in range(5)]
+    assert a == b
+
+
+def test_presets_include_the_old_apps_roleplay_values() -> None:
+    rp = PRESETS["roleplay"]
+    assert (rp.top_p, rp.top_k, rp.temperature) == (0.6, 0, 2.0)
+    assert (rp.presence_penalty, rp.frequency_penalty) == (0.2, 0.2)
+
+
+def test_params_from_stale_dict_and_clamped() -> None:
+    p = SamplingParams.from_dict({"temperature": 9, "top_p": 2, "unknown": 1, "max_tokens": 0})
+    v = p.validated()
+    assert (v.temperature, v.top_p, v.max_tokens) == (5.0, 1.0, 1)
