@@ -4,7 +4,7 @@
     t("meta_tokens", "en", n=42)          -> "42 tokens"
 
 A missing key or language falls back to English, then to the key itself, so a slip never breaks
-a page; tests/test_app_i18n.py checks that every key has both languages with the same fields.
+a page; tests/unit/test_i18n.py checks that every key has both languages with the same fields.
 Error messages from core/ stay in English; pages put a translated prefix before them.
 """
 

@@ -61,7 +61,7 @@ _NUMBERED = re.compile(r"^(.*) \((\d+)\)$")  # "Name (2)"
 
 def open_store(url: str | None = None) -> Store:
     """Open the store at `url` (default: `default_url()`), migrated to the newest schema.
-    The bundled characters are seeded by the app at start (core.cards.sync_character_folders),
+    The bundled characters are seeded by the app at start (core.cards.open_app_store),
     not here: the store knows nothing of card formats.
     """
     engine = make_engine(url or default_url())
