@@ -1,14 +1,25 @@
-"""Passwords: the hash stored for the app's password and the constant-time check of a try."""
+"""Passwords: the stored hash, the constant-time check of a try, the limit on guessing, and
+whether the server can be reached from beyond this machine."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import ipaddress
 import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 _PBKDF2 = "pbkdf2_sha256"
 _ITERATIONS = 200_000
+
+FREE_TRIES = 2  # wrong tries in a row that cost no wait: a typo or two
+MAX_WAIT = 300.0  # seconds: the longest wait between two tries of one session
+PER_MINUTE = 10  # tries checked a minute, all sessions together
 
 
 def hash_password(password: str) -> str:
@@ -31,3 +42,70 @@ def check_password(entered: str, stored: str) -> bool:
         except (ValueError, TypeError):
             return False
     return hmac.compare_digest(entered.encode(), stored.encode())
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether a server bound to `address` (Streamlit's server.address) is reachable only from
+    this machine. Unset means every interface; a host name other than localhost may resolve to
+    anything, so it counts as reachable."""
+    host = (address or "").strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class Tries:
+    """One browser session's wrong tries in a row, and when (on the limiter's clock) it may
+    try again."""
+
+    wrong: int = 0
+    not_before: float = 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool  # the password was right
+    wait: float = 0.0  # seconds before the next try of this session is taken
+    checked: bool = True  # False: refused unseen, the try came too early
+
+
+class LoginLimiter:
+    """Slows password guessing down. After FREE_TRIES wrong tries in a row a browser session
+    waits 1 s before its next try is looked at, then 2, 4, ... up to MAX_WAIT; and over all
+    sessions together (a new session starts with no wait) at most `per_minute` tries a minute
+    are checked. A try that comes too early is refused without hashing, so guessing can
+    neither go fast nor keep the CPU busy with PBKDF2. Thread-safe; `clock` is injectable."""
+
+    def __init__(
+        self, per_minute: int = PER_MINUTE, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self._checked: deque[float] = deque()  # when the tries of the last minute were taken
+        self._lock = threading.Lock()
+
+    def attempt(self, tries: Tries, entered: str, stored: str) -> Verdict:
+        with self._lock:
+            now = self.clock()
+            while self._checked and now - self._checked[0] >= 60:
+                self._checked.popleft()
+            wait = tries.not_before - now
+            if len(self._checked) >= self.per_minute:
+                wait = max(wait, self._checked[0] + 60 - now)
+            if wait > 0:
+                return Verdict(False, wait, checked=False)
+            self._checked.append(now)
+        if check_password(entered, stored):  # outside the lock: it takes a quarter second
+            with self._lock:
+                tries.wrong, tries.not_before = 0, 0.0
+            return Verdict(True)
+        with self._lock:
+            tries.wrong += 1
+            over = tries.wrong - FREE_TRIES
+            delay = min(2.0 ** (over - 1), MAX_WAIT) if over > 0 else 0.0
+            tries.not_before = self.clock() + delay
+        return Verdict(False, delay)
