@@ -47,6 +47,30 @@ _S: dict[str, tuple[str, str]] = {
     "password_removed": ("Password removed.", "密码已取消。"),
     "err_empty_password": ("The password is empty.", "密码不能为空。"),
     "err_password_mismatch": ("The two passwords differ.", "两次输入的密码不一致。"),
+    # safe by default: the password limiter, the network without a password, a locked gate
+    "wrong_password_wait": (
+        "Wrong password. Your next try is taken in {s} s.",
+        "密码错误。{s} 秒后才能再试。",
+    ),
+    "too_many_tries": (
+        "Too many tries. Wait {s} s, then try again.",
+        "尝试次数过多。请等待 {s} 秒后再试。",
+    ),
+    "open_network": (
+        "This app listens on the network ({address}) and has no password yet, so it shows "
+        "nothing here. Set one: start it with the environment variable RP_PASSWORD, or fill in "
+        "this form with the setup code printed in the terminal where the app runs.",
+        "本应用正在网络上监听（{address}），但尚未设置密码，所以这里不显示任何内容。"
+        "请设置密码：用环境变量 RP_PASSWORD 启动，或在下面的表单中填写运行本应用的终端里"
+        "显示的设置码。",
+    ),
+    "every_address": ("every address", "所有地址"),
+    "setup_code": ("Setup code", "设置码"),
+    "wrong_setup_code": ("Wrong setup code.", "设置码错误。"),
+    "err_password_unreadable": (
+        "The password setting cannot be read, so the app stays locked:",
+        "无法读取密码设置，应用保持锁定：",
+    ),
     # errors
     "err_prefix": ("Could not do that:", "操作失败："),
     "err_load": ("Could not load the model:", "无法加载模型："),
