@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import os
 import struct
 import threading
 import time
@@ -42,6 +41,7 @@ import numpy as np
 
 from core.backends.base import Backend, ModelInfo, file_identity
 from core.backends.gguf_file import RWKV_ARCHS, GGUFSummary, check_gguf
+from core.backends.threads import resolve_threads
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer, world_tokenizer
 from core.errors import ModelError
 from core.prompt.base import PromptFormat
@@ -138,7 +138,7 @@ class LlamaBackend(Backend):
         self._model: Any = None
         self._ctx: Any = None
         self._batch: Any = None
-        self.n_threads = n_threads or max(1, len(os.sched_getaffinity(0)))
+        self.n_threads = resolve_threads(n_threads)
         mparams = L.llama_model_default_params()
         _log_lines.clear()
         model = L.llama_model_load_from_file(str(p).encode("utf-8"), mparams)
@@ -360,6 +360,15 @@ class LlamaBackend(Backend):
         if self._special.markers:
             return ChatMLFormat(self._special.eog_texts)
         return None
+
+    def set_threads(self, n: int | None) -> None:
+        """Threads of decoding and prompt feeding from the next call on (None: the default)."""
+        with self._lock:
+            self._check_open()
+            self.n_threads = resolve_threads(n)
+            L.llama_set_n_threads(self._ctx, self.n_threads, self.n_threads)
+            self.info.strategy = f"llama.cpp cpu {self.file_type}, {self.n_threads} threads"
+            self.info.extra["threads"] = self.n_threads
 
     # ---- states
     def _check_open(self) -> None:

@@ -44,8 +44,9 @@ def load_backend(
     jit_on: bool = True,
     n_threads: int | None = None,
 ) -> Backend:
-    """Load a model (on the model thread, where it will run). Raises ModelError with a message
-    for the user when it cannot."""
+    """Load a model (on the model thread, where it will run) to compute with `n_threads`
+    (None: core.backends.threads.default_threads()). Raises ModelError with a message for the
+    user when it cannot."""
     p: Path | None = Path(path).expanduser() if path not in (None, "") else None
     if p is None:
         from core.backends.embedded import embedded_model_path, missing_message
@@ -59,7 +60,7 @@ def load_backend(
             raise ModelError(f"{p.name} is a GGUF file: load it with the llama.cpp back end.")
         from core.backends.rwkv import RwkvBackend
 
-        return on_model_thread(RwkvBackend, p, strategy, cuda_on, jit_on)
+        return on_model_thread(RwkvBackend, p, strategy, cuda_on, jit_on, n_threads)
     if p.suffix.lower() == ".pth":
         raise ModelError(
             f"{p.name} is a .pth file: load it with the rwkv back end, or convert it to GGUF "
@@ -68,3 +69,11 @@ def load_backend(
     from core.backends.llama import LlamaBackend
 
     return on_model_thread(LlamaBackend, p, n_threads)
+
+
+def set_threads(backend: Backend, n: int | None) -> None:
+    """Change a loaded model's thread count (None: the default), on the model thread: torch
+    keeps the count per calling thread, and the change lands between two model calls."""
+    setter = getattr(backend, "set_threads", None)
+    if setter is not None:
+        on_model_thread(setter, n)

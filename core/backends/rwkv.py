@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from core.backends.base import Backend, ModelInfo, file_identity
+from core.backends.threads import resolve_threads
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, world_tokenizer
 from core.errors import ModelError
 
@@ -160,8 +161,10 @@ class RwkvBackend(Backend):
         strategy: str = "cpu fp32",
         cuda_on: bool = False,
         jit_on: bool = True,
+        n_threads: int | None = None,
     ) -> None:
         t0 = time.perf_counter()
+        self.set_threads(n_threads)
         p = Path(path).expanduser()
         if p.suffix != ".pth" and p.with_suffix(".pth").is_file():
             p = p.with_suffix(".pth")
@@ -208,9 +211,18 @@ class RwkvBackend(Backend):
             strategy=strategy,
             load_s=time.perf_counter() - t0,
             identity=file_identity(p, "rwkv", strategy),
+            extra={"threads": self.n_threads},
         )
         self._zero = self._make_zero_state()
         self.state_format = "rwkv tensors v1"  # layout of state_to_bytes
+
+    def set_threads(self, n: int | None) -> None:
+        """Threads of torch's CPU work (None: the default). torch keeps the count per calling
+        thread: call it on the thread that runs the model (the model thread in the app)."""
+        self.n_threads = resolve_threads(n)
+        torch.set_num_threads(self.n_threads)
+        if hasattr(self, "info"):
+            self.info.extra["threads"] = self.n_threads
 
     # ---- tokens
     def tokenize(self, text: str) -> list[int]:
