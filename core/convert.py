@@ -5,7 +5,12 @@ layout directly and writes the tensor names, shapes and metadata that llama.cpp'
 `rwkv7` loaders expect (the same layout its `convert_hf_to_gguf.py` produces), with the World
 vocabulary stored in the file (`tokenizer.ggml.model = "rwkv"`).
 
-    python -m core.convert SRC.pth DST.gguf --type f16|q8_0|f32
+    python -m core.convert SRC.pth models/DST.gguf --type f16|q8_0|f32 [--force]
+
+The GGUF is written only inside the models folder, under a `.gguf` name, never in the data
+directory, and never over an existing file unless the caller says so (`overwrite=True`, the CLI's
+`--force`, the page's confirmation): a typed destination cannot destroy a chat database or a
+user's file. The source must be a `.pth`; it is memory-mapped read-only (copy-on-write).
 
 The file is written to a temporary name in the destination folder and renamed at the end: a
 failed or cancelled conversion leaves nothing behind. Tensors are converted one at a time, so the
@@ -29,6 +34,7 @@ import gguf
 import numpy as np
 import torch
 
+from core import config
 from core.backends.rwkv import detect_version, read_weights
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, _vocab_file
 from core.errors import ModelError
@@ -57,6 +63,10 @@ Progress = Callable[[float, str], None]
 
 class ConversionCancelled(ModelError):
     """The user stopped the conversion; nothing was written."""
+
+
+class DestinationExists(ModelError):
+    """The destination is an existing file and replacing it was not confirmed."""
 
 
 @dataclass
@@ -274,6 +284,8 @@ def plan(src: str | Path, type: str = "f16") -> Plan:
     if type not in TYPES:
         raise ModelError(f"Unknown GGUF type '{type}': choose one of {', '.join(TYPES)}.")
     p = Path(src).expanduser()
+    if p.suffix.lower() != ".pth":
+        raise ModelError(f"{p.name} is not a .pth file: only BlinkDL .pth models are converted.")
     sd = read_weights(p)
     version = _check_source(sd, p.name)
     n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
@@ -290,29 +302,56 @@ def plan(src: str | Path, type: str = "f16") -> Plan:
     return Plan(version, sd, tensors, estimate)
 
 
+def check_destination(dst: str | Path, models_dir: Path | None = None) -> Path:
+    """The resolved path `dst` names, if a conversion may write there: a `.gguf` file inside the
+    models folder (`models_dir`, default config.MODELS_DIR) and outside the data directory.
+    Raises ModelError saying why not. An existing file passes: see `convert(overwrite)`.
+
+    Resolved first, so `..` and symbolic links are judged by where they lead (a source, being a
+    .pth, can then never be the destination)."""
+    root = (models_dir or config.MODELS_DIR).resolve()
+    path = Path(dst).expanduser().resolve()
+    if path.suffix.lower() != ".gguf":
+        raise ModelError(f"The destination {path.name} must be a file name ending in .gguf.")
+    if not path.is_relative_to(root):
+        raise ModelError(f"GGUF files are written only inside the models folder {root}.")
+    if path.is_relative_to(config.data_dir()):
+        raise ModelError("The destination is inside the app's data directory: choose another.")
+    if path.is_dir():
+        raise ModelError(f"{path} is a folder: give the name of the GGUF file to write.")
+    if not path.parent.is_dir():
+        raise ModelError(f"The destination folder {path.parent} does not exist.")
+    return path
+
+
+def _refuse_existing(path: Path) -> None:
+    if path.exists():
+        raise DestinationExists(f"{path.name} already exists; it is replaced only if you confirm.")
+
+
 def convert(
     src: str | Path,
     dst: str | Path,
     type: str = "f16",
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
+    overwrite: bool = False,
+    models_dir: Path | None = None,
 ) -> Path:
-    """Convert `src` (.pth) to `dst` (.gguf) with tensors in `type` (f32, f16 or q8_0).
+    """Convert `src` (.pth) to `dst` (.gguf in the models folder) with tensors in `type` (f32,
+    f16 or q8_0); an existing `dst` is replaced only with `overwrite`.
 
     `progress(fraction, message)` is called as the work goes; setting `cancel` stops it with
     ConversionCancelled. Any failure raises ModelError and leaves no file behind."""
-    src_p, dst_p = Path(src).expanduser(), Path(dst).expanduser()
+    src_p = Path(src).expanduser()
+    dst_p = check_destination(dst, models_dir)
+    if not overwrite:
+        _refuse_existing(dst_p)
     report = progress or (lambda _f, _m: None)
     report(0.0, f"Reading {src_p.name}")
     pl = plan(src_p, type)
     sd, tensors, version = pl.weights, pl.tensors, pl.version
-    folder = dst_p.parent if str(dst_p.parent) else Path(".")
-    if dst_p.exists() and dst_p.resolve() == src_p.resolve():
-        raise ModelError("The destination is the source file itself: choose another name.")
-    if not folder.is_dir():
-        raise ModelError(f"The destination folder {folder} does not exist.")
-    if dst_p.is_dir():
-        raise ModelError(f"{dst_p} is a folder: give the name of the GGUF file to write.")
+    folder = dst_p.parent
     tmp = folder / f".{dst_p.name}.{secrets.token_hex(4)}.part"
     try:
         open(tmp, "xb").close()  # created with the usual permissions, unlike mkstemp's 0600
@@ -361,6 +400,8 @@ def convert(
         writer = None
         if cancel is not None and cancel.is_set():
             raise ConversionCancelled("Conversion cancelled; no file was written.")
+        if not overwrite:  # the file may have appeared while converting
+            _refuse_existing(dst_p)
         os.replace(tmp, dst_p)
     except BaseException as e:
         if writer is not None:
@@ -388,10 +429,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m core.convert", description="Convert an RWKV-6/7 .pth to GGUF."
     )
     p.add_argument("src", help="BlinkDL .pth file (RWKV-6 or RWKV-7, World vocabulary)")
-    p.add_argument("dst", help="GGUF file to write")
+    p.add_argument("dst", help="GGUF file to write in models/ (a bare file name goes there)")
     p.add_argument("--type", choices=TYPES, default="f16", help="tensor type (default f16)")
+    p.add_argument("--force", action="store_true", help="replace an existing destination file")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a = p.parse_args(argv)
+    dst = Path(a.dst)
+    if dst.name == a.dst:
+        dst = config.MODELS_DIR / dst
     last = [-1]
 
     def show(frac: float, msg: str) -> None:
@@ -401,10 +446,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\r{pct:3d}% {msg[:60]:<60}", end="", file=sys.stderr, flush=True)
 
     try:
-        out = convert(a.src, a.dst, a.type, progress=show)
+        out = convert(a.src, dst, a.type, progress=show, overwrite=a.force)
     except KeyboardInterrupt:
         print("\ncancelled", file=sys.stderr)
         return 130
+    except DestinationExists as e:
+        print(f"\nerror: {e} Add --force to replace it.", file=sys.stderr)
+        return 1
     except ModelError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1

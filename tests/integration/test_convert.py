@@ -1,4 +1,5 @@
-"""The .pth -> GGUF converter: what it writes, its CLI, and that failures leave nothing behind."""
+"""The .pth -> GGUF converter: what it writes, its CLI, that failures leave nothing behind, and
+where it refuses to write (outside models/, the data directory, an existing file)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,18 @@ import torch
 
 import core.convert as conv
 from core.backends.gguf_file import inspect_gguf
-from core.convert import ConversionCancelled, convert, main
+from core.convert import ConversionCancelled, DestinationExists, convert, main
 from core.errors import ModelError
 from tests.support import REPO
+
+
+@pytest.fixture
+def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A models folder of the test's own, where the converter may write."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setattr("core.config.MODELS_DIR", folder)
+    return folder
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -23,10 +33,10 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("gtype", ["f32", "f16", "q8_0"])
-def test_v7_converts_with_the_layout_llama_cpp_expects(tiny_models, tmp_path, gtype) -> None:
+def test_v7_converts_with_the_layout_llama_cpp_expects(tiny_models, models, gtype) -> None:
     seen: list[float] = []
-    out = convert(tiny_models(7), tmp_path / "m.gguf", gtype, progress=lambda f, _m: seen.append(f))
-    assert out == tmp_path / "m.gguf" and _leftovers(tmp_path) == ["m.gguf"]
+    out = convert(tiny_models(7), models / "m.gguf", gtype, progress=lambda f, _m: seen.append(f))
+    assert out == models / "m.gguf" and _leftovers(models) == ["m.gguf"]
     assert seen[0] == 0.0 and seen[-1] == 1.0 and seen == sorted(seen)
     s = inspect_gguf(out)
     assert s.arch == "rwkv7" and s.get("tokenizer.ggml.model") == "rwkv"
@@ -48,57 +58,113 @@ def test_v7_converts_with_the_layout_llama_cpp_expects(tiny_models, tmp_path, gt
         assert types[name] == F32
 
 
-def test_v6_converts(tiny_models, tmp_path) -> None:
-    out = convert(tiny_models(6), tmp_path / "v6.gguf", "f16")
+def test_v6_converts(tiny_models, models) -> None:
+    out = convert(tiny_models(6), models / "v6.gguf", "f16")
     s = inspect_gguf(out)
     assert s.arch == "rwkv6" and s.get("rwkv6.time_mix_extra_dim") == 32
 
 
 @pytest.mark.parametrize("version", [4, 5])
-def test_versions_llama_cpp_cannot_run_are_refused(tiny_models, tmp_path, version) -> None:
+def test_versions_llama_cpp_cannot_run_are_refused(tiny_models, models, version) -> None:
     with pytest.raises(ModelError, match=f"RWKV-{version}.*only RWKV-6 and RWKV-7"):
-        convert(tiny_models(version), tmp_path / "x.gguf")
-    assert _leftovers(tmp_path) == []
+        convert(tiny_models(version), models / "x.gguf")
+    assert _leftovers(models) == []
 
 
-def test_files_that_are_not_rwkv_are_refused(tmp_path) -> None:
-    other = tmp_path / "other.pth"
+def test_files_that_are_not_rwkv_are_refused(models) -> None:
+    other = models / "other.pth"
     torch.save({"fc.weight": torch.zeros(4, 4)}, other)
     with pytest.raises(ModelError, match="not an RWKV model"):
-        convert(other, tmp_path / "x.gguf")
-    junk = tmp_path / "junk.pth"
+        convert(other, models / "x.gguf")
+    junk = models / "junk.pth"
     junk.write_bytes(b"not a zip at all" * 10)
     with pytest.raises(ModelError, match="not a PyTorch model file"):
-        convert(junk, tmp_path / "x.gguf")
+        convert(junk, models / "x.gguf")
     with pytest.raises(ModelError, match="not found"):
-        convert(tmp_path / "missing.pth", tmp_path / "x.gguf")
+        convert(models / "missing.pth", models / "x.gguf")
     with pytest.raises(ModelError, match="Unknown GGUF type"):
-        convert(other, tmp_path / "x.gguf", "q4_0")
-    assert _leftovers(tmp_path) == []
+        convert(other, models / "x.gguf", "q4_0")
+    assert _leftovers(models) == []
 
 
-def test_unwritable_destinations(tiny_models, tmp_path) -> None:
+def test_unwritable_destinations(tiny_models, models, monkeypatch) -> None:
     with pytest.raises(ModelError, match="does not exist"):
-        convert(tiny_models(7), tmp_path / "no" / "such" / "x.gguf")
+        convert(tiny_models(7), models / "no" / "such" / "x.gguf")
+    monkeypatch.setattr("core.config.MODELS_DIR", Path("/proc"))
     with pytest.raises(ModelError, match="Cannot write"):
         convert(tiny_models(7), Path("/proc/x.gguf"))  # refused even to root
-    src = tmp_path / "same.pth"
-    src.write_bytes(tiny_models(7).read_bytes())
-    with pytest.raises(ModelError, match="source file itself"):
-        convert(src, src)
 
 
-def test_too_little_disk_is_found_before_writing(tiny_models, tmp_path, monkeypatch) -> None:
+def test_converting_onto_the_database_leaves_it_byte_identical(
+    tiny_models, models, data_dir, monkeypatch
+) -> None:
+    from core.store import open_store
+
+    store = open_store()
+    store.create_character({"name": "Ada", "description": "kept"})
+    store.close()
+    db = data_dir / "app.db"
+    before = db.read_bytes()
+    (models / "link.gguf").symlink_to(db)
+    for dst in (db, models / ".." / "data" / "app.db", models / "link.gguf"):
+        for overwrite in (False, True):
+            with pytest.raises(ModelError):
+                convert(tiny_models(7), dst, overwrite=overwrite)
+    assert db.read_bytes() == before
+    # a data directory inside the models folder is off limits too
+    inner = models / "data"
+    monkeypatch.setenv("RP_DATA_DIR", str(inner))
+    with pytest.raises(ModelError, match="data directory"):
+        convert(tiny_models(7), inner / "x.gguf")
+    assert _leftovers(inner) == [] and _leftovers(models) == ["link.gguf"]
+
+
+def test_only_gguf_names_inside_the_models_folder(tiny_models, models, tmp_path) -> None:
+    for dst, why in (
+        (models / ".." / "x.gguf", "only inside the models folder"),
+        (tmp_path / "elsewhere" / "x.gguf", "only inside the models folder"),
+        (models / "x.bin", "ending in .gguf"),
+        (models / "x", "ending in .gguf"),
+    ):
+        with pytest.raises(ModelError, match=why):
+            convert(tiny_models(7), dst)
+    assert _leftovers(tmp_path) == [] and _leftovers(models) == []
+    sub = models / "sub"
+    sub.mkdir()
+    assert convert(tiny_models(7), sub / "x.gguf").is_file()  # a folder inside models is fine
+
+
+def test_an_existing_file_is_replaced_only_when_confirmed(tiny_models, models, capsys) -> None:
+    mine = models / "mine.gguf"
+    mine.write_bytes(b"the user's own file")
+    with pytest.raises(DestinationExists, match="already exists"):
+        convert(tiny_models(7), mine)
+    assert main([str(tiny_models(7)), str(mine), "--quiet"]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert mine.read_bytes() == b"the user's own file" and _leftovers(models) == ["mine.gguf"]
+    assert main([str(tiny_models(7)), str(mine), "--quiet", "--force"]) == 0
+    assert inspect_gguf(mine).arch == "rwkv7"
+
+
+def test_the_source_must_be_a_pth_model(tiny_models, models) -> None:
+    weights = models / "weights.bin"  # a real model, but not under a model file's name
+    weights.write_bytes(tiny_models(7).read_bytes())
+    with pytest.raises(ModelError, match="not a .pth file"):
+        convert(weights, models / "x.gguf")
+    assert _leftovers(models) == []
+
+
+def test_too_little_disk_is_found_before_writing(tiny_models, models, monkeypatch) -> None:
     class Usage:
         total, used, free = 10**9, 10**9 - 10**6, 10**6
 
     monkeypatch.setattr(conv.shutil, "disk_usage", lambda _p: Usage())
     with pytest.raises(ModelError, match="Not enough free disk space"):
-        convert(tiny_models(7), tmp_path / "x.gguf")
-    assert _leftovers(tmp_path) == []
+        convert(tiny_models(7), models / "x.gguf")
+    assert _leftovers(models) == []
 
 
-def test_cancel_and_failure_leave_nothing(tiny_models, tmp_path, monkeypatch) -> None:
+def test_cancel_and_failure_leave_nothing(tiny_models, models, monkeypatch) -> None:
     cancel = threading.Event()
 
     def progress(frac: float, _msg: str) -> None:
@@ -106,8 +172,8 @@ def test_cancel_and_failure_leave_nothing(tiny_models, tmp_path, monkeypatch) ->
             cancel.set()
 
     with pytest.raises(ConversionCancelled):
-        convert(tiny_models(7), tmp_path / "x.gguf", "f16", progress=progress, cancel=cancel)
-    assert _leftovers(tmp_path) == []
+        convert(tiny_models(7), models / "x.gguf", "f16", progress=progress, cancel=cancel)
+    assert _leftovers(models) == []
 
     real = conv._data
     calls = [0]
@@ -120,23 +186,28 @@ def test_cancel_and_failure_leave_nothing(tiny_models, tmp_path, monkeypatch) ->
 
     monkeypatch.setattr(conv, "_data", failing)
     with pytest.raises(ModelError, match="disk filled up"):
-        convert(tiny_models(7), tmp_path / "x.gguf", "f16")
-    assert _leftovers(tmp_path) == []
+        convert(tiny_models(7), models / "x.gguf", "f16")
+    assert _leftovers(models) == []
 
 
-def test_cli_exit_codes(tiny_models, tmp_path, capsys) -> None:
-    assert main([str(tiny_models(7)), str(tmp_path / "a.gguf"), "--type", "q8_0", "--quiet"]) == 0
-    assert capsys.readouterr().out.strip() == str(tmp_path / "a.gguf")
-    assert main([str(tiny_models(5)), str(tmp_path / "b.gguf"), "--quiet"]) == 1
+def test_cli_exit_codes(tiny_models, models, capsys, monkeypatch) -> None:
+    assert main([str(tiny_models(7)), str(models / "a.gguf"), "--type", "q8_0", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(models / "a.gguf")
+    monkeypatch.chdir(models.parent)  # a bare name goes into the models folder, not the cwd
+    assert main([str(tiny_models(7)), "bare.gguf"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == str(models / "bare.gguf") and "100%" in out.err
+    assert main([str(tiny_models(5)), str(models / "b.gguf"), "--quiet"]) == 1
     assert "error:" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
-        main([str(tiny_models(7)), str(tmp_path / "c.gguf"), "--type", "q2"])
+        main([str(tiny_models(7)), str(models / "c.gguf"), "--type", "q2"])
     assert e.value.code == 2
-    assert _leftovers(tmp_path) == ["a.gguf"]
+    assert _leftovers(models) == ["a.gguf", "bare.gguf"]
 
 
-@pytest.mark.slow
 def test_cli_runs_as_a_module(tiny_models, tmp_path) -> None:
+    """The module's entry point (in a subprocess, which writes only where the repository's
+    models/ is, so only refusals are run here; conversions are in test_cli_exit_codes)."""
     dst = tmp_path / "m.gguf"
     run = subprocess.run(
         [sys.executable, "-m", "core.convert", str(tiny_models(7)), str(dst), "--type", "f16"],
@@ -145,13 +216,15 @@ def test_cli_runs_as_a_module(tiny_models, tmp_path) -> None:
         text=True,
         timeout=120,
     )
-    assert run.returncode == 0, run.stderr
-    assert dst.is_file() and "100%" in run.stderr
+    assert run.returncode == 1 and "only inside the models folder" in run.stderr
+    assert not dst.exists()
+    missing = "no-such-model-file.pth"
     bad = subprocess.run(
-        [sys.executable, "-m", "core.convert", str(tmp_path / "nope.pth"), str(dst)],
+        [sys.executable, "-m", "core.convert", str(tmp_path / missing), "x-no-such.gguf"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert bad.returncode == 1 and "not found" in bad.stderr
+    assert not (REPO / "models" / "x-no-such.gguf").exists()
