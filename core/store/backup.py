@@ -1,0 +1,191 @@
+"""Copies of the SQLite database in `data/backups/`, and putting one back.
+
+`daily_backup` runs when the app opens its store: at most one copy a day, made with
+`VACUUM INTO` (a consistent, compact copy taken while the app runs), the newest `KEEP` kept.
+`restore` never loses the current database silently: it is copied beside the backups first
+(`...-before-restore.db`), byte for byte when SQLite can no longer read it. Each function takes
+the database URL (as `open_store` does); close the Store before a restore, open it again after.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import make_url
+
+from core.config import data_dir
+from core.errors import StoreError
+from core.store.database import known_revisions
+
+log = logging.getLogger(__name__)
+
+KEEP = 7
+_NAME = re.compile(r"^app-(\d{4}-\d{2}-\d{2})-(\d{6})(-[a-z0-9-]+)?\.db$")
+_COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite's files beside a database
+
+
+@dataclass(frozen=True)
+class Backup:
+    path: Path
+    made: datetime
+    size: int
+    note: str  # "" for a backup, "before-restore" for the copy a restore kept
+
+
+def backup_dir() -> Path:
+    return data_dir() / "backups"
+
+
+def db_file(url: str) -> Path:
+    """The SQLite file of the database URL `url`; StoreError for databases that are not one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        where = parsed.render_as_string(hide_password=True)
+        raise StoreError(
+            f"Backups are made of the SQLite file the app keeps in its data folder; this app "
+            f"uses {where} (RP_DB_URL). Back that database up with its own tools."
+        )
+    return Path(parsed.database).resolve()
+
+
+def list_backups(folder: Path | None = None) -> list[Backup]:
+    """The backups, newest first."""
+    folder = folder or backup_dir()
+    found = []
+    for p in folder.glob("app-*.db") if folder.is_dir() else ():
+        m = _NAME.match(p.name)
+        if m:
+            made = datetime.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H%M%S")
+            found.append(Backup(p, made, p.stat().st_size, (m[3] or "").lstrip("-")))
+    return sorted(found, key=lambda b: b.path.name, reverse=True)
+
+
+def _new_path(folder: Path, now: datetime, note: str = "") -> Path:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    base = f"app-{now:%Y-%m-%d-%H%M%S}" + (f"-{note}" if note else "")
+    path, n = folder / f"{base}.db", 2
+    while path.exists():  # two in one second
+        path, n = folder / f"{base}-{n}.db", n + 1
+    return path
+
+
+def _vacuum_into(source: Path, dest: Path) -> None:
+    con = sqlite3.connect(source, timeout=15, isolation_level=None)
+    try:
+        con.execute("VACUUM INTO ?", (str(dest),))
+    finally:
+        con.close()
+    os.chmod(dest, 0o600)  # a copy of the chats: as private as the database
+
+
+def backup_now(url: str, now: datetime | None = None) -> Path:
+    """Copy the database into data/backups/ now; keep the newest KEEP copies."""
+    source = db_file(url)
+    dest = _new_path(backup_dir(), now or datetime.now())
+    try:
+        _vacuum_into(source, dest)
+    except sqlite3.Error as e:
+        dest.unlink(missing_ok=True)
+        raise StoreError(f"Could not back up the database {source}: {e}.") from e
+    except OSError as e:
+        dest.unlink(missing_ok=True)
+        raise StoreError(f"Could not write the backup {dest}: {e}. Is the disk full?") from e
+    for old in list_backups()[KEEP:]:
+        _remove(old.path)
+    return dest
+
+
+def daily_backup(url: str, now: datetime | None = None) -> Path | None:
+    """A backup unless one was made today (or the database is not a SQLite file). Never raises:
+    it runs at every start, and a failed backup must not keep the app from starting."""
+    now = now or datetime.now()
+    try:
+        if any(b.made.date() == now.date() for b in list_backups()):
+            return None
+        return backup_now(url, now)
+    except (StoreError, OSError) as e:
+        log.warning("daily backup skipped: %s", e)
+        return None
+
+
+def check_database(url: str) -> None:
+    """SQLite's quick check of the whole file; StoreError naming the file when it is damaged.
+    Nothing to check for a file not made yet, or a database that is not a SQLite file."""
+    try:
+        path = db_file(url)
+    except StoreError:
+        return
+    if not path.exists():
+        return
+    try:
+        con = sqlite3.connect(path, timeout=15)
+        try:
+            problems = [r[0] for r in con.execute("PRAGMA quick_check").fetchmany(3)]
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        problems = [str(e)]
+    if problems != ["ok"]:
+        raise StoreError(f"The database {path} is damaged: {'; '.join(problems)}.")
+
+
+def check_backup(path: Path) -> None:
+    """A backup this app can open: a readable SQLite file at a revision it knows."""
+    if not path.is_file():
+        raise StoreError(f"There is no backup {path.name}: choose another.")
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            ok = con.execute("PRAGMA quick_check").fetchone()[0]
+            revision = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise StoreError(f"The backup {path.name} cannot be read ({e}): choose another.") from e
+    if ok != "ok":
+        raise StoreError(f"The backup {path.name} is damaged ({ok}): choose another.")
+    if revision is None or revision[0] not in known_revisions():
+        raise StoreError(
+            f"The backup {path.name} was made by another version of the app: choose another."
+        )
+
+
+def restore(url: str, backup: Path, now: datetime | None = None) -> Path:
+    """Put `backup` in place of the database (its Store closed); returns where the database it
+    replaced was kept. A bad backup is refused, nothing touched."""
+    target = db_file(url)
+    check_backup(backup)
+    keep = _new_path(backup_dir(), now or datetime.now(), "before-restore")
+    try:
+        if target.exists():
+            try:
+                _vacuum_into(target, keep)
+            except sqlite3.Error:  # damaged: keep its bytes as they are, with its journal
+                keep.unlink(missing_ok=True)
+                for suffix in ("", *_COMPANIONS):
+                    if Path(f"{target}{suffix}").exists():
+                        shutil.copy2(f"{target}{suffix}", f"{keep}{suffix}")
+        tmp = target.with_name(target.name + ".restoring")
+        shutil.copyfile(backup, tmp)
+        os.chmod(tmp, 0o600)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        # the old journal must not be replayed into the restored file
+        for suffix in _COMPANIONS:
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, target)
+    except OSError as e:
+        raise StoreError(f"Could not restore {backup.name} over {target}: {e}.") from e
+    return keep
+
+
+def _remove(path: Path) -> None:
+    for suffix in ("", *_COMPANIONS):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -1,0 +1,145 @@
+"""Backups of the real SQLite file: made once a day, the newest seven kept, a damaged database
+found at start, and restore, which keeps the database it replaces (also a damaged one)."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from core.errors import StoreError
+from core.store import default_url, open_store
+from core.store.backup import (
+    KEEP,
+    backup_dir,
+    backup_now,
+    check_database,
+    daily_backup,
+    db_file,
+    list_backups,
+    restore,
+)
+
+DAY = datetime(2026, 12, 2, 9, 30, 0)
+
+
+@pytest.fixture
+def db(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The app's database file with one character and a chat in it (store closed)."""
+    monkeypatch.delenv("RP_DB_URL", raising=False)
+    store = open_store()
+    conv = store.create_conversation(store.create_character({"name": "Kept"}).id)
+    store.add_message(conv.id, "user", "a line worth keeping")
+    store.close()
+    return db_file(default_url())
+
+
+def url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def names(path: Path) -> list[str]:
+    store = open_store(url(path))
+    try:
+        return [c.name for c in store.list_characters()]
+    finally:
+        store.close()
+
+
+def damage(path: Path) -> None:
+    """Overwrite one page in the middle of a database that spans many (header left intact)."""
+    store = open_store(url(path))
+    conv = store.create_conversation(store.create_character({"name": "Big"}).id)
+    for i in range(300):
+        store.add_message(conv.id, "user", f"{i} " + "filler " * 100)
+    store.close()
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek((size // 4096 // 2) * 4096)
+        f.write(b"\xa5" * 4096)
+
+
+def test_a_backup_is_a_full_copy_and_the_daily_one_is_made_once_a_day(db: Path) -> None:
+    first = daily_backup(url(db), DAY)
+    assert first is not None and first.parent == backup_dir()
+    assert names(first) == ["Kept"]
+    assert first.stat().st_mode & 0o077 == 0  # as private as the chats in it
+    assert daily_backup(url(db), DAY + timedelta(hours=10)) is None  # same day: no second copy
+    second = daily_backup(url(db), DAY + timedelta(days=1))
+    assert second is not None and [b.path for b in list_backups()] == [second, first]
+
+
+def test_only_the_newest_seven_are_kept(db: Path) -> None:
+    made = [backup_now(url(db), DAY + timedelta(days=i)) for i in range(KEEP + 3)]
+    assert [b.path for b in list_backups()] == made[::-1][:KEEP]
+    assert not any(p.exists() for p in made[:3])
+
+
+def test_restore_brings_the_backup_back_and_keeps_the_replaced_database(db: Path) -> None:
+    backup = backup_now(url(db), DAY)
+    store = open_store()
+    store.create_character({"name": "Added after the backup"})
+    store.close()
+
+    kept = restore(url(db), backup, DAY + timedelta(hours=1))
+    assert names(db) == ["Kept"]
+    assert names(kept) == ["Added after the backup", "Kept"]  # nothing lost
+    assert kept in [b.path for b in list_backups()]
+    assert next(b for b in list_backups() if b.path == kept).note == "before-restore"
+    store = open_store()  # and the app's store opens on it, messages and all
+    conv = store.list_conversations()[0]
+    assert [m.text for m in store.list_messages(conv.id)] == ["a line worth keeping"]
+    store.close()
+
+
+def test_a_damaged_database_is_found_and_can_be_restored_over(db: Path) -> None:
+    backup = backup_now(url(db), DAY)
+    damage(db)
+    with pytest.raises(StoreError, match=rf"{db}.*damaged"):
+        check_database(url(db))
+    damaged = db.read_bytes()
+
+    kept = restore(url(db), backup, DAY + timedelta(hours=1))
+    assert kept.read_bytes() == damaged  # kept byte for byte: SQLite could not copy it
+    check_database(url(db))
+    assert names(db) == ["Kept"]
+
+
+def test_a_file_that_is_no_database_is_kept_too(db: Path) -> None:
+    backup = backup_now(url(db), DAY)
+    db.write_bytes(b"this is not a database, " * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        check_database(url(db))
+    kept = restore(url(db), backup)
+    assert kept.read_bytes().startswith(b"this is not a database")
+    assert names(db) == ["Kept"]
+
+
+@pytest.mark.parametrize("bad", ["garbage", "damaged", "newer", "missing"])
+def test_a_bad_backup_is_refused_and_nothing_is_touched(db: Path, bad: str) -> None:
+    path = backup_dir() / "app-2026-12-01-120000.db"
+    backup_dir().mkdir(exist_ok=True)
+    if bad == "garbage":
+        path.write_bytes(b"\0" * 5000)
+    elif bad in ("damaged", "newer"):
+        path.write_bytes(backup_now(url(db), DAY).read_bytes())
+        if bad == "damaged":
+            damage(path)
+        else:
+            con = sqlite3.connect(path)
+            con.execute("UPDATE alembic_version SET version_num = 'from_the_future'")
+            con.commit()
+            con.close()
+    before = db.read_bytes()
+    n_backups = len(list_backups())
+    with pytest.raises(StoreError, match=r"backup .*(choose another)"):
+        restore(url(db), path)
+    assert db.read_bytes() == before
+    assert len(list_backups()) == n_backups  # no copy of the current one either
+
+
+def test_backups_need_the_sqlite_file() -> None:
+    with pytest.raises(StoreError, match="RP_DB_URL"):
+        db_file("sqlite://")
