@@ -29,7 +29,7 @@ import struct
 import sys
 import tempfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_CARD_BYTES = 20 * 1024 * 1024  # a card file (PNG or JSON) larger than this is refused
 MAX_CARD_JSON = 16 * 1024 * 1024  # decoded card JSON
+MAX_CARD_TEXT = 16 * 1024 * 1024  # the card chunks of one PNG, decompressed, all together
+CARD_CHUNKS = ("chara", "ccv3")  # the text chunks that hold a card
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 EXT_KEY = "rwkv_roleplay"  # our namespace in data.extensions
 SEED_SETTING = "imported_character_files"
 OLD_FORMAT_SPEC = "rwkv_roleplay_legacy"
@@ -113,24 +116,23 @@ class CardError(AppError):
 def _inflate(data: bytes, limit: int) -> bytes:
     d = zlib.decompressobj()
     try:
-        out = d.decompress(data, limit)
+        out = d.decompress(data, limit + 1)  # + 1: a max_length of 0 would mean no limit
     except zlib.error:
         raise CardError(
             "This PNG is broken: a compressed text chunk does not decompress."
         ) from None
-    if d.unconsumed_tail:
-        raise CardError("A compressed text chunk of this PNG is too large.")
+    if len(out) > limit or d.unconsumed_tail:
+        raise CardError(
+            f"The card in this PNG decompresses to more than {MAX_CARD_TEXT // 2**20} MB."
+        )
     return out
 
 
-def png_text_chunks(data: bytes) -> dict[str, bytes]:
-    """The text chunks (tEXt, zTXt, iTXt) of a PNG as {keyword: raw value}.
-
-    Checks the structure and every chunk's CRC; raises CardError for a broken PNG.
-    """
+def _chunks(data: bytes) -> Iterator[tuple[bytes, bytes, int, int]]:
+    """(type, body, start, end) of each chunk of a PNG, up to IEND, checking the structure and
+    every chunk's CRC on the way; raises CardError for a broken PNG."""
     if not data.startswith(PNG_SIGNATURE):
         raise CardError("This file is not a PNG.")
-    texts: dict[str, bytes] = {}
     pos, n = len(PNG_SIGNATURE), len(data)
     first = True
     while True:
@@ -148,22 +150,40 @@ def png_text_chunks(data: bytes) -> dict[str, bytes]:
         if first and ctype != b"IHDR":
             raise CardError("This PNG is broken: it does not start with a header chunk.")
         first = False
-        if ctype in (b"tEXt", b"zTXt", b"iTXt"):
-            key_raw, sep, rest = body.partition(b"\x00")
-            if sep:
-                key = key_raw.decode("latin-1")
-                if ctype == b"tEXt":
-                    texts[key] = rest
-                elif ctype == b"zTXt" and rest[:1] == b"\x00":
-                    texts[key] = _inflate(rest[1:], MAX_CARD_JSON)
-                elif ctype == b"iTXt" and len(rest) >= 2:
-                    compressed, value = rest[0], rest[2:]
-                    _lang, _, value = value.partition(b"\x00")
-                    _tkey, _, value = value.partition(b"\x00")
-                    texts[key] = _inflate(value, MAX_CARD_JSON) if compressed else value
+        yield ctype, body, pos, end
         if ctype == b"IEND":
-            return texts
+            return
         pos = end
+
+
+def png_text_chunks(data: bytes) -> dict[str, bytes]:
+    """The card chunks of a PNG (tEXt, zTXt or iTXt named "chara" or "ccv3", in any case) as
+    {lowercase keyword: raw value}. Checks the whole PNG; raises CardError for a broken one.
+
+    Only card chunks are decompressed, and all of them together to at most MAX_CARD_TEXT bytes:
+    other text chunks (a picture's metadata, or junk that inflates a thousandfold) are skipped
+    unread, so the memory an import needs stays near the file's size."""
+    texts: dict[str, bytes] = {}
+    budget = MAX_CARD_TEXT
+    for ctype, body, _start, _end in _chunks(data):
+        if ctype not in _TEXT_CHUNKS:
+            continue
+        key_raw, sep, rest = body.partition(b"\x00")
+        key = key_raw.decode("latin-1").lower()
+        if not sep or key not in CARD_CHUNKS:
+            continue
+        if ctype == b"tEXt":
+            texts[key] = rest
+        elif ctype == b"zTXt" and rest[:1] == b"\x00":
+            texts[key] = _inflate(rest[1:], budget)
+            budget -= len(texts[key])
+        elif ctype == b"iTXt" and len(rest) >= 2:
+            compressed, value = rest[0], rest[2:]
+            _lang, _, value = value.partition(b"\x00")
+            _tkey, _, value = value.partition(b"\x00")
+            texts[key] = _inflate(value, budget) if compressed else value
+            budget -= len(texts[key]) if compressed else 0
+    return texts
 
 
 def _chunk(ctype: bytes, body: bytes) -> bytes:
@@ -174,23 +194,25 @@ def _chunk(ctype: bytes, body: bytes) -> bytes:
 def write_png_text(png: bytes, texts: dict[str, str]) -> bytes:
     """`png` with tEXt chunks `texts` (keyword: ASCII value) put before IEND, replacing any
     text chunks of the same keywords."""
-    png_text_chunks(png)  # checks the structure
     keys = {k.lower() for k in texts}
     out = [PNG_SIGNATURE]
-    pos = len(PNG_SIGNATURE)
-    while True:
-        length, ctype = struct.unpack(">I4s", png[pos : pos + 8])
-        end = pos + 12 + length
-        body = png[pos + 8 : pos + 8 + length]
+    for ctype, body, start, end in _chunks(png):
         if ctype == b"IEND":
             for key, value in texts.items():
                 out.append(_chunk(b"tEXt", key.encode("latin-1") + b"\x00" + value.encode("ascii")))
-            out.append(png[pos:end])
-            return b"".join(out)
+            out.append(png[start:end])
+            break
         keyword = body.partition(b"\x00")[0].decode("latin-1").lower()
-        if not (ctype in (b"tEXt", b"zTXt", b"iTXt") and keyword in keys):
-            out.append(png[pos:end])
-        pos = end
+        if not (ctype in _TEXT_CHUNKS and keyword in keys):
+            out.append(png[start:end])
+    return b"".join(out)
+
+
+def _picture(png: bytes) -> bytes:
+    """The PNG without its text chunks, for the avatar: Pillow would inflate them too (up to
+    64 MB, and it refuses a picture with a text chunk over 1 MB)."""
+    kept = (png[a:b] for ctype, _body, a, b in _chunks(png) if ctype not in _TEXT_CHUNKS)
+    return PNG_SIGNATURE + b"".join(kept)
 
 
 # --- reading cards ---------------------------------------------------------------------------
@@ -346,18 +368,19 @@ def _too_large(size: int) -> str:
 def _read(
     path_or_bytes: str | os.PathLike[str] | bytes, filename: str | None = None
 ) -> tuple[dict[str, Any], bytes | None]:
-    """(normalised card, the PNG it came in or None)."""
+    """(normalised card, its picture (the PNG without text chunks) or None)."""
     data = _load(path_or_bytes, filename)
     if filename is None and not isinstance(path_or_bytes, bytes | bytearray | memoryview):
         filename = Path(path_or_bytes).name
     stem = Path(filename or "").stem
     if data.startswith(PNG_SIGNATURE):
-        texts = {k.lower(): v for k, v in png_text_chunks(data).items()}
+        texts = png_text_chunks(data)
         errors: list[CardError] = []
         for chunk in ("ccv3", "chara"):
             if chunk in texts:
                 try:
-                    return normalize_card(_decode_payload(texts[chunk], chunk), stem), data
+                    card = normalize_card(_decode_payload(texts[chunk], chunk), stem)
+                    return card, _picture(data)
                 except CardError as e:  # a broken ccv3 next to a good chara: use chara
                     errors.append(e)
         if errors:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tracemalloc
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,6 +291,45 @@ def test_card_with_a_broken_or_bomb_picture_is_refused(store: Store, data_dir: P
     bomb = add_text_chunks(bomb_png(12_000, 12_000), {"chara": card})
     with pytest.raises(avatars.AvatarError, match="pixels"):
         import_card(store, bomb, "bomb.png")
+    assert store.list_characters() == [] and avatar_files(data_dir) == []
+
+
+def ztxt_chunks(n: int, inflated: int, key: str = "junk") -> bytes:
+    """`n` zTXt chunks (key0, key1, ...), each inflating to `inflated` zero bytes: a thousand
+    times their size."""
+    body = b"\x00" + zlib.compress(bytes(inflated), 9)
+    return b"".join(chunk(b"zTXt", f"{key}{i}".encode() + b"\x00" + body) for i in range(n))
+
+
+def test_junk_text_chunks_are_skipped_unread(store: Store, data_dir: Path):
+    """A card padded with text chunks that inflate to 192 MB from a 200 KB file imports with its
+    picture, in the memory the file needs (old code: 192 MB, then Pillow refused the picture)."""
+    png = card_png(v2_card())
+    cut = 33  # after IHDR: Pillow reads these chunks while opening the picture
+    bomb = png[:cut] + ztxt_chunks(48, 4 * 2**20) + png[cut:]
+    tracemalloc.start()
+    try:
+        c = import_card(store, bomb, "bomb.png")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert c.name == "Test Keeper" and len(avatar_files(data_dir)) == 1
+    assert peak < 10 * len(bomb) + 100 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_card_chunks_inflate_within_one_budget_for_the_file(store: Store, data_dir: Path):
+    png = picture()
+    half = zlib.compress(b"A" * (8 * 2**20 + 1))  # 16 MB for the whole file
+    over = png[:33] + chunk(b"zTXt", b"chara\x00\x00" + zlib.compress(b"A" * 2**25)) + png[33:]
+    two = (  # each chunk alone would do; together they are over
+        png[:33]
+        + chunk(b"iTXt", b"ccv3\x00\x01\x00\x00\x00" + half)
+        + chunk(b"zTXt", b"chara\x00\x00" + half)
+        + png[33:]
+    )
+    for data in (over, two):
+        with pytest.raises(CardError, match="decompresses to more than 16 MB"):
+            import_card(store, data, "big.png")
     assert store.list_characters() == [] and avatar_files(data_dir) == []
 
 
