@@ -19,6 +19,7 @@ from pages.ui_common import (
     T,
     app_icon,
     authenticated,
+    keep_lang,
     md_inline,
     password_gate,
     routed,
@@ -27,6 +28,7 @@ from pages.ui_common import (
 # the icon is a picture served by this server: an emoji or :material/...: favicon would be
 # fetched from a CDN by the browser
 st.set_page_config(page_title="RWKV Role Play", page_icon=app_icon(), layout="wide")
+keep_lang()
 
 page = st.navigation(
     [

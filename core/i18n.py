@@ -48,10 +48,7 @@ _S: dict[str, tuple[str, str]] = {
     "err_empty_password": ("The password is empty.", "密码不能为空。"),
     "err_password_mismatch": ("The two passwords differ.", "两次输入的密码不一致。"),
     # safe by default: the password limiter, the network without a password, a locked gate
-    "wrong_password_wait": (
-        "Wrong password. Your next try is taken in {s} s.",
-        "密码错误。{s} 秒后才能再试。",
-    ),
+    "next_try_in": ("Your next try is taken in {s} s.", "{s} 秒后才能再试。"),
     "too_many_tries": (
         "Too many tries. Wait {s} s, then try again.",
         "尝试次数过多。请等待 {s} 秒后再试。",

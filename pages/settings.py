@@ -32,6 +32,7 @@ from pages.ui_common import (
     md_inline,
     model_summary,
     page_guard,
+    set_lang,
     setting,
     show_error,
     store,
@@ -63,7 +64,13 @@ def _save(key: str, value: Any, flash: bool = True) -> None:
 if ss.get("settings_error"):
     show_error(AppError(ss.pop("settings_error")))
 
+
 # --- language ------------------------------------------------------------------------------------
+def _switch_language() -> None:
+    set_lang(ss.set_language)  # this browser session only
+    _save("language", ss.set_language, flash=False)  # the default of new sessions
+
+
 st.subheader(T("language"), anchor=False)
 current_lang = lang()
 if ss.get("set_language") not in LANGS:
@@ -75,7 +82,7 @@ st.radio(
     key="set_language",
     horizontal=True,
     label_visibility="collapsed",
-    on_change=lambda: _save("language", ss.set_language, flash=False),
+    on_change=_switch_language,
 )
 
 # --- model ---------------------------------------------------------------------------------

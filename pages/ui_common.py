@@ -9,9 +9,12 @@ session keeps only ids in st.session_state, never ORM objects or engine handles.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import runpy
+import secrets
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from core.auth import check_password
+from core.auth import LoginLimiter, Tries, hash_password, is_loopback
 from core.avatars import avatar_path
 from core.cli_args import cli_args, resolve_model_path
 from core.config import REPO_ROOT, data_dir
@@ -84,7 +87,25 @@ def setting(key: str, default: Any = None) -> Any:
 
 
 def lang() -> str:
-    """The interface language: the saved setting, else --lang, else the browser's, else en."""
+    """This browser session's interface language (see keep_lang)."""
+    chosen = st.session_state.get("ui_lang")
+    return chosen if chosen in LANGS else _default_lang()
+
+
+def keep_lang() -> None:
+    """Run by the router on every run: a session keeps the language it started with (the
+    saved setting, else --lang, else the browser's, else en) until it picks another in
+    Settings, so that one session's choice never changes the language of another."""
+    if st.session_state.get("ui_lang") not in LANGS:
+        st.session_state.ui_lang = _default_lang()
+
+
+def set_lang(code: str) -> None:
+    """This session's language; the caller saves it as the default of new sessions."""
+    st.session_state.ui_lang = code
+
+
+def _default_lang() -> str:
     value = setting("language")
     if value in LANGS:
         return value
@@ -198,33 +219,110 @@ def _placeholder(name: str) -> bytes:
 
 
 def required_password() -> str:
+    """$RP_PASSWORD, else the saved hash; "" when there is none. Raises when the setting cannot
+    be read: the gate then stays shut."""
     env = os.environ.get("RP_PASSWORD", "")
     if env:
         return env
-    value = setting("password", "")
+    value = store().get_setting("password", "")
     return value if isinstance(value, str) else ""
 
 
+def listening_locally() -> bool:
+    """The server can be reached from this machine only (the project's config: 127.0.0.1)."""
+    return is_loopback(st.get_option("server.address"))
+
+
 def authenticated() -> bool:
-    """No password is set, or this browser session gave it."""
-    return not required_password() or bool(st.session_state.get("authenticated"))
+    """This browser session gave the password, or none is needed: none is set and the server
+    listens on this machine only."""
+    if st.session_state.get("authenticated"):
+        return True
+    try:
+        return not required_password() and listening_locally()
+    except Exception:  # the setting cannot be read: locked (password_gate says why)
+        return False
 
 
 def password_gate() -> None:
-    """With a password set, ask for it before anything else (once per browser session)."""
-    stored = required_password()
-    if not stored or st.session_state.get("authenticated"):
+    """Before anything else, once per browser session: the password. Nothing else is shown
+    when the password setting cannot be read, nor, while the server listens beyond this
+    machine, until a password is set."""
+    if st.session_state.get("authenticated"):
+        return
+    try:
+        stored = required_password()
+    except Exception as e:  # whatever broke the database, an unreadable gate stays shut
+        st.title(T("app_title"))
+        show_error(e, "err_password_unreadable")
+        st.stop()
+    if not stored and listening_locally():
         return
     st.title(T("app_title"))
-    with st.form("login"):
-        entered = st.text_input(T("password"), type="password", key="login_password")
-        ok = st.form_submit_button(T("login"), type="primary")
-    if ok:
-        if check_password(entered or "", stored):
+    if stored:
+        with st.form("login"):
+            entered = st.text_input(T("password"), type="password", key="login_password")
+            ok = st.form_submit_button(T("login"), type="primary")
+        if ok and _limited_check(entered or "", stored, "wrong_password"):
             st.session_state.authenticated = True
             st.rerun()
-        st.error(T("wrong_password"))
+    else:
+        _first_password_form()
     st.stop()
+
+
+@st.cache_resource(show_spinner=False)
+def login_limiter() -> LoginLimiter:
+    """One for the process: its limit of tries a minute counts every session."""
+    return LoginLimiter()
+
+
+def _limited_check(entered: str, secret: str, wrong: str) -> bool:
+    """One try through the limiter; when it fails, says why and how long to wait."""
+    tries = st.session_state.setdefault("login_tries", Tries())
+    verdict = login_limiter().attempt(tries, entered, secret)
+    wait = math.ceil(verdict.wait)
+    if verdict.ok:
+        return True
+    if not verdict.checked:
+        st.warning(T("too_many_tries", s=wait), icon=":material/hourglass_top:")
+    else:
+        st.error(T(wrong) + (f" {T('next_try_in', s=wait)}" if wait else ""))
+    return False
+
+
+@st.cache_resource(show_spinner=False)
+def setup_code() -> str:
+    """The code the first-password form asks for, printed where the server runs: from another
+    machine, only someone who can see that terminal may set the first password."""
+    code = secrets.token_urlsafe(9)
+    print(f"RWKV Role Play: setup code for the first password: {code}", file=sys.stderr)
+    return code
+
+
+def _first_password_form() -> None:
+    address = st.get_option("server.address") or T("every_address")
+    st.warning(T("open_network", address=md_inline(address)), icon=":material/lock:")
+    secret = setup_code()  # printed now, so it is in the terminal when the page says so
+    with st.form("first_password"):
+        code = st.text_input(T("setup_code"), type="password", key="setup_code")
+        pw1 = st.text_input(T("new_password"), type="password", key="first_password_1")
+        pw2 = st.text_input(T("repeat_password"), type="password", key="first_password_2")
+        ok = st.form_submit_button(T("set_password"), type="primary", icon=":material/lock:")
+    if not ok:
+        return
+    if not pw1:
+        st.error(T("err_empty_password"))
+    elif pw1 != pw2:
+        st.error(T("err_password_mismatch"))
+    elif _limited_check(code or "", secret, "wrong_setup_code"):
+        try:
+            store().set_setting("password", hash_password(pw1))
+        except AppError as e:
+            show_error(e)
+        else:
+            st.session_state.authenticated = True
+            st.rerun()
 
 
 # --- routing -----------------------------------------------------------------------------------
@@ -392,14 +490,15 @@ def load_model(choice: ModelChoice | None = None, ui: str = "spinner") -> Engine
     slot = model_slot()
     choice = choice or current_choice()
     key = _full_key(choice)
-    label = T("loading_model", name=choice.label())
+    name = md_inline(choice.label())  # a file name: shown as text, never markdown
+    label = T("loading_model", name=name)
     try:
         if ui == "status":
             with st.status(label, expanded=False) as status:
                 engine = _engine(*key)
                 info = engine.info
                 status.update(
-                    label=T("model_loaded_in", name=choice.label(), s=f"{info.load_s:.1f}"),
+                    label=T("model_loaded_in", name=name, s=f"{info.load_s:.1f}"),
                     state="complete",
                 )
         elif ui == "spinner":
