@@ -116,9 +116,8 @@ _S: dict[str, tuple[str, str]] = {
     "convert": ("Convert a .pth model to GGUF", "把 .pth 模型转换为 GGUF"),
     "convert_help": (
         "llama.cpp runs RWKV-6/7 two to four times faster than the rwkv package on a CPU. "
-        "The GGUF file is written beside the source unless you choose another path.",
-        "在 CPU 上，llama.cpp 运行 RWKV-6/7 比 rwkv 包快二到四倍。"
-        "GGUF 文件默认写在源文件旁边，也可以另选路径。",
+        "The GGUF file is written in the models folder.",
+        "在 CPU 上，llama.cpp 运行 RWKV-6/7 比 rwkv 包快二到四倍。GGUF 文件写在模型文件夹里。",
     ),
     "convert_source": ("Source (.pth)", "源文件（.pth）"),
     "convert_type": ("Tensor type", "张量类型"),
@@ -126,7 +125,13 @@ _S: dict[str, tuple[str, str]] = {
         "f16: exact enough and half the size; q8_0: smaller and fastest; f32: exact.",
         "f16：足够精确，体积减半；q8_0：更小、最快；f32：完全精确。",
     ),
-    "convert_dest": ("Destination (.gguf)", "目标文件（.gguf）"),
+    "convert_dest": ("File name in the models folder (.gguf)", "模型文件夹中的文件名（.gguf）"),
+    "convert_dest_help": ("The models folder is {folder}.", "模型文件夹是 {folder}。"),
+    "convert_exists": (
+        "{name} already exists in the models folder.",
+        "模型文件夹中已有 {name}。",
+    ),
+    "convert_replace": ("Replace {name}", "替换 {name}"),
     "convert_start": ("Convert", "开始转换"),
     "converting": ("Converting…", "正在转换…"),
     "converted": ("Written: {path}", "已写入：{path}"),

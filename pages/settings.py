@@ -218,15 +218,30 @@ with st.expander(T("convert"), icon=":material/transform:"):
         key="conv_type",
         help=T("convert_type_help"),
     )
-    default_dst = ""
-    if src_path:
-        default_dst = str(Path(src_path).with_name(Path(src_path).stem + f"-{gtype}.gguf"))
-    dst = st.text_input(T("convert_dest"), value=default_dst, key=f"conv_dst_{default_dst}")
+    default_dst = f"{Path(src_path).stem}-{gtype}.gguf" if src_path else ""
+    dst_name = st.text_input(
+        T("convert_dest"),
+        value=default_dst,
+        key=f"conv_dst_{default_dst}",
+        help=T("convert_dest_help", folder=str(MODELS_DIR)),
+    )
+    dst: Path | None = None
+    if dst_name:
+        from core.convert import check_destination
+
+        try:
+            dst = check_destination(MODELS_DIR / dst_name)
+        except AppError as e:
+            show_error(e, "err_convert")
+    replace = False
+    if dst is not None and dst.exists():  # never over a user's file without a yes
+        st.warning(T("convert_exists", name=md_inline(dst.name)), icon=":material/warning:")
+        replace = st.checkbox(T("convert_replace", name=md_inline(dst.name)), key=f"conv_rep_{dst}")
     if st.button(
         T("convert_start"),
         key="convert_start",
         icon=":material/transform:",
-        disabled=not (src_path and dst),
+        disabled=not (src_path and dst and (replace or not dst.exists())),
     ):
         from core.convert import convert
 
@@ -242,6 +257,7 @@ with st.expander(T("convert"), icon=":material/transform:"):
                     gtype,
                     progress=lambda f, m: progress.update(frac=float(f), msg=str(m)),
                     cancel=cancel,
+                    overwrite=replace,
                 )
             except Exception as e:  # ModelError and anything unexpected: shown, not raised
                 result["error"] = e

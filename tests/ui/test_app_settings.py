@@ -1,12 +1,10 @@
-"""AppTest of the Settings page: language, model load/unload, conversion, presets, the user,
-the password gate, the state cache."""
+"""AppTest of the Settings page: language, model load/unload, presets, the user, the password
+gate, the state cache (conversion: test_settings_convert.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support.ui import (
     check,
@@ -177,28 +175,6 @@ def test_state_cache_budget_and_clear(app_env: Path) -> None:
 def test_data_location_is_shown(app_env: Path) -> None:
     at = open_app(PAGE)
     assert any(str(app_env) in c.value for c in at.code)
-
-
-def test_convert_pth_to_gguf_with_progress(app_env: Path, tiny_model: Path, tmp_path: Path) -> None:
-    pytest.importorskip("gguf")
-    at = open_app(PAGE)
-    at.selectbox(key="conv_src").set_value("__other__").run()
-    at.text_input(key="conv_path").input(str(tiny_model)).run()
-    at.selectbox(key="conv_type").set_value("f16").run()
-    dst = tmp_path / "tiny-f16.gguf"
-    dest_input = next(t for t in at.text_input if t.label == "Destination (.gguf)")
-    assert dest_input.value.endswith("-f16.gguf")
-    dest_input.input(str(dst))
-    at.button(key="convert_start").click().run()
-    check(at)
-    assert not errors(at), errors(at)
-    assert dst.is_file() and dst.stat().st_size > 1_000_000
-    assert any("Written" in s.value for s in at.success)
-    # a bad source is an error, not a traceback
-    at.text_input(key="conv_path").input(str(tmp_path / "missing.pth")).run()
-    at.button(key="convert_start").click().run()
-    check(at)
-    assert errors(at) and errors(at)[0].startswith("Could not convert the model:")
 
 
 def test_every_page_renders_in_chinese(app_env: Path) -> None:
