@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import llama_cpp as L
 import numpy as np
 
-from core.backends.llama import LlamaBackend
 from core.errors import ModelError
+
+if TYPE_CHECKING:
+    from core.backends.llama import LlamaBackend
 
 
 def bare_decode_tok_s(backend: LlamaBackend, n_tokens: int = 128, first_token: int = 0) -> float:
     """Tokens/s of a bare llama.cpp loop on `backend`'s model: decode one token, argmax its
     logits, feed that, on one sequence, with no state handling at all. The yardstick for the
     back end's own forward loop."""
+    import llama_cpp as L  # here, so that the rwkv bench never loads llama.cpp
+
     b = backend
     with b._lock:
         b._check_open()

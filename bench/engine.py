@@ -5,24 +5,33 @@ grows, is regenerated, interleaved with another chat, and resumed after a restar
     python bench/engine.py --backend llama --shape 0.1b --gguf-type f16
     python bench/engine.py --model models/x.pth
 
-Prints one JSON object. Every ratio compares figures measured in the same run on the same model.
+Prints one JSON object. Every ratio compares figures measured in the same run on the same model,
+and every model call runs on the model thread, as in the app: torch and llama.cpp keep one
+OpenMP thread team per calling thread, and a second team slows the first one down.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import gguf
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bare import bare_decode_tok_s, forward_decode_tok_s  # noqa: E402
+from core.backends.base import Backend  # noqa: E402
+from core.backends.gguf_file import inspect_gguf  # noqa: E402
 from core.backends.loader import load_backend  # noqa: E402
 from core.backends.model_thread import on_model_thread  # noqa: E402
 from core.engine import Engine  # noqa: E402
@@ -43,7 +52,27 @@ USER = "Chat {tag} turn {n:03d}: tell me about the next valley, the river, and i
 CAPPED = SamplingParams(temperature=1.0, top_p=0.6, seed=11, max_tokens=4)
 
 
-def build_model(args: argparse.Namespace, work: Path) -> Path:
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", choices=("rwkv", "llama"), default="rwkv")
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="0.1b")
+    ap.add_argument("--model", help="a model file instead of a random --shape model")
+    ap.add_argument("--strategy", default="cpu fp32")
+    ap.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"))
+    ap.add_argument("--threads", type=int, help="threads of the model (default: the app's)")
+    ap.add_argument("--turns", type=int, default=40)
+    ap.add_argument("--decode-steps", type=int, default=64, help="forwards per decode run")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="decode runs of each loop after a warm-up (the best counts), and repeats of the "
+        "re-feed and the restart (the median counts)",
+    )
+    return ap.parse_args()
+
+
+def build_model(args: argparse.Namespace) -> Path:
     if args.model:
         return Path(args.model)
     from tests.support.tiny_model import write_model
@@ -57,10 +86,10 @@ def build_model(args: argparse.Namespace, work: Path) -> Path:
         return pth
     from core.convert import convert
 
-    gguf = cache / f"v7-{args.shape}-{args.gguf_type}.gguf"
-    if not gguf.exists():
-        convert(pth, gguf, args.gguf_type)
-    return gguf
+    gguf_path = cache / f"v7-{args.shape}-{args.gguf_type}.gguf"
+    if not gguf_path.exists():
+        convert(pth, gguf_path, args.gguf_type, models_dir=cache)
+    return gguf_path
 
 
 def ttft(engine: Engine, hist: list[Message], params: SamplingParams = CAPPED) -> tuple[float, str]:
@@ -75,29 +104,54 @@ def ttft(engine: Engine, hist: list[Message], params: SamplingParams = CAPPED) -
     return (first if first is not None else res.ttft_s), res.text or "…"
 
 
-def bare_decode(backend, steps: int) -> float:
-    """Forward one token and take the argmax, nothing else: the speed our loop is held to."""
-    logits, state = backend.forward(backend.tokenize("Once upon a time"), backend.initial_state())
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        logits, state = backend.forward([int(np.argmax(logits))], state)
-    return steps / (time.perf_counter() - t0)
-
-
-def our_decode(engine: Engine, steps: int) -> tuple[float, float]:
-    """Tokens/s of the engine's loop over a long reply, and its mean step time."""
+# ---------------------------------------------------------------- decode
+def our_decode_tok_s(engine: Engine, steps: int) -> float:
+    """Forwards per second of the engine's loop, with its sampler, stop scan and streaming.
+    A reply feeds back every token it samples but the last, so `steps` + 1 tokens cost `steps`
+    forwards (fewer if it stops early: the count follows). Its time also holds the first
+    token's sampling, one sample more than the forwards (0.2 ms in about a second)."""
     params = SamplingParams(
-        temperature=1.0, top_p=0.6, seed=5, max_tokens=steps, presence_penalty=0.2
+        temperature=1.0, top_p=0.6, seed=5, max_tokens=steps + 1, presence_penalty=0.2
     )
-    rates = []
-    for seed in (5, 6, 7):
-        res = engine.reply(
-            CTX, [GREETING], Message("char"), params.__class__(**{**params.to_dict(), "seed": seed})
-        ).consume()
-        if res.new_tokens >= 8:
-            rates.append(res.new_tokens / res.gen_s)
-    rate = max(rates) if rates else 0.0
-    return rate, 1.0 / rate if rate else 0.0
+    res = engine.reply(CTX, [GREETING], Message("char"), params).consume()
+    return (res.new_tokens - 1) / res.gen_s
+
+
+def best_rates(loops: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """The best rate of each loop over `rounds` runs after one warm-up run each. The loops take
+    turns within a round, so that each meets the same warm-up and the same spells of load from
+    other work; the best run is the one that other work disturbed least."""
+    for loop in loops.values():
+        loop()
+    best = dict.fromkeys(loops, 0.0)
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            best[name] = max(best[name], loop())
+    return best
+
+
+def measure_decode(backend: Backend, engine: Engine, steps: int, rounds: int) -> dict[str, Any]:
+    """Our loop against the bare Backend-protocol loop (forward + argmax) and, on llama.cpp,
+    against a bare llama_decode loop with no state handling: the yardstick of `decode_ratio`."""
+    loops = {
+        "ours": lambda: our_decode_tok_s(engine, steps),
+        "bare": lambda: on_model_thread(forward_decode_tok_s, backend, steps),
+    }
+    if backend.info.backend == "llama":
+        loops["llama_bare"] = lambda: on_model_thread(bare_decode_tok_s, backend, steps)
+    best = best_rates(loops, rounds)
+    ours = best["ours"]
+    out = {
+        "decode_forwards": steps,
+        "decode_best_of": rounds,
+        "bare_decode_tok_s": round(best["bare"], 2),
+        "decode_tok_s": round(ours, 2),
+        "decode_step_s": round(1 / ours, 4),
+    }
+    if "llama_bare" in best:
+        out["llama_bare_decode_tok_s"] = round(best["llama_bare"], 2)
+    out["decode_ratio"] = round(ours / best.get("llama_bare", best["bare"]), 3)
+    return out
 
 
 def sample_ms(n_vocab: int) -> float:
@@ -116,36 +170,165 @@ def sample_ms(n_vocab: int) -> float:
     return (time.perf_counter() - t0) / n * 1000
 
 
-def bandwidth_gbs() -> float:
-    """Memory bandwidth: copy a 512 MiB array (read + write), best of 5."""
-    a = np.ones(2**27, np.float32)
-    b = np.empty_like(a)
+# ---------------------------------------------------------------- bandwidth bound
+def bytes_read_per_token(path: Path) -> tuple[int, list[str]]:
+    """Bytes of weights one decode step reads, from the GGUF's tensor table, and the tensors
+    left out. The token-embedding table gives one row per token (n_embd values), unless it is
+    also the output head (tied embeddings: no `output.weight`), which reads all of it. The
+    recurrent state, read and written each step, is left out too (2.4 MB at 0.1B: under 1 %)."""
+    tensors = inspect_gguf(path).tensors
+    skip = ["token_embd.weight"] if {"token_embd.weight", "output.weight"} <= set(tensors) else []
+    total = 0
+    for name, (shape, kind) in tensors.items():
+        if name not in skip:
+            block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+            total += math.prod(shape) // block * size
+    return total, skip
+
+
+def read_bandwidth_gbs(threads: int, mib: int = 512) -> float:
+    """Memory read bandwidth with as many threads as the model uses, best of 5 after a warm-up.
+    A decode step reads its weights and writes almost nothing, on all of the model's threads:
+    so each thread here sums its own slice of one array (numpy releases the GIL in the sum).
+    One thread copying, as before, measured one core's share of the bandwidth, half of it in
+    writes."""
+    a = np.ones(mib << 18, np.float32)
+    parts = np.array_split(a, threads)
     best = 0.0
-    for _ in range(5):
-        t0 = time.perf_counter()
-        np.copyto(b, a)
-        best = max(best, 2 * a.nbytes / (time.perf_counter() - t0))
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(6):
+            t0 = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = max(best, a.nbytes / (time.perf_counter() - t0))
     return best / 1e9
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--backend", choices=("rwkv", "llama"), default="rwkv")
-    ap.add_argument("--shape", choices=tuple(SHAPES), default="0.1b")
-    ap.add_argument("--model", help="a model file instead of a random --shape model")
-    ap.add_argument("--strategy", default="cpu fp32")
-    ap.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"))
-    ap.add_argument("--turns", type=int, default=40)
-    ap.add_argument("--decode-steps", type=int, default=64)
-    args = ap.parse_args()
+def measure_bound(path: Path, bare_tok_s: float, threads: int) -> dict[str, Any]:
+    """The bare llama.cpp loop against the rate at which memory can deliver the weights."""
+    per_token, skipped = bytes_read_per_token(path)
+    bw = read_bandwidth_gbs(threads)
+    bound = bw * 1e9 / per_token
+    return {
+        "bandwidth_gbs": round(bw, 2),
+        "bandwidth_threads": threads,
+        "weight_bytes_per_token": per_token,
+        "weights_not_read_per_token": skipped,
+        "bound_tok_s": round(bound, 2),
+        "bound_ratio": round(bare_tok_s / bound, 3),
+    }
 
+
+# ---------------------------------------------------------------- time to first token
+def window(turns: int) -> int:
+    return max(3, turns // 5)
+
+
+def measure_chat(engine: Engine, turns: int) -> tuple[dict[str, Any], list[Message]]:
+    """One chat of `turns` turns; the opening is cached first, as when a character's chat is
+    opened. Returns the figures and the transcript."""
+    engine.warm(CTX, [GREETING])
+    hist = [GREETING]
+    ttfts = []
+    for n in range(1, turns + 1):
+        hist.append(Message("user", USER.format(tag="S", n=n)))
+        t, text = ttft(engine, hist)
+        ttfts.append(t)
+        hist.append(Message("char", text))
+    # medians over windows of turns: whether the first sampled token is visible text or has to
+    # wait for the next one (a space, half a character) varies from turn to turn
+    win = window(turns)
+    turn1 = statistics.median(ttfts[:win])
+    turn_n = statistics.median(ttfts[-win:])
+    return {
+        "ttft_turn1_s": round(turn1, 4),
+        "ttft_turn40_s": round(turn_n, 4),
+        "ttft_growth": round(turn_n / turn1, 3),
+    }, hist
+
+
+def measure_regen(engine: Engine, hist: list[Message], step_s: float) -> dict[str, Any]:
+    """Regenerate the last reply: the same transcript before it."""
+    regen = statistics.median(ttft(engine, hist[:-1])[0] for _ in range(3))
+    return {"regen_ttft_s": round(regen, 4), "regen_in_decode_steps": round(regen / step_s, 2)}
+
+
+def measure_refeed(
+    engine: Engine, backend: Backend, hist: list[Message], rounds: int
+) -> dict[str, Any]:
+    """The naive baseline: feed the whole transcript of the last turn from the initial state,
+    then sample, all on the model thread (as the engine samples there too); median of runs."""
+    tokens = backend.tokenize(engine.prompt_text(CTX, hist[:-1], Message("char")))
+
+    def refeed() -> None:
+        logits, _ = backend.forward(tokens, backend.initial_state())
+        sample(logits, CAPPED, np.random.default_rng(0))
+
+    engine.flush()  # no checkpoint writes running beside it
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        on_model_thread(refeed)
+        times.append(time.perf_counter() - t0)
+    return {
+        "refeed_ttft_turn40_s": round(statistics.median(times), 4),
+        "transcript_tokens_turn40": len(tokens),
+    }
+
+
+def measure_interleaved(engine: Engine, turns: int) -> dict[str, Any]:
+    """Two chats of the same character taking turns."""
+    a, b = [GREETING], [GREETING]
+    pair = []
+    for n in range(1, turns + 1):
+        row = []
+        for tag, h in (("A", a), ("B", b)):
+            h.append(Message("user", USER.format(tag=tag, n=n)))
+            t, text = ttft(engine, h)
+            h.append(Message("char", text))
+            row.append(t)
+        pair.append(statistics.mean(row))
+    win = window(turns)
+    growth = statistics.median(pair[-win:]) / statistics.median(pair[:win])
+    return {"interleaved_growth": round(growth, 3)}
+
+
+def measure_resume(
+    engine: Engine, backend: Backend, cache_dir: Path, hist: list[Message], rounds: int
+) -> dict[str, Any]:
+    """A restart: a new engine on the same data directory continues the long chat, each time
+    with a different next message (the model stays loaded: its load time is not part of a
+    reply's time to first token). Each resume is paired with a turn 1 measured just before it,
+    in a new chat on the running engine, so that both meet the same state of the machine."""
+    turns = len(hist) // 2  # the greeting, then a user message and a reply per turn
+    turn1s, resumes = [], []
+    for i in range(rounds):
+        engine.flush()  # no checkpoint writes running beside either measurement
+        engine.warm(CTX, [GREETING])  # a new chat's opening is cached, as in measure_chat
+        turn1s.append(ttft(engine, [GREETING, Message("user", USER.format(tag="N", n=i + 1))])[0])
+        engine.flush()
+        restarted = Engine(backend, cache_dir=cache_dir)
+        nxt = Message("user", USER.format(tag="R", n=turns + 1 + i))
+        resumes.append(ttft(restarted, [*hist, nxt])[0])
+        restarted.flush()
+    turn1, resume = statistics.median(turn1s), statistics.median(resumes)
+    return {
+        "resume_ttft_s": round(resume, 4),
+        "resume_turn1_ttft_s": round(turn1, 4),
+        "resume_ratio": round(resume / turn1, 3),
+    }
+
+
+def main() -> int:
+    args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="rp-bench-"))
-    model = build_model(args, work)
-    backend = load_backend(model, args.backend, args.strategy)
+    # building a random model is torch work: on the model thread too, so that the main thread
+    # never starts an OpenMP team of its own
+    model = on_model_thread(build_model, args)
+    backend = load_backend(model, args.backend, args.strategy, n_threads=args.threads)
     info = backend.info
     cache_dir = work / "states"
     engine = Engine(backend, cache_dir=cache_dir)
-    out: dict[str, object] = {
+    out: dict[str, Any] = {
         "backend": info.backend,
         "arch": info.arch,
         "shape": None if args.model else args.shape,
@@ -154,94 +337,18 @@ def main() -> int:
         "n_layer": info.n_layer,
         "n_embd": info.n_embd,
         "params": info.n_params,
-        "threads": os.cpu_count(),
+        "threads": info.extra["threads"],
     }
-
-    # decode: ours vs bare, then the sampler alone
-    # every model call runs on the model thread, as in the app (one OpenMP team)
-    bare = on_model_thread(bare_decode, backend, args.decode_steps)
-    ours, step = our_decode(engine, args.decode_steps)
-    out.update(
-        bare_decode_tok_s=round(bare, 2),
-        decode_tok_s=round(ours, 2),
-        decode_ratio=round(ours / bare, 3),
-        decode_step_s=round(step, 4),
-        sample_ms=round(sample_ms(info.n_vocab), 3),
-    )
+    out.update(measure_decode(backend, engine, args.decode_steps, args.rounds))
+    out["sample_ms"] = round(sample_ms(info.n_vocab), 3)
     if info.backend == "llama":
-        from bench.bare import bare_decode_tok_s
-
-        llama_bare = on_model_thread(bare_decode_tok_s, backend, args.decode_steps)
-        weight_bytes = model.stat().st_size
-        bw = bandwidth_gbs()
-        bound = bw * 1e9 / weight_bytes
-        out.update(
-            llama_bare_decode_tok_s=round(llama_bare, 2),
-            decode_ratio=round(ours / llama_bare, 3),
-            bandwidth_gbs=round(bw, 2),
-            weight_bytes_per_token=weight_bytes,
-            bound_tok_s=round(bound, 2),
-            bound_ratio=round(llama_bare / bound, 3),
-        )
-
-    # one chat of N turns: the opening is cached first (as when a character's chat is opened)
-    engine.warm(CTX, [GREETING])
-    hist = [GREETING]
-    ttfts = []
-    for n in range(1, args.turns + 1):
-        hist.append(Message("user", USER.format(tag="S", n=n)))
-        t, text = ttft(engine, hist)
-        ttfts.append(t)
-        hist.append(Message("char", text))
-    # medians over windows of turns: whether the first sampled token is visible text or has to
-    # wait for the next one (a space, half a character) varies from turn to turn
-    win = max(3, args.turns // 5)
-    turn1 = statistics.median(ttfts[:win])
-    turn_n = statistics.median(ttfts[-win:])
-    # regenerate the last reply: the same transcript before it
-    regen = statistics.median(ttft(engine, hist[:-1])[0] for _ in range(3))
-    # naive baseline: feed the whole transcript of the last turn, then sample
-    tokens = backend.tokenize(engine.prompt_text(CTX, hist[:-1], Message("char")))
-    engine.flush()  # no checkpoint writes running beside it
-    t0 = time.perf_counter()
-    logits, _ = on_model_thread(backend.forward, tokens, backend.initial_state())
-    sample(logits, CAPPED, np.random.default_rng(0))
-    refeed = time.perf_counter() - t0
-    out.update(
-        ttft_turn1_s=round(turn1, 4),
-        ttft_turn40_s=round(turn_n, 4),
-        ttft_growth=round(turn_n / turn1, 3),
-        refeed_ttft_turn40_s=round(refeed, 4),
-        transcript_tokens_turn40=len(tokens),
-        regen_ttft_s=round(regen, 4),
-        regen_in_decode_steps=round(regen / step, 2) if step else None,
-    )
-
-    # two chats of the same character taking turns
-    a, b = [GREETING], [GREETING]
-    pair = []
-    for n in range(1, args.turns + 1):
-        row = []
-        for tag, h in (("A", a), ("B", b)):
-            h.append(Message("user", USER.format(tag=tag, n=n)))
-            t, text = ttft(engine, h)
-            h.append(Message("char", text))
-            row.append(t)
-        pair.append(statistics.mean(row))
-    out["interleaved_growth"] = round(
-        statistics.median(pair[-win:]) / statistics.median(pair[:win]), 3
-    )
-
-    # restart: a new engine on the same data directory continues the long chat
-    # (the model stays loaded: its load time is not part of a reply's time to first token);
-    # three restarts, each sending a different next message after the same 40 turns
-    engine.flush()
-    resumes = []
-    for tag in "XYZ":
-        nxt = [*hist, Message("user", USER.format(tag=tag, n=args.turns + 1))]
-        resumes.append(ttft(Engine(backend, cache_dir=cache_dir), nxt)[0])
-    resume = statistics.median(resumes)
-    out.update(resume_ttft_s=round(resume, 4), resume_ratio=round(resume / turn1, 3))
+        out.update(measure_bound(model, out["llama_bare_decode_tok_s"], out["threads"]))
+    chat, hist = measure_chat(engine, args.turns)
+    out.update(chat)
+    out.update(measure_regen(engine, hist, out["decode_step_s"]))
+    out.update(measure_refeed(engine, backend, hist, args.rounds))
+    out.update(measure_interleaved(engine, args.turns))
+    out.update(measure_resume(engine, backend, cache_dir, hist, args.rounds))
     print(json.dumps(out))
     return 0
 

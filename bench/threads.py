@@ -99,7 +99,7 @@ def main() -> int:
         build_args = argparse.Namespace(
             model=None, shape=args.shape, backend=kind, gguf_type=args.gguf_type
         )
-        backend = load_backend(build_model(build_args, Path()), kind, args.strategy)
+        backend = load_backend(build_model(build_args), kind, args.strategy)
         label = f"llama.cpp {args.gguf_type}" if kind == "llama" else f"rwkv {args.strategy}"
         out[label] = measure(backend, counts, args)
         on_model_thread(backend.close)

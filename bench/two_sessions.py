@@ -7,8 +7,11 @@
 Each session is a thread with its own chat (its own character and history). The script times
 one session alone, then both at once (started together), and prints one JSON object: tokens per
 second of each session and of both together against one alone. Generation is not batched:
-the engine interleaves the two replies token by token under its lock, so together is expected
-to be about as fast as alone in total and each session about half as fast.
+every model call runs on the one model thread, which takes the two replies' steps in turn, so
+`together_vs_alone` is expected near 1 and `each_vs_alone` near 0.5. Read the two together:
+one reply waiting for the other to finish would also give `together_vs_alone` near 1, but
+`each_vs_alone` well above 0.5 (the median over one session at 1 and the other at 0.5), and in
+`together_runs` one session's `ttft_s` would be a whole reply long. The README quotes both.
 """
 
 from __future__ import annotations
