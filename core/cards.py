@@ -38,6 +38,7 @@ from core.config import BUNDLED_CHARACTERS_DIR, data_dir
 from core.errors import AppError
 from core.store import Store, StoreError, clean_name, open_store, validate_character
 from core.store.models import Character, utcnow
+from core.text import loads_json
 
 log = logging.getLogger(__name__)
 
@@ -236,11 +237,15 @@ def _decode_payload(raw: bytes, chunk: str) -> dict[str, Any]:
 
 def _parse_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        obj = json.loads(data.decode("utf-8-sig"))
+        obj = loads_json(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise CardError(f"{what} is not UTF-8 text.") from None
-    except (json.JSONDecodeError, RecursionError) as e:
+    except json.JSONDecodeError as e:
         raise CardError(f"{what} is not valid JSON: {e}.") from None
+    except ValueError:  # json's other refusal: an integer of over 4300 digits
+        raise CardError(f"{what} cannot be read: a number in it has too many digits.") from None
+    except RecursionError:
+        raise CardError(f"{what} cannot be read: it is nested too deeply.") from None
     if not isinstance(obj, dict):
         raise CardError(f"{what} is not a JSON object.")
     return obj

@@ -15,7 +15,7 @@ from typing import Any
 from core.errors import AppError
 from core.store import MAX_ITEMS, Store, StoreError
 from core.store.models import ChatMessage, Conversation
-from core.text import NARRATOR_NAME
+from core.text import NARRATOR_NAME, loads_json
 
 MAX_CHAT_BYTES = 50 * 1024 * 1024
 MAX_CHAT_MESSAGES = 100_000
@@ -137,9 +137,14 @@ def import_jsonl(store: Store, data: str | bytes, character_id: int | None) -> C
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
+            obj = loads_json(line)
+        except json.JSONDecodeError as e:
             raise ChatIOError(f"Line {lineno} of the chat file is not valid JSON: {e}.") from None
+        except ValueError:  # json's other refusal: an integer of over 4300 digits
+            msg = f"Line {lineno} of the chat file has a number too long to read."
+            raise ChatIOError(msg) from None
+        except RecursionError:
+            raise ChatIOError(f"Line {lineno} of the chat file is nested too deeply.") from None
         if not isinstance(obj, dict):
             raise ChatIOError(f"Line {lineno} of the chat file is not a JSON object.")
         if "mes" not in obj:
@@ -153,7 +158,8 @@ def import_jsonl(store: Store, data: str | bytes, character_id: int | None) -> C
     if not header and not messages:
         raise ChatIOError("The chat file is empty.")
 
-    ours = (header.get("chat_metadata") or {}).get(EXT_KEY) or {}
+    meta = header.get("chat_metadata")
+    ours = meta.get(EXT_KEY) if isinstance(meta, dict) else None
     ours = ours if isinstance(ours, dict) else {}
     char_name = _text(header.get("character_name"))
     character = store.get_character(character_id) if character_id is not None else None

@@ -1,9 +1,12 @@
 """Text rules shared by the store and the prompt formats: the default speaker names, how a
-message's text is normalised before it is fed, and the {{char}} / {{user}} placeholders."""
+message's text is normalised before it is fed, the {{char}} / {{user}} placeholders, and JSON
+read from users' files."""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 NARRATOR_NAME = "Narrator"
 DEFAULT_USER = "User"
@@ -28,3 +31,26 @@ def substitute(text: str, char: str, user: str) -> str:
     ):
         text = re.sub(pat, lambda _m, v=value: v, text, flags=re.IGNORECASE)
     return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _repair(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_repair(v) for v in value]
+    if isinstance(value, dict):
+        return {_repair(k): _repair(v) for k, v in value.items()}
+    return value
+
+
+def loads_json(text: str) -> Any:
+    """json.loads for a user's file, with lone UTF-16 surrogates (an escape like \\ud83d without
+    its pair, left where JavaScript cut an emoji in half) replaced by U+FFFD: neither SQLite nor a
+    UTF-8 file can store them. Raises ValueError (not JSON, or an integer of over 4300 digits) or
+    RecursionError (nested too deep)."""
+    value = json.loads(text)
+    return _repair(value) if _SURROGATE_ESCAPE.search(text) else value

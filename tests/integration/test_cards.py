@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -532,3 +532,56 @@ def test_seeding_copies_of_the_bundled_folder(data_dir: Path, tmp_path: Path, mo
     names = [c.name for c in s.list_characters()]
     assert len(names) == len(set(names)) == len(list(BUNDLED_CHARACTERS_DIR.glob("*.json")))
     s.close()
+
+
+# --- broken input: only the module's own error, in a sentence -----------------------------------
+
+_BIG_INT = b"9" * 5000  # json refuses integers of over 4300 digits with a bare ValueError
+_NASTY = (_BIG_INT, b"[" * 3000, b"\\ud800", b"NaN", b"1e999", b"{", b'"', b"\xff", b"\x00")
+
+
+@st.composite
+def broken_card_json(draw: st.DrawFn) -> bytes:
+    """A good card's JSON with a few bytes replaced, inserted or cut, some of them nasty."""
+    raw = bytearray(json.dumps(v2_card(), ensure_ascii=False).encode())
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(raw)))
+        j = i + draw(st.integers(0, 8))
+        raw[i:j] = draw(st.sampled_from(_NASTY) | st.binary(max_size=6))
+    return bytes(raw)
+
+
+def _as_png(data: bytes) -> bytes:
+    return add_text_chunks(picture(), {"chara": base64.b64encode(data).decode()})
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=broken_card_json(), png=st.booleans())
+@example(data=b'{"name": "X", "description": ' + _BIG_INT + b"}", png=False)
+@example(data=b'{"spec": "chara_card_v2", "data": {"name": "X", "n": ' + _BIG_INT + b"}}", png=True)
+@example(data=b'{"name": "X\\ud800", "description": "\\udc00"}', png=True)
+def test_broken_cards_raise_only_card_errors(store: Store, data: bytes, png: bool):
+    raw, name = (_as_png(data), "c.png") if png else (data, "c.json")
+    try:
+        read_card(raw, name)
+    except CardError as e:
+        assert str(e) and "\n" not in str(e) and "sys." not in str(e)
+    try:
+        c = import_card(store, raw, name)
+    except AppError as e:
+        assert str(e) and "sys." not in str(e)
+    else:
+        store.delete_character(c.id, chats="delete")
+
+
+def test_a_huge_number_or_a_lone_surrogate_in_a_card(store: Store):
+    big = b'{"spec": "chara_card_v2", "data": {"name": "X", "x": ' + _BIG_INT + b"}}"
+    for raw in (big, _as_png(big)):
+        with pytest.raises(CardError, match="a number in it has too many digits"):
+            import_card(store, raw, "big.png")
+    # JavaScript cut an emoji in half: the half becomes U+FFFD, the rest of the card is kept
+    half = b'{"name": "Half\\ud83d", "description": "ok \\ud83d\\ude00", "tags": ["\\udc00"]}'
+    c = import_card(store, _as_png(half), "half.png")
+    assert (c.name, c.description, c.tags) == ("Half\ufffd", "ok \U0001f600", ["\ufffd"])

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from core.chat import conversation_context
 from core.chat_io import ChatIOError, export_jsonl, export_markdown, import_jsonl
@@ -180,3 +182,51 @@ def test_a_bad_line_late_in_the_file_writes_nothing(store: Store):
     with pytest.raises(ChatIOError, match="Line 51"):
         import_jsonl(store, "\n".join([*good, "{broken"]), None)
     assert store.list_conversations() == []
+
+
+# --- broken input: only ChatIOError, in a sentence ----------------------------------------------
+
+_BIG_INT = "9" * 5000  # json refuses integers of over 4300 digits with a bare ValueError
+_NASTY = (_BIG_INT, "[" * 3000, "\\ud800", "NaN", "1e999", "{", '"', "\x00", "\n")
+_HEADER = '{"user_name": "Sam", "character_name": "Mira"}'
+
+
+@st.composite
+def broken_chat(draw: st.DrawFn) -> str:
+    """A good export with a few characters replaced, inserted or cut, some of them nasty."""
+    lines = [
+        _HEADER,
+        '{"name": "Sam", "is_user": true, "mes": "Hi", "send_date": "2024-01-01T10:00:00Z"}',
+        '{"name": "Mira", "mes": "Tea?", "swipes": ["Tea?", "Coffee?"], "swipe_id": 1,'
+        ' "extra": {"rwkv_roleplay": {"role": "char", "name": "", "alt_meta": [{}, {}]}}}',
+    ]
+    text = "\n".join(lines)
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.integers(0, len(text)))
+        j = i + draw(st.integers(0, 8))
+        text = text[:i] + draw(st.sampled_from(_NASTY) | st.text(max_size=6)) + text[j:]
+    return text
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=broken_chat())
+@example(text=_HEADER + '\n{"mes": "a", "swipe_id": ' + _BIG_INT + "}")
+@example(text='{"user_name": "u", "chat_metadata": [1]}\n{"mes": "a"}')
+@example(text='{"user_name": "u", "chat_metadata": 5}\n{"mes": "a"}')
+@example(text=_HEADER + '\n{"mes": "half \\ud83d", "swipes": ["\\udc00"]}')
+def test_broken_chat_files_raise_only_chat_errors(store: Store, text: str):
+    try:
+        conv = import_jsonl(store, text, None)
+    except ChatIOError as e:
+        assert str(e) and "\n" not in str(e) and "sys." not in str(e)
+    else:
+        store.delete_conversation(conv.id)
+
+
+def test_a_huge_number_or_a_lone_surrogate_in_a_chat(store: Store):
+    with pytest.raises(ChatIOError, match="Line 2 of the chat file has a number too long"):
+        import_jsonl(store, _HEADER + '\n{"mes": "a", "swipe_id": ' + _BIG_INT + "}", None)
+    conv = import_jsonl(store, _HEADER + '\n{"mes": "half \\ud83d!"}', None)
+    assert [m.text for m in store.list_messages(conv.id)] == ["half \ufffd!"]
