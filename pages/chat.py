@@ -340,7 +340,7 @@ engine = get_engine(ui="spinner")
 if engine is None:
     with st.container(horizontal=True, vertical_alignment="center"):
         st.warning(T("no_model_loaded"), icon=":material/memory:")
-        if st.button(T("load_named", name=current_choice().label()), key="chat_load"):
+        if st.button(T("load_named", name=md_inline(current_choice().label())), key="chat_load"):
             model_slot().unloaded = False
             if load_model() is not None:
                 st.rerun()
@@ -673,10 +673,10 @@ if pending:
 
 
 # --- who speaks next -----------------------------------------------------------------------------
-def _speaker_label(role: str) -> str:
+def _speaker_label(role: str) -> str:  # radio options render markdown: names go escaped
     if role == "user":
-        return T("you_named", name=user_label)
-    return names["char"] if role == "char" else T("narrator")
+        return T("you_named", name=md_inline(user_label))
+    return md_inline(names["char"]) if role == "char" else T("narrator")
 
 
 with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):

@@ -39,7 +39,7 @@ with st.container(border=True):
         st.markdown(f":material/memory: **{T('model')}**: {T('no_model_loaded')}")
         with st.container(horizontal=True):
             if st.button(
-                T("load_named", name=current_choice().label()),
+                T("load_named", name=md_inline(current_choice().label())),
                 key="home_load",
                 type="primary",
                 icon=":material/play_arrow:",
