@@ -3,6 +3,12 @@ model's identity and the exact token prefix, in a memory LRU and a disk store wi
 
 A key is a chain hash: key(prefix + chunk) = sha256(key(prefix) + tokens of chunk), seeded with
 the model's identity, so two chats that share an opening share its checkpoints.
+
+A checkpoint file is MAGIC, the sha256 of the rest, then the rest: a 4-byte header length, the
+JSON header, the logits and the back end's state bytes. A file whose digest does not match (a
+damaged disk, a torn write) or without one (an older version's file) is a miss and is deleted,
+never restored: a wrong state would silently change every reply after it. Files are written to a
+temporary name, fsynced, then renamed, and are private to the user (0600 in a 0700 folder).
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from core.backends.base import State
+
+MAGIC = b"RPSTATE2"  # the checkpoint file format: this magic, then a sha256 of the rest
+_DIGEST = len(MAGIC) + 32
 
 
 @dataclass
@@ -60,12 +69,13 @@ class StateCache:
         self._lock = threading.Lock()
         self._disk_bytes: int | None = None
         self.hits_mem = self.hits_disk = self.misses = 0
+        self.damaged = 0  # files dropped: a wrong digest, no digest, or refused by the back end
         # disk writes happen on a writer thread, off the path to the first token
         self._queue: queue.Queue[tuple[str, Checkpoint]] = queue.Queue()
         self._pending: dict[str, Checkpoint] = {}
         self._writer: threading.Thread | None = None
         if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # ---- memory
     def _size(self, cp: Checkpoint) -> int:
@@ -146,17 +156,27 @@ class StateCache:
         path = self.dir / f"{key}.state"
         try:
             data = path.read_bytes()
-            n = int.from_bytes(data[:4], "little")
-            head = json.loads(data[4 : 4 + n])
-            off = 4 + n
-            logits = np.frombuffer(data, np.float32, head["n_logits"], off).copy()
-            off += logits.nbytes
-            state = self._from_bytes(data[off:])
-            os.utime(path)  # recently used: evicted last
-            return Checkpoint(logits, state, int(head["n_tokens"]))
         except FileNotFoundError:
             return None
+        except OSError:
+            data = b""
+        try:
+            if data[: len(MAGIC)] != MAGIC:
+                raise ValueError("not a checkpoint of this version")
+            body = memoryview(data)[_DIGEST:]
+            if hashlib.sha256(body).digest() != data[len(MAGIC) : _DIGEST]:
+                raise ValueError("damaged")
+            n = int.from_bytes(body[:4], "little")
+            head = json.loads(bytes(body[4 : 4 + n]))
+            off = 4 + n
+            logits = np.frombuffer(body, np.float32, head["n_logits"], off).copy()
+            off += logits.nbytes
+            state = self._from_bytes(bytes(body[off:]))
+            os.utime(path)  # recently used: evicted last
+            return Checkpoint(logits, state, int(head["n_tokens"]))
         except Exception:  # a damaged file is only a miss; drop it
+            with self._lock:
+                self.damaged += 1
             path.unlink(missing_ok=True)
             return None
 
@@ -168,7 +188,7 @@ class StateCache:
             os.utime(path)
             return
         head = json.dumps({"n_logits": int(cp.logits.size), "n_tokens": cp.n_tokens}).encode()
-        blob = b"".join(
+        body = b"".join(
             (
                 len(head).to_bytes(4, "little"),
                 head,
@@ -178,7 +198,13 @@ class StateCache:
         )
         tmp = path.with_suffix(f".tmp{threading.get_ident()}")
         try:
-            tmp.write_bytes(blob)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(MAGIC)
+                f.write(hashlib.sha256(body).digest())
+                f.write(body)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
             os.replace(tmp, path)
         except OSError:  # a full disk only costs speed
             tmp.unlink(missing_ok=True)
@@ -187,7 +213,7 @@ class StateCache:
             if self._disk_bytes is None:
                 self._disk_bytes = self._scan_disk()
             else:
-                self._disk_bytes += len(blob)
+                self._disk_bytes += _DIGEST + len(body)
             over = self._disk_bytes > self.disk_budget
         if over:
             self._evict_disk()
@@ -249,4 +275,5 @@ class StateCache:
             "hits_mem": self.hits_mem,
             "hits_disk": self.hits_disk,
             "misses": self.misses,
+            "damaged": self.damaged,
         }
