@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from core.config import data_dir
 from core.errors import StoreError
@@ -45,7 +46,10 @@ def backup_dir() -> Path:
 
 def db_file(url: str) -> Path:
     """The SQLite file of the database URL `url`; StoreError for databases that are not one."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError("RP_DB_URL is not a database URL: fix or unset it.") from e
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         where = parsed.render_as_string(hide_password=True)
         raise StoreError(

@@ -527,6 +527,25 @@ class Store:
 
         return self._change_message(message_id, change, clear_tokens=select)
 
+    def set_version(
+        self, message_id: int, index: int, text: str, meta: dict[str, Any] | None = None
+    ) -> ChatMessage:
+        """Rewrite version `index` (0-based) of a message in place: a reply saved as it grows.
+        Not an edit: no "edited" mark."""
+        text = check_text(text, "The message", MAX_MESSAGE)
+        meta = check_dict(meta, "The message's meta")
+
+        def change(msg: ChatMessage) -> None:
+            alts = list(msg.alternatives) or [msg.text]
+            if not 0 <= index < len(alts):
+                raise StoreError(f"Version {index} of message {message_id} does not exist.")
+            alts[index] = text
+            msg.alternatives, msg.alt_meta = alts, _set_at(msg.alt_meta, index, meta, len(alts))
+            if msg.chosen == index:
+                msg.text, msg.meta = text, meta
+
+        return self._change_message(message_id, change)
+
     def select_alternative(self, message_id: int, index: int) -> ChatMessage:
         """Show and feed version `index` (0-based) of a message."""
 

@@ -21,6 +21,7 @@ from core.store.backup import (
     list_backups,
     restore,
 )
+from tests.support.crash import damage
 
 DAY = datetime(2026, 12, 2, 9, 30, 0)
 
@@ -46,19 +47,6 @@ def names(path: Path) -> list[str]:
         return [c.name for c in store.list_characters()]
     finally:
         store.close()
-
-
-def damage(path: Path) -> None:
-    """Overwrite one page in the middle of a database that spans many (header left intact)."""
-    store = open_store(url(path))
-    conv = store.create_conversation(store.create_character({"name": "Big"}).id)
-    for i in range(300):
-        store.add_message(conv.id, "user", f"{i} " + "filler " * 100)
-    store.close()
-    size = path.stat().st_size
-    with open(path, "r+b") as f:
-        f.seek((size // 4096 // 2) * 4096)
-        f.write(b"\xa5" * 4096)
 
 
 def test_a_backup_is_a_full_copy_and_the_daily_one_is_made_once_a_day(db: Path) -> None:
@@ -140,6 +128,8 @@ def test_a_bad_backup_is_refused_and_nothing_is_touched(db: Path, bad: str) -> N
     assert len(list_backups()) == n_backups  # no copy of the current one either
 
 
-def test_backups_need_the_sqlite_file() -> None:
-    with pytest.raises(StoreError, match="RP_DB_URL"):
-        db_file("sqlite://")
+@pytest.mark.parametrize("bad", ["sqlite://", "postgresql://u:secret@host/db", "not a url"])
+def test_backups_need_the_sqlite_file(bad: str) -> None:
+    with pytest.raises(StoreError, match="RP_DB_URL") as e:
+        db_file(bad)
+    assert "secret" not in str(e.value)
