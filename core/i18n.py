@@ -318,6 +318,55 @@ _S: dict[str, tuple[str, str]] = {
     "cache_disk_mb": ("Disk budget (MB)", "磁盘上限（MB）"),
     "clear_cache": ("Clear the cache", "清除缓存"),
     "cache_cleared": ("The state cache was cleared.", "状态缓存已清除。"),
+    # safe by default: backups, a database that cannot be opened, threads, interrupted replies
+    "backups": ("Backups", "备份"),
+    "backups_help": (
+        "The app copies its database into {folder} when it starts, at most once a day, and "
+        "keeps the newest {n} copies. A restore first copies the current database there too.",
+        "应用启动时把数据库复制到 {folder}，每天最多一次，保留最新的 {n} 份。"
+        "恢复前也会先把当前数据库复制到那里。",
+    ),
+    "backup_now": ("Back up now", "立即备份"),
+    "backup_made": ("Backup written: {name}", "已写入备份：{name}"),
+    "no_backups": ("There is no backup yet.", "还没有备份。"),
+    "backup_choose": ("Backup", "备份"),
+    "backup_label": ("{when} · {size} MB", "{when} · {size} MB"),
+    "backup_before_restore": ("kept before a restore", "恢复前保留的"),
+    "restore": ("Restore", "恢复"),
+    "restore_confirm": (
+        "Replace the current database with the backup of {when}? The current one is copied "
+        "into the backups folder first.",
+        "用 {when} 的备份替换当前数据库？当前数据库会先复制到备份文件夹。",
+    ),
+    "restored": (
+        "Restored the backup of {when}. The database it replaced is kept as {kept}.",
+        "已恢复 {when} 的备份。被替换的数据库保存为 {kept}。",
+    ),
+    "db_problem_title": ("The database cannot be used", "无法使用数据库"),
+    "db_problem_file": ("The database file:", "数据库文件："),
+    "db_problem_what": ("What is wrong:", "问题："),
+    "db_problem_todo": (
+        "What to do: restore a backup below; the current file is copied into {folder} first, "
+        "so nothing is lost. Or stop the app, move the file somewhere else and start the app "
+        "again, to begin with an empty database. The app has not changed the file.",
+        "怎么办：在下面恢复一个备份，当前文件会先复制到 {folder}，不会丢失任何东西。"
+        "或者停止应用，把该文件移到别处再启动应用，从空数据库开始。应用没有改动这个文件。",
+    ),
+    "db_problem_no_restore": (
+        "Restoring from this page works from this machine only, or after the password.",
+        "只能在本机上，或输入密码后，才能在此页面恢复备份。",
+    ),
+    "threads": ("Threads", "线程"),
+    "threads_count": ("CPU threads (0 = automatic: {n})", "CPU 线程数（0 = 自动：{n}）"),
+    "threads_help": (
+        "How many CPU threads the model computes with. The automatic count leaves cores free "
+        "for your browser and other programs: a model that wants every core slows down many "
+        "times over as soon as another program needs one.",
+        "模型计算使用的 CPU 线程数。自动值会为浏览器和其他程序留出核心：占满所有核心的模型，"
+        "一旦有别的程序需要核心，就会慢上许多倍。",
+    ),
+    "threads_in_use": ("The model computes with {n} threads.", "模型正在使用 {n} 个线程。"),
+    "meta_interrupted": ("interrupted", "已中断"),
 }
 
 STRINGS: dict[str, dict[str, str]] = {k: dict(zip(LANGS, v, strict=True)) for k, v in _S.items()}

@@ -5,9 +5,11 @@ Flow of one run: decide the conversation (query parameter `chat`, else session s
 chat input (it adds the user's message and asks for a reply), draw the history (the last N
 messages only), then run a pending generation at the bottom and rerun when it is done.
 
-A generation streams with st.write_stream; engine.reply(on_finish=...) saves the reply however
-it ends: finished, stopped by the Stop button (the click reruns the script, which interrupts the
-stream; the finally below closes the reply so on_finish runs at once), or cut by max_tokens.
+A generation streams with st.write_stream; core.chat.ReplySaver saves the reply every couple of
+seconds while it streams (a crash leaves it saved, marked interrupted) and, through
+engine.reply(on_finish=...), however it ends: finished, stopped by the Stop button (the click
+reruns the script, which interrupts the stream; the finally below closes the reply so on_finish
+runs at once), or cut by max_tokens.
 """
 
 from __future__ import annotations
@@ -401,6 +403,8 @@ def _meta_line(meta: dict[str, Any]) -> str:
     stop = meta.get("stop")
     if stop in ("cancel", "closed"):
         parts.append(T("meta_stopped"))
+    elif stop == "interrupted":
+        parts.append(T("meta_interrupted"))
     elif stop == "length":
         parts.append(T("meta_length"))
     if meta.get("edited"):
@@ -496,7 +500,9 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
                     type="tertiary",
                 )
             if is_last and engine is not None:
-                if msg.role != "user" or isinstance((msg.meta or {}).get("tokens"), int):
+                meta = msg.meta or {}
+                generated = isinstance(meta.get("tokens"), int) or meta.get("stop") == "interrupted"
+                if msg.role != "user" or generated:
                     st.button(
                         ":material/refresh:",
                         key=f"regen_{msg.id}",
@@ -591,25 +597,12 @@ def generate(op: str, role: str = "char", target: ChatMessage | None = None) -> 
     done = threading.Event()
     ss.gen_done = done  # the next run of this session waits for it (see the top)
     box: dict[str, Any] = {}
+    saver = chat.ReplySaver(s, conv.id, op, role=role, target=target, meta={"model": model_name})
 
-    def on_finish(
-        res: ReplyResult,
-    ) -> None:  # runs in this thread when the reply ends, however it ends
+    def on_finish(res: ReplyResult) -> None:  # in this thread, however the reply ends
         try:
             box["result"] = res
-            text = res.text or ""
-            if not text.strip():
-                return
-            meta = {**res.meta(), "model": model_name}
-            if op == "new":
-                s.add_message(conv.id, role, text, meta=meta)
-            elif op == "regen":
-                s.add_alternative(target.id, text, meta=meta, select=True)
-            elif text != target.text:
-                old = target.meta or {}
-                meta["tokens"] = int(old.get("tokens") or 0) + int(res.new_tokens)
-                meta["continued"] = True
-                s.add_alternative(target.id, text, meta=meta, select=True)
+            saver.finish(res.text or "", res.meta())
         except Exception as e:  # shown after the stream; never lost silently
             box["error"] = e
         finally:
@@ -638,7 +631,7 @@ def generate(op: str, role: str = "char", target: ChatMessage | None = None) -> 
                 on_finish=on_finish,
             )
             it = iter(reply)
-            source = _until_first(it, waiting)
+            source = _until_first(saver.track(it), waiting)
             if continue_last:  # show the old text, then what the model adds to it
                 source = _chain([target.text], source)
             with body:

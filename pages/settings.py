@@ -12,10 +12,13 @@ from typing import Any
 import streamlit as st
 
 from core.auth import hash_password
+from core.backends.loader import set_threads
+from core.backends.threads import default_threads, usable_cpus
 from core.config import MODELS_DIR, data_dir
 from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.i18n import LANG_NAMES, LANGS
+from core.store.backup import KEEP, backup_dir, backup_now
 from pages.ui_common import (
     BACKENDS,
     DEFAULT_CACHE_DISK_MB,
@@ -25,6 +28,7 @@ from pages.ui_common import (
     T,
     choose_model,
     current_choice,
+    database_url,
     default_preset,
     lang,
     load_model,
@@ -32,10 +36,12 @@ from pages.ui_common import (
     md_inline,
     model_summary,
     page_guard,
+    restore_controls,
     set_lang,
     setting,
     show_error,
     store,
+    threads_setting,
     unload_model,
 )
 
@@ -400,3 +406,43 @@ if st.button(
     else:
         ss.settings_flash = T("cache_cleared")
         st.rerun()
+
+# --- backups ---------------------------------------------------------------------------------
+st.subheader(T("backups"), anchor=False)
+st.caption(T("backups_help", folder=md_inline(str(backup_dir())), n=KEEP))
+if st.button(T("backup_now"), key="backup_now", icon=":material/backup:"):
+    try:
+        made = backup_now(database_url())
+    except AppError as e:
+        show_error(e)
+    else:
+        ss.settings_flash = T("backup_made", name=md_inline(made.name))
+        st.rerun()
+restore_controls("settings")
+
+# --- threads ---------------------------------------------------------------------------------
+st.subheader(T("threads"), anchor=False)
+
+
+def _apply_threads() -> None:
+    n = int(ss.set_threads)
+    _save("threads", n)
+    if engine is not None:  # at once, between two model calls
+        try:
+            set_threads(engine.raw_backend, n or None)
+        except AppError as e:
+            ss.settings_error = str(e)
+
+
+st.number_input(
+    T("threads_count", n=default_threads()),
+    min_value=0,
+    max_value=usable_cpus(),
+    value=min(threads_setting() or 0, usable_cpus()),
+    step=1,
+    key="set_threads",
+    help=T("threads_help"),
+    on_change=_apply_threads,
+)
+if engine is not None and "threads" in engine.info.extra:
+    st.caption(T("threads_in_use", n=engine.info.extra["threads"]))

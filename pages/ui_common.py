@@ -31,7 +31,7 @@ from core.avatars import avatar_path
 from core.cli_args import cli_args, resolve_model_path
 from core.config import REPO_ROOT, data_dir
 from core.engine.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
-from core.store import Character, Conversation, Store
+from core.store import Character, Conversation, Store, default_url
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -69,13 +69,110 @@ DEFAULT_CACHE_DISK_MB = 2048
 @st.cache_resource(show_spinner=False)
 def _store(data_dir_key: str, db_url: str) -> Store:
     from core.cards import open_app_store
+    from core.store.backup import check_database, daily_backup
 
-    return open_app_store(db_url or None)
+    url = db_url or default_url()
+    check_database(url)  # damage is named at start, not met later as a query that fails
+    opened = open_app_store(db_url or None)
+    daily_backup(url)
+    return opened
+
+
+_PROBLEM_PAGE = threading.local()  # drawing the page about a database that cannot be opened
 
 
 def store() -> Store:
-    """The Store of this data directory (shared by all sessions; every call is thread-safe)."""
-    return _store(str(data_dir()), os.environ.get("RP_DB_URL", ""))
+    """The Store of this data directory (shared by all sessions; every call is thread-safe).
+    When the database cannot be opened, the page says which file, what is wrong and what to
+    do, and stops."""
+    try:
+        opened = _store(str(data_dir()), os.environ.get("RP_DB_URL", ""))
+    except AppError as e:
+        if getattr(_PROBLEM_PAGE, "on", False):
+            raise  # from the problem page's own words (the language setting): they fall back
+        _PROBLEM_PAGE.on = True
+        try:
+            database_problem(e)
+        finally:
+            _PROBLEM_PAGE.on = False
+        st.stop()
+    if "db_flash" in st.session_state:  # a restore just reopened it
+        st.success(st.session_state.pop("db_flash"), icon=":material/check_circle:")
+    return opened
+
+
+def database_url() -> str:
+    return os.environ.get("RP_DB_URL", "") or default_url()
+
+
+# --- a database that cannot be opened; backups -------------------------------------------------
+
+
+def database_problem(err: AppError) -> None:
+    """What every page shows when the database cannot be opened: the file, what is wrong, what
+    to do, and the backups to restore (from this machine, or after the password)."""
+    from core.auth import is_loopback
+    from core.store.backup import backup_dir, db_file
+
+    st.title(T("db_problem_title"))
+    try:
+        path = str(db_file(database_url()))
+    except AppError:
+        path = ""  # another kind of database ($RP_DB_URL): the error names it
+    if path:
+        st.caption(T("db_problem_file"))
+        st.code(path, language=None)
+    show_error(err, "db_problem_what")
+    if not path:
+        return
+    st.markdown(T("db_problem_todo", folder=md_inline(str(backup_dir()))))
+    if st.session_state.get("authenticated") or is_loopback(st.get_option("server.address")):
+        restore_controls("db_problem")
+    else:
+        st.info(T("db_problem_no_restore"))
+
+
+def restore_controls(key: str) -> None:
+    """Choose a backup and restore it, after a confirmation."""
+    from core.store.backup import list_backups
+
+    backups = {b.path.name: b for b in list_backups()}
+    if not backups:
+        st.caption(T("no_backups"))
+        return
+
+    def label(name: str) -> str:
+        b = backups[name]
+        text = T("backup_label", when=f"{b.made:%Y-%m-%d %H:%M:%S}", size=f"{b.size / 1e6:.1f}")
+        return text + (f" · {T('backup_before_restore')}" if b.note.startswith("before") else "")
+
+    name = st.selectbox(T("backup_choose"), list(backups), key=f"{key}_backup", format_func=label)
+    when = f"{backups[name].made:%Y-%m-%d %H:%M:%S}"
+    with st.popover(T("restore"), icon=":material/settings_backup_restore:"):
+        st.write(T("restore_confirm", when=when))
+        if st.button(T("restore"), key=f"{key}_restore", type="primary"):
+            try:
+                kept = restore_database(backups[name].path)
+            except AppError as e:
+                show_error(e)
+            else:
+                st.session_state.db_flash = T("restored", when=when, kept=md_inline(kept.name))
+                st.rerun()
+
+
+def restore_database(backup: Path) -> Path:
+    """Put `backup` in place of the database and open the shared store again on it; returns
+    where the database it replaced was kept."""
+    from core.store.backup import restore
+
+    try:  # no connection may outlive the file it points to
+        _store(str(data_dir()), os.environ.get("RP_DB_URL", "")).close()
+    except AppError:
+        pass  # it could not be opened: nothing to close
+    try:
+        return restore(database_url(), backup)
+    finally:
+        _store.clear()
 
 
 def setting(key: str, default: Any = None) -> Any:
@@ -456,7 +553,12 @@ def _engine(
     from core.engine import Engine
 
     be = load_backend(
-        path or None, backend=backend, strategy=strategy, cuda_on=cuda_on, jit_on=jit_on
+        path or None,
+        backend=backend,
+        strategy=strategy,
+        cuda_on=cuda_on,
+        jit_on=jit_on,
+        n_threads=threads_setting(),
     )
     engine = Engine(be, cache_dir=Path(data_dir_key) / "states")
     mem = setting("cache_mem_mb", DEFAULT_CACHE_MEM_MB)
@@ -466,6 +568,12 @@ def _engine(
     except (TypeError, ValueError):
         pass
     return engine
+
+
+def threads_setting() -> int | None:
+    """The Threads setting; None (automatic) when unset or 0."""
+    value = setting("threads", 0)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _full_key(choice: ModelChoice) -> EngineKey:
