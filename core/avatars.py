@@ -91,7 +91,7 @@ def encode_avatar(data: bytes, what: str = "The avatar") -> bytes:
 
 def avatars_dir() -> Path:
     path = data_dir() / AVATAR_DIR_NAME
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 

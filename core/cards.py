@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from core import avatars
-from core.config import BUNDLED_CHARACTERS_DIR, data_dir
+from core.config import BUNDLED_CHARACTERS_DIR, data_dir, make_private
 from core.errors import AppError
 from core.store import Store, StoreError, clean_name, open_store, validate_character
 from core.store.models import Character, utcnow
@@ -612,8 +612,11 @@ def _candidate_files(folder: Path) -> list[Path]:
 def open_app_store(url: str | None = None) -> Store:
     """The store as the app opens it at start: migrated, with the characters of the character
     folders that were never imported seeded into it (the bundled ones on first start; files a
-    user adds later on the next start)."""
-    store = open_store(url)
+    user adds later on the next start), and the data directory made private again."""
+    try:
+        store = open_store(url)
+    finally:  # after SQLite made its files (the database, its WAL and SHM), even if it failed
+        make_private()
     try:
         sync_character_folders(store)
     except BaseException:

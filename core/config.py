@@ -1,9 +1,14 @@
-"""Where things live: the repository, the models folder and the run-time data directory."""
+"""Where things live: the repository, the models folder and the run-time data directory, which
+is private to the user who runs the app (0700, its files 0600)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 MODELS_DIR: Path = REPO_ROOT / "models"
@@ -17,5 +22,24 @@ def data_dir() -> Path:
     """
     env = os.environ.get("RP_DATA_DIR")
     path = Path(env).expanduser() if env else REPO_ROOT / "data"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path.resolve()
+
+
+def make_private(root: Path | None = None) -> None:
+    """Take group and other access away from the data directory and everything below it (0700
+    folders, 0600 files): chats, checkpoints and avatars that an older version or a loose umask
+    left readable to other users of the machine. Called at start. Symbolic links (and what they
+    point at) and the bundled characters (repository files) are left as they are."""
+    top = root or data_dir()
+    bundled = BUNDLED_CHARACTERS_DIR.resolve()
+    for folder, dirs, files in os.walk(top):
+        here = Path(folder)
+        dirs[:] = [d for d in dirs if (here / d).resolve() != bundled]
+        for path in (here, *(here / f for f in files)):
+            try:
+                st = path.lstat()
+                if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o077:
+                    path.chmod(stat.S_IMODE(st.st_mode) & 0o700)
+            except OSError as e:  # another user's file, a read-only disk: say so, go on
+                log.warning("cannot make %s private: %s", path, e.strerror or e)
