@@ -353,8 +353,10 @@ _S: dict[str, tuple[str, str]] = {
         "或者停止应用，把该文件移到别处再启动应用，从空数据库开始。应用没有改动这个文件。",
     ),
     "db_problem_no_restore": (
-        "Restoring from this page works from this machine only, or after the password.",
-        "只能在本机上，或输入密码后，才能在此页面恢复备份。",
+        "This page restores backups only when opened on the machine the app runs on. From "
+        "here, restore by hand: stop the app and copy a backup over the database file.",
+        "只有在运行应用的机器上打开此页面才能恢复备份。在这里请手动恢复：停止应用，"
+        "用一个备份覆盖数据库文件。",
     ),
     "threads": ("Threads", "线程"),
     "threads_count": ("CPU threads (0 = automatic: {n})", "CPU 线程数（0 = 自动：{n}）"),

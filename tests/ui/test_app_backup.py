@@ -121,3 +121,19 @@ def test_the_threads_setting_reaches_the_model(app_env: Path) -> None:
     at.button(key="load_model").click().run()
     check(at)
     assert ui.loaded_engine().raw_backend.n_threads == n  # and at the next load
+
+
+def test_from_a_network_the_problem_page_restores_nothing(app_env: Path) -> None:
+    from streamlit import config
+
+    seed("Kept")
+    (app_env / "app.db").write_bytes(b"not a database at all " * 200)
+    old = config.get_option("server.address")
+    config.set_option("server.address", "0.0.0.0")  # reachable from other machines
+    try:
+        at = open_app()
+    finally:
+        config.set_option("server.address", old)
+    assert at.title[0].value == "The database cannot be used"
+    assert not [b for b in at.button if b.key == "db_problem_restore"]
+    assert any("only when opened on the machine the app runs on" in i.value for i in at.info)
