@@ -167,6 +167,7 @@ def restore(url: str, backup: Path, now: datetime | None = None) -> Path:
     target = db_file(url)
     check_backup(backup)
     keep = _new_path(backup_dir(), now or datetime.now(), "before-restore")
+    tmp = target.with_name(target.name + ".restoring")
     try:
         if target.exists():
             try:
@@ -176,7 +177,6 @@ def restore(url: str, backup: Path, now: datetime | None = None) -> Path:
                 for suffix in ("", *_COMPANIONS):
                     if Path(f"{target}{suffix}").exists():
                         shutil.copy2(f"{target}{suffix}", f"{keep}{suffix}")
-        tmp = target.with_name(target.name + ".restoring")
         shutil.copyfile(backup, tmp)
         os.chmod(tmp, 0o600)
         with open(tmp, "rb") as f:
@@ -186,6 +186,7 @@ def restore(url: str, backup: Path, now: datetime | None = None) -> Path:
             Path(f"{target}{suffix}").unlink(missing_ok=True)
         os.replace(tmp, target)
     except OSError as e:
+        tmp.unlink(missing_ok=True)
         raise StoreError(f"Could not restore {backup.name} over {target}: {e}.") from e
     return keep
 
