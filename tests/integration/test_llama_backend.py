@@ -32,7 +32,7 @@ def ggufs(tiny_models, tmp_path_factory):
     def get(gtype: str, version: int = 7) -> Path:
         if (gtype, version) not in made:
             made[gtype, version] = convert(
-                tiny_models(version), root / f"v{version}-{gtype}.gguf", gtype
+                tiny_models(version), root / f"v{version}-{gtype}.gguf", gtype, models_dir=root
             )
         return made[gtype, version]
 
