@@ -190,7 +190,7 @@ def read_bandwidth_gbs(threads: int, mib: int = 512) -> float:
     """Memory read bandwidth with as many threads as the model uses, best of 5 after a warm-up.
     A decode step reads its weights and writes almost nothing, on all of the model's threads:
     so each thread here sums its own slice of one array (numpy releases the GIL in the sum).
-    One thread copying, as before, measured one core's share of the bandwidth, half of it in
+    A single thread copying would measure one core's share of the bandwidth, half of it in
     writes."""
     a = np.ones(mib << 18, np.float32)
     parts = np.array_split(a, threads)
