@@ -61,7 +61,7 @@ class Backend(Protocol):
     so a back end never sees two calls at once.
 
     Back ends subclass this protocol to inherit the defaults of its optional capabilities
-    (`state_format`, `prompt_format`, `state_nbytes`, `advance`, `token_bytes`)."""
+    (`state_format`, `prompt_format`, `state_nbytes`, `advance`, `token_bytes`, `set_threads`)."""
 
     info: ModelInfo
     state_format: str = ""  # layout of state_to_bytes; checkpoints of another layout never match
@@ -104,6 +104,11 @@ class Backend(Protocol):
 
     def prompt_format(self) -> PromptFormat | None:
         """The prompt format this model expects; None for the RWKV role-play format."""
+        return None
+
+    def set_threads(self, n: int | None) -> None:
+        """Compute with `n` threads from the next call on (None: the default). A back end with
+        no thread setting of its own ignores it."""
         return None
 
     def close(self) -> None: ...

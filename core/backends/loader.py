@@ -74,6 +74,4 @@ def load_backend(
 def set_threads(backend: Backend, n: int | None) -> None:
     """Change a loaded model's thread count (None: the default), on the model thread: torch
     keeps the count per calling thread, and the change lands between two model calls."""
-    setter = getattr(backend, "set_threads", None)
-    if setter is not None:
-        on_model_thread(setter, n)
+    on_model_thread(backend.set_threads, n)
