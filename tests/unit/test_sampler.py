@@ -56,12 +56,51 @@ def test_banned_tokens_are_never_sampled() -> None:
     assert all(sample(logits, p, rng, banned=np.array([7])) != 7 for _ in range(50))
 
 
-def test_same_seed_same_tokens() -> None:
+def test_a_seed_fixes_the_draws_and_other_seeds_draw_others() -> None:
     logits = np.random.default_rng(3).normal(size=65536).astype(np.float32)
     p = PRESETS["roleplay"]
-    a = [sample(logits, p, np.random.default_rng(42)) for _ in range(5)]
-    b = [sample(logits, p, np.random.default_rng(42)) for _ in range(5)]
-    assert a == b
+
+    def draws(seed: int) -> list[int]:
+        rng = np.random.default_rng(seed)
+        return [sample(logits, p, rng) for _ in range(20)]
+
+    a = draws(42)
+    assert a == draws(42)  # a reply can be made again
+    assert len(set(a)) > 1 and draws(43) != a  # the draws come from the generator
+
+
+LOGITS = np.array([3.0, 2.5, 2.0, 1.0, 0.5, 0.0, -1.0, -3.0], np.float32)
+
+
+def _expected(temperature: float, top_p: float) -> np.ndarray:
+    """The sampler's documented distribution: top-p cut on the softmax of the logits (the
+    shortest most-likely-first prefix reaching top_p), then temperature over what is left."""
+    p = np.exp(LOGITS - LOGITS.max())
+    p /= p.sum()
+    order = np.argsort(-p)
+    kept = order[: int(np.searchsorted(np.cumsum(p[order]), top_p)) + 1]
+    w = np.zeros(LOGITS.size)
+    w[kept] = np.exp(LOGITS[kept] / temperature)
+    return w / w.sum()
+
+
+# softmax of LOGITS: 0.442 0.268 0.163 0.060 0.036 ..., so top_p 0.6 keeps 2, 0.8 keeps 3, 0.95
+# keeps 5; with the temperature before the cut, (2.0, 0.8) would keep 5
+@pytest.mark.parametrize(
+    ("temperature", "top_p"),
+    [(1.0, 1.0), (0.5, 1.0), (2.0, 1.0), (1.0, 0.6), (2.0, 0.8), (0.7, 0.95)],
+)
+def test_sampled_frequencies_follow_temperature_and_top_p(temperature: float, top_p: float) -> None:
+    params = SamplingParams(
+        temperature=temperature, top_p=top_p, presence_penalty=0.0, frequency_penalty=0.0
+    )
+    rng = np.random.default_rng(0)  # a fixed seed: the same draws on every run
+    n = 20_000
+    got = np.bincount([sample(LOGITS, params, rng) for _ in range(n)], minlength=LOGITS.size) / n
+    want = _expected(temperature, top_p)
+    assert np.all(got[want == 0] == 0), got  # cut tokens are never drawn
+    # within 5 standard errors of each expected frequency
+    assert np.all(np.abs(got - want) <= 5 * np.sqrt(want * (1 - want) / n) + 1e-9), (got, want)
 
 
 def test_presets_include_the_old_apps_roleplay_values() -> None:
