@@ -191,12 +191,17 @@ def test_a_damaged_checkpoint_file_is_only_a_miss(rwkv7_backend, tmp_path: Path)
     eng = Engine(rwkv7_backend, cache_dir=cache)
     eng.warm(CTX, _history())
     eng.flush()
-    for f in cache.glob("*.state"):
+    files = list(cache.glob("*.state"))
+    assert files  # the prefill left a checkpoint on disk to damage
+    for f in files:
         f.write_bytes(b"garbage")
     fresh = Engine(rwkv7_backend, cache_dir=cache)
     a, _ = fresh.state_for(CTX, _history(), Message("char"))
     b, _ = fresh.reference_state(CTX, _history(), Message("char"))
     assert np.abs(a - b).max() < 1e-4
+    assert fresh.cache_stats()["misses"] >= 1
+    fresh.flush()
+    assert all(f.read_bytes() != b"garbage" for f in cache.glob("*.state"))  # none is kept
 
 
 @pytest.mark.parametrize("version", [4, 5, 6])
