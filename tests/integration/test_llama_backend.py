@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.bare import bare_decode_tok_s, forward_decode_tok_s
@@ -18,7 +18,7 @@ from core.backends.tokenizer import world_tokenizer
 from core.convert import convert
 from core.engine import Engine
 from core.errors import ModelError
-from tests.support.invariant import check_invariant, op
+from tests.support.invariant import PROPERTY, check_invariant, op
 
 PROMPT = "User: hello there, how are you today?\n\nAssistant: 你好。I am fine 🙂\n\nUser:"
 
@@ -252,15 +252,11 @@ def test_a_copied_gguf_has_the_same_identity_and_shares_states(ggufs, f32, tmp_p
     assert np.array_equal(b.forward([13], restored)[0], f32.forward([13], s)[0])
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(PROPERTY, max_examples=15)
 @given(ops=st.lists(op, min_size=1, max_size=8))
 def test_state_invariant_on_the_llama_backend(f32, ops) -> None:
     """The foundation's property test, on llama.cpp states."""
-    check_invariant(lambda d: Engine(f32, cache_dir=d), ops)
+    check_invariant(f32, ops)
 
 
 def test_advance_gives_the_same_logits_and_uses_its_input_up(f32) -> None:

@@ -1,22 +1,78 @@
 """The state invariant as a property (docs/ARCHITECTURE.md, "The state invariant"): after any
-sequence of send, regenerate, edit, delete the last k messages, stop mid-reply and reopen, the
-state the engine would use for the next reply gives the same logits as feeding the stored
-transcript from scratch."""
+sequence of send, regenerate, edit, delete the last k messages, stop mid-reply, continue, a
+narrator's or another named character's message (written or generated), an edited character and
+reopen, the state the engine would use for the next reply gives the same logits as feeding the
+stored transcript from scratch, and it was reached feeding only the tokens the cache lacks.
+
+On the rwkv back end with the default memory budget and with one small enough to evict, and on
+the embedded transformer (SmolLM2 through llama.cpp) with a looser tolerance. The llama.cpp back
+end on RWKV files runs it in test_llama_backend.py. CI runs these on a fixed seed."""
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.engine import Engine
-from tests.support.invariant import check_invariant, op
+from tests.support.invariant import CHARACTERS, PROPERTY, SPEAKERS, check_invariant, op
+from tests.support.required import unavailable
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(PROPERTY, max_examples=25)
 @given(ops=st.lists(op, min_size=1, max_size=8))
 def test_state_invariant_on_the_rwkv_backend(rwkv7_backend, ops) -> None:
-    check_invariant(lambda d: Engine(rwkv7_backend, cache_dir=d), ops)
+    check_invariant(rwkv7_backend, ops)
+
+
+# a checkpoint of the tiny model is ~0.33 MB (mostly its 65536 logits): 1 MB holds three
+EVICTING_MB = 1.0
+
+
+@settings(PROPERTY, max_examples=25)
+@given(ops=st.lists(op, min_size=1, max_size=8))
+def test_state_invariant_when_the_memory_budget_evicts(rwkv7_backend, ops) -> None:
+    check_invariant(rwkv7_backend, ops, mem_budget_mb=EVICTING_MB)
+
+
+def test_the_small_budget_does_evict(rwkv7_backend) -> None:
+    """The evicting variant is not vacuous: on a longer chat, checkpoints it dropped from memory
+    cost feeding again, and the logits still match."""
+    narrator, lina, _ = SPEAKERS
+    ops = [
+        ("send", "hello", 1),
+        ("send", "the cat", 2),
+        ("speak", narrator, 3),
+        ("write", lina, "你好"),
+        ("send", "why?", 4),
+        ("delete", 3),
+        ("regenerate", 5),
+        ("continue", 6),
+        ("character", CHARACTERS[2]),
+        ("send", "ok", 7),
+        ("delete", 2),
+    ]
+    assert check_invariant(rwkv7_backend, ops, mem_budget_mb=EVICTING_MB) > 0
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from core.backends.embedded import embedded_model_path, missing_message
+    from core.backends.llama import LlamaBackend
+
+    path = embedded_model_path()
+    if path is None:
+        unavailable(missing_message())
+    return LlamaBackend(path)
+
+
+# The transformer's logits move with where its KV cells sit in llama.cpp's cache and how they
+# were batched: the same tokens fed twice from the initial state already differ by ~0.5 here.
+# Measured over 150 checks: median 0.65, max 1.94; a dropped message or a user line fed as the
+# narrator's moves them by 6 to 11. The fed-token count stays exact.
+SMOL_TOL = 3.0
+
+
+@settings(PROPERTY, max_examples=6)
+@given(ops=st.lists(op, min_size=1, max_size=6))
+def test_state_invariant_on_the_embedded_transformer(smol, ops) -> None:
+    check_invariant(smol, ops, tol=SMOL_TOL)
