@@ -15,15 +15,8 @@ CI=true they fail instead. Screenshots go to artifacts/ (git-ignored).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,10 +25,9 @@ import pytest
 from core.backends.embedded import embedded_model_path, missing_message
 from tests.support import REPO
 from tests.support.required import unavailable
+from tests.support.server import CHROMIUM, CHROMIUM_ARGS, playwright_api, running_app
 
 ARTIFACTS = REPO / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 LOCAL = (
     "http://localhost",
     "ws://localhost",
@@ -49,24 +41,9 @@ LOCAL = (
 pytestmark = pytest.mark.timeout(900)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def sync_api() -> Any:
-    """Playwright's API, with Chromium where the tests drive it."""
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright import sync_api
-    except ModuleNotFoundError as e:
-        if e.name != "playwright":
-            raise  # installed but broken: an error, not a skip
-        unavailable("Playwright is not installed (pip install -r requirements-dev.txt)")
-    return sync_api
+    return playwright_api()
 
 
 @pytest.fixture(scope="module")
@@ -76,60 +53,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
     root = tmp_path_factory.mktemp("e2e")
     data = root / "data"
     data.mkdir()
-    port = _free_port()
-    env = dict(os.environ)
-    for var in ("RP_MODEL", "RP_BACKEND", "RP_PASSWORD", "RP_DB_URL"):
-        env.pop(var, None)
-    env["RP_DATA_DIR"] = str(data)
-    log_path = root / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "Home.py",
-                "--server.headless",
-                "true",
-                "--browser.gatherUsageStats",
-                "false",
-                "--server.port",
-                str(port),
-                "--server.runOnSave",
-                "false",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://localhost:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("the server did not start:\n" + log_path.read_text())
-            time.sleep(0.5)
-        yield SimpleNamespace(url=url, data=data, log=log_path)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    log = root / "server.log"
+    with running_app(data, log, host="localhost") as app:
+        yield SimpleNamespace(url=app.url, data=data, log=log)
 
 
 @pytest.fixture(scope="module")
 def browser(sync_api: Any, server: SimpleNamespace) -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 

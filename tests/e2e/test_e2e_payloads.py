@@ -11,13 +11,6 @@ their options as plain text, never Markdown, so they are not opened.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,17 +18,11 @@ from typing import Any
 
 import pytest
 
-from tests.support import REPO
+from tests.support.server import CHROMIUM, CHROMIUM_ARGS, playwright_api, running_app
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 LOCAL = ("http://127.0.0.1:", "ws://127.0.0.1:", "http://localhost:", "ws://localhost:")
 
 pytestmark = pytest.mark.timeout(900)
-
-if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
 
 # names: one line, no slashes (the store turns "/" into "-"), at most 100 characters
 NAMES = [
@@ -58,12 +45,6 @@ TEXT = "\n".join(
     ]
 )
 MODEL = "![](https:evil.example).pth"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _prepare(data: Path) -> SimpleNamespace:
@@ -97,50 +78,27 @@ def _prepare(data: Path) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+def sync_api() -> Any:
+    return playwright_api()
+
+
+@pytest.fixture(scope="module")
+def server(sync_api: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("e2e-payloads")
     data = root / "data"
     data.mkdir()
     prepared = _prepare(data)
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RP_")}
-    env["RP_DATA_DIR"] = str(data)
-    log_path = root / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(  # the project's config: 127.0.0.1, no password needed there
-            [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90  # start-up only
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("the server did not start:\n" + log_path.read_text())
-            time.sleep(0.5)
-        yield SimpleNamespace(url=url, chats=prepared.chats)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    # the project's config: 127.0.0.1, where no password is needed
+    with running_app(data, root / "server.log") as app:
+        yield SimpleNamespace(url=app.url, chats=prepared.chats)
 
 
 class Tab:
     """A tall browser tab (everything in view at once) that records and aborts every request
     leaving this machine, and records (and dismisses) every dialog."""
 
-    def __init__(self, browser: Any, url: str) -> None:
+    def __init__(self, browser: Any, url: str, sync_api: Any) -> None:
+        self.expect = sync_api.expect
         self.ctx = browser.new_context(viewport={"width": 1280, "height": 4000})
         self.ctx.route("**/*", self._route)
         self.page = self.ctx.new_page()
@@ -186,9 +144,7 @@ class Tab:
     def shows(self, selector: str, *texts: str) -> None:
         """The element shows each text (waiting, as a person would, for the page to draw)."""
         for text in texts:
-            sync_api.expect(self.page.locator(selector).first).to_contain_text(
-                text, timeout=120_000
-            )
+            self.expect(self.page.locator(selector).first).to_contain_text(text, timeout=120_000)
 
     def safe(self) -> None:
         """Nothing left this machine, no dialog opened, no script link was made."""
@@ -197,15 +153,17 @@ class Tab:
 
 
 @pytest.fixture(scope="module")
-def browser(server: SimpleNamespace) -> Iterator[Any]:
+def browser(sync_api: Any, server: SimpleNamespace) -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
 
-def test_payloads_in_every_field_stay_text_on_every_page(browser: Any, server: Any) -> None:
-    tab = Tab(browser, server.url)
+def test_payloads_in_every_field_stay_text_on_every_page(
+    browser: Any, server: Any, sync_api: Any
+) -> None:
+    tab = Tab(browser, server.url, sync_api)
     names = [name for _, name, _ in server.chats]
     tab.open("/", "text=Recent chats")
     tab.shows("[data-testid=stMain]", *names)  # characters and recent chats

@@ -1,0 +1,85 @@
+"""A real `streamlit run Home.py` for the tests that need the server itself (e2e, listening),
+and the browser that drives it: headless Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from tests.support import REPO
+from tests.support.required import unavailable
+
+CHROMIUM = "/usr/bin/chromium"
+# no GPU, no sandbox (root), and none of Chromium's own calls home
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+START_S = 120  # the server's start-up may take this long on a loaded machine; nothing else is timed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def playwright_api() -> Any:
+    """Playwright's sync API, with Chromium where the tests drive it; a skip (a failure under
+    CI=true) when either is missing."""
+    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
+        unavailable(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright import sync_api
+    except ModuleNotFoundError as e:
+        if e.name != "playwright":
+            raise  # installed but broken: an error, not a skip
+        unavailable("Playwright is not installed (pip install -r requirements-dev.txt)")
+    return sync_api
+
+
+@contextmanager
+def running_app(
+    data: Path,
+    log: Path,
+    cwd: Path = REPO,
+    host: str = "127.0.0.1",
+    args: Sequence[str] = (),
+) -> Iterator[SimpleNamespace]:
+    """The app served on a free port with `data` as its data directory (no RP_* variable of the
+    caller's leaks in), until the block ends. Yields url, port and the process."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RP_")}
+    env["RP_DATA_DIR"] = str(data)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "Home.py")]
+    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd += ["--server.runOnSave", "false", "--server.port", str(port), *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + START_S
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start:\n" + log.read_text())
+            time.sleep(0.3)
+        yield SimpleNamespace(url=url, port=port, proc=proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
