@@ -62,13 +62,18 @@ def db_file(url: str) -> Path:
 def list_backups(folder: Path | None = None) -> list[Backup]:
     """The backups, newest first."""
     folder = folder or backup_dir()
-    found = []
+    found: list[tuple[datetime, int, Backup]] = []
     for p in folder.glob("app-*.db") if folder.is_dir() else ():
         m = _NAME.match(p.name)
         if m:
             made = datetime.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H%M%S")
-            found.append(Backup(p, made, p.stat().st_size, (m[3] or "").lstrip("-")))
-    return sorted(found, key=lambda b: b.path.name, reverse=True)
+            st = p.stat()
+            found.append(
+                (made, st.st_mtime_ns, Backup(p, made, st.st_size, (m[3] or "").lstrip("-")))
+            )
+    # by time, then by when the file was written: two made in one second ("...-2.db") sort by
+    # name the wrong way round ("." after "-")
+    return [b for *_, b in sorted(found, key=lambda f: f[:2], reverse=True)]
 
 
 def _new_path(folder: Path, now: datetime, note: str = "") -> Path:

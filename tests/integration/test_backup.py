@@ -133,3 +133,10 @@ def test_backups_need_the_sqlite_file(bad: str) -> None:
     with pytest.raises(StoreError, match="RP_DB_URL") as e:
         db_file(bad)
     assert "secret" not in str(e.value)
+
+
+def test_two_backups_in_one_second_list_the_later_one_first(db: Path) -> None:
+    first = backup_now(url(db), DAY)
+    second = backup_now(url(db), DAY)  # "Back up now" in the second the app made its daily one
+    assert second.name.endswith("-2.db")
+    assert [b.path for b in list_backups()] == [second, first]
