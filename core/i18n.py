@@ -330,7 +330,7 @@ _S: dict[str, tuple[str, str]] = {
     "backup_made": ("Backup written: {name}", "已写入备份：{name}"),
     "no_backups": ("There is no backup yet.", "还没有备份。"),
     "backup_choose": ("Backup", "备份"),
-    "backup_label": ("{when} · {size} MB", "{when} · {size} MB"),
+    "backup_label": ("{when} · {size} MB · {name}", "{when} · {size} MB · {name}"),
     "backup_before_restore": ("kept before a restore", "恢复前保留的"),
     "restore": ("Restore", "恢复"),
     "restore_confirm": (

@@ -143,7 +143,9 @@ def restore_controls(key: str) -> None:
 
     def label(name: str) -> str:
         b = backups[name]
-        text = T("backup_label", when=f"{b.made:%Y-%m-%d %H:%M:%S}", size=f"{b.size / 1e6:.1f}")
+        # the file name too: two backups of one second and size must not look the same
+        when, size = f"{b.made:%Y-%m-%d %H:%M:%S}", f"{b.size / 1e6:.1f}"
+        text = T("backup_label", when=when, size=size, name=b.path.name)
         return text + (f" · {T('backup_before_restore')}" if b.note.startswith("before") else "")
 
     name = st.selectbox(T("backup_choose"), list(backups), key=f"{key}_backup", format_func=label)

@@ -62,18 +62,20 @@ def db_file(url: str) -> Path:
 def list_backups(folder: Path | None = None) -> list[Backup]:
     """The backups, newest first."""
     folder = folder or backup_dir()
-    found: list[tuple[datetime, int, Backup]] = []
+    found: list[tuple[datetime, int, int, Backup]] = []
     for p in folder.glob("app-*.db") if folder.is_dir() else ():
         m = _NAME.match(p.name)
         if m:
             made = datetime.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H%M%S")
+            note = (m[3] or "").lstrip("-")
+            # two made in one second are "...-120001.db" then "...-120001-2.db": the number
+            # orders them (by name, "." sorts after "-"; file times may be equal)
+            n = re.search(r"(?:^|-)(\d+)$", note)
             st = p.stat()
             found.append(
-                (made, st.st_mtime_ns, Backup(p, made, st.st_size, (m[3] or "").lstrip("-")))
+                (made, int(n[1]) if n else 1, st.st_mtime_ns, Backup(p, made, st.st_size, note))
             )
-    # by time, then by when the file was written: two made in one second ("...-2.db") sort by
-    # name the wrong way round ("." after "-")
-    return [b for *_, b in sorted(found, key=lambda f: f[:2], reverse=True)]
+    return [b for *_, b in sorted(found, key=lambda f: f[:3], reverse=True)]
 
 
 def _new_path(folder: Path, now: datetime, note: str = "") -> Path:
