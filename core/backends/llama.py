@@ -80,6 +80,10 @@ def _recent_log() -> str:
 
 
 # ---------------------------------------------------------------- states
+def _threads(n: int) -> str:
+    return "1 thread" if n == 1 else f"{n} threads"
+
+
 class LlamaState:
     """An immutable model state: `n_past` tokens fed. Lives in a slot of the context and/or as
     bytes (`data`); never changed after it is made."""
@@ -221,7 +225,7 @@ class LlamaBackend(Backend):
             n_embd=int(L.llama_model_n_embd(model)),
             n_vocab=self.n_vocab,
             n_params=int(L.llama_model_n_params(model)),
-            strategy=f"llama.cpp cpu {type_name}, {self.n_threads} threads",
+            strategy=f"llama.cpp cpu {type_name}, {_threads(self.n_threads)}",
             load_s=0.0,
             identity=file_identity(p, "llama", type_name),
             chat_template=self.chat_template,
@@ -367,7 +371,7 @@ class LlamaBackend(Backend):
             self._check_open()
             self.n_threads = resolve_threads(n)
             L.llama_set_n_threads(self._ctx, self.n_threads, self.n_threads)
-            self.info.strategy = f"llama.cpp cpu {self.file_type}, {self.n_threads} threads"
+            self.info.strategy = f"llama.cpp cpu {self.file_type}, {_threads(self.n_threads)}"
             self.info.extra["threads"] = self.n_threads
 
     # ---- states
