@@ -57,11 +57,3 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
         return made[key]
 
     return get
-
-
-@pytest.fixture(scope="session")
-def rwkv7_backend(tiny_models):
-    """One loaded tiny RWKV-7 (cpu fp32), shared by the tests that only read from it."""
-    from core.backends.rwkv import RwkvBackend
-
-    return RwkvBackend(tiny_models(7), "cpu fp32")

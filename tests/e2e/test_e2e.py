@@ -25,7 +25,7 @@ import pytest
 from core.backends.embedded import embedded_model_path, missing_message
 from tests.support import REPO
 from tests.support.required import unavailable
-from tests.support.server import CHROMIUM, CHROMIUM_ARGS, playwright_api, running_app
+from tests.support.server import running_app
 
 ARTIFACTS = REPO / "artifacts"
 LOCAL = (
@@ -42,11 +42,6 @@ pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
-def sync_api() -> Any:
-    return playwright_api()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     if embedded_model_path() is None:
         unavailable(missing_message())
@@ -56,14 +51,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
     log = root / "server.log"
     with running_app(data, log, host="localhost") as app:
         yield SimpleNamespace(url=app.url, data=data, log=log)
-
-
-@pytest.fixture(scope="module")
-def browser(sync_api: Any, server: SimpleNamespace) -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _store(server: SimpleNamespace) -> Any:

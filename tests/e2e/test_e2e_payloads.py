@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.server import CHROMIUM, CHROMIUM_ARGS, playwright_api, running_app
+from tests.support.server import running_app
 
 LOCAL = ("http://127.0.0.1:", "ws://127.0.0.1:", "http://localhost:", "ws://localhost:")
 
@@ -75,11 +75,6 @@ def _prepare(data: Path) -> SimpleNamespace:
     s.set_setting("model", {"path": MODEL, "backend": "auto"})
     s.close()
     return SimpleNamespace(chats=chats)
-
-
-@pytest.fixture(scope="module")
-def sync_api() -> Any:
-    return playwright_api()
 
 
 @pytest.fixture(scope="module")
@@ -150,14 +145,6 @@ class Tab:
         """Nothing left this machine, no dialog opened, no script link was made."""
         assert self.outside == [] and self.dialogs == []
         assert self.page.locator("[href^='javascript:' i], [src^='javascript:' i]").count() == 0
-
-
-@pytest.fixture(scope="module")
-def browser(sync_api: Any, server: SimpleNamespace) -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_payloads_in_every_field_stay_text_on_every_page(
