@@ -1,11 +1,11 @@
 """How many threads a model computes with.
 
-torch and llama.cpp run a team of threads that spin at each barrier, waiting for the slowest
-member. When the team has as many threads as the machine has cores and any other program wants
-a core (a browser, an editor), one member is descheduled and the rest spin for it: on 2 cores
-beside one busy process, llama.cpp decoded 1.9 tok/s with 2 threads and 26.6 with 1 (DESIGN.md),
-and the rwkv package collapsed the same way. The default leaves half the cores free, which also
-counts one thread per physical core on machines with two hardware threads per core
+torch and llama.cpp run a team of threads that spin at each barrier, waiting for the slowest member.
+When the team has as many threads as the machine has cores and any other program wants a core (a
+browser, an editor), one member is descheduled and the rest spin for it: on 2 cores beside one busy
+process, llama.cpp decoded 1.9 tok/s with 2 threads and 26.6 with 1 (docs/ARCHITECTURE.md,
+"Threading"), and the rwkv package collapsed the same way. The default leaves half the cores free,
+which also counts one thread per physical core on machines with two hardware threads per core
 (`bench/threads.py` measures every count alone and beside a busy process).
 """
 

@@ -25,7 +25,7 @@ import pytest
 from core.backends.embedded import embedded_model_path, missing_message
 from tests.support import REPO
 from tests.support.required import unavailable
-from tests.support.server import running_app
+from tests.support.server import running_app, wait_quiet
 
 ARTIFACTS = REPO / "artifacts"
 LOCAL = (
@@ -116,18 +116,7 @@ class Page:
         self.idle()
 
     def idle(self, quiet: float = 0.6) -> None:
-        """Wait until the page has not changed for `quiet` seconds (the run is over)."""
-        self.page.evaluate(
-            """(quiet) => new Promise(resolve => {
-                let timer = setTimeout(done, quiet * 1000);
-                const obs = new MutationObserver(() => {
-                    clearTimeout(timer); timer = setTimeout(done, quiet * 1000); });
-                function done() { obs.disconnect(); resolve(); }
-                obs.observe(document.body, {subtree: true, childList: true,
-                                            characterData: true, attributes: true});
-            })""",
-            quiet,
-        )
+        wait_quiet(self.page, quiet)
 
     def watch_growth(self) -> None:
         """Record the streaming message each time the page changes: its lengths, and its text

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.server import running_app
+from tests.support.server import running_app, wait_quiet
 
 LOCAL = ("http://127.0.0.1:", "ws://127.0.0.1:", "http://localhost:", "ws://localhost:")
 
@@ -119,18 +119,7 @@ class Tab:
         self.idle()
 
     def idle(self, quiet: float = 0.6) -> None:
-        """Wait until the page has not changed for `quiet` seconds (the run is over)."""
-        self.page.evaluate(
-            """(quiet) => new Promise(resolve => {
-                let timer = setTimeout(done, quiet * 1000);
-                const obs = new MutationObserver(() => {
-                    clearTimeout(timer); timer = setTimeout(done, quiet * 1000); });
-                function done() { obs.disconnect(); resolve(); }
-                obs.observe(document.body, {subtree: true, childList: true,
-                                            characterData: true, attributes: true});
-            })""",
-            quiet,
-        )
+        wait_quiet(self.page, quiet)
 
     def click(self, selector: str) -> None:
         self.page.locator(selector).first.click()

@@ -83,3 +83,18 @@ def running_app(
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def wait_quiet(page: Any, quiet: float = 0.6) -> None:
+    """Wait until the page has not changed for `quiet` seconds: the script run is over."""
+    page.evaluate(
+        """(quiet) => new Promise(resolve => {
+            let timer = setTimeout(done, quiet * 1000);
+            const obs = new MutationObserver(() => {
+                clearTimeout(timer); timer = setTimeout(done, quiet * 1000); });
+            function done() { obs.disconnect(); resolve(); }
+            obs.observe(document.body, {subtree: true, childList: true,
+                                        characterData: true, attributes: true});
+        })""",
+        quiet,
+    )
