@@ -111,7 +111,6 @@ def database_url() -> str:
 def database_problem(err: AppError) -> None:
     """What every page shows when the database cannot be opened: the file, what is wrong, what
     to do, and the backups to restore (from this machine, or after the password)."""
-    from core.auth import is_loopback
     from core.store.backup import backup_dir, db_file
 
     st.title(T("db_problem_title"))
@@ -126,7 +125,7 @@ def database_problem(err: AppError) -> None:
     if not path:
         return
     st.markdown(T("db_problem_todo", folder=md_inline(str(backup_dir()))))
-    if st.session_state.get("authenticated") or is_loopback(st.get_option("server.address")):
+    if st.session_state.get("authenticated") or listening_locally():
         restore_controls("db_problem")
     else:
         st.info(T("db_problem_no_restore"))

@@ -1,9 +1,24 @@
-"""Fixtures of the integration tests: real models loaded once and shared by the tests that only
-read from them."""
+"""Fixtures of the integration tests: a store on the test's own data directory, and real models
+loaded once and shared by the tests that only read from them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
+
+from core.store import Store
+from tests.support.db_fixtures import open_test_store
+
+
+@pytest.fixture
+def store(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """The store of the test's own data directory (never $RP_DB_URL), closed afterwards."""
+    monkeypatch.delenv("RP_DB_URL", raising=False)
+    s = open_test_store()
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

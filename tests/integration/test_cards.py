@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tracemalloc
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +32,11 @@ from tests.support.db_fixtures import (
     bomb_png,
     card_png,
     chunk,
-    open_test_store,
     picture,
     text_chunks,
     v2_card,
     v3_card,
 )
-
-
-@pytest.fixture
-def store(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    monkeypatch.delenv("RP_DB_URL", raising=False)
-    s = open_test_store()
-    yield s
-    s.close()
 
 
 def avatar_files(data_dir: Path) -> list[Path]:

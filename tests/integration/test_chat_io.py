@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -14,15 +12,6 @@ from core.chat import conversation_context
 from core.chat_io import ChatIOError, export_jsonl, export_markdown, import_jsonl
 from core.store import Store, StoreError
 from core.store.models import Conversation
-from tests.support.db_fixtures import open_test_store
-
-
-@pytest.fixture
-def store(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    monkeypatch.delenv("RP_DB_URL", raising=False)
-    s = open_test_store()
-    yield s
-    s.close()
 
 
 def chat(store: Store) -> Conversation:

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,7 @@ from core.errors import AppError
 from core.prompt import CharacterContext
 from core.store import MAX_TEXT, Store, StoreError, clean_name, open_store
 from core.store.models import CharacterCreate, CharacterUpdate
-from tests.support.db_fixtures import bomb_png, jpeg_picture, open_test_store, picture
-
-
-@pytest.fixture
-def store(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    monkeypatch.delenv("RP_DB_URL", raising=False)
-    s = open_test_store()
-    yield s
-    s.close()
+from tests.support.db_fixtures import bomb_png, jpeg_picture, picture
 
 
 def make(store: Store, name: str = "Alice", **fields: object) -> int:
