@@ -16,37 +16,35 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
 from core import chat
-from core.engine.sampler import PRESETS, SamplingParams
+from core.engine.sampler import PRESETS
 from core.errors import AppError
-from core.prompt import NARRATOR_NAME, CharacterContext, Message
+from core.prompt import NARRATOR_NAME
 from core.store import ChatMessage, Conversation
 
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
-
-    from core.engine import Engine, ReplyResult
 
 from pages.ui_common import (
     PAGE_CHARACTERS,
     StreamText,
     T,
     avatar_image,
+    choice_label,
     conversation_params,
     current_choice,
     get_engine,
-    load_model,
     md_inline,
     md_text,
-    model_slot,
     new_conversation,
     page_guard,
+    retry_model,
     role_avatar,
+    rt,
     show_error,
     store,
 )
@@ -58,6 +56,7 @@ MORE_STEP = 50  # messages added by "show earlier"
 ROLES = ("char", "narrator", "user")
 
 s = store()
+svc = rt().chat
 ss = st.session_state
 
 # A click during a reply (Stop, a new message...) makes Streamlit start this script again in a
@@ -260,8 +259,7 @@ def _sampling_controls(conv: Conversation) -> None:
     def save(preset_name: str) -> None:
         values = {name: ss[prefix + name] for name, _k, _w in fields}
         try:
-            p = SamplingParams.from_dict(values).validated()
-            s.update_conversation(conv.id, sampling={"preset": preset_name, **p.to_dict()})
+            svc.set_sampling(conv.id, values, preset_name)
         except (AppError, TypeError, ValueError) as e:
             ss.flash_error = str(e)
 
@@ -342,15 +340,15 @@ engine = get_engine(ui="spinner")
 if engine is None:
     with st.container(horizontal=True, vertical_alignment="center"):
         st.warning(T("no_model_loaded"), icon=":material/memory:")
-        if st.button(T("load_named", name=md_inline(current_choice().label())), key="chat_load"):
-            model_slot().unloaded = False
-            if load_model() is not None:
+        label = T("load_named", name=md_inline(choice_label(current_choice())))
+        if st.button(label, key="chat_load"):
+            if retry_model() is not None:
                 st.rerun()
 
 
-def _warm(engine: Engine, ctx: CharacterContext, history: list[Message]) -> None:
+def _warm(conversation_id: int) -> None:
     try:
-        engine.warm(ctx, history)
+        svc.warm(conversation_id)
     except Exception:  # only a head start: the reply prefills whatever is missing
         pass
 
@@ -359,18 +357,13 @@ def _warm(engine: Engine, ctx: CharacterContext, history: list[Message]) -> None
 if engine is not None and ss.get("warmed") != (conv.id, id(engine)) and not ss.get("pending"):
     ss.warmed = (conv.id, id(engine))
     # not a daemon: a prefill cut off by interpreter exit inside torch aborts the process
-    threading.Thread(
-        target=_warm,
-        args=(engine, ctx, chat.prompt_messages(s, conv.id)),
-        daemon=False,
-        name=f"warm-{conv.id}",
-    ).start()
+    threading.Thread(target=_warm, args=(conv.id,), daemon=False, name=f"warm-{conv.id}").start()
 
 # the user's message: added now, the reply is generated after the history is drawn
 prompt = st.chat_input(T("chat_placeholder", name=user_label), key="chat_input")
 if prompt:
     try:
-        s.add_message(conv.id, "user", prompt)
+        svc.send(conv.id, prompt)
     except AppError as e:
         show_error(e)
     else:
@@ -421,16 +414,16 @@ def _act(fn: Callable[..., object], *args: Any) -> None:
 
 
 def _select_alt(msg_id: int, index: int) -> None:
-    _act(s.select_alternative, msg_id, index)
+    _act(svc.choose_version, msg_id, index)
 
 
 def _delete_msg(msg_id: int) -> None:
-    _act(s.delete_message, msg_id)
+    _act(svc.delete, msg_id)
     ss.editing = None
 
 
 def _rewind(position: int) -> None:
-    _act(s.rewind, conv.id, position)
+    _act(svc.rewind, conv.id, position)
     ss.editing = None
 
 
@@ -463,7 +456,7 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
                     cancel = st.form_submit_button(T("cancel"), icon=":material/close:")
             if save:
                 try:
-                    s.edit_message(msg.id, text)
+                    svc.edit(msg.id, text)
                 except AppError as e:
                     show_error(e)
                 else:
@@ -577,38 +570,16 @@ def _chain(first: list[str], rest: Iterator[str]) -> Iterator[str]:
 
 
 def generate(op: str, role: str = "char", target: ChatMessage | None = None) -> None:
-    """Stream one reply and save it through on_finish (also when stopped)."""
+    """Stream one reply; the service saves it however it ends (also when stopped)."""
     if engine is None:
         st.warning(T("no_model_loaded"))
         return
-    history = [Message(m.role, m.text, m.name) for m in messages]  # type: ignore[arg-type]
-    continue_last = op == "continue"
-    if op == "new":
-        speaker = Message(role)  # type: ignore[arg-type]
-        shown_role, shown_name = role, ""
-    else:
-        if op == "regen":
-            history = history[:-1]
-        speaker = Message(target.role, "", target.name)
-        shown_role, shown_name = target.role, target.name
-    params = conversation_params(s.get_conversation(conv.id))
-    model_name = Path(engine.info.path).name if engine.info.path else "embedded"
-    cancel = threading.Event()
     done = threading.Event()
     ss.gen_done = done  # the next run of this session waits for it (see the top)
-    box: dict[str, Any] = {}
-    saver = chat.ReplySaver(s, conv.id, op, role=role, target=target, meta={"model": model_name})
-
-    def on_finish(res: ReplyResult) -> None:  # in this thread, however the reply ends
-        try:
-            box["result"] = res
-            saver.finish(res.text or "", res.meta())
-        except Exception as e:  # shown after the stream; never lost silently
-            box["error"] = e
-        finally:
-            done.set()
-
+    shown_role, shown_name = (role, "") if target is None else (target.role, target.name)
     name = _display_name(shown_role, shown_name)
+    turn: chat.Turn | None = None
+    error: BaseException | None = None
     with st.chat_message(
         name if shown_role != "user" else "user", avatar=role_avatar(shown_role, character)
     ):
@@ -619,39 +590,29 @@ def generate(op: str, role: str = "char", target: ChatMessage | None = None) -> 
         body = st.container(key="streaming")
         stop_slot = st.empty()  # a click reruns the script, which interrupts the stream
         stop_slot.button(T("stop"), key="stop_gen", icon=":material/stop_circle:")
-        it: Iterator[str] | None = None
         try:
-            reply = engine.reply(
-                ctx,
-                history,
-                speaker,
-                params,
-                cancel=cancel,
-                continue_last=continue_last,
-                on_finish=on_finish,
+            turn = svc.reply(
+                conv.id, op, role=role, target_id=target.id if target is not None else None
             )
-            it = iter(reply)
-            source = _until_first(saver.track(it), waiting)
-            if continue_last:  # show the old text, then what the model adds to it
-                source = _chain([target.text], source)
+            source = _until_first(iter(turn), waiting)
+            if op == "continue":  # show the old text, then what the model adds to it
+                source = _chain([turn.base_text], source)
             with body:
                 st.write_stream(StreamText(source))
         except Exception as e:  # AppError, or a back end failing: a message, not a traceback
-            box["error"] = e
+            error = e
         finally:
             # a Stop click or a rerun interrupts write_stream: end the generation here, so
-            # on_finish saves what was streamed before the next run reads the chat
-            cancel.set()
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
-            done.wait(timeout=10 if it is not None else 0)
-            done.set()  # also when the reply never started
+            # the reply is saved before the next run reads the chat
+            if turn is not None:
+                turn.close()
+            done.set()
         stop_slot.empty()
-    if "error" in box:
-        show_error(box["error"])
+    error = error or (turn.error if turn is not None else None)
+    if error is not None:
+        show_error(error)
         return
-    res = box.get("result")
+    res = turn.result if turn is not None else None
     if res is not None and not (res.text or "").strip():
         st.warning(T("empty_reply"))
         return

@@ -10,16 +10,16 @@ from pages.ui_common import (
     PAGE_SETTINGS,
     T,
     avatar_image,
+    choice_label,
     current_choice,
     fmt_time,
     get_engine,
-    load_model,
     md_inline,
-    model_slot,
     model_summary,
     new_conversation,
     open_chat,
     page_guard,
+    retry_model,
     show_error,
     store,
 )
@@ -35,17 +35,15 @@ with st.container(border=True):
         st.markdown(f":material/memory: **{T('model')}**")
         st.text(model_summary(engine))
     else:
-        slot = model_slot()
         st.markdown(f":material/memory: **{T('model')}**: {T('no_model_loaded')}")
         with st.container(horizontal=True):
             if st.button(
-                T("load_named", name=md_inline(current_choice().label())),
+                T("load_named", name=md_inline(choice_label(current_choice()))),
                 key="home_load",
                 type="primary",
                 icon=":material/play_arrow:",
             ):
-                slot.unloaded = False
-                if load_model(ui="spinner") is not None:
+                if retry_model() is not None:
                     st.rerun()
             st.page_link(PAGE_SETTINGS, label=T("choose_model"), icon=":material/settings:")
 

@@ -18,14 +18,17 @@ from core.config import MODELS_DIR, data_dir
 from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.i18n import LANG_NAMES, LANGS
-from core.store.backup import KEEP, backup_dir, backup_now
-from pages.ui_common import (
+from core.runtime import (
     BACKENDS,
     DEFAULT_CACHE_DISK_MB,
     DEFAULT_CACHE_MEM_MB,
     STRATEGIES,
     ModelChoice,
+)
+from core.store.backup import KEEP, backup_dir, backup_now
+from pages.ui_common import (
     T,
+    choice_label,
     choose_model,
     current_choice,
     database_url,
@@ -199,7 +202,7 @@ if load_clicked:
             show_error(e)
         else:
             if load_model(new, ui="status") is not None:
-                ss.settings_flash = T("model_ready", name=md_inline(new.label()))
+                ss.settings_flash = T("model_ready", name=md_inline(choice_label(new)))
                 st.rerun()
 if unload_clicked:
     unload_model()

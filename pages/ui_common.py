@@ -19,19 +19,20 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from core import runtime
 from core.auth import LoginLimiter, Tries, hash_password, is_loopback
 from core.avatars import avatar_path
-from core.cli_args import cli_args, resolve_model_path
-from core.config import REPO_ROOT, data_dir
-from core.engine.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
-from core.store import Character, Conversation, Store, default_url
+from core.cli_args import cli_args
+from core.config import REPO_ROOT
+from core.engine.sampler import SamplingParams
+from core.runtime import ModelChoice, Runtime
+from core.store import Character, Conversation, Store
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -47,35 +48,13 @@ USER_AVATAR = "user"  # Streamlit's own user icon (served locally)
 CHAR_AVATAR = "assistant"  # for characters without a picture
 NARRATOR_AVATAR = ":material/auto_stories:"
 
-STRATEGIES = (
-    "cpu fp32",
-    "cpu bf16",
-    "cpu fp16",
-    "cuda fp16",
-    "cuda fp16i8",
-    "cuda fp16i8 *10 -> cuda fp16",
-    "cuda fp16i8 *10 -> cpu fp32",
-    "cuda bf16",
-)
-DEFAULT_STRATEGY = "cpu fp32"
-BACKENDS = ("auto", "rwkv", "llama")
-DEFAULT_CACHE_MEM_MB = 512
-DEFAULT_CACHE_DISK_MB = 2048
-
 
 # --- store and language ----------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner=False)
-def _store(data_dir_key: str, db_url: str) -> Store:
-    from core.cards import open_app_store
-    from core.store.backup import check_database, daily_backup
-
-    url = db_url or default_url()
-    check_database(url)  # damage is named at start, not met later as a query that fails
-    opened = open_app_store(db_url or None)
-    daily_backup(url)
-    return opened
+def rt() -> Runtime:
+    """The process's store and model for this data directory (core/runtime.py)."""
+    return runtime.current()
 
 
 _PROBLEM_PAGE = threading.local()  # drawing the page about a database that cannot be opened
@@ -86,7 +65,7 @@ def store() -> Store:
     When the database cannot be opened, the page says which file, what is wrong and what to
     do, and stops."""
     try:
-        opened = _store(str(data_dir()), os.environ.get("RP_DB_URL", ""))
+        opened = rt().store
     except AppError as e:
         if getattr(_PROBLEM_PAGE, "on", False):
             raise  # from the problem page's own words (the language setting): they fall back
@@ -102,7 +81,7 @@ def store() -> Store:
 
 
 def database_url() -> str:
-    return os.environ.get("RP_DB_URL", "") or default_url()
+    return rt().db_url
 
 
 # --- a database that cannot be opened; backups -------------------------------------------------
@@ -166,22 +145,12 @@ def restore_database(backup: Path) -> Path:
     where the database it replaced was kept."""
     from core.store.backup import restore
 
-    try:  # no connection may outlive the file it points to
-        _store(str(data_dir()), os.environ.get("RP_DB_URL", "")).close()
-    except AppError:
-        pass  # it could not be opened: nothing to close
-    try:
-        return restore(database_url(), backup)
-    finally:
-        _store.clear()
+    rt().close_store()  # no connection may outlive the file it points to
+    return restore(database_url(), backup)
 
 
 def setting(key: str, default: Any = None) -> Any:
-    try:
-        value = store().get_setting(key, default)
-    except AppError:
-        return default
-    return default if value is None else value
+    return rt().setting(key, default)
 
 
 def lang() -> str:
@@ -452,216 +421,81 @@ def page_guard() -> None:
 
 
 # --- the model -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    path: str = ""  # "" = the embedded default model
-    backend: str = "auto"
-    strategy: str = DEFAULT_STRATEGY
-    cuda_on: bool = False
-    jit_on: bool = True
-
-    @property
-    def key(self) -> tuple[str, str, str, bool, bool]:
-        return (self.path, self.backend, self.strategy, self.cuda_on, self.jit_on)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "backend": self.backend,
-            "strategy": self.strategy,
-            "cuda_on": self.cuda_on,
-            "jit_on": self.jit_on,
-        }
-
-    @classmethod
-    def from_dict(cls, d: object) -> ModelChoice:
-        d = d if isinstance(d, dict) else {}
-        backend = d.get("backend") if d.get("backend") in BACKENDS else "auto"
-        return cls(
-            path=str(d.get("path") or ""),
-            backend=backend,
-            strategy=str(d.get("strategy") or DEFAULT_STRATEGY),
-            cuda_on=bool(d.get("cuda_on", False)),
-            jit_on=bool(d.get("jit_on", True)),
-        )
-
-    def label(self) -> str:
-        return Path(self.path).name if self.path else T("embedded_model")
-
-
-EngineKey = tuple[str, str, str, bool, bool, str]  # the model choice's key and the data directory
-
-
-@dataclass
-class ModelSlot:
-    """Process-wide: which model the app uses and whether it was unloaded on purpose."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    override: ModelChoice | None = None  # chosen in Settings (or by flags) in this process
-    cli_applied: bool = False
-    unloaded: bool = False
-    loaded: EngineKey | None = None  # cache key of the engine in _engine's cache
-    failed: dict[EngineKey, str] = field(default_factory=dict)  # key -> error message
-
-
-@st.cache_resource(show_spinner=False)
-def _slot() -> ModelSlot:
-    return ModelSlot()
-
-
-def model_slot() -> ModelSlot:
-    return _slot()
+# The model lives in core/runtime.py (shared with the API); these wrap its calls in messages.
 
 
 def current_choice() -> ModelChoice:
-    """The model to use: the one loaded in Settings, else the flags after `--`, else the saved
-    setting, else $RP_MODEL, else the embedded default."""
-    slot = model_slot()
-    if slot.override is not None:
-        return slot.override
-    cli, _ = cli_args()
-    saved = setting("model")
-    base = ModelChoice.from_dict(saved) if isinstance(saved, dict) else None
-    if base is None:
-        env = os.environ.get("RP_MODEL", "")
-        base = ModelChoice(path=env, backend=os.environ.get("RP_BACKEND", "auto") or "auto")
-    if cli.any_model_flag:
-        return ModelChoice(
-            path=resolve_model_path(cli.model) or base.path if cli.model else base.path,
-            backend=cli.backend or base.backend,
-            strategy=cli.strategy or base.strategy,
-            cuda_on=base.cuda_on if cli.cuda_on is None else cli.cuda_on,
-            jit_on=base.jit_on if cli.jit_on is None else cli.jit_on,
-        )
-    return base
+    return rt().choice()
 
 
-def _release_engine(engine: Engine) -> None:
-    try:
-        engine.close()
-    except Exception:
-        pass
-
-
-@st.cache_resource(show_spinner=False, max_entries=1, on_release=_release_engine)
-def _engine(
-    path: str, backend: str, strategy: str, cuda_on: bool, jit_on: bool, data_dir_key: str
-) -> Engine:
-    """The loaded model, shared by all sessions (one at a time: loading another releases it)."""
-    from core.backends.loader import load_backend
-    from core.engine import Engine
-
-    be = load_backend(
-        path or None,
-        backend=backend,
-        strategy=strategy,
-        cuda_on=cuda_on,
-        jit_on=jit_on,
-        n_threads=threads_setting(),
-    )
-    engine = Engine(be, cache_dir=Path(data_dir_key) / "states")
-    mem = setting("cache_mem_mb", DEFAULT_CACHE_MEM_MB)
-    disk = setting("cache_disk_mb", DEFAULT_CACHE_DISK_MB)
-    try:
-        engine.set_cache_budget(float(mem), float(disk))
-    except (TypeError, ValueError):
-        pass
-    return engine
-
-
-def threads_setting() -> int | None:
-    """The Threads setting; None (automatic) when unset or 0."""
-    value = setting("threads", 0)
-    return value if isinstance(value, int) and value > 0 else None
-
-
-def _full_key(choice: ModelChoice) -> EngineKey:
-    return (*choice.key, str(data_dir()))
+def choice_label(choice: ModelChoice) -> str:
+    return choice.label(T("embedded_model"))
 
 
 def loaded_engine() -> Engine | None:
     """The engine if the current choice is loaded, else None. Never loads."""
-    slot = model_slot()
-    key = _full_key(current_choice())
-    if slot.unloaded or slot.loaded != key:
-        return None
-    try:
-        return _engine(*key)
-    except AppError:
-        return None
+    return rt().engine()
 
 
 def load_model(choice: ModelChoice | None = None, ui: str = "spinner") -> Engine | None:
     """Load `choice` (default: the current one) showing progress; None and an error shown when
     it cannot. ui: "status" (st.status), "spinner" or "none"."""
-    slot = model_slot()
-    choice = choice or current_choice()
-    key = _full_key(choice)
-    name = md_inline(choice.label())  # a file name: shown as text, never markdown
+    runtime_ = rt()
+    choice = choice or runtime_.choice()
+    name = md_inline(choice_label(choice))  # a file name: shown as text, never markdown
     label = T("loading_model", name=name)
     try:
         if ui == "status":
             with st.status(label, expanded=False) as status:
-                engine = _engine(*key)
-                info = engine.info
+                engine = runtime_.load(choice)
                 status.update(
-                    label=T("model_loaded_in", name=name, s=f"{info.load_s:.1f}"),
+                    label=T("model_loaded_in", name=name, s=f"{engine.info.load_s:.1f}"),
                     state="complete",
                 )
         elif ui == "spinner":
             with st.spinner(label):
-                engine = _engine(*key)
+                engine = runtime_.load(choice)
         else:
-            engine = _engine(*key)
+            engine = runtime_.load(choice)
     except AppError as e:
-        slot.failed[key] = str(e)
         show_error(e, "err_load")
         return None
-    except Exception as e:  # a back end that fails in an unexpected way must not kill the page
-        slot.failed[key] = str(e)
-        show_error(e, "err_load")
-        return None
-    with slot.lock:
-        slot.failed.pop(key, None)
-        slot.loaded = key
-        slot.unloaded = False
     return engine
 
 
 def get_engine(ui: str = "spinner") -> Engine | None:
     """The engine for this page: already loaded, or loaded now unless the user unloaded it or
     loading it failed before (then None; Settings or a Load button retries)."""
-    engine = loaded_engine()
-    if engine is not None:
+    runtime_ = rt()
+    engine = runtime_.engine()
+    if engine is not None or runtime_.unloaded:
         return engine
-    slot = model_slot()
-    key = _full_key(current_choice())
-    if slot.unloaded:
-        return None
-    if key in slot.failed:
-        st.error(f"{T('err_load')} {md_inline(slot.failed[key])}", icon=":material/error:")
+    failed = runtime_.failure()
+    if failed:
+        st.error(f"{T('err_load')} {md_inline(failed)}", icon=":material/error:")
         return None
     return load_model(ui=ui)
 
 
+def retry_model() -> Engine | None:
+    """A Load button: forget an unload or a failure of the current choice and load it."""
+    runtime_ = rt()
+    runtime_.unloaded = False
+    runtime_.failed.clear()
+    return load_model(ui="spinner")
+
+
 def unload_model() -> None:
-    slot = model_slot()
-    with slot.lock:
-        slot.unloaded = True
-        slot.loaded = None
-    _engine.clear()
+    rt().unload()
 
 
 def choose_model(choice: ModelChoice) -> None:
     """Make `choice` the model of this process and save it as the setting."""
-    slot = model_slot()
-    with slot.lock:
-        slot.override = choice
-        slot.unloaded = False
-        slot.failed.pop(_full_key(choice), None)
-    store().set_setting("model", choice.to_dict())
+    rt().choose(choice)
+
+
+def threads_setting() -> int | None:
+    return rt().threads()
 
 
 def model_summary(engine: Engine) -> str:
@@ -689,38 +523,15 @@ def _human(n: float) -> str:
 
 
 def default_preset() -> str:
-    name = setting("default_preset", DEFAULT_PRESET)
-    return name if name in PRESETS else DEFAULT_PRESET
-
-
-def preset_sampling(name: str) -> dict[str, Any]:
-    params = PRESETS.get(name, PRESETS[DEFAULT_PRESET])
-    return {"preset": name, **params.to_dict()}
+    return rt().chat.default_preset()
 
 
 def conversation_params(conv: Conversation | None) -> SamplingParams:
-    data = (
-        conv.sampling if conv is not None and conv.sampling else preset_sampling(default_preset())
-    )
-    return SamplingParams.from_dict(data).validated()
+    return rt().chat.params(conv)
 
 
 def new_conversation(character_id: int) -> Conversation:
-    """Start a chat with a character: the character's sampling preset (else the default one),
-    the user's name from Settings, the loaded model's name."""
-    engine = loaded_engine()
-    model = ""
-    if engine is not None:
-        model = Path(engine.info.path).name if engine.info.path else "embedded"
-    character = store().get_character(character_id)
-    preset = (character.sampling_preset if character is not None else "") or ""
-    user_name = setting("user_name", "") or None
-    return store().create_conversation(
-        character_id,
-        model=model,
-        sampling=preset_sampling(preset if preset in PRESETS else default_preset()),
-        user_name=user_name,
-    )
+    return rt().chat.new_chat(character_id)
 
 
 def open_chat(conv_id: int) -> None:

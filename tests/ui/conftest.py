@@ -23,6 +23,9 @@ def tiny_model(tiny_models) -> Path:
 def _clear_caches() -> None:
     import streamlit as st
 
+    from core import runtime
+
+    runtime.reset()
     st.cache_resource.clear()
     st.cache_data.clear()
 

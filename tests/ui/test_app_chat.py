@@ -352,13 +352,14 @@ def test_a_second_session_is_told_that_the_model_is_busy(app_env: Path, monkeypa
     started on the same shared engine and left suspended (it holds the engine busy)."""
     from streamlit.delta_generator import DeltaGenerator
 
-    import pages.ui_common as ui
+    from core import runtime
     from core.engine.sampler import SamplingParams
     from core.prompt import CharacterContext
 
     at = open_app()
     conv_id = _start(at)
-    engine = ui._engine(*ui.model_slot().loaded)  # the engine the app shares between sessions
+    engine = runtime.current().engine()  # the engine the app shares between sessions
+    assert engine is not None
     shown: list[str] = []
     real_info = DeltaGenerator.info
 

@@ -26,10 +26,12 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.backends": FOUNDATION | {"core.prompt"},
     "core.engine": FOUNDATION | {"core.prompt", "core.backends"},
     "core.store": FOUNDATION | {"core.avatars"},
-    "core.chat": FOUNDATION | {"core.prompt", "core.store"},
+    "core.chat": FOUNDATION | {"core.prompt", "core.store", "core.engine"},
     "core.cards": FOUNDATION | {"core.avatars", "core.store"},
     "core.chat_io": FOUNDATION | {"core.store"},
     "core.convert": FOUNDATION | {"core.backends"},
+    "core.runtime": FOUNDATION
+    | {"core.cli_args", "core.store", "core.cards", "core.engine", "core.backends", "core.chat"},
 }
 
 

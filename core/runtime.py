@@ -1,0 +1,322 @@
+"""The process's store and model, shared by every front end (the pages and the API).
+
+    rt = runtime.current()        # the runtime of this data directory ($RP_DATA_DIR, $RP_DB_URL)
+    rt.store                      # the Store (opened once: checked, seeded, backed up daily)
+    rt.start_loading()            # load the current model choice in the background
+    rt.engine()                   # the loaded Engine, or None (never loads)
+    rt.load()                     # load now (raises ModelError), or return the loaded one
+    rt.chat                       # the ChatService: every chat operation of every front end
+
+One model is loaded per process, whatever the number of data directories (tests open several):
+loading another releases the first. No streamlit import here: pages wrap these calls in their
+own messages and spinners.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.cli_args import cli_args, resolve_model_path
+from core.config import data_dir
+from core.errors import AppError, ModelError
+from core.store import Store, default_url
+
+if TYPE_CHECKING:
+    from core.chat import ChatService
+    from core.engine import Engine
+
+STRATEGIES = (
+    "cpu fp32",
+    "cpu bf16",
+    "cpu fp16",
+    "cuda fp16",
+    "cuda fp16i8",
+    "cuda fp16i8 *10 -> cuda fp16",
+    "cuda fp16i8 *10 -> cpu fp32",
+    "cuda bf16",
+)
+DEFAULT_STRATEGY = "cpu fp32"
+BACKENDS = ("auto", "rwkv", "llama")
+DEFAULT_CACHE_MEM_MB = 512
+DEFAULT_CACHE_DISK_MB = 2048
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    path: str = ""  # "" = the embedded default model
+    backend: str = "auto"  # "auto" | "rwkv" | "llama"
+    strategy: str = DEFAULT_STRATEGY  # rwkv strategy string
+    cuda_on: bool = False  # RWKV_CUDA_ON (rwkv back end)
+    jit_on: bool = True  # RWKV_JIT_ON (rwkv back end)
+
+    @property
+    def key(self) -> tuple[str, str, str, bool, bool]:
+        return (self.path, self.backend, self.strategy, self.cuda_on, self.jit_on)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "backend": self.backend,
+            "strategy": self.strategy,
+            "cuda_on": self.cuda_on,
+            "jit_on": self.jit_on,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> ModelChoice:
+        d = d if isinstance(d, dict) else {}
+        backend = d.get("backend") if d.get("backend") in BACKENDS else "auto"
+        return cls(
+            path=str(d.get("path") or ""),
+            backend=backend,
+            strategy=str(d.get("strategy") or DEFAULT_STRATEGY),
+            cuda_on=bool(d.get("cuda_on", False)),
+            jit_on=bool(d.get("jit_on", True)),
+        )
+
+    def label(self, embedded: str = "embedded") -> str:
+        return Path(self.path).name if self.path else embedded
+
+
+EngineKey = tuple[str, str, str, bool, bool, str]  # a choice's key and the data directory
+
+
+@dataclass
+class _Loaded:
+    """The one model of the process."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    key: EngineKey | None = None
+    engine: Engine | None = None
+
+
+_MODEL = _Loaded()
+
+
+class Runtime:
+    """The store and the model of one data directory, and what the user chose for them."""
+
+    def __init__(self, data: Path, db_url: str = "") -> None:
+        self.data = data
+        self.db_url = db_url or default_url()
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+        self.override: ModelChoice | None = None  # chosen in Settings (or the API) this run
+        self.unloaded = False  # the user unloaded the model on purpose
+        self.failed: dict[EngineKey, str] = {}  # key -> why it could not be loaded
+        self._loading: threading.Thread | None = None
+        self._chat: ChatService | None = None
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ the store
+    @property
+    def store(self) -> Store:
+        """The Store; raises StoreError (naming the file) when the database cannot be opened."""
+        with self._store_lock:
+            if self._store is None:
+                from core.cards import open_app_store
+                from core.store.backup import check_database, daily_backup
+
+                check_database(self.db_url)  # damage is named at start, not met later
+                opened = open_app_store(self.db_url)
+                daily_backup(self.db_url)
+                self._store = opened
+            return self._store
+
+    def close_store(self) -> None:
+        """Close the store (before its file is replaced); the next use opens it again."""
+        with self._store_lock:
+            if self._store is not None:
+                self._store.close()
+            self._store = None
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        try:
+            value = self.store.get_setting(key, default)
+        except AppError:
+            return default
+        return default if value is None else value
+
+    @property
+    def chat(self) -> ChatService:
+        from core.chat import ChatService
+
+        if self._chat is None:
+            self._chat = ChatService(lambda: self.store, self.engine)
+        return self._chat
+
+    # ------------------------------------------------------------------ the model choice
+    def choice(self) -> ModelChoice:
+        """The model to use: the one chosen in Settings this run, else the flags after `--`,
+        else the saved setting, else $RP_MODEL, else the embedded default."""
+        if self.override is not None:
+            return self.override
+        cli, _ = cli_args()
+        saved = self.setting("model")
+        base = ModelChoice.from_dict(saved) if isinstance(saved, dict) else None
+        if base is None:
+            env = os.environ.get("RP_MODEL", "")
+            base = ModelChoice(path=env, backend=os.environ.get("RP_BACKEND", "auto") or "auto")
+        if cli.any_model_flag:
+            return ModelChoice(
+                path=resolve_model_path(cli.model) or base.path if cli.model else base.path,
+                backend=cli.backend or base.backend,
+                strategy=cli.strategy or base.strategy,
+                cuda_on=base.cuda_on if cli.cuda_on is None else cli.cuda_on,
+                jit_on=base.jit_on if cli.jit_on is None else cli.jit_on,
+            )
+        return base
+
+    def choose(self, choice: ModelChoice) -> None:
+        """Make `choice` the model of this run and save it as the setting."""
+        self.override = choice
+        self.unloaded = False
+        self.failed.pop(self._key(choice), None)
+        self.store.set_setting("model", choice.to_dict())
+
+    def threads(self) -> int | None:
+        """The Threads setting; None (automatic) when unset or 0."""
+        value = self.setting("threads", 0)
+        return value if isinstance(value, int) and value > 0 else None
+
+    def _key(self, choice: ModelChoice) -> EngineKey:
+        return (*choice.key, str(self.data))
+
+    # ------------------------------------------------------------------ the model
+    def engine(self) -> Engine | None:
+        """The engine if the current choice is loaded, else None. Never loads."""
+        if self.unloaded:
+            return None
+        key = self._key(self.choice())
+        with _MODEL.lock:
+            return _MODEL.engine if _MODEL.key == key else None
+
+    def failure(self) -> str | None:
+        """Why the current choice could not be loaded, if it was tried and failed."""
+        return self.failed.get(self._key(self.choice()))
+
+    @property
+    def loading(self) -> bool:
+        thread = self._loading
+        return thread is not None and thread.is_alive()
+
+    def load(self, choice: ModelChoice | None = None) -> Engine:
+        """The engine of `choice` (default: the current one), loaded now if it is not; raises
+        ModelError (or another AppError) when it cannot be. Loading another model releases the
+        one loaded before."""
+        choice = choice or self.choice()
+        key = self._key(choice)
+        with _MODEL.lock:
+            if _MODEL.key == key and _MODEL.engine is not None:
+                self.unloaded = False
+                return _MODEL.engine
+            _release()
+            try:
+                engine = self._open(choice)
+            except AppError as e:
+                self.failed[key] = str(e)
+                raise
+            except Exception as e:  # a back end failing in an unexpected way: said, not raised raw
+                self.failed[key] = str(e) or e.__class__.__name__
+                raise ModelError(self.failed[key]) from e
+            self.failed.pop(key, None)
+            _MODEL.key, _MODEL.engine = key, engine
+            self.unloaded = False
+            return engine
+
+    def start_loading(self) -> None:
+        """Load the current choice in a background thread (pages render meanwhile and say the
+        model is loading), unless it is loaded, loading, unloaded on purpose or failed."""
+        if self.unloaded or self.loading or self.engine() is not None or self.failure():
+            return
+
+        def run() -> None:
+            try:
+                self.load()
+            except AppError:
+                pass  # kept in self.failed: the pages say why
+
+        # not a daemon: a load cut off by interpreter exit inside torch aborts the process
+        self._loading = threading.Thread(target=run, name="model-load", daemon=False)
+        self._loading.start()
+
+    def wait_loaded(self, timeout: float | None = None) -> Engine | None:
+        thread = self._loading
+        if thread is not None:
+            thread.join(timeout)
+        return self.engine()
+
+    def unload(self) -> None:
+        self.unloaded = True
+        with _MODEL.lock:
+            if _MODEL.key is not None and _MODEL.key[-1] == str(self.data):
+                _release()
+
+    def _open(self, choice: ModelChoice) -> Engine:
+        from core.backends.loader import load_backend
+        from core.engine import Engine
+
+        backend = load_backend(
+            choice.path or None,
+            backend=choice.backend,
+            strategy=choice.strategy,
+            cuda_on=choice.cuda_on,
+            jit_on=choice.jit_on,
+            n_threads=self.threads(),
+        )
+        engine = Engine(backend, cache_dir=self.data / "states")
+        mem = self.setting("cache_mem_mb", DEFAULT_CACHE_MEM_MB)
+        disk = self.setting("cache_disk_mb", DEFAULT_CACHE_DISK_MB)
+        try:
+            engine.set_cache_budget(float(mem), float(disk))
+        except (TypeError, ValueError):
+            pass
+        return engine
+
+
+def _release() -> None:
+    """Close the process's model (with _MODEL.lock held)."""
+    engine, _MODEL.engine, _MODEL.key = _MODEL.engine, None, None
+    if engine is not None:
+        try:
+            engine.close()
+        except Exception:
+            pass
+
+
+_RUNTIMES: dict[tuple[str, str], Runtime] = {}
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def current() -> Runtime:
+    """The runtime of the data directory and database this process is set to."""
+    data = data_dir()
+    db_url = os.environ.get("RP_DB_URL", "")
+    key = (str(data), db_url)
+    with _RUNTIMES_LOCK:
+        rt = _RUNTIMES.get(key)
+        if rt is None:
+            rt = _RUNTIMES[key] = Runtime(data, db_url)
+        return rt
+
+
+def reset() -> None:
+    """Forget every runtime and release the model (tests: a fresh process per test)."""
+    with _RUNTIMES_LOCK:
+        runtimes = list(_RUNTIMES.values())
+        _RUNTIMES.clear()
+    for rt in runtimes:
+        thread = rt._loading
+        if thread is not None:
+            thread.join()
+        try:
+            rt.close_store()
+        except AppError:
+            pass
+    with _MODEL.lock:
+        _release()
