@@ -80,6 +80,35 @@ class _Prompt:
         return sum(len(c.tokens) for c in self.chunks)
 
 
+RAW_LENGTHS = 512  # prompt lengths remembered for raw completions' prefix lookup
+
+
+@dataclass
+class _Run:
+    """One generation in progress: what the loop needs and what it leaves behind."""
+
+    params: SamplingParams
+    scanner: StopScanner
+    t0: float  # when the request came in
+    res: ReplyResult = field(default_factory=lambda: ReplyResult(stop_reason="closed"))
+    start: Checkpoint | None = None  # the prompt's checkpoint the reply starts from
+    state: State = None  # the state after `fed`
+    fed: list[int] = field(default_factory=list)  # generated tokens fed back, in order
+    last_logits: np.ndarray | None = None  # logits after the last of `fed`
+    t_first: float = 0.0  # when decoding began
+
+    def finish(self) -> ReplyResult:
+        """The result, with timings and the text as the scanner leaves it."""
+        res = self.res
+        res.gen_s = time.perf_counter() - self.t_first if self.t_first else 0.0
+        res.tok_s = res.new_tokens / res.gen_s if res.gen_s > 0 else 0.0
+        res.stop_string = self.scanner.stop_string
+        res.text = self.scanner.final_text()
+        if not res.ttft_s:
+            res.ttft_s = time.perf_counter() - self.t0
+        return res
+
+
 class Reply:
     """An iterator of text pieces with the result attached when it ends."""
 
@@ -137,6 +166,10 @@ class Engine:
         self._initial: Checkpoint | None = None
         self._token_bytes: Callable[[int], bytes] = backend.token_bytes  # no model thread needed
         self._banned_first = self._banned_at_start()  # at load time, not in the first reply
+        # raw completions: checkpoints keyed by the exact token prefix, under their own root
+        self._raw_root = root_key(f"raw\0{self.info.identity}\0{backend.state_format}")
+        self._raw_lengths: OrderedDict[int, None] = OrderedDict()
+        self._raw_lock = threading.Lock()
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -355,8 +388,6 @@ class Engine:
         holder: list[ReplyResult],
     ) -> Iterator[str]:
         t0 = time.perf_counter()
-        params = params.validated()
-        res = ReplyResult(stop_reason="closed")
         if continue_last:
             if not history:
                 raise ValueError("nothing to continue: the chat is empty")
@@ -369,78 +400,158 @@ class Engine:
             strip_prefixes=(f"{me}:", f"{me}\uff1a"),  # a reply that repeats its own header
         )
         prompt = self._build(ctx, history, speaker, open_last=continue_last)
-        res.prompt_tokens = prompt.n_tokens
-        fed: list[int] = []  # generated tokens fed back into the model, in order
-        state: State = None
-        header_cp: Checkpoint | None = None
-        t_first = 0.0
+        run = _Run(params.validated(), scanner, t0)
+        run.res.prompt_tokens = prompt.n_tokens
         with self._active_lock:  # counted down in `finally`, whatever happens from here
             self._active += 1
         try:
-            start_cp, res.fed_tokens = self._advance(prompt, to_disk=False)
-            header_cp = start_cp
-            logits, state = start_cp.logits, start_cp.state
-            rng = np.random.default_rng(params.seed)
-            penalties = Penalties(logits.size, params.penalty_decay)
-            eos = self.backend.eos_token()
+            run.start, run.res.fed_tokens = self._advance(prompt, to_disk=False)
             banned = self._banned_first if not continue_last else None
-            t_first = time.perf_counter()
-
-            def pick(logits: np.ndarray) -> int:
-                return sample(logits, params, rng, penalties, banned if scanner.empty else None)
-
-            def step(tok: int, state: State, drop: bool) -> tuple[State, int]:
-                logits, state = self._step([tok], state, drop_input=drop)
-                return state, pick(logits)
-
-            # Sampling runs on the model thread right after the forward it depends on, so a
-            # second session's numpy work never competes with the model's own threads.
-            tok = on_model_thread(pick, logits)
-            for i in range(params.max_tokens):
-                if cancel is not None and cancel.is_set():
-                    res.stop_reason = "cancel"
-                    break
-                res.new_tokens += 1
-                if tok == eos:
-                    res.stop_reason = "eos"
-                    break
-                penalties.add(tok)
-                piece = scanner.push(self._token_bytes(tok))
-                if piece:
-                    if not res.ttft_s:
-                        res.ttft_s = time.perf_counter() - t0
-                    yield piece
-                if scanner.stopped:
-                    res.stop_reason = "stop"
-                    break
-                if i == params.max_tokens - 1:
-                    res.stop_reason = "length"
-                    break
-                # the prompt's state stays in the cache; later ones are this loop's alone
-                state, nxt = on_model_thread(step, tok, state, bool(fed))
-                fed.append(tok)
-                tok = nxt
+            yield from self._decode(run, cancel, banned)
         except GeneratorExit:
-            res.stop_reason = "closed"  # the consumer went away: keep what was shown
+            run.res.stop_reason = "closed"  # the consumer went away: keep what was shown
         finally:
             with self._active_lock:
                 self._active -= 1
-            res.gen_s = time.perf_counter() - t_first if t_first else 0.0
-            res.tok_s = res.new_tokens / res.gen_s if res.gen_s > 0 else 0.0
-            res.stop_string = scanner.stop_string
-            text = scanner.final_text()
+            res = run.finish()
             if continue_last:
-                text = normalize(history[-1].text + text)
-            res.text = text
-            if not res.ttft_s:
-                res.ttft_s = time.perf_counter() - t0
-            if text and header_cp is not None:
+                res.text = normalize(history[-1].text + res.text)
+            if res.text and run.start is not None:
                 self._record_reply(
-                    ctx, history, speaker, text, continue_last, header_cp, fed, state
+                    ctx, history, speaker, res.text, continue_last, run.start, run.fed, run.state
                 )
             holder.append(res)
             if on_finish is not None:
                 on_finish(res)
+
+    def _decode(
+        self, run: _Run, cancel: threading.Event | None, banned: np.ndarray | None
+    ) -> Iterator[str]:
+        """The generation loop, from `run.start`: sample, show, stop, feed back."""
+        assert run.start is not None
+        params, scanner, res = run.params, run.scanner, run.res
+        logits, run.state = run.start.logits, run.start.state
+        rng = np.random.default_rng(params.seed)
+        penalties = Penalties(logits.size, params.penalty_decay)
+        eos = self.backend.eos_token()
+        run.t_first = time.perf_counter()
+
+        def pick(logits: np.ndarray) -> int:
+            return sample(logits, params, rng, penalties, banned if scanner.empty else None)
+
+        def step(tok: int, state: State, drop: bool) -> tuple[State, int]:
+            logits, state = self._step([tok], state, drop_input=drop)
+            run.last_logits = logits
+            return state, pick(logits)
+
+        # Sampling runs on the model thread right after the forward it depends on, so a
+        # second session's numpy work never competes with the model's own threads.
+        tok = on_model_thread(pick, logits)
+        for i in range(params.max_tokens):
+            if cancel is not None and cancel.is_set():
+                res.stop_reason = "cancel"
+                break
+            res.new_tokens += 1
+            if tok == eos:
+                res.stop_reason = "eos"
+                break
+            penalties.add(tok)
+            piece = scanner.push(self._token_bytes(tok))
+            if piece:
+                if not res.ttft_s:
+                    res.ttft_s = time.perf_counter() - run.t0
+                yield piece
+            if scanner.stopped:
+                res.stop_reason = "stop"
+                break
+            if i == params.max_tokens - 1:
+                res.stop_reason = "length"
+                break
+            # the prompt's state stays in the cache; later ones are this loop's alone
+            run.state, nxt = on_model_thread(step, tok, run.state, bool(run.fed))
+            run.fed.append(tok)
+            tok = nxt
+
+    # ------------------------------------------------------------------ raw completion
+    def complete(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        stop_strings: list[str] | None = None,
+        cancel: threading.Event | None = None,
+        on_finish: Callable[[ReplyResult], None] | None = None,
+    ) -> Reply:
+        """Continue a raw prompt (an API "text completion"). The state is restored from the
+        longest cached token prefix of the prompt (checkpoints are kept at the end of earlier
+        prompts and of the replies to them), so a client that resends its whole transcript
+        each turn feeds only the new tokens."""
+        holder: list[ReplyResult] = []
+        gen = self._complete(prompt, params, stop_strings or [], cancel, on_finish, holder)
+        return Reply(gen, holder)
+
+    def _raw_key(self, tokens: list[int]) -> str:
+        return chain_key(self._raw_root, tokens)
+
+    def _raw_restore(self, tokens: list[int]) -> Checkpoint:
+        """The checkpoint of the longest cached prefix of `tokens` (the initial one if none)."""
+        with self._raw_lock:
+            lengths = sorted((n for n in self._raw_lengths if n <= len(tokens)), reverse=True)
+        for n in lengths:
+            cp = self.cache.get(self._raw_key(tokens[:n]))
+            if cp is not None:
+                return cp
+        return self._initial_checkpoint()
+
+    def _raw_put(self, tokens: list[int], cp: Checkpoint) -> None:
+        self.cache.put(self._raw_key(tokens), cp, disk=True)
+        with self._raw_lock:
+            self._raw_lengths[len(tokens)] = None
+            self._raw_lengths.move_to_end(len(tokens))
+            while len(self._raw_lengths) > RAW_LENGTHS:
+                self._raw_lengths.popitem(last=False)
+
+    def _complete(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        stops: list[str],
+        cancel: threading.Event | None,
+        on_finish: Callable[[ReplyResult], None] | None,
+        holder: list[ReplyResult],
+    ) -> Iterator[str]:
+        run = _Run(params.validated(), StopScanner(stops, strip_leading=False), time.perf_counter())
+        tokens = self.backend.tokenize(prompt)
+        run.res.prompt_tokens = len(tokens)
+        with self._active_lock:
+            self._active += 1
+        try:
+            cp = self._raw_restore(tokens)
+            rest = tokens[cp.n_tokens :]
+            if rest:
+                logits, state = self._forward(rest, cp.state)
+                cp = Checkpoint(logits, state, len(tokens))
+                self._raw_put(tokens, cp)
+            elif not tokens:
+                raise ValueError("the prompt is empty")
+            run.start, run.res.fed_tokens = cp, len(rest)
+            yield from self._decode(run, cancel, None)
+        except GeneratorExit:
+            run.res.stop_reason = "closed"
+        finally:
+            with self._active_lock:
+                self._active -= 1
+            if run.fed and run.state is not None and run.start is not None:
+                # the state after the reply's tokens (all but the last, never fed): the next
+                # request that resends prompt + reply starts from here
+                seen = tokens + run.fed
+                self._raw_put(seen, Checkpoint(self._last_logits(run), run.state, len(seen)))
+            res = run.finish()
+            holder.append(res)
+            if on_finish is not None:
+                on_finish(res)
+
+    def _last_logits(self, run: _Run) -> np.ndarray:
+        return run.last_logits if run.last_logits is not None else np.zeros(0, np.float32)
 
     def _record_reply(
         self,
