@@ -51,7 +51,7 @@ def test_the_page_saves_a_reply_while_it_streams(
 ) -> None:
     from core.engine import Engine
 
-    monkeypatch.setattr("core.chat.SAVE_EVERY_S", 0.0)  # every piece, not every 2 s
+    monkeypatch.setattr("core.chat.saver.SAVE_EVERY_S", 0.0)  # every piece, not every 2 s
     says(" la" * 100)
     conv_id = new_chat(max_tokens=12)
     at = open_app(CHAT, chat=str(conv_id))
