@@ -109,3 +109,36 @@ class LoginLimiter:
             delay = min(2.0 ** (over - 1), MAX_WAIT) if over > 0 else 0.0
             tries.not_before = self.clock() + delay
         return Verdict(False, delay)
+
+
+# --- API keys ----------------------------------------------------------------------------------
+# A key is shown once, when it is created; the settings keep its sha256 (a key is 32 random
+# bytes: a slow hash would add nothing but time to every request), its name and its first
+# characters, so the user can tell keys apart in Settings.
+
+API_KEY_PREFIX = "rp-"
+
+
+def new_api_key(name: str) -> tuple[str, dict[str, str]]:
+    """A new key: (the key, its record for the settings)."""
+    key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    record = {
+        "id": secrets.token_hex(6),
+        "name": name.strip()[:100] or "key",
+        "hash": hashlib.sha256(key.encode()).hexdigest(),
+        "shown": key[: len(API_KEY_PREFIX) + 4] + "…",
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return key, record
+
+
+def check_api_key(presented: str, records: object) -> bool:
+    """Whether `presented` is one of the keys in `records` (the "api_keys" setting)."""
+    if not presented or not isinstance(records, list):
+        return False
+    digest = hashlib.sha256(presented.encode()).hexdigest()
+    ok = False
+    for r in records:
+        if isinstance(r, dict) and isinstance(r.get("hash"), str):
+            ok |= hmac.compare_digest(digest, r["hash"])  # every record compared: no early out
+    return ok

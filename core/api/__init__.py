@@ -1,0 +1,7 @@
+"""The HTTP API, served beside the pages by the same `streamlit run Home.py` (Home.py's st.App):
+openai.py (OpenAI-compatible), native.py (the app's own data), app.py (routes and the guard),
+errors.py (OpenAI's error shape, bounded bodies)."""
+
+from core.api.app import ApiConfig, api_middleware, api_routes
+
+__all__ = ["ApiConfig", "api_middleware", "api_routes"]

@@ -1,0 +1,161 @@
+"""The API's routes and its guard, mounted beside the pages by Home.py (`st.App`): one process,
+one model, one state cache, one database for the UI and every API client.
+
+The guard runs before every /v1/ and /api/ request:
+- a cross-origin request (a web page of another site, through the user's browser) is refused
+  unless its Origin is in the "api_cors_origins" setting;
+- when a password is set, or the server listens beyond this machine, the request needs
+  `Authorization: Bearer KEY` with a key made in Settings (stored hashed, shown once);
+- errors are said in OpenAI's JSON error shape (core/api/errors.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from core import runtime
+from core.api.errors import ApiError
+from core.auth import check_api_key, is_loopback
+
+API_PREFIXES = ("/v1/", "/api/")
+
+
+@dataclass
+class ApiConfig:
+    """What the API needs to know of the server around it."""
+
+    # the address the server listens on (Streamlit's server.address); None/"" = every interface
+    listen_address: Callable[[], str | None] = lambda: "127.0.0.1"
+    # the runtime (store and model) of this process
+    runtime: Callable[[], runtime.Runtime] = field(default=runtime.current)
+
+    def key_required(self) -> bool:
+        """A key is needed when a password is set or the server is reachable from elsewhere."""
+        if os.environ.get("RP_PASSWORD") or not is_loopback(self.listen_address()):
+            return True
+        return bool(self.runtime().setting("password", ""))
+
+    def allowed_origins(self) -> list[str]:
+        value = self.runtime().setting("api_cors_origins", [])
+        return [str(v).rstrip("/") for v in value] if isinstance(value, list) else []
+
+    def key_ok(self, presented: str) -> bool:
+        return check_api_key(presented, self.runtime().setting("api_keys", []))
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES) or path in ("/v1", "/api")
+
+
+class ApiGuard:
+    """Pure ASGI middleware: origin, key and errors for API paths; everything else (the pages,
+    their websocket) passes through untouched."""
+
+    def __init__(self, app: ASGIApp, config: ApiConfig) -> None:
+        self.app = app
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not is_api_path(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin", "").rstrip("/")
+        cors: dict[str, str] = {}
+        try:
+            if origin and not _same_origin(origin, headers.get("host", "")):
+                allowed = await run_in_threadpool(self.config.allowed_origins)
+                if origin not in allowed and "*" not in allowed:
+                    raise ApiError(
+                        403,
+                        f"Requests from {origin} are refused: add it to the allowed origins "
+                        "in Settings, API.",
+                        code="origin_not_allowed",
+                    )
+                cors = {
+                    "access-control-allow-origin": origin,
+                    "access-control-allow-headers": "authorization, content-type",
+                    "access-control-allow-methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+                    "vary": "Origin",
+                }
+                if scope["method"] == "OPTIONS":  # a preflight: answered here, no key needed
+                    await _send_empty(send, 204, cors)
+                    return
+            if await run_in_threadpool(self.config.key_required):
+                auth = headers.get("authorization", "")
+                scheme, _, presented = auth.partition(" ")
+                if scheme.lower() != "bearer" or not presented.strip():
+                    raise ApiError(
+                        401,
+                        "This server needs an API key: send `Authorization: Bearer KEY` with a "
+                        "key made in Settings, API.",
+                        code="missing_api_key",
+                    )
+                if not await run_in_threadpool(self.config.key_ok, presented.strip()):
+                    raise ApiError(401, "The API key is wrong or was revoked.", code="bad_api_key")
+        except ApiError as e:
+            await e.response(headers=cors)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start" and cors:
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *[(k.encode(), v.encode()) for k, v in cors.items()],
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def _same_origin(origin: str, host: str) -> bool:
+    return bool(host) and origin.split("://", 1)[-1] == host
+
+
+async def _send_empty(send: Send, status: int, headers: dict[str, str]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
+
+
+def api_routes(config: ApiConfig) -> list[BaseRoute]:
+    """Every route of the API: the OpenAI-compatible ones and the app's own."""
+    from core.api import native, openai
+
+    async def not_found(request: Request) -> Response:
+        return ApiError(404, f"There is no API endpoint {request.url.path}.").response()
+
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    return [
+        *openai.routes(config),
+        *native.routes(config),
+        # last: any other /v1/ or /api/ path is an API 404, not the pages' index.html
+        Route("/v1/{rest:path}", not_found, methods=methods),
+        Route("/api/{rest:path}", not_found, methods=methods),
+    ]
+
+
+def api_middleware(config: ApiConfig) -> list[Middleware]:
+    return [Middleware(ApiGuard, config=config)]
+
+
+def sse(data: Any) -> bytes:
+    """One server-sent event: `data: <json>` and a blank line."""
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
