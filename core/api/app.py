@@ -12,9 +12,6 @@ The guard runs before every /v1/ and /api/ request:
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -24,34 +21,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import runtime
+from core.api.config import ApiConfig
 from core.api.errors import ApiError
-from core.auth import check_api_key, is_loopback
+from core.api.native import routes as native_routes
+from core.api.openai import routes as openai_routes
 
 API_PREFIXES = ("/v1/", "/api/")
-
-
-@dataclass
-class ApiConfig:
-    """What the API needs to know of the server around it."""
-
-    # the address the server listens on (Streamlit's server.address); None/"" = every interface
-    listen_address: Callable[[], str | None] = lambda: "127.0.0.1"
-    # the runtime (store and model) of this process
-    runtime: Callable[[], runtime.Runtime] = field(default=runtime.current)
-
-    def key_required(self) -> bool:
-        """A key is needed when a password is set or the server is reachable from elsewhere."""
-        if os.environ.get("RP_PASSWORD") or not is_loopback(self.listen_address()):
-            return True
-        return bool(self.runtime().setting("password", ""))
-
-    def allowed_origins(self) -> list[str]:
-        value = self.runtime().setting("api_cors_origins", [])
-        return [str(v).rstrip("/") for v in value] if isinstance(value, list) else []
-
-    def key_ok(self, presented: str) -> bool:
-        return check_api_key(presented, self.runtime().setting("api_keys", []))
 
 
 def is_api_path(path: str) -> bool:
@@ -136,15 +111,14 @@ async def _send_empty(send: Send, status: int, headers: dict[str, str]) -> None:
 
 def api_routes(config: ApiConfig) -> list[BaseRoute]:
     """Every route of the API: the OpenAI-compatible ones and the app's own."""
-    from core.api import native, openai
 
     async def not_found(request: Request) -> Response:
         return ApiError(404, f"There is no API endpoint {request.url.path}.").response()
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     return [
-        *openai.routes(config),
-        *native.routes(config),
+        *openai_routes(config),
+        *native_routes(config),
         # last: any other /v1/ or /api/ path is an API 404, not the pages' index.html
         Route("/v1/{rest:path}", not_found, methods=methods),
         Route("/api/{rest:path}", not_found, methods=methods),

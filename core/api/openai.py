@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from core.api.app import ApiConfig
+from core.api.config import ApiConfig
 
 
 def routes(config: ApiConfig) -> list[BaseRoute]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from core.errors import StoreError
 from core.prompt import CharacterContext, Message
-from core.store import Character, Store
+from core.store import Character, ChatMessage, Store
 from core.text import DEFAULT_CHAR
 
 
@@ -43,7 +43,16 @@ def conversation_context(store: Store, conversation_id: int) -> CharacterContext
 
 def prompt_messages(store: Store, conversation_id: int) -> list[Message]:
     """The transcript as the engine reads it (the chosen version of each message)."""
-    return [
-        Message(role=m.role, text=m.text, name=m.name)  # type: ignore[arg-type]
-        for m in store.list_messages(conversation_id)
-    ]
+    return [to_message(m) for m in store.list_messages(conversation_id)]
+
+
+def to_message(m: ChatMessage) -> Message:
+    """A stored message as the engine reads it: its chosen version, and the text fed before
+    it when it was generated (meta "before")."""
+    before = (m.meta or {}).get("before")
+    return Message(
+        role=m.role,  # type: ignore[arg-type]
+        text=m.text,
+        name=m.name,
+        before=before if isinstance(before, str) else "",
+    )

@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.chat.context import conversation_context, prompt_messages
+from core.chat.context import conversation_context, prompt_messages, to_message
 from core.chat.saver import ReplySaver
 from core.engine.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
 from core.errors import ModelError, StoreError
-from core.prompt import Message
+from core.prompt import CharacterContext, Message
 from core.store import ChatMessage, Conversation, Store
 
 if TYPE_CHECKING:
@@ -177,6 +177,19 @@ class ChatService:
         )
 
     # ------------------------------------------------------------------ replies
+    def before_reply(
+        self,
+        conv: Conversation,
+        ctx: CharacterContext,
+        history: list[Message],
+        speaker: Message,
+    ) -> tuple[str, dict[str, Any]]:
+        """The text fed just before a new reply's header, and what to record of it in the
+        reply's meta. It is stored with the reply (meta "before") and fed again before it in
+        every later turn, so the state invariant holds and later turns reuse the checkpoints.
+        Lorebook entries that fire and the card's post-history instructions go here."""
+        return "", {}
+
     def reply(
         self,
         conversation_id: int,
@@ -206,7 +219,7 @@ class ChatService:
             target = messages[-1]
             if target_id is not None and target.id != target_id:
                 raise StoreError("The chat changed: that message is no longer the last one.")
-        history = [Message(m.role, m.text, m.name) for m in messages]  # type: ignore[arg-type]
+        history = [to_message(m) for m in messages]
         if op == "regen":
             history = history[:-1]
         if target is not None:
@@ -214,6 +227,13 @@ class ChatService:
         else:
             speaker = Message(role, "", name)  # type: ignore[arg-type]
         ctx = conversation_context(store, conversation_id)
+        extra: dict[str, Any] = {}
+        if op == "continue":
+            speaker.before = history[-1].before  # the message keeps what was fed before it
+        else:
+            speaker.before, extra = self.before_reply(conv, ctx, history, speaker)
+        if speaker.before:
+            extra["before"] = speaker.before
         cancel = cancel or threading.Event()
         done = threading.Event()
         box: dict[str, Any] = {}
@@ -223,7 +243,7 @@ class ChatService:
             op,
             role=role,
             target=target,
-            meta={"model": model_name(engine)},
+            meta={"model": model_name(engine), **extra},
             name=name if target is None else "",
         )
 

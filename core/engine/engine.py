@@ -231,6 +231,8 @@ class Engine:
             boundaries.append(0)
         for i, msg in enumerate(history):
             last_open = open_last and i == len(history) - 1
+            if msg.before:
+                texts.append(fmt.note(msg.before, ctx))
             texts.append(fmt.header(msg, ctx))
             if last_open:
                 texts.append(fmt.open_body(msg.text, msg, ctx))
@@ -238,6 +240,8 @@ class Engine:
                 texts.append(fmt.body(msg.text, msg, ctx))
                 boundaries.append(len(texts) - 1)
         if speaker is not None and not open_last:
+            if speaker.before:
+                texts.append(fmt.note(speaker.before, ctx))
             texts.append(fmt.header(speaker, ctx))
         chunks: list[_Chunk] = []
         prev = self._root
@@ -567,7 +571,7 @@ class Engine:
         """Checkpoint the transcript with the reply as it will be stored, so the next turn only
         feeds the user's message. Built from the stored text: the state after the sampled tokens
         is reused only when they are exactly a prefix of the text's tokens."""
-        msg = Message(speaker.role, text, speaker.name)
+        msg = Message(speaker.role, text, speaker.name, speaker.before)
         base = history[:-1] if continued else history
         full = self._build(ctx, [*base, msg], None)
         body = full.chunks[-1]

@@ -21,6 +21,9 @@ class Message:
     role: Role  # who speaks: the user, the character, or a narrator line
     text: str = ""  # what was said, as stored
     name: str = ""  # display name; empty means the default for the role
+    # text fed just before this message's header (lorebook entries that fired for it, the
+    # card's post-history instructions), evaluated once and stored with the message
+    before: str = ""
 
 
 @dataclass
@@ -35,6 +38,9 @@ class CharacterContext:
     example_dialogue: str = ""  # example lines, "{{user}}: ..." / "{{char}}: ..."
     user_persona: str = ""  # what the user says about themselves
     stop_strings: list[str] = field(default_factory=list)  # custom stops of this character
+    # replaces the opening's own text when set; "{{original}}" in it stands for that text
+    # (a card's system_prompt; an API request's leading system messages)
+    system_prompt: str = ""
 
 
 def speaker_name(msg: Message, ctx: CharacterContext) -> str:
@@ -60,6 +66,10 @@ class PromptFormat(Protocol):
 
     def open_body(self, text: str, msg: Message, ctx: CharacterContext) -> str:
         """An unfinished message's text (for "continue"), without the separator."""
+        ...
+
+    def note(self, text: str, ctx: CharacterContext) -> str:
+        """Text fed before a message's header (Message.before), as the model should read it."""
         ...
 
     def stop_strings(self, msg: Message, ctx: CharacterContext, names: list[str]) -> list[str]:

@@ -48,6 +48,17 @@ class ChatMLFormat:
         return defuse(normalize(substitute(text, ctx.name, ctx.user_name)))
 
     def opening(self, ctx: CharacterContext) -> str:
+        if not ctx.system_prompt.strip():
+            return self._system(self._lines(ctx))
+        text = self._clean(ctx.system_prompt, ctx)
+        text = text.replace("{{original}}", self._lines(ctx))
+        return self._system(text) if text.strip() else ""
+
+    def _system(self, text: str) -> str:
+        return f"{IM_START}system\n{text}{IM_END}\n"
+
+    def _lines(self, ctx: CharacterContext) -> str:
+        """The system message's text that the character's fields make."""
         char, user = ctx.name or DEFAULT_CHAR, ctx.user_name or DEFAULT_USER
         fields = (
             ctx.persona,
@@ -75,7 +86,11 @@ class ChatMLFormat:
         examples = example_lines(ctx)
         if examples:
             lines.append("Example dialogue:\n" + defuse(normalize(examples)))
-        return f"{IM_START}system\n" + "\n".join(lines) + f"{IM_END}\n"
+        return "\n".join(lines)
+
+    def note(self, text: str, ctx: CharacterContext) -> str:
+        text = self._clean(text, ctx)
+        return self._system(text) if text else ""
 
     def _role(self, msg: Message) -> str:
         return {"user": "user", "char": "assistant", "narrator": "system"}[msg.role]

@@ -17,6 +17,14 @@ class RoleplayFormat:
     """`Name: text` lines separated by blank lines, as RWKV World / RWKV-7 models expect."""
 
     def opening(self, ctx: CharacterContext) -> str:
+        original = self._opening(ctx)
+        if not ctx.system_prompt.strip():
+            return original
+        text = normalize(substitute(ctx.system_prompt, ctx.name, ctx.user_name))
+        text = text.replace("{{original}}", original.strip())
+        return normalize(text) + "\n\n" if text.strip() else ""
+
+    def _opening(self, ctx: CharacterContext) -> str:
         parts: list[str] = []
         examples = example_lines(ctx)
         if examples:
@@ -38,6 +46,10 @@ class RoleplayFormat:
 
     def open_body(self, text: str, msg: Message, ctx: CharacterContext) -> str:
         return " " + normalize(substitute(text, ctx.name, ctx.user_name))
+
+    def note(self, text: str, ctx: CharacterContext) -> str:
+        text = normalize(substitute(text, ctx.name, ctx.user_name))
+        return text + "\n\n" if text else ""
 
     def stop_strings(self, msg: Message, ctx: CharacterContext, names: list[str]) -> list[str]:
         me = speaker_name(msg, ctx)

@@ -14,6 +14,7 @@ from core.store.models import (
     CharacterUpdate,
     ChatMessage,
     Conversation,
+    Lorebook,
 )
 from core.store.store import Store, open_store
 from core.store.validation import (
@@ -36,6 +37,7 @@ __all__ = [
     "CharacterUpdate",
     "ChatMessage",
     "Conversation",
+    "Lorebook",
     "Store",
     "StoreError",
     "clean_name",

@@ -1,4 +1,4 @@
-"""Database tables: characters, conversations, messages and app settings.
+"""Database tables: characters, conversations, messages, lorebooks and app settings.
 
 Each table has a `...Base` with the fields a user may set, the table class itself
 (`table=True`), and for characters a `CharacterCreate` / `CharacterUpdate` that pages build from
@@ -50,6 +50,8 @@ class CharacterBase(SQLModel):
     extensions: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     card_extra: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     card_top: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    # lorebooks (table lorebooks) attached to this character, besides its own character_book
+    lorebook_ids: list[int] = Field(default_factory=list, sa_type=JSON)
 
 
 class Character(CharacterBase, table=True):
@@ -86,6 +88,7 @@ class CharacterUpdate(SQLModel):
     extensions: dict[str, Any] | None = None
     card_extra: dict[str, Any] | None = None
     card_top: dict[str, Any] | None = None
+    lorebook_ids: list[int] | None = None
 
 
 # --- conversations -------------------------------------------------------------------------
@@ -96,6 +99,13 @@ class ConversationBase(SQLModel):
     model: str = ""  # the model file / name used
     sampling: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     user_name: str = ""  # the user's name in this chat
+    # a group chat's characters (ids, in the order they joined); [] for a one-character chat,
+    # whose character is character_id. character_id is then the group's first member.
+    members: list[int] = Field(default_factory=list, sa_type=JSON)
+    # a group chat's settings: who speaks next ("activation"), muted members, self-replies...
+    group: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    # lorebooks (table lorebooks) attached to this chat
+    lorebook_ids: list[int] = Field(default_factory=list, sa_type=JSON)
 
 
 class Conversation(ConversationBase, table=True):
@@ -124,6 +134,8 @@ class ChatMessage(SQLModel, table=True):
     position: int  # 0, 1, 2, ... within the conversation
     role: str  # "user" | "char" | "narrator"
     name: str = ""  # speaker name; "" = the default for the role
+    # which character spoke (group chats: whose name and avatar); None = the chat's character
+    character_id: int | None = Field(default=None)
     text: str = ""
     alternatives: list[str] = Field(default_factory=list, sa_type=JSON)
     chosen: int = 0
@@ -132,6 +144,28 @@ class ChatMessage(SQLModel, table=True):
     # whenever `text` changes, so they can never belong to another text
     tokens: list[int] | None = Field(default=None, sa_type=JSON)
     meta: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # of the chosen version
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+# --- lorebooks ------------------------------------------------------------------------------
+
+
+class LorebookBase(SQLModel):
+    name: str
+    description: str = ""
+    # entries as SillyTavern World Info keeps them (core/lore.py reads and writes them)
+    entries: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    # book settings: scan_depth, token_budget, recursive, case_sensitive, match_whole_words
+    settings: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    is_global: bool = False  # used in every chat
+
+
+class Lorebook(LorebookBase, table=True):
+    __tablename__ = "lorebooks"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 

@@ -158,6 +158,11 @@ def validate_character(values: dict[str, Any]) -> dict[str, Any]:
             out[key] = None if value is None else check_json(value, "The lorebook")
         elif key in _DICT_FIELDS:
             out[key] = check_dict(value, key)
+        elif key == "lorebook_ids":
+            items = check_list(value, "The lorebooks")
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+                raise StoreError("The lorebooks must be a list of lorebook ids.")
+            out[key] = list(dict.fromkeys(items))
         else:
             raise StoreError(f"Characters have no field {key!r}.")
     return out

@@ -32,6 +32,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.convert": FOUNDATION | {"core.backends"},
     "core.runtime": FOUNDATION
     | {"core.cli_args", "core.store", "core.cards", "core.engine", "core.backends", "core.chat"},
+    # the HTTP API: a front end like the pages, on the runtime and the chat service
+    "core.api": FOUNDATION
+    | {"core.auth", "core.runtime", "core.chat", "core.engine", "core.prompt", "core.store"}
+    | {"core.avatars", "core.cards", "core.chat_io", "core.backends"},
 }
 
 
