@@ -369,6 +369,12 @@ _S: dict[str, tuple[str, str]] = {
     ),
     "threads_in_use": ("The model computes with {n} threads.", "模型正在使用 {n} 个线程。"),
     "meta_interrupted": ("interrupted", "已中断"),
+    # --- api: keys and allowed origins (Settings)
+    # --- model loading at start
+    # --- lorebooks
+    # --- group chats
+    # --- role play: card fields, what the model saw
+    # --- batched versions
 }
 
 STRINGS: dict[str, dict[str, str]] = {k: dict(zip(LANGS, v, strict=True)) for k, v in _S.items()}
