@@ -11,9 +11,6 @@ The guard runs before every /v1/ and /api/ request:
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -25,6 +22,9 @@ from core.api.config import ApiConfig
 from core.api.errors import ApiError
 from core.api.native import routes as native_routes
 from core.api.openai import routes as openai_routes
+from core.api.stream import sse
+
+__all__ = ["ApiGuard", "api_middleware", "api_routes", "sse"]  # sse lives in stream.py
 
 API_PREFIXES = ("/v1/", "/api/")
 
@@ -127,9 +127,3 @@ def api_routes(config: ApiConfig) -> list[BaseRoute]:
 
 def api_middleware(config: ApiConfig) -> list[Middleware]:
     return [Middleware(ApiGuard, config=config)]
-
-
-def sse(data: Any) -> bytes:
-    """One server-sent event: `data: <json>` and a blank line."""
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
