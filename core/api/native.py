@@ -1,11 +1,629 @@
-"""The app's own endpoints under /api/: characters, chats, messages, replies. (To be written.)"""
+"""The app's own endpoints under /api/: its saved characters and chats, for a custom front end.
+
+Every operation goes through the chat service (core/chat/service.py) and the store of the
+runtime, like the pages: what is done here shows in the pages, and back.
+
+    GET    /api/characters                     id, name, description, greetings, avatar_url
+    GET    /api/characters/{id}/avatar         the character's picture (PNG)
+    GET    /api/characters/{id}/chats          the character's chats, newest first
+    POST   /api/characters/{id}/chats          a new chat (the greeting is its first message)
+    GET    /api/chats/{id}                     one chat
+    DELETE /api/chats/{id}
+    GET    /api/chats/{id}/messages            the messages, each with its versions
+    POST   /api/chats/{id}/messages            {"text", "reply"?, "stream"?}: the user's message,
+                                               then the character's reply
+    POST   /api/chats/{id}/regenerate          a new version of the last message
+    POST   /api/chats/{id}/continue            the last message, made longer
+    POST   /api/chats/{id}/reply               {"role": "char"|"narrator"|"user", "name"?}
+    PUT    /api/messages/{id}                  {"text"}: edit the chosen version
+    POST   /api/messages/{id}/versions/{index} choose a version (from 0)
+    DELETE /api/messages/{id}
+
+A reply is returned whole, or with "stream": true as server-sent events: `{"delta": "..."}`
+pieces, then one `{"done": true, "message": {...}, "stop_reason": ...}` event. A client that goes
+away stops the reply; what was said is saved (the service's Turn saves however a reply ends).
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import json
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from datetime import datetime
+from typing import Any
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
 
 from core.api.config import ApiConfig
+from core.api.errors import ApiError, read_json
+from core.avatars import avatar_path
+from core.chat.service import ChatService, Turn
+from core.engine.sampler import SamplingParams
+from core.errors import AppError, ModelError, StoreError
+from core.runtime import Runtime
+from core.store import MAX_MESSAGE, Character, ChatMessage, Conversation
+from core.text import NARRATOR_NAME
+
+MAX_ID = 2**62  # larger ids cannot exist (SQLite integers), and would overflow a query
+MAX_LIST = 1000  # chats listed at most per request
+MAX_REPLY_TOKENS = 8192
+REPLY_ROLES = ("char", "narrator", "user")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+# ------------------------------------------------------------------------------ shapes
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def character_json(c: Character, base_url: str) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "name": c.name,
+        "description": c.description,
+        "greetings": len([g for g in c.greetings if g.strip()]),
+        "avatar_url": f"{base_url}api/characters/{c.id}/avatar" if c.avatar else None,
+    }
+
+
+def chat_json(conv: Conversation, n_messages: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": conv.id,
+        "title": conv.title,
+        "character_id": conv.character_id,
+        "character_name": conv.character_name,
+        "user_name": conv.user_name,
+        "model": conv.model,
+        "created_at": _time(conv.created_at),
+        "updated_at": _time(conv.updated_at),
+    }
+    if n_messages is not None:
+        out["messages"] = n_messages
+    return out
+
+
+def message_json(m: ChatMessage, conv: Conversation | None = None) -> dict[str, Any]:
+    """A message: its role, the speaker's name as shown, its text (the chosen version), every
+    version, which one is chosen, and its meta (tokens, speed, how it stopped)."""
+    name = m.name
+    if not name and conv is not None:
+        if m.role == "char":
+            name = conv.character_name
+        elif m.role == "user":
+            name = conv.user_name
+    if not name and m.role == "narrator":
+        name = NARRATOR_NAME
+    return {
+        "id": m.id,
+        "chat_id": m.conversation_id,
+        "position": m.position,
+        "role": m.role,
+        "name": name,
+        "text": m.text,
+        "versions": list(m.alternatives or [m.text]),
+        "chosen": m.chosen,
+        "meta": m.meta or {},
+        "created_at": _time(m.created_at),
+        "updated_at": _time(m.updated_at),
+    }
+
+
+# ------------------------------------------------------------------------------ checks
+def _id(request: Request, key: str, what: str) -> int:
+    raw = request.path_params[key]
+    if not raw.isascii() or not raw.isdigit():
+        raise ApiError(400, f"The {what} id must be a whole number, not {raw!r}.", param=key)
+    value = int(raw)
+    if value >= MAX_ID:
+        raise ApiError(404, f"There is no {what} with id {value}.")
+    return value
+
+
+def _fields(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(
+            400,
+            f"Unknown field(s): {', '.join(unknown)}. Known: {', '.join(sorted(allowed))}.",
+            param=unknown[0],
+        )
+
+
+def _bool(body: dict[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise ApiError(400, f"`{key}` must be true or false.", param=key)
+    return value
+
+
+def _text(body: dict[str, Any], key: str = "text") -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise ApiError(400, f"`{key}` must be a string.", param=key)
+    if not value.strip():
+        raise ApiError(400, f"`{key}` is empty.", param=key)
+    if len(value) > MAX_MESSAGE:
+        raise ApiError(400, f"`{key}` is longer than {MAX_MESSAGE} characters.", param=key)
+    return value
+
+
+def _int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ApiError(400, f"`{key}` must be a whole number from {low} to {high}.", param=key)
+    return value
+
+
+def _api_error(e: AppError) -> ApiError:
+    """The service's and the store's errors, said with their status."""
+    text = str(e)
+    if isinstance(e, ModelError):
+        return ApiError(503, text, code="model_not_available")
+    if isinstance(e, StoreError) and text.startswith("There is no "):
+        return ApiError(404, text)
+    if isinstance(e, StoreError) and "chat changed" in text:
+        return ApiError(409, text, code="chat_changed")
+    return ApiError(400, text)
+
+
+def _handler(fn: Handler) -> Handler:
+    """Errors of a handler as API errors, never a traceback."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await fn(request)
+        except ApiError as e:
+            return e.response()
+        except AppError as e:
+            return _api_error(e).response()
+
+    return wrapped
+
+
+# ------------------------------------------------------------------------------ the endpoints
+class NativeApi:
+    def __init__(self, config: ApiConfig) -> None:
+        self.config = config
+
+    @property
+    def rt(self) -> Runtime:
+        return self.config.runtime()
+
+    @property
+    def svc(self) -> ChatService:
+        return self.rt.chat
+
+    # --- lookups (in the thread pool) ---
+    def _character(self, character_id: int) -> Character:
+        c = self.rt.store.get_character(character_id)
+        if c is None:
+            raise ApiError(404, f"There is no character with id {character_id}.")
+        return c
+
+    def _chat(self, chat_id: int) -> Conversation:
+        conv = self.rt.store.get_conversation(chat_id)
+        if conv is None:
+            raise ApiError(404, f"There is no chat with id {chat_id}.")
+        return conv
+
+    def _message(self, message_id: int) -> ChatMessage:
+        m = self.rt.store.get_message(message_id)
+        if m is None:
+            raise ApiError(404, f"There is no message with id {message_id}.")
+        return m
+
+    def _message_out(self, m: ChatMessage | None) -> dict[str, Any] | None:
+        if m is None:
+            return None
+        return message_json(m, self.rt.store.get_conversation(m.conversation_id))
+
+    def _engine_ready(self) -> None:
+        """Load the model chosen for the app if it is not loaded (the first reply waits)."""
+        rt = self.rt
+        if rt.engine() is not None:
+            return
+        if rt.unloaded:
+            raise ApiError(
+                503,
+                "No model is loaded: it was unloaded in Settings. Load one there.",
+                code="model_not_available",
+            )
+        try:
+            rt.load()
+        except AppError as e:
+            raise ApiError(
+                503, f"The model could not be loaded: {e}", code="model_not_available"
+            ) from None
+
+    # --- characters ---
+    async def characters(self, request: Request) -> Response:
+        base = str(request.base_url)
+        found = await run_in_threadpool(self.rt.store.list_characters)
+        return JSONResponse({"data": [character_json(c, base) for c in found]})
+
+    async def avatar(self, request: Request) -> Response:
+        character_id = _id(request, "id", "character")
+        c = await run_in_threadpool(self._character, character_id)
+        path = avatar_path(c.avatar) if c.avatar else None  # only files in data/avatars
+        if path is None or not path.is_file():
+            raise ApiError(404, f"The character {c.name!r} has no picture.")
+        media = "image/png" if path.suffix.lower() == ".png" else "application/octet-stream"
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            media = "image/jpeg"
+        elif path.suffix.lower() == ".webp":
+            media = "image/webp"
+        return FileResponse(path, media_type=media, headers={"cache-control": "no-cache"})
+
+    async def character_chats(self, request: Request) -> Response:
+        character_id = _id(request, "id", "character")
+        raw = request.query_params.get("limit", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIST:
+            raise ApiError(400, f"`limit` must be a whole number from 1 to {MAX_LIST}.", "limit")
+
+        def work() -> list[dict[str, Any]]:
+            self._character(character_id)
+            convs = self.rt.store.list_conversations(character_id, limit=int(raw))
+            return [chat_json(c) for c in convs]
+
+        return JSONResponse({"data": await run_in_threadpool(work)})
+
+    async def new_chat(self, request: Request) -> Response:
+        character_id = _id(request, "id", "character")
+        body = await _optional_json(request)
+        _fields(body, {"title"})
+        title = body.get("title")
+        if title is not None and not isinstance(title, str):
+            raise ApiError(400, "`title` must be a string.", param="title")
+
+        def work() -> dict[str, Any]:
+            self._character(character_id)
+            conv = self.svc.new_chat(character_id)
+            if title and title.strip():
+                conv = self.rt.store.rename_conversation(conv.id, title)  # type: ignore[arg-type]
+            messages = self.rt.store.list_messages(conv.id)  # type: ignore[arg-type]
+            return {
+                **chat_json(conv, len(messages)),
+                "greeting": message_json(messages[0], conv) if messages else None,
+            }
+
+        return JSONResponse(await run_in_threadpool(work), status_code=201)
+
+    # --- chats ---
+    async def chat(self, request: Request) -> Response:
+        chat_id = _id(request, "id", "chat")
+
+        def work() -> dict[str, Any]:
+            conv = self._chat(chat_id)
+            return chat_json(conv, len(self.rt.store.list_messages(chat_id)))
+
+        return JSONResponse(await run_in_threadpool(work))
+
+    async def delete_chat(self, request: Request) -> Response:
+        chat_id = _id(request, "id", "chat")
+
+        def work() -> None:
+            self._chat(chat_id)
+            self.rt.store.delete_conversation(chat_id)
+
+        await run_in_threadpool(work)
+        return JSONResponse({"id": chat_id, "deleted": True})
+
+    async def messages(self, request: Request) -> Response:
+        chat_id = _id(request, "id", "chat")
+
+        def work() -> list[dict[str, Any]]:
+            conv = self._chat(chat_id)
+            return [message_json(m, conv) for m in self.rt.store.list_messages(chat_id)]
+
+        return JSONResponse({"data": await run_in_threadpool(work)})
+
+    async def post_message(self, request: Request) -> Response:
+        chat_id = _id(request, "id", "chat")
+        body = await read_json(request)
+        _fields(body, {"text", "name", "reply", "stream", "max_tokens", "seed"})
+        text = _text(body)
+        name = body.get("name", "")
+        if not isinstance(name, str):
+            raise ApiError(400, "`name` must be a string.", param="name")
+        reply = _bool(body, "reply", True)
+        stream = _bool(body, "stream", False)
+        if not reply and stream:
+            raise ApiError(400, "`stream` needs `reply`: there is no reply to stream.", "stream")
+        params = self._overrides(body)
+
+        def work() -> tuple[dict[str, Any], Turn | None]:
+            conv = self._chat(chat_id)
+            if reply:
+                self._engine_ready()  # refused before the message is stored, not after
+            msg = self.svc.send(chat_id, text, name=name)
+            turn = self._turn(chat_id, "new", params) if reply else None
+            return message_json(msg, conv), turn
+
+        sent, turn = await run_in_threadpool(work)
+        if turn is None:
+            return JSONResponse({"message": sent}, status_code=201)
+        return await self._answer(request, turn, {"user_message": sent}, stream)
+
+    async def regenerate(self, request: Request) -> Response:
+        return await self._redo(request, "regen")
+
+    async def continue_(self, request: Request) -> Response:
+        return await self._redo(request, "continue")
+
+    async def _redo(self, request: Request, op: str) -> Response:
+        chat_id = _id(request, "id", "chat")
+        body = await _optional_json(request)
+        _fields(body, {"message_id", "stream", "max_tokens", "seed"})
+        stream = _bool(body, "stream", False)
+        target_id = _int(body, "message_id", 0, MAX_ID)
+        params = self._overrides(body)
+        what = "regenerated" if op == "regen" else "continued"
+
+        def work() -> Turn:
+            self._chat(chat_id)
+            messages = self.rt.store.list_messages(chat_id)
+            if not messages:
+                raise ApiError(409, f"The chat has no message to be {what}.", code="no_message")
+            last = messages[-1]
+            if target_id is not None and target_id != last.id:
+                raise ApiError(
+                    409,
+                    f"Only the last message (id {last.id}) can be {what}, not {target_id}.",
+                    param="message_id",
+                    code="not_last_message",
+                )
+            meta = last.meta or {}
+            written = not isinstance(meta.get("tokens"), int) and meta.get("stop") is None
+            if op == "regen" and last.role == "user" and written:
+                raise ApiError(
+                    409,
+                    "The last message was written by the user, not generated: it cannot be "
+                    "regenerated. Ask for a reply (POST /api/chats/{id}/reply) instead.",
+                    code="not_generated",
+                )
+            self._engine_ready()
+            return self._turn(chat_id, op, params, target_id=last.id)
+
+        turn = await run_in_threadpool(work)
+        return await self._answer(request, turn, {}, stream)
+
+    async def reply(self, request: Request) -> Response:
+        chat_id = _id(request, "id", "chat")
+        body = await _optional_json(request)
+        _fields(body, {"role", "name", "stream", "max_tokens", "seed"})
+        role = body.get("role", "char")
+        if role not in REPLY_ROLES:
+            raise ApiError(400, f"`role` must be one of {', '.join(REPLY_ROLES)}.", param="role")
+        name = body.get("name", "")
+        if not isinstance(name, str):
+            raise ApiError(400, "`name` must be a string.", param="name")
+        stream = _bool(body, "stream", False)
+        params = self._overrides(body)
+
+        def work() -> Turn:
+            self._chat(chat_id)
+            self._engine_ready()
+            return self._turn(chat_id, "new", params, role=role, name=name.strip())
+
+        turn = await run_in_threadpool(work)
+        return await self._answer(request, turn, {}, stream)
+
+    # --- messages ---
+    async def edit(self, request: Request) -> Response:
+        message_id = _id(request, "id", "message")
+        body = await read_json(request)
+        _fields(body, {"text"})
+        text = _text(body)
+
+        def work() -> dict[str, Any] | None:
+            self._message(message_id)
+            return self._message_out(self.svc.edit(message_id, text))
+
+        return JSONResponse({"message": await run_in_threadpool(work)})
+
+    async def choose(self, request: Request) -> Response:
+        message_id = _id(request, "id", "message")
+        raw = request.path_params["index"]
+        if not raw.isascii() or not raw.isdigit():
+            raise ApiError(400, f"The version must be a number from 0, not {raw!r}.", "index")
+        index = int(raw)
+
+        def work() -> dict[str, Any] | None:
+            m = self._message(message_id)
+            n = len(m.alternatives or [m.text])
+            if index >= n:
+                raise ApiError(
+                    404,
+                    f"Message {message_id} has {n} version(s), numbered from 0; there is no "
+                    f"version {index}.",
+                    param="index",
+                )
+            return self._message_out(self.svc.choose_version(message_id, index))
+
+        return JSONResponse({"message": await run_in_threadpool(work)})
+
+    async def delete_message(self, request: Request) -> Response:
+        message_id = _id(request, "id", "message")
+
+        def work() -> None:
+            self._message(message_id)
+            self.svc.delete(message_id)
+
+        await run_in_threadpool(work)
+        return JSONResponse({"id": message_id, "deleted": True})
+
+    # --- replies ---
+    def _overrides(self, body: dict[str, Any]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        max_tokens = _int(body, "max_tokens", 1, MAX_REPLY_TOKENS)
+        if max_tokens is not None:
+            out["max_tokens"] = max_tokens
+        seed = _int(body, "seed", 0, 2**63 - 1)
+        if seed is not None:
+            out["seed"] = seed
+        return out
+
+    def _turn(
+        self,
+        chat_id: int,
+        op: str,
+        overrides: dict[str, int],
+        role: str = "char",
+        name: str = "",
+        target_id: int | None = None,
+    ) -> Turn:
+        params: SamplingParams | None = None
+        if overrides:
+            base = self.svc.params(self._chat(chat_id))
+            params = SamplingParams.from_dict({**base.to_dict(), **overrides}).validated()
+        return self.svc.reply(chat_id, op, role=role, name=name, target_id=target_id, params=params)
+
+    def _finished(self, turn: Turn) -> dict[str, Any]:
+        res = turn.result
+        out: dict[str, Any] = {
+            "message": self._message_out(turn.message),
+            "stop_reason": res.stop_reason if res is not None else "cancel",
+        }
+        if res is not None:
+            out["usage"] = {
+                "prompt_tokens": res.prompt_tokens,
+                "cached_tokens": res.prompt_tokens - res.fed_tokens,
+                "completion_tokens": res.new_tokens,
+            }
+        if turn.error is not None:
+            out["error"] = ApiError(500, f"The reply could not be saved: {turn.error}").body()[
+                "error"
+            ]
+        return out
+
+    async def _answer(
+        self, request: Request, turn: Turn, first: dict[str, Any], stream: bool
+    ) -> Response:
+        if stream:
+            return StreamingResponse(
+                self._events(request, turn, first),
+                media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+            )
+        try:
+            await _until_done_or_gone(request, turn)
+        except AppError as e:
+            raise _api_error(e) from None
+        out = await run_in_threadpool(self._finished, turn)
+        if "error" in out:
+            return JSONResponse({**first, **out}, status_code=500)
+        return JSONResponse({**first, **out})
+
+    async def _events(
+        self, request: Request, turn: Turn, first: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        if first:
+            yield _sse(first)
+        try:
+            async with aclosing(_pieces(turn)) as pieces:
+                async for piece in pieces:
+                    yield _sse({"delta": piece})
+        except AppError as e:
+            yield _sse(_api_error(e).body())
+            return
+        yield _sse({"done": True, **await run_in_threadpool(self._finished, turn)})
+
+
+# ------------------------------------------------------------------------------ running a turn
+async def _until_done_or_gone(request: Request, turn: Turn) -> None:
+    """Read the reply to its end in the thread pool; a client that goes away meanwhile stops it
+    (the engine ends at its next token and the Turn saves what was said)."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    turn.cancel.set()
+                    return
+
+        tg.start_soon(watch)
+        try:
+            await run_in_threadpool(turn.consume)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _pieces(turn: Turn) -> AsyncIterator[str]:
+    """The reply's text pieces, read to its end by one worker thread (which also saves it).
+    When the response is cancelled (the client went away) the reply is stopped at its next
+    token, and this waits, shielded, until what was said is saved."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def put(kind: str, value: Any) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+    def produce() -> None:
+        try:
+            for piece in turn:
+                put("piece", piece)
+            turn.done.wait()
+            put("end", None)
+        except Exception as e:  # the engine failed: said as an error event
+            turn.close()
+            put("error", e)
+
+    worker = threading.Thread(target=produce, name="api-reply", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "piece":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        turn.cancel.set()  # a client gone: the engine ends at its next token
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(worker.join, 30.0)
+
+
+def _sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def _optional_json(request: Request) -> dict[str, Any]:
+    """The body's JSON object; no body is {} (for POSTs whose fields are all optional)."""
+    headers = request.headers
+    length = headers.get("content-length")
+    if length == "0" or (length is None and "transfer-encoding" not in headers):
+        return {}
+    return await read_json(request)
 
 
 def routes(config: ApiConfig) -> list[BaseRoute]:
-    return []
+    api = NativeApi(config)
+    table: list[tuple[str, Handler, list[str]]] = [
+        ("/api/characters", api.characters, ["GET"]),
+        ("/api/characters/{id}/avatar", api.avatar, ["GET"]),
+        ("/api/characters/{id}/chats", api.character_chats, ["GET"]),
+        ("/api/characters/{id}/chats", api.new_chat, ["POST"]),
+        ("/api/chats/{id}", api.chat, ["GET"]),
+        ("/api/chats/{id}", api.delete_chat, ["DELETE"]),
+        ("/api/chats/{id}/messages", api.messages, ["GET"]),
+        ("/api/chats/{id}/messages", api.post_message, ["POST"]),
+        ("/api/chats/{id}/regenerate", api.regenerate, ["POST"]),
+        ("/api/chats/{id}/continue", api.continue_, ["POST"]),
+        ("/api/chats/{id}/reply", api.reply, ["POST"]),
+        ("/api/messages/{id}", api.edit, ["PUT"]),
+        ("/api/messages/{id}", api.delete_message, ["DELETE"]),
+        ("/api/messages/{id}/versions/{index}", api.choose, ["POST"]),
+    ]
+    return [Route(path, _handler(fn), methods=methods) for path, fn, methods in table]
