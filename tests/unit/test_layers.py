@@ -20,13 +20,17 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.text": set(),
     "core.i18n": set(),
     "core.auth": set(),
+    "core.group": set(),  # who speaks next in a group chat: pure functions
     "core.cli_args": {"core.config"},
     "core.avatars": FOUNDATION,
     "core.prompt": FOUNDATION,
     "core.backends": FOUNDATION | {"core.prompt"},
     "core.engine": FOUNDATION | {"core.prompt", "core.backends"},
     "core.store": FOUNDATION | {"core.avatars"},
-    "core.chat": FOUNDATION | {"core.prompt", "core.store", "core.engine"},
+    # lorebooks: activation (pure) and the books of a chat (from the store)
+    "core.lore": FOUNDATION | {"core.prompt", "core.store"},
+    "core.chat": FOUNDATION | {"core.prompt", "core.store", "core.engine", "core.group"}
+    | {"core.lore"},
     "core.cards": FOUNDATION | {"core.avatars", "core.store"},
     "core.chat_io": FOUNDATION | {"core.store"},
     "core.convert": FOUNDATION | {"core.backends"},
