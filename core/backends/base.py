@@ -61,7 +61,8 @@ class Backend(Protocol):
     so a back end never sees two calls at once.
 
     Back ends subclass this protocol to inherit the defaults of its optional capabilities
-    (`state_format`, `prompt_format`, `state_nbytes`, `advance`, `token_bytes`, `set_threads`)."""
+    (`state_format`, `prompt_format`, `state_nbytes`, `advance`, `forward_batch`, `token_bytes`,
+    `set_threads`)."""
 
     info: ModelInfo
     state_format: str = ""  # layout of state_to_bytes; checkpoints of another layout never match
@@ -86,6 +87,19 @@ class Backend(Protocol):
         """`forward` for a caller that never uses `state` again (a decode loop): a back end
         may then skip keeping it."""
         return self.forward(tokens, state)
+
+    max_batch: int = 1  # sequences `forward_batch` decodes together (1: one at a time)
+
+    def forward_batch(
+        self, items: list[tuple[list[int], State, bool]]
+    ) -> list[tuple[np.ndarray, State]]:
+        """Feed several sequences: each item is (tokens, state, consume), done as `advance`
+        when consume is true, else as `forward`. A back end that batches (llama.cpp) runs
+        them in one pass; this default runs them one after the other."""
+        return [
+            self.advance(tokens, state) if consume else self.forward(tokens, state)
+            for tokens, state, consume in items
+        ]
 
     def copy_state(self, state: State) -> State: ...
 

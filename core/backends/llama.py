@@ -47,6 +47,20 @@ from core.errors import ModelError
 from core.prompt.base import PromptFormat
 from core.prompt.chatml import IM_END, IM_START, MARKERS, ChatMLFormat
 
+N_SEQ_RECURRENT = 8  # sequences of a recurrent model: generations decoded in one batch
+N_SEQ_TRANSFORMER = 16  # sequences of a transformer: live states, two per batched generation
+BatchItem = tuple[list[int], "LlamaState", bool]  # tokens, state, consume
+
+
+class BatchItemError(ModelError):
+    """One item of `forward_batch` failed its checks (nothing was decoded): `index` says which."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
 _STATE_MAGIC = b"LLST"
 _STATE_HEADER = struct.Struct("<4sI16sQ")  # magic, format version, identity, n_past
 
@@ -131,7 +145,7 @@ class LlamaBackend(Backend):
         n_threads: int | None = None,
         n_ctx: int | None = None,
         n_batch: int = 512,
-        n_slots: int = 6,
+        n_slots: int | None = None,
     ) -> None:
         t0 = time.perf_counter()
         _init_llama()
@@ -162,7 +176,7 @@ class LlamaBackend(Backend):
         self.info.load_s = time.perf_counter() - t0
 
     def _setup(
-        self, p: Path, summary: GGUFSummary, n_ctx: int | None, n_batch: int, n_slots: int
+        self, p: Path, summary: GGUFSummary, n_ctx: int | None, n_batch: int, n_slots: int | None
     ) -> None:
         model = self._model
         self._vocab = L.llama_model_get_vocab(model)
@@ -176,7 +190,14 @@ class LlamaBackend(Backend):
         self.n_batch = max(1, min(int(n_batch), self.n_ctx))
         # a recurrent model runs in place in one sequence (states are snapshots in bytes); a
         # transformer keeps live states in several sequences that share its KV cache
-        self.n_slots = 1 if self.recurrent else max(2, int(n_slots))
+        # (with kv_unified, n_seq_max costs no memory for a transformer; for a recurrent model
+        # each sequence holds one state: 2.4 MB at 0.1B, 35 MB at 7B)
+        if n_slots is None:
+            n_slots = N_SEQ_RECURRENT if self.recurrent else N_SEQ_TRANSFORMER
+        self.n_slots = max(2, int(n_slots))
+        # sequences decoded together: a transformer's items each need a sequence for the
+        # input state and one for the output
+        self.max_batch = self.n_slots if self.recurrent else max(1, self.n_slots // 2)
         cparams = L.llama_context_default_params()
         cparams.n_ctx = self.n_ctx
         cparams.n_batch = self.n_batch
@@ -495,15 +516,18 @@ class LlamaBackend(Backend):
             if sl.owner is not None and sl.owner() is None:
                 self._free_slot(i)
 
-    def _take_slot(self, keep: int | None) -> int:
-        """A cleared slot, evicting (saving to bytes) the least recently used live state."""
-        free = [i for i, sl in enumerate(self._slots) if sl.owner is None and i != keep]
+    def _take_slot(self, keep: set[int] | None = None) -> int:
+        """A cleared slot, evicting (saving to bytes) the least recently used live state;
+        never one of `keep`."""
+        keep = keep or set()
+        free = [i for i, sl in enumerate(self._slots) if sl.owner is None and i not in keep]
         if free:
             s = free[0]
         else:
-            s = min(
-                (i for i in range(self.n_slots) if i != keep), key=lambda i: self._slots[i].used
-            )
+            others = [i for i in range(self.n_slots) if i not in keep]
+            if not others:
+                raise ModelError("Too many sequences in one batch for this model's context.")
+            s = min(others, key=lambda i: self._slots[i].used)
             self._evict(s)
         L.llama_memory_seq_rm(self._mem, s, -1, -1)
         return s
@@ -523,30 +547,11 @@ class LlamaBackend(Backend):
         self._slots[s].owner = weakref.ref(state)
         self._slots[s].used = self._tick
 
-    def _resident(self, state: LlamaState) -> int | None:
-        """The slot holding `state`, restoring it from bytes if needed; None for empty."""
-        s = self._slot_of(state)
-        if s is not None:
-            self._tick += 1
-            self._slots[s].used = self._tick
-            return s
-        if state.empty:
-            return None
-        assert state.data is not None
-        s = self._take_slot(None)
-        try:
-            self._load_seq(s, state.data)
-        except ModelError:
-            self._free_slot(s)
-            raise
-        self._bind(state, s)
-        return s
-
     # ---- running
     def advance(self, tokens: list[int], state: LlamaState) -> tuple[np.ndarray, LlamaState]:
-        """`forward` for a caller that drops `state` afterwards (a decode loop): a recurrent
-        model's sequence is then decoded without first saving the old state. Using `state`
-        again raises ModelError."""
+        """`forward` for a caller that drops `state` afterwards (a decode loop): the sequence
+        that holds it is then decoded in place without first saving the old state. Using
+        `state` again raises ModelError."""
         return self.forward(tokens, state, consume=True)
 
     def forward(
@@ -554,77 +559,113 @@ class LlamaBackend(Backend):
     ) -> tuple[np.ndarray, LlamaState]:
         """Feed `tokens` after `state`: float32 logits of the last token and the new state.
         `state` is left as it was (unless `consume`, see `advance`)."""
+        try:
+            return self.forward_batch([(tokens, state, consume)])[0]
+        except BatchItemError as e:
+            raise e.error from None
+
+    def forward_batch(self, items: list[BatchItem]) -> list[tuple[np.ndarray, LlamaState]]:
+        """Feed several sequences in one `llama_decode` call (several, past `n_batch` tokens):
+        each item is (tokens, state, consume), as `forward` (consume False) or `advance`
+        (consume True). Each item gets a sequence of its own; at most `max_batch` items.
+
+        A recurrent model keeps one state per sequence (`n_seq_max`), a transformer one range
+        of its KV cache. A state already resident in a sequence is decoded there in place
+        (saved to bytes first unless consumed), so a decode loop keeps its sequence, and
+        llama.cpp its compute graph, from step to step. An item that fails its checks raises
+        BatchItemError before anything changed."""
+        if not items:
+            return []
+        if len(items) > self.max_batch:
+            raise ValueError(f"at most {self.max_batch} sequences in one batch")
+        with self._lock:
+            self._check_open()
+            checked: list[tuple[list[int], LlamaState, bool]] = []
+            for i, (tokens, state, consume) in enumerate(items):
+                try:
+                    checked.append((list(tokens), self._checked(tokens, state), consume))
+                except (ModelError, ValueError) as e:
+                    raise BatchItemError(i, e) from e
+            self._collect()
+            uses = collections.Counter(id(st) for _, st, _ in checked)
+            keep: set[int] = set()  # sequences this batch decodes into or copies from
+            dsts: list[int] = []
+            try:
+                for _tokens, state, consume in checked:
+                    dst = self._place(state, consume and uses[id(state)] == 1, keep)
+                    keep.add(dst)
+                    dsts.append(dst)
+                logits = self._decode_many(
+                    [(t, d, st.n_past) for (t, st, _), d in zip(checked, dsts, strict=True)], keep
+                )
+            except BaseException:
+                for d in dsts:
+                    self._free_slot(d)
+                raise
+            out: list[tuple[np.ndarray, LlamaState]] = []
+            for (tokens, state, _), dst, lg in zip(checked, dsts, logits, strict=True):
+                new = LlamaState(state.n_past + len(tokens), owner=id(self))
+                self._bind(new, dst)
+                out.append((lg, new))
+            return out
+
+    def _checked(self, tokens: list[int], state: LlamaState) -> LlamaState:
+        """`state` ready to feed `tokens` (adopted from another instance of the model)."""
         self._check_state(state)
         if state.consumed:
             raise ModelError("This state was used up by a decode step; it cannot be fed again.")
         n = len(tokens)
         if n == 0:
             raise ValueError("forward needs at least one token")
-        with self._lock:
-            self._check_open()
-            if state.owner != id(self):
-                state = self._adopt(state)
-            if not self.recurrent and state.n_past + n > self.n_ctx:
-                raise ModelError(
-                    f"The chat no longer fits this model's context of {self.n_ctx} tokens "
-                    f"({state.n_past + n} needed). Start a new chat or shorten this one."
-                )
-            arr = np.asarray(tokens, dtype=np.int64)
-            if int(arr.min()) < 0 or int(arr.max()) >= self.n_vocab:
-                raise ModelError(f"A token id is outside the vocabulary of {self.n_vocab}.")
-            if self.recurrent:
-                return self._forward_in_place(tokens, state, consume)
-            self._collect()
-            src = self._resident(state)
-            dst = self._take_slot(src)
-            if src is not None:
-                L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
-            try:
-                logits = self._decode(tokens, dst, state.n_past, src)
-            except BaseException:
-                self._free_slot(dst)
-                raise
-            new = LlamaState(state.n_past + n, owner=id(self))
-            self._bind(new, dst)
-            return logits, new
+        if state.owner != id(self):
+            state = self._adopt(state)
+        if not self.recurrent and state.n_past + n > self.n_ctx:
+            raise ModelError(
+                f"The chat no longer fits this model's context of {self.n_ctx} tokens "
+                f"({state.n_past + n} needed). Start a new chat or shorten this one."
+            )
+        arr = np.asarray(tokens, dtype=np.int64)
+        if int(arr.min()) < 0 or int(arr.max()) >= self.n_vocab:
+            raise ModelError(f"A token id is outside the vocabulary of {self.n_vocab}.")
+        return state
 
-    def _forward_in_place(
-        self, tokens: list[int], state: LlamaState, consume: bool = False
-    ) -> tuple[np.ndarray, LlamaState]:
-        """Recurrent models: one sequence, decoded in place, so llama.cpp reuses its graph from
-        token to token. The state in it is saved to bytes first if it has none (one copy of the
-        state, ~50 us for 2.4 MB); switching to another state restores its bytes."""
-        w = 0
-        sl = self._slots[w]
-        here = sl.owner() if sl.owner is not None else None
-        if here is state:
+    def _place(self, state: LlamaState, consume: bool, keep: set[int]) -> int:
+        """The sequence to decode `state`'s continuation in, holding a copy of `state`.
+        `keep`: sequences the batch already uses (never evicted here)."""
+        src = self._slot_of(state)
+        if src is not None and src not in keep:
+            if consume:  # nobody reads it again: decode in place, no copy
+                if state.data is None:
+                    state.consumed = True  # (a state with bytes stays usable from them)
+                self._release(state, src)
+                return src
+            if self.recurrent:
+                # one state per sequence: save this one to bytes, then decode in place
+                if state.data is None:
+                    self._snapshot(state, src)
+                self._release(state, src)
+                return src
+            # a transformer's cells are shared by a copy: the state stays where it is
+            keep.add(src)
+            self._tick += 1
+            self._slots[src].used = self._tick
+            dst = self._take_slot(keep)
+            L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+            return dst
+        if src is not None and not self.recurrent:
+            dst = self._take_slot(keep)  # a second item from the same state
+            L.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+            return dst
+        dst = self._take_slot(keep)
+        if not state.empty:
             if state.data is None:
-                if consume:  # nobody will read it again: no need to save it
-                    state.consumed = True
-                else:
-                    self._snapshot(state, w)
-        else:
-            if here is not None:
-                if here.data is None:
-                    self._snapshot(here, w)
-                here.slot = None
-            sl.owner = None
-            if state.empty:
-                L.llama_memory_seq_rm(self._mem, w, -1, -1)
-            else:
-                assert state.data is not None
-                L.llama_memory_seq_rm(self._mem, w, -1, -1)
-                self._load_seq(w, state.data)
+                raise ModelError("This state was lost (its model was closed or reloaded).")
+            self._load_seq(dst, state.data)
+        return dst
+
+    def _release(self, state: LlamaState, s: int) -> None:
         state.slot = None
-        sl.owner = None
-        try:
-            logits = self._decode(tokens, w, state.n_past, None)
-        except BaseException:
-            L.llama_memory_seq_rm(self._mem, w, -1, -1)
-            raise
-        new = LlamaState(state.n_past + len(tokens), owner=id(self))
-        self._bind(new, w)
-        return logits, new
+        self._slots[s].owner = None
 
     def _adopt(self, state: LlamaState) -> LlamaState:
         """A state of another backend instance (of the same file): only its bytes travel."""
@@ -634,14 +675,19 @@ class LlamaBackend(Backend):
             raise ModelError("This state belongs to a model that was closed or reloaded.")
         return LlamaState(state.n_past, bytes(state.data), owner=id(self))
 
-    def _decode(self, tokens: list[int], seq: int, pos: int, src: int | None) -> np.ndarray:
+    def _decode_many(self, seqs: list[tuple[list[int], int, int]], keep: set[int]) -> list[Any]:
+        """Decode (tokens, sequence, first position) for each sequence, packed into calls of at
+        most `n_batch` tokens; the float32 logits after each sequence's last token."""
         batch = self._batch
-        n_all = len(tokens)
-        for start in range(0, n_all, self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
-            k = len(chunk)
-            last = start + k == n_all
-            batch.n_tokens = k
+        out: list[Any] = [None] * len(seqs)
+        pieces = [
+            (j, seq, pos + i, t, i == len(toks) - 1)
+            for j, (toks, seq, pos) in enumerate(seqs)
+            for i, t in enumerate(toks)
+        ]
+        for start in range(0, len(pieces), self.n_batch):
+            call = pieces[start : start + self.n_batch]
+            batch.n_tokens = len(call)
             tok, p, nseq, sid, lg = (
                 batch.token,
                 batch.pos,
@@ -649,19 +695,20 @@ class LlamaBackend(Backend):
                 batch.seq_id,
                 batch.logits,
             )
-            for i, t in enumerate(chunk):
+            rows: list[tuple[int, int]] = []
+            for i, (j, seq, pos, t, last) in enumerate(call):
                 tok[i] = t
-                p[i] = pos + start + i
+                p[i] = pos
                 nseq[i] = 1
                 sid[i][0] = seq
-                lg[i] = 0
-            if last:
-                lg[k - 1] = 1
+                lg[i] = 1 if last else 0
+                if last:
+                    rows.append((j, i))
             rc = L.llama_decode(self._ctx, batch)
             if rc == 1 and not self.recurrent:
                 # no room in the KV cache: save the other live states to bytes and retry
                 for s in range(self.n_slots):
-                    if s not in (seq, src) and self._slots[s].owner is not None:
+                    if s not in keep and self._slots[s].owner is not None:
                         self._evict(s)
                 rc = L.llama_decode(self._ctx, batch)
             if rc != 0:
@@ -671,10 +718,12 @@ class LlamaBackend(Backend):
                         f"The model's context ({self.n_ctx} tokens) is full. Start a new chat."
                     )
                 raise ModelError(f"llama.cpp failed to run the model (code {rc}). {why}".strip())
-        ptr = L.llama_get_logits_ith(self._ctx, -1)
-        if not ptr:
-            raise ModelError("llama.cpp returned no logits.")
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+            for j, i in rows:
+                ptr = L.llama_get_logits_ith(self._ctx, i)
+                if not ptr:
+                    raise ModelError("llama.cpp returned no logits.")
+                out[j] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+        return out
 
     def close(self) -> None:
         with self._lock:
