@@ -5,6 +5,7 @@ Messages; this module turns one into the other, so that neither knows of the oth
 from __future__ import annotations
 
 from core.errors import StoreError
+from core.lore import with_constant_lore
 from core.prompt import CharacterContext, Message
 from core.store import Character, ChatMessage, Store
 from core.text import DEFAULT_CHAR
@@ -33,12 +34,15 @@ def conversation_context(store: Store, conversation_id: int) -> CharacterContext
         raise StoreError(f"There is no conversation with id {conversation_id}.")
     character = store.get_character(conv.character_id)
     if character is not None:
-        return character_context(store, character, conv.user_name or None)
-    return CharacterContext(
-        name=conv.character_name or DEFAULT_CHAR,
-        user_name=store.user_name(conv.user_name),
-        user_persona=store.setting_str("user_persona"),
-    )
+        ctx = character_context(store, character, conv.user_name or None)
+    else:
+        ctx = CharacterContext(
+            name=conv.character_name or DEFAULT_CHAR,
+            user_name=store.user_name(conv.user_name),
+            user_persona=store.setting_str("user_persona"),
+        )
+    with_constant_lore(store, conv, ctx)  # lorebooks' constant entries: in the opening
+    return ctx
 
 
 def prompt_messages(store: Store, conversation_id: int) -> list[Message]:

@@ -20,6 +20,7 @@ from core.chat.context import conversation_context, prompt_messages, to_message
 from core.chat.saver import ReplySaver
 from core.engine.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
 from core.errors import ModelError, StoreError
+from core.lore import fire_lore
 from core.prompt import CharacterContext, Message
 from core.store import ChatMessage, Conversation, Store
 
@@ -188,7 +189,13 @@ class ChatService:
         reply's meta. It is stored with the reply (meta "before") and fed again before it in
         every later turn, so the state invariant holds and later turns reuse the checkpoints.
         Lorebook entries that fire and the card's post-history instructions go here."""
-        return "", {}
+        lore_text, lore_meta = fire_lore(self.store, conv, ctx, history, self._lore_tokens())
+        return lore_text, lore_meta
+
+    def _lore_tokens(self) -> Callable[[str], int] | None:
+        """The loaded model's token count, for the lorebooks' token budget."""
+        engine = self._engine()
+        return None if engine is None else (lambda text: len(engine.backend.tokenize(text)))
 
     def reply(
         self,
