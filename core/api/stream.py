@@ -157,9 +157,12 @@ class ThreadedPieces:
         return await asyncio.to_thread(self.done.wait, timeout)
 
 
-async def merge(streams: list[ThreadedPieces]) -> AsyncIterator[tuple[int, Any]]:
-    """Items of several streams as they come: (index of the stream, item). An exception of
-    any stream is raised after the others are stopped."""
+async def merge(
+    streams: list[ThreadedPieces], ends: bool = False
+) -> AsyncIterator[tuple[int, Any]]:
+    """Items of several streams as they come: (index of the stream, item); with `ends`, also
+    (index, None) when that stream has ended. An exception of any stream is raised after the
+    others are stopped."""
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
     async def pump(i: int, s: ThreadedPieces) -> None:
@@ -177,6 +180,8 @@ async def merge(streams: list[ThreadedPieces]) -> AsyncIterator[tuple[int, Any]]
             i, item = await queue.get()
             if item is _END:
                 left -= 1
+                if ends:
+                    yield i, None
             elif isinstance(item, _Failed):
                 raise item.exc
             else:

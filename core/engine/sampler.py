@@ -9,6 +9,7 @@ quickselect by probability mass instead of a full sort, and penalties applied on
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ class SamplingParams:
     penalty_decay: float = 0.996  # occurrences fade by this factor every token
     seed: int | None = None  # fixed seed: the same reply from the same state
     max_tokens: int = 300  # a reply stops after this many tokens
+    # (token id, bias) pairs added to the logits before sampling (API `logit_bias`; -100 bans)
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,7 +48,32 @@ class SamplingParams:
             min_p=min(max(float(self.min_p), 0.0), 1.0),
             penalty_decay=min(max(float(self.penalty_decay), 0.0), 1.0),
             max_tokens=min(max(int(self.max_tokens), 1), 8192),
+            logit_bias=_valid_bias(self.logit_bias),
         )
+
+
+MAX_BIAS = 100.0  # OpenAI's range: -100 bans a token, +100 all but forces it
+
+
+def _valid_bias(pairs: Any) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` as sorted (token id >= 0, bias clamped to +-MAX_BIAS) pairs; a dict (from
+    a request) or a list of pairs (from JSON) is taken; entries that are not numbers dropped."""
+    items = pairs.items() if isinstance(pairs, dict) else pairs or ()
+    out: dict[int, float] = {}
+    for item in items:
+        try:
+            tok, bias = int(item[0]), float(item[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if tok >= 0 and np.isfinite(bias):
+            out[tok] = min(max(bias, -MAX_BIAS), MAX_BIAS)
+    return tuple(sorted(out.items()))
+
+
+@lru_cache(maxsize=64)
+def _bias_arrays(pairs: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.array([t for t, _ in pairs], dtype=np.int64)
+    return ids, np.array([b for _, b in pairs], dtype=np.float32)
 
 
 PRESETS: dict[str, SamplingParams] = {
@@ -150,6 +178,10 @@ def sample(
     x = np.array(logits, dtype=np.float32, copy=True)  # [n_vocab]
     if penalties is not None:
         penalties.apply(x, params.presence_penalty, params.frequency_penalty)
+    if params.logit_bias:
+        ids, bias = _bias_arrays(params.logit_bias)
+        keep = ids < x.size  # a bias for a token this model does not have is ignored
+        x[ids[keep]] += bias[keep]
     if banned is not None and banned.size:
         x[banned] = -np.inf
     if params.temperature <= 0.0 or params.top_k == 1:
