@@ -370,6 +370,90 @@ _S: dict[str, tuple[str, str]] = {
     "threads_in_use": ("The model computes with {n} threads.", "模型正在使用 {n} 个线程。"),
     "meta_interrupted": ("interrupted", "已中断"),
     # --- api: keys and allowed origins (Settings)
+    "api": ("API", "API"),
+    "api_base": (
+        "Other programs reach the app at {url}/v1 (OpenAI-compatible: SillyTavern, scripts) "
+        "and {url}/api (the app's own characters and chats).",
+        "其他程序可以通过 {url}/v1（兼容 OpenAI：SillyTavern、脚本）和 {url}/api"
+        "（应用自己的角色和对话）访问本应用。",
+    ),
+    "api_key_required": (
+        "Every API call needs a key now (`Authorization: Bearer KEY`), because {why}.",
+        "现在每个 API 调用都需要密钥（`Authorization: Bearer KEY`），因为{why}。",
+    ),
+    "api_why_env_password": (
+        "the environment variable RP_PASSWORD sets a password",
+        "环境变量 RP_PASSWORD 设置了密码",
+    ),
+    "api_why_password": ("a password is set", "设置了密码"),
+    "api_why_listen": (
+        "the server listens beyond this machine",
+        "服务器在本机以外的网络上监听",
+    ),
+    "api_why_and": (" and ", "，并且"),
+    "api_key_not_required": (
+        "API calls need no key now: the server listens on this machine only and no password "
+        "is set. Programs on this machine can use the API freely; once a password is set, they "
+        "need a key made here.",
+        "现在 API 调用不需要密钥：服务器只在本机监听，且没有设置密码。本机上的程序可以直接使用 "
+        "API；设置密码后，它们需要一个在这里创建的密钥。",
+    ),
+    "api_keys": ("API keys", "API 密钥"),
+    "api_key_name": ("Name of the new key", "新密钥的名称"),
+    "api_key_name_help": (
+        "Say what will use it (SillyTavern, a phone), to tell keys apart later.",
+        "写明谁会用它（SillyTavern、手机），方便以后区分。",
+    ),
+    "api_create_key": ("Create a key", "创建密钥"),
+    "api_key_created": (
+        "The key {name} was created. Copy it now (the button at the right of the box): it is "
+        "shown only this once, the app keeps only a fingerprint of it.",
+        "已创建密钥 {name}。请现在复制（框右侧的按钮）：它只显示这一次，应用只保存它的指纹。",
+    ),
+    "api_no_keys": ("No key yet.", "还没有密钥。"),
+    "api_key_row": ("{name} · {shown} · created {created}", "{name} · {shown} · 创建于 {created}"),
+    "api_revoke": ("Revoke", "吊销"),
+    "api_revoke_confirm": (
+        "Revoke the key {name}? Programs that use it are refused from then on.",
+        "吊销密钥 {name}？使用它的程序此后都会被拒绝。",
+    ),
+    "api_revoke_yes": ("Revoke for good", "永久吊销"),
+    "api_key_revoked": ("The key {name} was revoked.", "密钥 {name} 已吊销。"),
+    "api_err_key_name": (
+        "Give the key a name, to tell it apart later.",
+        "请给密钥起个名字，方便以后区分。",
+    ),
+    "api_err_too_many_keys": (
+        "There are already {n} keys: revoke one first.",
+        "已经有 {n} 个密钥：请先吊销一个。",
+    ),
+    "api_origins": ("Allowed origins", "允许的来源"),
+    "api_origins_help": (
+        "Web pages of other sites may call the API from a browser only if their origin is "
+        "listed here, one a line: scheme://host[:port], like http://localhost:8000, without a "
+        "path. Programs that are not web pages (SillyTavern's server, scripts) need no entry.",
+        "其他网站的网页只有在其来源列在这里时，才能从浏览器调用 API。每行一个：scheme://host[:port]，"
+        "例如 http://localhost:8000，不带路径。"
+        "不是网页的程序（SillyTavern 的服务器、脚本）不需要填写。",
+    ),
+    "api_save_origins": ("Save the origins", "保存来源"),
+    "api_err_origin": (
+        "{value} is not an origin: write scheme://host[:port], like http://localhost:8000, "
+        "without a path. Nothing was saved.",
+        "{value} 不是来源：请写成 scheme://host[:port]，例如 http://localhost:8000，不带路径。"
+        "没有保存任何内容。",
+    ),
+    "api_err_too_many_origins": (
+        "At most {n} origins can be allowed. Nothing was saved.",
+        "最多允许 {n} 个来源。没有保存任何内容。",
+    ),
+    "api_origins_saved": ("Allowed origins saved: {n}.", "已保存允许的来源：{n} 个。"),
+    "api_origins_star": (
+        '"*" lets every web site call the API through the browser of whoever opens it. '
+        "Keep it only with a password set, so that calls need a key.",
+        "“*”允许任何网站通过打开它的人的浏览器调用 API。"
+        "只有在设置了密码（调用需要密钥）时才保留它。",
+    ),
     # --- model loading at start
     # --- lorebooks
     # --- group chats

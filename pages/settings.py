@@ -11,6 +11,7 @@ from typing import Any
 
 import streamlit as st
 
+from core.api import access as api_access
 from core.auth import hash_password
 from core.backends.loader import set_threads
 from core.backends.threads import default_threads, usable_cpus
@@ -345,6 +346,109 @@ if has_pw and st.button(T("remove_password"), key="remove_password", icon=":mate
     _save("password", "", flash=False)
     ss.settings_flash = T("password_removed")
     st.rerun()
+
+
+# --- API: keys and allowed origins (core/api/access.py; the guard is core/api/app.py) ----------
+def _api_base_url() -> str:
+    url = st.context.url or ""
+    if "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+    return f"http://{st.get_option('server.address') or 'localhost'}:{st.get_option('server.port')}"
+
+
+def _api_problem(e: Exception) -> None:
+    if isinstance(e, api_access.AccessError):
+        messages = {
+            "empty_name": T("api_err_key_name"),
+            "too_many": T("api_err_too_many_keys", n=api_access.MAX_KEYS),
+            "bad_origin": T("api_err_origin", value=md_inline(repr(e.value))),
+        }
+        st.error(messages.get(e.code, str(e)))
+    else:
+        show_error(e)
+
+
+st.subheader(T("api"), anchor=False)
+st.caption(T("api_base", url=md_inline(_api_base_url())))
+try:
+    _why = api_access.key_required_reasons(st.get_option("server.address"), s)
+except AppError as e:
+    show_error(e)
+    _why = ["password"]  # the password setting cannot be read: the guard asks for keys too
+if _why:
+    st.info(T("api_key_required", why=T("api_why_and").join(T(f"api_why_{w}") for w in _why)))
+else:
+    st.caption(T("api_key_not_required"))
+
+st.markdown(f"**{T('api_keys')}**")
+with st.form("api_key_form", clear_on_submit=True):
+    _key_name = st.text_input(T("api_key_name"), key="api_key_name", help=T("api_key_name_help"))
+    if st.form_submit_button(T("api_create_key"), icon=":material/key:"):
+        try:
+            _new_key, _record = api_access.create_key(s, _key_name)
+        except (api_access.AccessError, AppError) as e:
+            _api_problem(e)
+        else:  # drawn in this run only: the next run no longer has it
+            st.success(T("api_key_created", name=md_inline(_record["name"])))
+            st.code(_new_key, language=None)
+if ss.get("api_flash"):
+    st.success(ss.pop("api_flash"), icon=":material/check_circle:")
+
+
+def _revoke_key(key_id: str, name: str) -> None:
+    try:
+        api_access.revoke_key(s, key_id)
+    except AppError as e:
+        ss.settings_error = str(e)
+    else:
+        ss.api_flash = T("api_key_revoked", name=md_inline(name))
+
+
+_keys = api_access.list_keys(s)
+if not _keys:
+    st.caption(T("api_no_keys"))
+for _rec in _keys:
+    _rid, _rname = str(_rec.get("id", "")), str(_rec.get("name", ""))
+    with st.container(horizontal=True, vertical_alignment="center", gap="small"):
+        st.markdown(
+            T(
+                "api_key_row",
+                name=md_inline(_rname),
+                shown=md_inline(_rec.get("shown", "")),
+                created=md_inline(_rec.get("created", "")),
+            ),
+            width="content",
+        )
+        with st.popover(T("api_revoke"), icon=":material/key_off:"):
+            st.caption(T("api_revoke_confirm", name=md_inline(_rname)))
+            st.button(
+                T("api_revoke_yes"),
+                key=f"api_revoke_{_rid}",
+                type="primary",
+                on_click=_revoke_key,
+                args=(_rid, _rname),
+            )
+
+st.markdown(f"**{T('api_origins')}**")
+with st.form("api_origins_form"):
+    _origins_text = st.text_area(
+        T("api_origins"),
+        value="\n".join(api_access.allowed_origins(s)),
+        key="api_origins",
+        placeholder="http://localhost:8000",
+        label_visibility="collapsed",
+    )
+    if st.form_submit_button(T("api_save_origins"), icon=":material/public:"):
+        try:
+            _saved = api_access.save_origins(s, _origins_text)
+        except (api_access.AccessError, AppError) as e:
+            _api_problem(e)
+        else:
+            st.success(T("api_origins_saved", n=len(_saved)))
+st.caption(T("api_origins_help"))
+if "*" in api_access.allowed_origins(s):
+    st.warning(T("api_origins_star"), icon=":material/warning:")
 
 # --- data and state cache --------------------------------------------------------------
 st.subheader(T("data"), anchor=False)
