@@ -45,6 +45,12 @@ def _speaker(msg: ChatMessage, char: str, user: str) -> str:
     return {"user": user, "char": char}.get(msg.role, NARRATOR_NAME)
 
 
+def _member_names(store: Store, conv: Conversation) -> list[str]:
+    """A group chat's characters by name (those deleted since are left out)."""
+    found = [store.get_character(i) for i in conv.members]
+    return [c.name for c in found if c is not None]
+
+
 def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -55,6 +61,8 @@ def export_markdown(store: Store, conv_id: int) -> str:
     char, user = _names(store, conv)
     lines = [f"# {conv.title or char}", ""]
     info = [f"Character: {char}", f"User: {user}", f"Started: {conv.created_at:%Y-%m-%d %H:%M} UTC"]
+    if conv.members:  # a group chat: all its characters
+        info[0] = f"Characters: {', '.join(_member_names(store, conv))}"
     if conv.model:
         info.append(f"Model: {conv.model}")
     lines += [" · ".join(info), ""]
@@ -80,6 +88,8 @@ def export_jsonl(store: Store, conv_id: int) -> str:
             EXT_KEY: {"title": conv.title, "model": conv.model, "sampling": conv.sampling}
         },
     }
+    if conv.members:  # a group chat: its characters' names, in order
+        header["chat_metadata"][EXT_KEY]["members"] = _member_names(store, conv)
     lines = [json.dumps(header, ensure_ascii=False)]
     for msg in messages:
         alts = list(msg.alternatives) or [msg.text]

@@ -7,8 +7,9 @@ from __future__ import annotations
 from core.errors import StoreError
 from core.lore import with_constant_lore
 from core.prompt import CharacterContext, Message
-from core.store import Character, ChatMessage, Store
-from core.text import DEFAULT_CHAR
+from core.prompt.roleplay import example_lines
+from core.store import Character, ChatMessage, Conversation, Store
+from core.text import DEFAULT_CHAR, normalize, substitute
 
 
 def character_context(
@@ -27,13 +28,16 @@ def character_context(
     )
 
 
-def conversation_context(store: Store, conversation_id: int) -> CharacterContext:
-    """The character context of a chat (a bare one if its character was deleted)."""
+def conversation_context(store: Store, conversation_id: int, speaker: str = "") -> CharacterContext:
+    """The character context of a chat (a bare one if its character was deleted). In a group
+    chat, `speaker` (the name of the member who replies) chooses the stop strings."""
     conv = store.get_conversation(conversation_id)
     if conv is None:
         raise StoreError(f"There is no conversation with id {conversation_id}.")
     character = store.get_character(conv.character_id)
-    if character is not None:
+    if conv.members:  # a group chat: one opening for all its members
+        ctx = group_context(store, conv, speaker)
+    elif character is not None:
         ctx = character_context(store, character, conv.user_name or None)
     else:
         ctx = CharacterContext(
@@ -60,3 +64,97 @@ def to_message(m: ChatMessage) -> Message:
         name=m.name,
         before=before if isinstance(before, str) else "",
     )
+
+
+# --- group chats ------------------------------------------------------------------------------
+
+
+def group_members(store: Store, conv: Conversation) -> list[Character]:
+    """A group chat's characters that still exist, in the chat's fixed order."""
+    found = [store.get_character(i) for i in conv.members or []]
+    return [c for c in found if c is not None]
+
+
+def group_label(names: list[str]) -> str:
+    """ "Ada", "Ada and Ben", "Ada, Ben and Cy": the group as the opening names it."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def group_context(store: Store, conv: Conversation, speaker: str = "") -> CharacterContext:
+    """A group chat's context, SillyTavern's "join" card mode: one opening with the cards of
+    the members the chat started with, in their fixed order, muted ones too, so that it stays
+    the same whoever speaks and the state cache keeps working. Members who joined later are
+    not in it: their card is fed once, before their first reply (core/chat/groups.py). A chat
+    that started with one character keeps that character's own opening.
+
+    `speaker` (a member's name) changes only the stop strings, never the prompt's text: a
+    reply ends where it starts another member's line (or the user's), and the speaker's card's
+    own stop strings apply."""
+    members = group_members(store, conv)
+    joined = set((conv.group or {}).get("joined", []))
+    opening = [c for c in members if c.id not in joined]
+    first = opening[0] if opening else None
+    user = store.user_name(conv.user_name or None, first.user_name if first else None)
+    if first is not None and len(opening) == 1:
+        ctx = character_context(store, first, conv.user_name or None)
+    elif first is not None:
+        ctx = CharacterContext(
+            name=group_label([c.name for c in opening]),
+            user_name=user,
+            persona=_group_persona(opening, user),
+            scenario="\n".join(
+                dict.fromkeys(
+                    normalize(substitute(c.scenario, c.name, user))
+                    for c in opening
+                    if c.scenario.strip()
+                )
+            ),
+            user_persona=store.setting_str("user_persona"),
+        )
+    else:
+        ctx = CharacterContext(
+            name=conv.character_name or DEFAULT_CHAR,
+            user_name=user,
+            user_persona=store.setting_str("user_persona"),
+        )
+    me = next((c for c in members if c.name == speaker), None)
+    stops = list(me.stop_strings) if me is not None else []
+    for c in members:
+        if c.name != speaker:
+            stops += [f"\n{c.name}:", f"\n{c.name}\uff1a"]
+    ctx.stop_strings = list(dict.fromkeys(stops))
+    return ctx
+
+
+def _group_persona(members: list[Character], user: str) -> str:
+    """Each member's description and personality, then every member's example lines, each
+    with {{char}} standing for that member."""
+    lines: list[str] = []
+    for c in members:
+        if c.description.strip():
+            lines.append(f"About {c.name}: {normalize(substitute(c.description, c.name, user))}")
+        if c.personality.strip():
+            text = normalize(substitute(c.personality, c.name, user))
+            lines.append(f"{c.name}'s personality: {text}")
+    for c in members:
+        examples = example_lines(
+            CharacterContext(name=c.name, user_name=user, example_dialogue=c.example_dialogue)
+        )
+        if examples:
+            lines.append(normalize(examples))
+    return "\n".join(lines)
+
+
+def group_join_note(character: Character, user: str) -> str:
+    """What is fed once before the first reply of a member who joined a group chat late."""
+    lines = [f"{character.name} joins the scene."]
+    for text, fmt in (
+        (character.description, "About {name}: {text}"),
+        (character.personality, "{name}'s personality: {text}"),
+        (character.scenario, "{text}"),
+    ):
+        if text.strip():
+            lines.append(
+                fmt.format(name=character.name, text=substitute(text, character.name, user))
+            )
+    return normalize("\n".join(lines))

@@ -35,11 +35,13 @@ class ReplySaver:
         name: str = "",
         every_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        character_id: int | None = None,
     ) -> None:
         if op not in ("new", "regen", "continue") or (op != "new" and target is None):
             raise ValueError(f"unknown reply operation {op!r} (or no message to change)")
         self.store, self.conversation_id, self.op, self.role = store, conversation_id, op, role
         self.name = name  # the speaker's name when it is not the role's default
+        self.character_id = character_id  # a group chat's member who speaks (a new message)
         self.target = target
         self.meta = {**(meta or {}), **({"continued": True} if op == "continue" else {})}
         self.every_s = SAVE_EVERY_S if every_s is None else every_s
@@ -76,7 +78,12 @@ class ReplySaver:
             self.message = self.store.set_version(self.message.id, self._version, text, meta)
         elif self.op == "new":
             self.message = self.store.add_message(
-                self.conversation_id, self.role, text, name=self.name, meta=meta
+                self.conversation_id,
+                self.role,
+                text,
+                name=self.name,
+                meta=meta,
+                character_id=self.character_id,
             )
         else:
             assert self.target is not None

@@ -11,11 +11,13 @@ turn.message                         # the saved message (None when nothing was 
 from __future__ import annotations
 
 import inspect
+import random
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import core.chat.groups as groups
 from core.chat.context import conversation_context, prompt_messages, to_message
 from core.chat.saver import ReplySaver
 from core.engine.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
@@ -206,9 +208,11 @@ class ChatService:
         target_id: int | None = None,
         params: SamplingParams | None = None,
         cancel: threading.Event | None = None,
+        character_id: int | None = None,
     ) -> Turn:
         """Start a reply: "new" (the next message, by `role`), "regen" (a new version of the
-        last message) or "continue" (the last message, made longer). `target_id`, when given,
+        last message) or "continue" (the last message, made longer). `character_id`: the group
+        chat's member who speaks (a new message; see reply_as). `target_id`, when given,
         must be the last message: a chat changed meanwhile is refused, not silently rewritten.
         The returned Turn streams the text; nothing runs until it is iterated."""
         store = self.store
@@ -233,12 +237,16 @@ class ChatService:
             speaker = Message(target.role, "", target.name)  # type: ignore[arg-type]
         else:
             speaker = Message(role, "", name)  # type: ignore[arg-type]
-        ctx = conversation_context(store, conversation_id)
+        ctx = conversation_context(store, conversation_id, speaker=speaker.name)
         extra: dict[str, Any] = {}
         if op == "continue":
             speaker.before = history[-1].before  # the message keeps what was fed before it
+            if target is not None and "joined" in (target.meta or {}):
+                extra["joined"] = target.meta["joined"]  # a group's late member stays fed
         else:
             speaker.before, extra = self.before_reply(conv, ctx, history, speaker)
+            prior = messages[:-1] if op == "regen" else messages
+            speaker.before, extra = groups.join_before(store, conv, prior, speaker.before, extra)
         if speaker.before:
             extra["before"] = speaker.before
         cancel = cancel or threading.Event()
@@ -252,6 +260,7 @@ class ChatService:
             target=target,
             meta={"model": model_name(engine), **extra},
             name=name if target is None else "",
+            character_id=character_id if target is None else None,
         )
 
         def on_finish(res: ReplyResult) -> None:  # in the thread that reads the reply
@@ -274,6 +283,46 @@ class ChatService:
         )
         base = target.text if op == "continue" and target is not None else ""
         return Turn(reply, saver, cancel, done, box, base)
+
+    # ------------------------------------------------------------------ group chats
+    def new_group_chat(self, character_ids: list[int]) -> Conversation:
+        """Start a chat with two or more characters (the first one's sampling preset)."""
+        store = self.store
+        engine = self._engine()
+        first = store.get_character(character_ids[0]) if character_ids else None
+        preset = (first.sampling_preset if first is not None else "") or ""
+        return store.create_group_conversation(
+            character_ids,
+            model=model_name(engine) if engine is not None else "",
+            sampling=self.preset_sampling(preset if preset in PRESETS else self.default_preset()),
+            user_name=store.get_setting("user_name", "") or None,
+        )
+
+    def pick_speaker(
+        self, conversation_id: int, rng: random.Random | None = None, auto: bool = False
+    ) -> int | None:
+        """The group member who speaks next by the chat's setting; None when nobody does
+        (manual mode outside the auto mode, everyone muted...)."""
+        return groups.pick_speaker(self.store, self.conversation(conversation_id), rng, auto)
+
+    def reply_as(
+        self,
+        conversation_id: int,
+        character_id: int,
+        params: SamplingParams | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Turn:
+        """A new reply by a group chat's member (muted or not: the user may pick anyone)."""
+        who = groups.member(self.store, self.conversation(conversation_id), character_id)
+        return self.reply(
+            conversation_id,
+            "new",
+            role="char",
+            name=who.name,
+            params=params,
+            cancel=cancel,
+            character_id=who.id,
+        )
 
 
 def model_name(engine: Engine) -> str:

@@ -457,8 +457,10 @@ class Store:
         text: str,
         name: str = "",
         meta: dict[str, Any] | None = None,
+        character_id: int | None = None,
     ) -> ChatMessage:
-        """Append a message at the end of a conversation."""
+        """Append a message at the end of a conversation. `character_id`: which character
+        spoke (a group chat's member); None = the chat's character."""
         if role not in ROLES:
             raise StoreError(f"A message's role must be one of {', '.join(ROLES)}, not {role!r}.")
         text = check_text(text, "The message", MAX_MESSAGE)
@@ -477,6 +479,7 @@ class Store:
                 position=0 if last is None else last + 1,
                 role=role,
                 name=name,
+                character_id=character_id,
                 text=text,
                 alternatives=[text],
                 chosen=0,
@@ -762,6 +765,160 @@ class Store:
             raise StoreError(f"There is no lorebook with id {missing[0]}.")
         return ids
 
+    # --- group chats (core/group.py: who speaks; core/chat/groups.py: their prompts) -------
+    # A group chat is a conversation whose `members` lists its characters (2 or more when it
+    # starts; character_id is the first). `group` holds its settings (GROUP_DEFAULTS): who speaks
+    # next ("activation"), whether a member may answer itself, the auto mode's number of turns,
+    # the muted members, and the members who joined after it started ("joined": their card is
+    # fed once, before their first reply, instead of changing the chat's opening).
+
+    def create_group_conversation(
+        self,
+        character_ids: list[int],
+        title: str | None = None,
+        model: str = "",
+        sampling: dict[str, Any] | None = None,
+        user_name: str | None = None,
+        group: dict[str, Any] | None = None,
+    ) -> Conversation:
+        """Start a chat with two or more characters. Each member's first greeting becomes a
+        message by that member (its alternates as versions), in the members' order."""
+        ids = list(dict.fromkeys(int(i) for i in character_ids or []))
+        if len(ids) < 2:
+            raise StoreError("A group chat needs at least two characters. Choose two or more.")
+        if len(ids) > MAX_GROUP:
+            raise StoreError(f"A group chat can have at most {MAX_GROUP} characters.")
+        sampling = check_dict(sampling, "The sampling settings")
+        model = check_line(model, "The model name", 1000)
+        settings = _check_group({**GROUP_DEFAULTS, **(group or {})})
+        members = [self.get_character(i) for i in ids]
+        missing = [i for i, c in zip(ids, members, strict=True) if c is None]
+        if missing:
+            raise StoreError(f"There is no character with id {missing[0]}.")
+        chars = [c for c in members if c is not None]
+        first = chars[0]
+        uname = self.user_name(user_name, first.user_name)
+        if title is None or not title.strip():
+            title = f"{', '.join(c.name for c in chars)} {datetime.now():%Y-%m-%d %H:%M}"
+        title = check_line(title[:MAX_SHORT], "The title")
+        with self._write() as s:
+            for c in chars:
+                if s.get(Character, c.id) is None:
+                    raise StoreError(f"There is no character with id {c.id}.")
+            conv = Conversation(
+                character_id=first.id,
+                character_name=first.name,
+                title=title,
+                model=model,
+                sampling=sampling,
+                user_name=uname,
+                members=ids,
+                group=settings,
+            )
+            s.add(conv)
+            s.flush()
+            position = 0
+            for c in chars:
+                greetings = [substitute(g, c.name, uname) for g in c.greetings]
+                greetings = [g for g in greetings if g.strip()]
+                if not greetings:
+                    continue
+                s.add(
+                    ChatMessage(
+                        conversation_id=conv.id,
+                        position=position,
+                        role="char",
+                        name=c.name,
+                        character_id=c.id,
+                        text=greetings[0],
+                        alternatives=greetings,
+                        chosen=0,
+                        alt_meta=[{} for _ in greetings],
+                    )
+                )
+                position += 1
+        return conv
+
+    def add_group_member(self, conversation_id: int, character_id: int) -> Conversation:
+        """Add a character to a chat (a one-character chat becomes a group chat). Its card is
+        fed once, before its first reply (group "joined"), so the chat's opening stays."""
+        with self._write() as s:
+            conv = self._get(s, Conversation, conversation_id, "conversation")
+            character = self._get(s, Character, character_id, "character")
+            members = list(conv.members or [])
+            if not members:
+                if conv.character_id is None:
+                    raise StoreError(
+                        "This chat's character was deleted: start a group chat instead."
+                    )
+                members = [conv.character_id]
+            if character_id in members:
+                raise StoreError(f'"{character.name}" is already in this chat.')
+            if len(members) >= MAX_GROUP:
+                raise StoreError(f"A group chat can have at most {MAX_GROUP} characters.")
+            settings = {**GROUP_DEFAULTS, **(conv.group or {})}
+            settings["joined"] = [*settings.get("joined", []), character_id]
+            conv.members = [*members, character_id]
+            conv.group = _check_group(settings)
+            conv.updated_at = utcnow()
+            s.add(conv)
+        return conv
+
+    def remove_group_member(self, conversation_id: int, character_id: int) -> Conversation:
+        """Take a character out of a group chat (its messages stay, with its name). A member
+        of the chat's opening leaves it too: the next reply feeds the chat again, once."""
+        with self._write() as s:
+            conv = self._get(s, Conversation, conversation_id, "conversation")
+            members = list(conv.members or [])
+            if character_id not in members:
+                raise StoreError("That character is not in this chat.")
+            if len(members) <= 1:
+                raise StoreError("A group chat keeps at least one character.")
+            members.remove(character_id)
+            settings = {**GROUP_DEFAULTS, **(conv.group or {})}
+            for key in ("muted", "joined"):
+                settings[key] = [i for i in settings.get(key, []) if i != character_id]
+            conv.members, conv.group = members, _check_group(settings)
+            if conv.character_id == character_id:
+                first = s.get(Character, members[0])
+                conv.character_id = members[0] if first is not None else None
+                conv.character_name = first.name if first is not None else conv.character_name
+            conv.updated_at = utcnow()
+            s.add(conv)
+        return conv
+
+    def set_member_muted(
+        self, conversation_id: int, character_id: int, muted: bool
+    ) -> Conversation:
+        """Mute a member (it no longer speaks on its own; the user can still pick it) or
+        unmute it."""
+        conv = self.get_conversation(conversation_id)
+        if conv is None:
+            raise StoreError(f"There is no conversation with id {conversation_id}.")
+        if character_id not in (conv.members or []):
+            raise StoreError("That character is not in this chat.")
+        ids = [i for i in (conv.group or {}).get("muted", []) if i != character_id]
+        return self.update_group_settings(
+            conversation_id, muted=[*ids, character_id] if muted else ids
+        )
+
+    def update_group_settings(self, conversation_id: int, **settings: Any) -> Conversation:
+        """Change a group chat's settings: activation ("natural", "list" or "manual"),
+        allow_self (bool), auto_turns (1-50), muted (member ids)."""
+        unknown = set(settings) - {"activation", "allow_self", "auto_turns", "muted"}
+        if unknown:
+            raise StoreError(f"Group chats have no setting(s) {', '.join(sorted(unknown))}.")
+        with self._write() as s:
+            conv = self._get(s, Conversation, conversation_id, "conversation")
+            if not conv.members:
+                raise StoreError("This chat is not a group chat.")
+            merged = _check_group({**GROUP_DEFAULTS, **(conv.group or {}), **settings})
+            merged["muted"] = [i for i in merged["muted"] if i in conv.members]
+            conv.group = merged
+            conv.updated_at = utcnow()
+            s.add(conv)
+        return conv
+
 
 MAX_LORE_ENTRIES = 5000
 
@@ -786,6 +943,41 @@ def _check_lorebook(fields: dict[str, Any]) -> dict[str, Any]:
         else:
             raise StoreError(f"Lorebooks have no field {key!r}.")
     return out
+
+
+# --- group chats ---------------------------------------------------------------------------
+
+MAX_GROUP = 20  # characters in one group chat
+GROUP_ACTIVATIONS = ("natural", "list", "manual")  # core.group.ACTIVATIONS (a unit test checks)
+GROUP_DEFAULTS: dict[str, Any] = {
+    "activation": "natural",
+    "allow_self": False,
+    "auto_turns": 3,
+    "muted": [],
+    "joined": [],
+}
+
+
+def _check_group(settings: dict[str, Any]) -> dict[str, Any]:
+    """A group chat's settings, checked; unknown keys are kept as they are."""
+    out = dict(settings)
+    if out.get("activation") not in GROUP_ACTIVATIONS:
+        raise StoreError(
+            f"Who speaks next must be one of {', '.join(GROUP_ACTIVATIONS)}, "
+            f"not {out.get('activation')!r}."
+        )
+    out["allow_self"] = bool(out.get("allow_self"))
+    turns = out.get("auto_turns")
+    if isinstance(turns, bool) or not isinstance(turns, int) or not 1 <= turns <= 50:
+        raise StoreError("The number of automatic turns must be a whole number from 1 to 50.")
+    for key in ("muted", "joined"):
+        ids = out.get(key) or []
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids
+        ):
+            raise StoreError(f"The group's {key} list must hold character ids.")
+        out[key] = list(dict.fromkeys(ids))
+    return check_dict(out, "The group settings")
 
 
 def _set_at(items: list[Any], index: int, value: Any, length: int) -> list[Any]:
