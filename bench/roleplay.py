@@ -1,0 +1,232 @@
+"""Role-play quality of what the app does: scripted user turns over the bundled characters.
+
+    python bench/roleplay.py                 # embedded model, 3 seeds, replies capped at 80 tokens
+    python bench/roleplay.py --seeds 1 --max-tokens 40
+
+Every reply goes through the chat service (`core.runtime` / `ChatService`) on a fresh temporary
+data directory seeded with the bundled characters (data/characters/), so it measures the app's
+own prompt, presets, stops and cleaning, not a bare model call. For each bundled character and
+each seed: a new chat (its greeting), then 10 scripted user turns (English for the English
+characters, Chinese for the Chinese one), each answered by the character, plus one Narrator line
+after the fifth turn. The seed is set as the chat's sampling seed (Settings -> the chat's seed),
+on top of the sampling the app gives a new chat.
+
+Prints ONE JSON object. Each `*_pct` is a percentage of all replies generated (character and
+Narrator replies alike):
+
+- `clean_ending_pct`: the reply ended by itself (stop reason "stop" or "eos", not the token
+  limit, not empty) and its text ends with a sentence-ending character: one of
+  . ! ? … ~ * " ' ” ’ ) ] 」 』 ） 。 ！ ？ ～ (after trailing whitespace).
+- `user_line_pct`: some line of the reply starts (after spaces, `*`, `(` or quotes) with the
+  user's name followed by ":" or "：", i.e. the reply writes the user's part.
+- `empty_pct`: nothing was kept (the saved text is empty after stripping).
+- `length_cut_pct`: the reply hit `max_tokens` (stop reason "length").
+- `repeat_opening_pct`: the reply's first 16 characters (whitespace collapsed, case folded; the
+  whole text when shorter, and at least 4 characters) equal the first 16 characters of an earlier
+  generated reply of the same chat.
+- `template_leak_pct`: the reply contains prompt-format or instruction text: a ChatML marker
+  (`<|im_start|>`, `<|im_end|>`, `<|endoftext|>`, `im_start`, `im_end`), an unreplaced `{{...}}`
+  macro or `<START>`, or one of the opening's instruction phrases ("AI assistant", "You are
+  <character>", "Stay in character", "Write only", "Example dialogue:", "Scenario:",
+  "'s personality:", "About <user>:", "role play with").
+
+Also: `narrator_template_leak_pct` (the same over Narrator replies only), counts, the model and
+the settings. Runs on the CPU; about 2-4 minutes on a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+EN_TURNS = [
+    "Hello! Sorry to barge in like this. Who are you?",
+    "What is this place? I have never been here before.",
+    "Can you tell me something about yourself?",
+    "That sounds lonely. Do you ever get visitors?",
+    "I brought some bread and cheese. Would you like to share it?",
+    "What is the strangest thing that ever happened to you here?",
+    "I don't believe you. Tell me the truth.",
+    "Alright, alright. What should we do now?",
+    "Listen... did you hear that noise outside?",
+    "It's getting late. Thank you for today, I should go.",
+]
+ZH_TURNS = [
+    "你好！外面雨好大，我可以进来躲一会儿吗？",
+    "这家店开了很久了吗？",
+    "你能给我推荐一本书吗？",
+    "这只猫叫什么名字？它好可爱。",
+    "你平时一个人看店不会无聊吗？",
+    "我小时候也很喜欢读诗，尤其是李白的。",
+    "说真的，你为什么要守着这家旧书店？",
+    "雨好像小了一点。我们接下来做什么？",
+    "你听，外面是不是有人在敲门？",
+    "天色不早了，谢谢你的茶，我该走了。",
+]
+NARRATOR_AFTER = 5  # a Narrator line after this many user turns
+
+END_CHARS = set(".!?…~*\"'”’)]」』）。！？～")
+OPENING_N = 16
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=80)
+    ap.add_argument("--turns", type=int, default=10, help="user turns per chat (at most 10)")
+    ap.add_argument("--model", default="", help="a model file (default: the embedded model)")
+    ap.add_argument("--samples", type=int, default=0, help="also print N sample replies")
+    return ap.parse_args()
+
+
+def is_chinese(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def clean_ending(text: str, stop_reason: str) -> bool:
+    text = text.rstrip()
+    return bool(text) and stop_reason in ("stop", "eos") and text[-1] in END_CHARS
+
+
+def user_line(text: str, user: str) -> bool:
+    pat = re.compile(r"^[\s*(\"'“「（]*" + re.escape(user) + r"\s*[:：]", re.MULTILINE)
+    return bool(user) and bool(pat.search(text))
+
+
+def opening(text: str) -> str:
+    return " ".join(text.split()).casefold()[:OPENING_N]
+
+
+def template_leak(text: str, char: str, user: str) -> bool:
+    low = text.casefold()
+    needles = [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|endoftext|>",
+        "im_start",
+        "im_end",
+        "<start>",
+        "ai assistant",
+        f"you are {char}".casefold(),
+        "stay in character",
+        "write only",
+        "example dialogue:",
+        "scenario:",
+        "'s personality:",
+        f"about {user}:".casefold(),
+        "role play with",
+    ]
+    return any(n in low for n in needles) or bool(re.search(r"\{\{[^}]*\}\}", text))
+
+
+def pct(n: int, total: int) -> float:
+    return round(100.0 * n / total, 1) if total else 0.0
+
+
+def main() -> None:
+    args = parse_args()
+    tmp = tempfile.mkdtemp(prefix="rp-bench-")
+    os.environ["RP_DATA_DIR"] = tmp
+    os.environ.pop("RP_DB_URL", None)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+    from core import runtime
+    from core.runtime import ModelChoice
+
+    rt = runtime.current()
+    store = rt.store  # opened and seeded with the bundled characters
+    t_load = time.perf_counter()
+    engine = rt.load(ModelChoice(path=args.model))
+    load_s = time.perf_counter() - t_load
+    svc = rt.chat
+    characters = store.list_characters()
+    rows: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for character in characters:
+        zh = is_chinese(character.name + " ".join(character.greetings))
+        turns = (ZH_TURNS if zh else EN_TURNS)[: args.turns]
+        for seed in range(1, args.seeds + 1):
+            conv = svc.new_chat(character.id)
+            base = dict(conv.sampling or {})
+            values = {**base, "seed": seed, "max_tokens": args.max_tokens}
+            svc.set_sampling(conv.id, values, str(base.get("preset", "")))
+            conv = svc.conversation(conv.id)
+            user = conv.user_name or "User"
+            openings: list[str] = []
+            plan: list[tuple[str, str]] = []
+            for i, text in enumerate(turns):
+                plan.append(("char", text))
+                if i + 1 == NARRATOR_AFTER:
+                    plan.append(("narrator", ""))
+            for role, text in plan:
+                if role == "char":
+                    svc.send(conv.id, text)
+                turn = svc.reply(conv.id, "new", role=role).consume()
+                res = turn.result
+                kept = turn.message.text if turn.message is not None else ""
+                stop = res.stop_reason if res is not None else "error"
+                op = opening(kept)
+                repeat = len(op) >= 4 and any(op == o for o in openings)
+                if kept.strip():
+                    openings.append(op)
+                row = {
+                    "role": role,
+                    "clean": clean_ending(kept, stop),
+                    "user_line": user_line(kept, user),
+                    "empty": not kept.strip(),
+                    "length": stop == "length",
+                    "repeat": repeat,
+                    "leak": template_leak(kept, character.name, user),
+                }
+                rows.append(row)
+                if len(samples) < args.samples:
+                    samples.append(
+                        {
+                            "char": character.name,
+                            "seed": seed,
+                            "role": role,
+                            "stop": stop,
+                            "text": kept,
+                        }
+                    )
+    elapsed = time.perf_counter() - t0
+    n = len(rows)
+    narr = [r for r in rows if r["role"] == "narrator"]
+    out: dict[str, Any] = {
+        "clean_ending_pct": pct(sum(r["clean"] for r in rows), n),
+        "user_line_pct": pct(sum(r["user_line"] for r in rows), n),
+        "empty_pct": pct(sum(r["empty"] for r in rows), n),
+        "length_cut_pct": pct(sum(r["length"] for r in rows), n),
+        "repeat_opening_pct": pct(sum(r["repeat"] for r in rows), n),
+        "template_leak_pct": pct(sum(r["leak"] for r in rows), n),
+        "narrator_template_leak_pct": pct(sum(r["leak"] for r in narr), len(narr)),
+        "replies": n,
+        "narrator_replies": len(narr),
+        "characters": [c.name for c in characters],
+        "seeds": args.seeds,
+        "max_tokens": args.max_tokens,
+        "model": Path(engine.info.path).name if engine.info.path else "embedded",
+        "sampling": {
+            k: v for k, v in (svc.conversation(conv.id).sampling or {}).items() if k != "seed"
+        },
+        "load_s": round(load_s, 2),
+        "elapsed_s": round(elapsed, 1),
+    }
+    if samples:
+        out["samples"] = samples
+    print(json.dumps(out, ensure_ascii=False))
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
