@@ -21,14 +21,40 @@ _jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]
 )
 
 
+def _run(fn: Callable[..., Any], args: tuple[Any, ...], fut: Future[Any]) -> None:
+    if fut.set_running_or_notify_cancel():
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as e:  # handed to the caller, raised there
+            fut.set_exception(e)
+
+
 def _model_loop() -> None:
     while True:
-        fn, args, fut = _jobs.get()
-        if fut.set_running_or_notify_cancel():
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as e:  # handed to the caller, raised there
-                fut.set_exception(e)
+        _run(*_jobs.get())
+
+
+def run_pending() -> None:
+    """On the model thread: run the jobs waiting in its queue now. A long job (the batch loop of
+    core/engine/batch.py) calls this between its steps, so a plain call waits one step at most."""
+    assert threading.current_thread() is _model_thread
+    while True:
+        try:
+            job = _jobs.get_nowait()
+        except queue.Empty:
+            return
+        _run(*job)
+
+
+def submit(fn: Callable[..., _T], *args: Any) -> Future[_T]:
+    """Queue `fn(*args)` for the model thread without waiting for it."""
+    fut: Future[_T] = Future()
+    _jobs.put((fn, args, fut))
+    return fut
+
+
+def is_model_thread() -> bool:
+    return threading.current_thread() is _model_thread
 
 
 # A daemon thread that lives as long as the process: it is never joined or torn down, so the

@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from core.backends.base import Backend, ModelInfo, State
 from core.backends.model_thread import OnModelThread, on_model_thread
+from core.engine.batch import Batcher
 from core.engine.sampler import Penalties, SamplingParams, sample
 from core.engine.state_cache import Checkpoint, StateCache, chain_key, root_key
 from core.engine.stops import StopScanner
@@ -78,6 +79,11 @@ class _Prompt:
     @property
     def n_tokens(self) -> int:
         return sum(len(c.tokens) for c in self.chunks)
+
+
+def version_seed(seed: int | None, i: int) -> int | None:
+    """The seed of version `i` of a reply asked for with `seed` (None: random)."""
+    return None if seed is None else seed + i
 
 
 RAW_LENGTHS = 512  # prompt lengths remembered for raw completions' prefix lookup
@@ -170,6 +176,8 @@ class Engine:
         self._raw_root = root_key(f"raw\0{self.info.identity}\0{backend.state_format}")
         self._raw_lengths: OrderedDict[int, None] = OrderedDict()
         self._raw_lock = threading.Lock()
+        # every forward pass goes through the batcher: concurrent generations share each pass
+        self._batcher = Batcher(backend)
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -253,17 +261,9 @@ class Engine:
 
     # ------------------------------------------------------------------ states
     def _forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
-        """One call into the model (on the model thread, as every call of self.backend)."""
-        return self.backend.forward(tokens, state)
-
-    def _step(
-        self, tokens: list[int], state: State, drop_input: bool = False
-    ) -> tuple[np.ndarray, State]:
-        """A decode step; runs on the model thread. With `drop_input` the caller never uses
-        `state` again, and the back end may skip keeping it."""
-        if drop_input:
-            return self.raw_backend.advance(tokens, state)
-        return self.raw_backend.forward(tokens, state)
+        """One call into the model, on the model thread, batched with the decode steps of other
+        generations (a long prompt is fed in chunks between their steps)."""
+        return self._batcher.forward(tokens, state)
 
     def _initial_checkpoint(self) -> Checkpoint:
         if self._initial is None:
@@ -380,6 +380,43 @@ class Engine:
         )
         return Reply(gen, holder)
 
+    def reply_versions(
+        self,
+        ctx: CharacterContext,
+        history: list[Message],
+        speaker: Message,
+        params: SamplingParams,
+        n: int,
+        cancel: threading.Event | None = None,
+        on_finish: Callable[[int, ReplyResult], None] | None = None,
+    ) -> list[Reply]:
+        """`n` versions of the next message by `speaker`, from one restored state (the prompt
+        is fed once), each with its own sampler stream: version i uses `version_seed(seed, i)`,
+        so it equals `reply` with that seed. Consumed at once (one thread each, see
+        `core.engine.batch.consume_together`) they decode as one batch."""
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        history = list(history)
+        prompt = self._build(ctx, history, speaker)
+        lock = threading.Lock()
+        shared: list[tuple[Checkpoint, int]] = []
+
+        def start() -> tuple[Checkpoint, int]:
+            with lock:  # the first version feeds the prompt; the others reuse its state
+                if not shared:
+                    shared.append(self._advance(prompt, to_disk=False))
+                    return shared[0]
+                return shared[0][0], 0
+
+        replies: list[Reply] = []
+        for i in range(n):
+            holder: list[ReplyResult] = []
+            p = replace(params, seed=version_seed(params.seed, i))
+            done = (lambda res, i=i: on_finish(i, res)) if on_finish is not None else None
+            gen = self._generate(ctx, history, speaker, p, cancel, False, done, holder, start=start)
+            replies.append(Reply(gen, holder))
+        return replies
+
     def _generate(
         self,
         ctx: CharacterContext,
@@ -390,6 +427,7 @@ class Engine:
         continue_last: bool,
         on_finish: Callable[[ReplyResult], None] | None,
         holder: list[ReplyResult],
+        start: Callable[[], tuple[Checkpoint, int]] | None = None,
     ) -> Iterator[str]:
         t0 = time.perf_counter()
         if continue_last:
@@ -409,7 +447,10 @@ class Engine:
         with self._active_lock:  # counted down in `finally`, whatever happens from here
             self._active += 1
         try:
-            run.start, run.res.fed_tokens = self._advance(prompt, to_disk=False)
+            if start is not None:
+                run.start, run.res.fed_tokens = start()
+            else:
+                run.start, run.res.fed_tokens = self._advance(prompt, to_disk=False)
             banned = self._banned_first if not continue_last else None
             yield from self._decode(run, cancel, banned)
         except GeneratorExit:
@@ -443,38 +484,40 @@ class Engine:
         def pick(logits: np.ndarray) -> int:
             return sample(logits, params, rng, penalties, banned if scanner.empty else None)
 
-        def step(tok: int, state: State, drop: bool) -> tuple[State, int]:
-            logits, state = self._step([tok], state, drop_input=drop)
-            run.last_logits = logits
-            return state, pick(logits)
-
         # Sampling runs on the model thread right after the forward it depends on, so a
-        # second session's numpy work never competes with the model's own threads.
+        # second session's numpy work never competes with the model's own threads. Each step
+        # goes to the batcher, which runs it in one pass with the other generations' steps.
         tok = on_model_thread(pick, logits)
-        for i in range(params.max_tokens):
-            if cancel is not None and cancel.is_set():
-                res.stop_reason = "cancel"
-                break
-            res.new_tokens += 1
-            if tok == eos:
-                res.stop_reason = "eos"
-                break
-            penalties.add(tok)
-            piece = scanner.push(self._token_bytes(tok))
-            if piece:
-                if not res.ttft_s:
-                    res.ttft_s = time.perf_counter() - run.t0
-                yield piece
-            if scanner.stopped:
-                res.stop_reason = "stop"
-                break
-            if i == params.max_tokens - 1:
-                res.stop_reason = "length"
-                break
-            # the prompt's state stays in the cache; later ones are this loop's alone
-            run.state, nxt = on_model_thread(step, tok, run.state, bool(run.fed))
-            run.fed.append(tok)
-            tok = nxt
+        stream = self._batcher.open()
+        try:
+            for i in range(params.max_tokens):
+                if cancel is not None and cancel.is_set():
+                    res.stop_reason = "cancel"
+                    break
+                res.new_tokens += 1
+                if tok == eos:
+                    res.stop_reason = "eos"
+                    break
+                penalties.add(tok)
+                piece = scanner.push(self._token_bytes(tok))
+                if piece:
+                    if not res.ttft_s:
+                        res.ttft_s = time.perf_counter() - run.t0
+                    yield piece
+                if scanner.stopped:
+                    res.stop_reason = "stop"
+                    break
+                if i == params.max_tokens - 1:
+                    res.stop_reason = "length"
+                    break
+                # the prompt's state stays in the cache; later ones are this loop's alone
+                run.last_logits, run.state, nxt = self._batcher.step(
+                    stream, [tok], run.state, bool(run.fed), pick
+                )
+                run.fed.append(tok)
+                tok = nxt
+        finally:
+            self._batcher.close(stream)  # leaves the batch at once
 
     # ------------------------------------------------------------------ raw completion
     def complete(

@@ -1,0 +1,226 @@
+"""Batched decoding: the decode steps of every running generation go into one forward pass.
+
+Decoding on a CPU is bound by memory bandwidth: a step reads every weight once, whether it
+decodes one sequence or eight. The `Batcher` runs on the model thread (core/backends/
+model_thread.py) while there is work: each step it gathers the jobs waiting (one token of each
+generation's decode loop, and a chunk of each prompt being fed) and hands them to the back end's
+`forward_batch`, which llama.cpp runs as one `llama_decode` with one sequence per job. A prompt
+is fed in chunks of `PREFILL_CHUNK` tokens while other generations decode, so it never stalls
+them for long. A generation joins at the next step after it asks, and leaves as soon as it stops
+asking (it ended, was stopped, cancelled or closed); callers never see the batching.
+
+Each generation has a `Stream`. The batcher waits a few milliseconds for the streams that were
+in step at the last step (their threads resubmit within microseconds of getting their token), so
+that they decode together; a stream that misses a step is not waited for again until it asks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core.backends.base import Backend, State
+from core.backends.model_thread import is_model_thread, run_pending, submit
+
+PREFILL_CHUNK = 64  # prompt tokens fed per step while other generations decode
+WAIT_S = 0.004  # how long a step waits for the streams that were in step at the last one
+
+
+@dataclass(eq=False)
+class Stream:
+    """One generation's decode loop, as the batcher sees it."""
+
+    expected: bool = False  # the batcher waits (briefly) for this stream's next step
+    job: _Job | None = None  # its step waiting to run
+    closed: bool = False
+
+
+@dataclass(eq=False)
+class _Job:
+    tokens: list[int]  # still to feed
+    state: State  # the state they follow
+    consume: bool  # the caller (or the batcher, after a chunk) never uses `state` again
+    after: Callable[[np.ndarray], Any] | None  # run on the logits, on the model thread
+    stream: Stream | None
+    fut: Future[tuple[np.ndarray, State, Any]] = field(default_factory=Future)
+
+
+class Batcher:
+    """Runs forward passes of many callers as batches on the model thread."""
+
+    def __init__(self, backend: Backend, chunk: int = PREFILL_CHUNK, wait_s: float = WAIT_S):
+        self.backend = backend  # the raw back end: every call here is on the model thread
+        # a wrapper that forwards attributes (a test's scripted model, say) but defines no
+        # forward_batch of its own runs one sequence at a time through its own forward
+        self._batched = getattr(type(backend), "forward_batch", None) is not None
+        self.max_batch = max(1, int(getattr(backend, "max_batch", 1))) if self._batched else 1
+        self.chunk = chunk
+        self.wait_s = wait_s if self.max_batch > 1 else 0.0
+        self._cv = threading.Condition()
+        self._jobs: list[_Job] = []  # in the order they came
+        self._streams: set[Stream] = set()
+        self._driving = False
+        self.steps = 0  # forward passes run (for tests and benches)
+        self.batched = 0  # jobs run in a pass with others
+
+    # ------------------------------------------------------------------ callers
+    def forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
+        """Feed `tokens` after `state` (left as it was): logits of the last one, new state."""
+        if is_model_thread():
+            return self.backend.forward(tokens, state)
+        logits, new, _ = self._submit(_Job(list(tokens), state, False, None, None)).result()
+        return logits, new
+
+    def open(self) -> Stream:
+        stream = Stream()
+        with self._cv:
+            self._streams.add(stream)
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        """The generation left: the batcher no longer waits for it."""
+        with self._cv:
+            stream.closed = True
+            self._streams.discard(stream)
+            self._cv.notify_all()
+
+    def step(
+        self,
+        stream: Stream,
+        tokens: list[int],
+        state: State,
+        consume: bool,
+        after: Callable[[np.ndarray], Any] | None = None,
+    ) -> tuple[np.ndarray, State, Any]:
+        """One decode step of `stream`: (logits, new state, `after(logits)`), `after` run on
+        the model thread right after the pass (sampling there keeps numpy off the model's
+        cores while it computes)."""
+        if is_model_thread():
+            logits, new = self._forward_batch([(tokens, state, consume)])[0]
+            return logits, new, after(logits) if after is not None else None
+        return self._submit(_Job(list(tokens), state, consume, after, stream)).result()
+
+    def _submit(self, job: _Job) -> Future[tuple[np.ndarray, State, Any]]:
+        with self._cv:
+            if job.stream is not None:
+                job.stream.job = job
+                job.stream.expected = True
+            self._jobs.append(job)
+            start = not self._driving
+            self._driving = True
+            self._cv.notify_all()
+        if start:
+            submit(self._drive)
+        return job.fut
+
+    def _forward_batch(self, items: list[tuple[list[int], State, bool]]) -> list[Any]:
+        if self._batched:
+            return self.backend.forward_batch(items)
+        b = self.backend
+        return [b.advance(t, s) if c else b.forward(t, s) for t, s, c in items]
+
+    # ------------------------------------------------------------------ the loop
+    def _drive(self) -> None:
+        """The batch loop, on the model thread, while jobs are waiting."""
+        while True:
+            run_pending()  # plain model calls (state saves, ...) wait one step at most
+            with self._cv:
+                if not self._jobs:
+                    self._driving = False
+                    return
+                self._wait_for_streams()
+                jobs = self._pick()
+                streaming = any(not s.closed for s in self._streams)
+            self._run(jobs, streaming)
+
+    def _wait_for_streams(self) -> None:
+        if self.wait_s <= 0:
+            return
+        deadline = time.perf_counter() + self.wait_s
+        while True:
+            late = [s for s in self._streams if s.expected and s.job is None and not s.closed]
+            if not late or len(self._jobs) >= self.max_batch:
+                return
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                for s in late:
+                    s.expected = False  # not waited for again until it asks
+                return
+            self._cv.wait(left)
+
+    def _pick(self) -> list[_Job]:
+        """Decode steps first, then prompt chunks, in arrival order, up to max_batch."""
+        steps = [j for j in self._jobs if j.stream is not None]
+        feeds = [j for j in self._jobs if j.stream is None]
+        jobs = (steps + feeds)[: self.max_batch]
+        taken = set(map(id, jobs))
+        self._jobs = [j for j in self._jobs if id(j) not in taken]
+        for j in jobs:
+            if j.stream is not None:
+                j.stream.job = None
+        return jobs
+
+    def _run(self, jobs: list[_Job], streaming: bool) -> None:
+        cut = [len(j.tokens) if not streaming else min(len(j.tokens), self.chunk) for j in jobs]
+        items = [(j.tokens[:k], j.state, j.consume) for j, k in zip(jobs, cut, strict=True)]
+        try:
+            out = self._forward_batch(items)
+        except Exception as e:
+            bad = getattr(e, "index", None)
+            if isinstance(bad, int) and len(jobs) > 1 and 0 <= bad < len(jobs):
+                # one job failed its checks before anything ran: it alone fails
+                jobs[bad].fut.set_exception(getattr(e, "error", e))
+                rest = jobs[:bad] + jobs[bad + 1 :]
+                self._run(rest, streaming)
+                return
+            for j in jobs:
+                j.fut.set_exception(getattr(e, "error", e) if bad is not None else e)
+            return
+        self.steps += 1
+        if len(jobs) > 1:
+            self.batched += len(jobs)
+        unfinished: list[_Job] = []
+        for j, k, (logits, state) in zip(jobs, cut, out, strict=True):
+            j.tokens = j.tokens[k:]
+            j.state = state
+            if j.tokens:  # a prompt fed in chunks: its next chunk goes in the next step
+                j.consume = True
+                unfinished.append(j)
+                continue
+            try:
+                extra = j.after(logits) if j.after is not None else None
+            except Exception as e:
+                j.fut.set_exception(e)
+            else:
+                j.fut.set_result((logits, state, extra))
+        if unfinished:
+            with self._cv:
+                self._jobs = unfinished + self._jobs
+
+
+def consume_together(replies: Iterable[Any]) -> list[Any]:
+    """Consume several `Reply` iterators at once, one thread each (so that their steps are
+    batched), and return their results in order."""
+    replies = list(replies)
+    errors: list[BaseException] = []
+
+    def run(r: Any) -> None:
+        try:
+            r.consume()
+        except BaseException as e:  # re-raised below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in replies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [r.result for r in replies]
