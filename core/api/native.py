@@ -20,28 +20,25 @@ runtime, like the pages: what is done here shows in the pages, and back.
     DELETE /api/messages/{id}
 
 A reply is returned whole, or with "stream": true as server-sent events: `{"delta": "..."}`
-pieces, then one `{"done": true, "message": {...}, "stop_reason": ...}` event. A client that goes
-away stops the reply; what was said is saved (the service's Turn saves however a reply ends).
+pieces, then one last `{"done": true, "message": {...}, "stop_reason": ...}` event (an error is
+one `{"error": {...}}` event instead). A client that goes away stops the reply; what was said is
+saved (the service's Turn saves however a reply ends; core/api/stream.py stops it).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from datetime import datetime
 from typing import Any
 
-import anyio
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from core.api.config import ApiConfig
 from core.api.errors import ApiError, read_json
+from core.api.stream import EventStream, ThreadedPieces, run_unless_disconnected
 from core.avatars import avatar_path
 from core.chat.service import ChatService, Turn
 from core.engine.sampler import SamplingParams
@@ -227,21 +224,29 @@ class NativeApi:
         return message_json(m, self.rt.store.get_conversation(m.conversation_id))
 
     def _engine_ready(self) -> None:
-        """Load the model chosen for the app if it is not loaded (the first reply waits)."""
+        """Load the model chosen for the app if it is not loaded (the first reply waits); the
+        same rule and errors as the OpenAI-compatible endpoints."""
         rt = self.rt
         if rt.engine() is not None:
             return
         if rt.unloaded:
             raise ApiError(
                 503,
-                "No model is loaded: it was unloaded in Settings. Load one there.",
-                code="model_not_available",
+                "The model was unloaded in Settings. Load it there, then try again.",
+                code="model_unloaded",
+            )
+        failure = rt.failure()
+        if failure:
+            raise ApiError(
+                503,
+                f"The model could not be loaded: {failure} Choose another in Settings.",
+                code="model_not_loaded",
             )
         try:
             rt.load()
         except AppError as e:
             raise ApiError(
-                503, f"The model could not be loaded: {e}", code="model_not_available"
+                503, f"The model could not be loaded: {e}", code="model_not_loaded"
             ) from None
 
     # --- characters ---
@@ -508,14 +513,11 @@ class NativeApi:
     async def _answer(
         self, request: Request, turn: Turn, first: dict[str, Any], stream: bool
     ) -> Response:
-        if stream:
-            return StreamingResponse(
-                self._events(request, turn, first),
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-            )
+        if stream:  # the client's disconnect stops the reply (stream.py); the Turn saves it
+            pieces = ThreadedPieces(turn, cancel=turn.cancel, name="api-reply")
+            return EventStream(self._events(turn, pieces, first), on_close=pieces.stop, done=False)
         try:
-            await _until_done_or_gone(request, turn)
+            await run_unless_disconnected(request.receive, turn.consume, turn.cancel.set)
         except AppError as e:
             raise _api_error(e) from None
         out = await run_in_threadpool(self._finished, turn)
@@ -524,79 +526,14 @@ class NativeApi:
         return JSONResponse({**first, **out})
 
     async def _events(
-        self, request: Request, turn: Turn, first: dict[str, Any]
-    ) -> AsyncIterator[bytes]:
+        self, turn: Turn, pieces: ThreadedPieces, first: dict[str, Any]
+    ) -> AsyncIterator[dict[str, Any]]:
         if first:
-            yield _sse(first)
-        try:
-            async with aclosing(_pieces(turn)) as pieces:
-                async for piece in pieces:
-                    yield _sse({"delta": piece})
-        except AppError as e:
-            yield _sse(_api_error(e).body())
-            return
-        yield _sse({"done": True, **await run_in_threadpool(self._finished, turn)})
-
-
-# ------------------------------------------------------------------------------ running a turn
-async def _until_done_or_gone(request: Request, turn: Turn) -> None:
-    """Read the reply to its end in the thread pool; a client that goes away meanwhile stops it
-    (the engine ends at its next token and the Turn saves what was said)."""
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            while True:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    turn.cancel.set()
-                    return
-
-        tg.start_soon(watch)
-        try:
-            await run_in_threadpool(turn.consume)
-        finally:
-            tg.cancel_scope.cancel()
-
-
-async def _pieces(turn: Turn) -> AsyncIterator[str]:
-    """The reply's text pieces, read to its end by one worker thread (which also saves it).
-    When the response is cancelled (the client went away) the reply is stopped at its next
-    token, and this waits, shielded, until what was said is saved."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def put(kind: str, value: Any) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-
-    def produce() -> None:
-        try:
-            for piece in turn:
-                put("piece", piece)
-            turn.done.wait()
-            put("end", None)
-        except Exception as e:  # the engine failed: said as an error event
-            turn.close()
-            put("error", e)
-
-    worker = threading.Thread(target=produce, name="api-reply", daemon=True)
-    worker.start()
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "piece":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
-    finally:
-        turn.cancel.set()  # a client gone: the engine ends at its next token
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(worker.join, 30.0)
-
-
-def _sse(data: Any) -> bytes:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+            yield first
+        async for piece in pieces:
+            yield {"delta": piece}
+        await pieces.wait_done(30.0)  # the reply is saved
+        yield {"done": True, **await run_in_threadpool(self._finished, turn)}
 
 
 async def _optional_json(request: Request) -> dict[str, Any]:
