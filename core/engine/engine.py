@@ -439,7 +439,7 @@ class Engine:
         scanner = StopScanner(
             self.format.stop_strings(speaker, ctx, names),
             strip_leading=not continue_last,
-            strip_prefixes=(f"{me}:", f"{me}\uff1a"),  # a reply that repeats its own header
+            strip_prefixes=StopScanner.name_prefixes(me),  # a reply repeating its own header
         )
         prompt = self._build(ctx, history, speaker, open_last=continue_last)
         run = _Run(params.validated(), scanner, t0)

@@ -6,7 +6,8 @@ tells how much text is safe to show: never half a UTF-8 character (a `\\ufffd` a
 tail that could still grow into a stop string, and never whitespace that trimming may drop.
 
 The start of a reply counts as the start of a line, so a reply that opens with another speaker's
-`Name:` ends there, and one that opens by repeating its own speaker's `Name:` loses that prefix.
+`Name:` ends there, and one that opens by repeating its own speaker's `Name:` loses that prefix
+(also a part of the name: "Ada:" or "Ada Reyes:" for "Captain Ada Reyes", see `name_prefixes`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,22 @@ from collections.abc import Sequence
 
 from core.prompt import normalize
 
+COLONS = (":", "\uff1a")  # ASCII and full-width
+
+
+def name_prefixes(name: str) -> list[str]:
+    """The `Name:` openings a reply by `name` loses: the full name and every run of its words
+    ("Captain Ada Reyes" -> "Captain Ada Reyes:", "Ada Reyes:", "Ada:", "Reyes:", ...), each with
+    an ASCII and a full-width colon, longest first. A name without spaces (林晚) gives itself."""
+    words = name.split()
+    runs = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)}
+    runs.add(name.strip())
+    return [r + c for r in sorted((r for r in runs if r), key=len, reverse=True) for c in COLONS]
+
 
 class StopScanner:
+    name_prefixes = staticmethod(name_prefixes)  # for callers that hold only the class
+
     def __init__(
         self,
         stops: Sequence[str],
