@@ -13,6 +13,7 @@ from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.prompt import substitute
 from core.store import CharacterCreate, CharacterUpdate
+from pages import lore_ui
 from pages.ui_common import (
     T,
     avatar_image,
@@ -275,8 +276,15 @@ with st.expander(T("import_cards"), icon=":material/upload_file:"):
         ss.card_upload_gen = gen + 1  # a fresh, empty uploader
         st.rerun()
 
+# lorebooks (World Info): the books, and the character's own and attached ones (pages/lore_ui.py)
+with st.expander(T("lorebooks"), icon=":material/menu_book:"):
+    lore_ui.lorebooks_panel(s)
+
 if ss.get("char_edit") is not None:
     render_editor(ss.char_edit)
+    if isinstance(ss.get("char_edit"), int) and (lore_ch := s.get_character(ss.char_edit)):
+        with st.container(border=True, key="char_lore"):
+            lore_ui.character_lore(s, lore_ch)
 
 # --- the list ------------------------------------------------------------------------------------
 try:

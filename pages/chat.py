@@ -29,6 +29,7 @@ from core.store import ChatMessage, Conversation
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
+from pages import lore_ui
 from pages.ui_common import (
     PAGE_CHARACTERS,
     StreamText,
@@ -208,6 +209,7 @@ with st.sidebar:
                 icon=":material/download:",
                 on_click="ignore",
             )
+            lore_ui.chat_lorebooks(s, conv)  # lorebooks attached to this chat
             with st.popover(T("delete_chat"), icon=":material/delete:"):
                 st.write(T("delete_chat_confirm"))
                 if st.button(T("delete"), key=f"del_chat_{conv.id}", type="primary"):
@@ -470,6 +472,7 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
         meta_line = _meta_line(msg.meta or {})
         if meta_line:
             st.caption(meta_line)
+        lore_ui.fired_entries(msg)  # the lorebook entries that fired for this reply
         n_alts = len(msg.alternatives or [])
         with st.container(horizontal=True, gap="small", vertical_alignment="center"):
             if n_alts > 1:

@@ -17,10 +17,14 @@ from core.lore import (
     Book,
     LoreError,
     activate,
+    apply_rows,
+    entry_row,
     export_world_info,
+    filter_entries,
     from_character_book,
     new_entry,
     parse_world_info,
+    split_keys,
     to_character_book,
 )
 
@@ -391,3 +395,36 @@ def test_character_book_both_ways() -> None:
     assert back["entries"][1]["enabled"] is False
     # and read again, the same entries
     assert from_character_book(back) == (entries, settings)
+
+
+# --- the editor's table ---------------------------------------------------------------------
+
+
+def test_split_keys_keeps_commas_inside_a_regex() -> None:
+    assert split_keys("a, b , /c,d/i, e") == ["a", "b", "/c,d/i", "e"]
+    assert split_keys(" ,, ") == []
+
+
+def test_table_edits_under_a_search_keep_the_hidden_entries() -> None:
+    entries = [
+        new_entry(0, key=["dragon"], content="Dragons.", comment="D"),
+        new_entry(1, key=["moon"], content="Moon.", custom_field="kept"),
+        new_entry(2, key=["sun"], content="Sun."),
+    ]
+    shown = filter_entries(entries, "MOON")
+    assert [e["uid"] for e in shown] == [1]
+    rows = [entry_row(e) for e in shown]
+    rows[0].update(content="The moon is red.", key="moon, /lun(a|e)/i", enabled=False, order=7)
+    rows[0]["logic"] = "NOT ANY"
+    rows.append({"uid": float("nan"), "key": "star", "content": "Stars.", "enabled": None})
+    rows.append({"uid": None, "key": "", "content": "  "})  # an empty new row: dropped
+    out = apply_rows(entries, [1], rows)
+    assert [e["uid"] for e in out] == [0, 1, 2, 3]
+    moon = out[1]
+    assert moon["content"] == "The moon is red." and moon["key"] == ["moon", "/lun(a|e)/i"]
+    assert moon["disable"] is True and moon["order"] == 7 and moon["selectiveLogic"] == NOT_ANY
+    assert moon["custom_field"] == "kept"  # fields the table does not show survive
+    assert out[3]["key"] == ["star"] and out[3]["disable"] is False
+    assert out[0] == entries[0] and out[2] == entries[2]
+    # a row deleted from the shown ones deletes that entry only
+    assert [e["uid"] for e in apply_rows(entries, [1], [])] == [0, 2]
