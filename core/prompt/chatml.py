@@ -3,12 +3,14 @@
     opening = <|im_start|>system\\n{who the character is, persona, scenario, examples}<|im_end|>\\n
     user    = <|im_start|>user\\n{text}<|im_end|>\\n
     char    = <|im_start|>assistant\\n{text}<|im_end|>\\n
-    narrator= <|im_start|>system\\n{text}<|im_end|>\\n
+    narrator= <|im_start|>assistant\\nNarrator: {text}<|im_end|>\\n
 
-Narrator lines are system messages: stage directions for the model, not something either side
-said. A message by a speaker other than the chat's user or character (a second character in a
-group chat) keeps its role and starts with "Name: " after the header, so the model knows who
-speaks.
+Narrator lines are the assistant's turns, opened with "Narrator: ". They were system messages
+once, and a generated narrator line then started with `<|im_start|>system\\n`: a small instruct
+model continues that with the system prompts it was trained on ("You're an AI assistant for text
+re-writing..."), never with narration. A message by a speaker other than the chat's user or
+character (a second character in a group chat) keeps its role and starts with "Name: " after the
+header, so the model knows who speaks.
 
 The markers `<|im_start|>` / `<|im_end|>` are special tokens. The back end's `tokenize(text)`
 turns exactly these marker strings into their special tokens and everything else into ordinary
@@ -93,13 +95,13 @@ class ChatMLFormat:
         return self._system(text) if text else ""
 
     def _role(self, msg: Message) -> str:
-        return {"user": "user", "char": "assistant", "narrator": "system"}[msg.role]
+        return {"user": "user", "char": "assistant", "narrator": "assistant"}[msg.role]
 
     def header(self, msg: Message, ctx: CharacterContext) -> str:
         head = f"{IM_START}{self._role(msg)}\n"
         name = speaker_name(msg, ctx)
         usual = {"user": ctx.user_name, "char": ctx.name}.get(msg.role)
-        if usual is not None and name != usual:
+        if msg.role == "narrator" or (usual is not None and name != usual):
             head += defuse(normalize(name)) + ": "
         return head
 

@@ -79,7 +79,7 @@ def test_chatml_prompt_shape(smol) -> None:
     assert "Mia is a cheerful baker" in opening and "Tom: Hello!" in opening
     assert fmt.header(user, MIA) == f"{IM_START}user\n"
     assert fmt.header(char, MIA) == f"{IM_START}assistant\n"
-    assert fmt.header(narr, MIA) == f"{IM_START}system\n"
+    assert fmt.header(narr, MIA) == f"{IM_START}assistant\nNarrator: "  # never a system turn
     assert fmt.header(Message("char", "", name="Bob"), MIA) == f"{IM_START}assistant\nBob: "
     assert fmt.body("Hello", char, MIA) == f"Hello{IM_END}\n"
     assert fmt.open_body("Hello", char, MIA) == "Hello"
