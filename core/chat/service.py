@@ -14,6 +14,7 @@ import inspect
 import random
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -323,6 +324,48 @@ class ChatService:
             cancel=cancel,
             character_id=who.id,
         )
+
+    # ------------------------------------------------------------------ batched versions
+    def regenerate_versions(
+        self,
+        conversation_id: int,
+        n: int,
+        params: SamplingParams | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Turn]:
+        """`n` new versions of the last message at once, each saved as a version of it when
+        it ends. Version i samples with the chat's seed + i (random when it has none), so each
+        equals the regenerate made alone with that seed. Read them together (one thread each:
+        `consume_versions`) and the engine decodes them in one batch."""
+        from core.engine.engine import version_seed
+
+        if not 1 <= n <= MAX_VERSIONS:
+            raise ValueError(f"between 1 and {MAX_VERSIONS} versions at once")
+        messages = self.store.list_messages(conversation_id)
+        if not messages:
+            raise StoreError("The chat has no message to regenerate or continue.")
+        base = params or self.params(self.conversation(conversation_id))
+        cancel = cancel or threading.Event()
+        return [
+            self.reply(
+                conversation_id,
+                "regen",
+                target_id=messages[-1].id,
+                params=replace(base, seed=version_seed(base.seed, i)),
+                cancel=cancel,
+            )
+            for i in range(n)
+        ]
+
+    def consume_versions(self, turns: list[Turn]) -> list[ChatMessage | None]:
+        """Read the versions to their ends, together; the messages as saved."""
+        from core.engine.batch import consume_together
+
+        consume_together(turns)
+        return [t.message for t in turns]
+
+
+MAX_VERSIONS = 8  # versions of one message generated at once (the model's batch)
 
 
 def model_name(engine: Engine) -> str:
