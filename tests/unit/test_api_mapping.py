@@ -1,0 +1,282 @@
+"""OpenAI-style requests -> engine inputs (core/api/mapping.py): the messages of a chat as the
+app's prompt (opening, named speakers, narrator lines, a prefill), the sampling fields and their
+aliases, and the refusals, each naming its parameter."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.api.errors import ApiError
+from core.api.mapping import (
+    MAX_TOKENS_LIMIT,
+    map_messages,
+    parse_generation,
+    refuse_unsupported,
+)
+from core.engine.sampler import PRESETS, SamplingParams
+from core.prompt import CharacterContext, Message, RoleplayFormat, speaker_name
+
+BASE = PRESETS["roleplay"]
+VOCAB = 65536
+
+
+def _prompt(body: dict) -> str:
+    """The prompt text the RWKV role-play format makes of a request."""
+    chat = map_messages(body)
+    fmt, ctx = RoleplayFormat(), chat.ctx
+    text = fmt.opening(ctx)
+    for i, m in enumerate(chat.history):
+        last_open = chat.continue_last and i == len(chat.history) - 1
+        text += fmt.header(m, ctx)
+        text += fmt.open_body(m.text, m, ctx) if last_open else fmt.body(m.text, m, ctx)
+    if not chat.continue_last:
+        text += fmt.header(chat.speaker, ctx)
+    return text
+
+
+def test_a_sillytavern_chat_maps_onto_the_role_play_prompt() -> None:
+    """Main prompt, description, example dialogue (system messages named example_user /
+    example_assistant), the greeting and the chat with their names (SillyTavern's "Completion
+    object" names), and a later system message as a narrator line."""
+    body = {
+        "messages": [
+            {"role": "system", "content": "Write Seraphina's next reply."},
+            {"role": "system", "content": "Seraphina is a guardian of the forest."},
+            {"role": "system", "content": "[Example Chat]"},
+            {"role": "system", "name": "example_user", "content": "Who are you?"},
+            {"role": "system", "name": "example_assistant", "content": "*smiles* A friend."},
+            {"role": "system", "content": "[Start a new Chat]"},
+            {"role": "assistant", "name": "Seraphina", "content": "You are awake!"},
+            {"role": "user", "name": "Bob", "content": "Where am I?"},
+            {"role": "system", "content": "The wind rises."},
+        ]
+    }
+    assert _prompt(body) == (
+        "Write Seraphina's next reply.\nSeraphina is a guardian of the forest.\n"
+        "[Example Chat]\nBob: Who are you?\nSeraphina: *smiles* A friend.\n"
+        "[Start a new Chat]\n\n"
+        "Seraphina: You are awake!\n\nBob: Where am I?\n\nNarrator: The wind rises.\n\n"
+        "Seraphina:"
+    )
+
+
+def test_the_same_chat_one_turn_later_renders_the_same_prefix() -> None:
+    """What makes the state cache serve a client that resends the whole chat every turn."""
+    turn1 = [
+        {"role": "system", "content": "A story."},
+        {"role": "user", "content": "Hi"},
+    ]
+    turn2 = [*turn1, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Go"}]
+    first, second = _prompt({"messages": turn1}), _prompt({"messages": turn2})
+    assert second.startswith(first + " Hello.\n\n")
+
+
+def test_names_from_request_fields_then_messages_then_defaults() -> None:
+    msgs = [{"role": "user", "content": "a"}]
+    ctx = map_messages({"messages": msgs}).ctx
+    assert (ctx.user_name, ctx.name) == ("User", "Assistant")
+    chat = map_messages({"messages": msgs, "user_name": "Ann", "assistant_name": "Rex"})
+    assert (chat.ctx.user_name, chat.ctx.name) == ("Ann", "Rex")
+    assert chat.speaker == Message("char")
+    # SillyTavern sanitises a non-Latin name to underscores: that is no name at all
+    named = [{"role": "user", "name": "__", "content": "a"}]
+    assert map_messages({"messages": named}).ctx.user_name == "User"
+    # a second named assistant (a group chat) keeps its name
+    group = [
+        {"role": "assistant", "name": "Rex", "content": "a"},
+        {"role": "assistant", "name": "Lina", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
+    chat = map_messages({"messages": group})
+    assert [m.name for m in chat.history] == ["", "Lina", ""]
+    assert chat.ctx.name == "Rex"
+
+
+def test_a_trailing_assistant_message_is_continued_and_an_empty_one_names_the_speaker() -> None:
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Well,"}]
+    chat = map_messages({"messages": msgs})
+    assert chat.continue_last and chat.speaker.text == "Well,"
+    assert _prompt({"messages": msgs}).endswith("Assistant: Well,")
+    msgs[-1] = {"role": "assistant", "name": "Lina", "content": ""}
+    chat = map_messages({"messages": msgs})
+    assert not chat.continue_last and speaker_name(chat.speaker, chat.ctx) == "Lina"
+    assert [m.role for m in chat.history] == ["user"]
+
+
+def test_content_parts_are_joined_and_images_refused() -> None:
+    parts = [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]
+    chat = map_messages({"messages": [{"role": "user", "content": parts}]})
+    assert chat.history[0].text == "one\ntwo"
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    with pytest.raises(ApiError) as e:
+        map_messages({"messages": [{"role": "user", "content": image}]})
+    assert e.value.status == 400 and e.value.param == "messages[0].content"
+    assert "text only" in e.value.message
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        (None, "messages"),
+        ([], "messages"),
+        ("hi", "messages"),
+        (["hi"], "messages[0]"),
+        ([{"role": "robot", "content": "x"}], "messages[0].role"),
+        ([{"role": "tool", "content": "x"}], "messages[0].role"),
+        ([{"role": "user", "content": 5}], "messages[0].content"),
+        ([{"role": "user", "content": "x", "name": 5}], "messages[0].name"),
+    ],
+)
+def test_bad_messages_are_refused_naming_the_field(messages, param) -> None:
+    with pytest.raises(ApiError) as e:
+        map_messages({"messages": messages})
+    assert e.value.status == 400 and e.value.param == param
+
+
+def test_openai_fields_and_the_defaults_of_the_preset() -> None:
+    gen = parse_generation({}, BASE, VOCAB)
+    assert gen.params == BASE and gen.n == 1 and not gen.stream and gen.stops == []
+    body = {
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "min_p": 0.05,
+        "presence_penalty": 0.3,
+        "frequency_penalty": 0.1,
+        "max_tokens": 50,
+        "seed": 7,
+        "n": 3,
+        "stop": "END",
+        "stream": True,
+        "logit_bias": {"11": -100, "261": 5},
+        "stream_options": {"include_usage": True},
+    }
+    gen = parse_generation(body, BASE, VOCAB)
+    p = gen.params
+    assert (p.temperature, p.top_p, p.top_k, p.min_p) == (0.7, 0.9, 40, 0.05)
+    assert (p.presence_penalty, p.frequency_penalty, p.max_tokens, p.seed) == (0.3, 0.1, 50, 7)
+    assert p.logit_bias == ((11, -100.0), (261, 5.0))
+    assert gen.n == 3 and gen.stream and gen.include_usage and gen.stops == ["END"]
+    # each alternative its own seed stream
+    assert [gen.params_for(i).seed for i in range(3)] == [7, 8, 9]
+
+
+def test_the_aliases_of_text_completion_clients() -> None:
+    """An ooba-type body from SillyTavern: max_new_tokens, rep_pen, stopping_strings,
+    sampler_seed -1 (random), top_k 0 (off), and dozens of fields we do not use."""
+    body = {
+        "prompt": "x",
+        "max_new_tokens": 120,
+        "temperature": 1.0,
+        "top_p": 1,
+        "typical_p": 1,
+        "sampler_seed": -1,
+        "min_p": 0.1,
+        "repetition_penalty": 1.1,
+        "frequency_penalty": 0,
+        "presence_penalty": 0,
+        "top_k": 0,
+        "stopping_strings": ["\nUser:", "\nBob:"],
+        "stop": ["\nUser:"],
+        "dry_multiplier": 0,
+        "mirostat_mode": 0,
+        "ban_eos_token": False,
+        "grammar_string": "",
+        "rep_pen_range": 0,
+    }
+    gen = parse_generation(body, BASE, VOCAB)
+    p = gen.params
+    assert p.max_tokens == 120 and p.seed is None and p.top_k == 0 and p.min_p == 0.1
+    assert p.presence_penalty == pytest.approx(0.2)  # 2 x (1.1 - 1): the stronger one wins
+    assert gen.stops == ["\nUser:", "\nBob:"]
+    # llama.cpp's n_predict -1 means "no limit": the default
+    assert parse_generation({"n_predict": -1}, BASE, VOCAB).params.max_tokens == BASE.max_tokens
+    assert parse_generation({"max_length": 33}, BASE, VOCAB).params.max_tokens == 33
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": "hot"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_tokens": "10"}, "max_tokens"),
+        ({"max_tokens": MAX_TOKENS_LIMIT + 1}, "max_tokens"),
+        ({"max_new_tokens": 100000}, "max_new_tokens"),
+        ({"n": 9}, "n"),
+        ({"n": 0}, "n"),
+        ({"seed": 1.5}, "seed"),
+        ({"stop": 3}, "stop"),
+        ({"stop": ["a", 3]}, "stop"),
+        ({"stream": "yes"}, "stream"),
+        ({"logit_bias": [1, 2]}, "logit_bias"),
+        ({"logit_bias": {"x": 1}}, "logit_bias"),
+        ({"logit_bias": {"70000": 1}}, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ],
+)
+def test_wrong_types_and_ranges_are_refused_naming_the_field(body, param) -> None:
+    with pytest.raises(ApiError) as e:
+        parse_generation(body, BASE, VOCAB)
+    assert e.value.status == 400 and e.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("body", "chat", "param"),
+    [
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, True, "tools"),
+        ({"functions": [{"name": "f"}]}, True, "tools"),
+        ({"tool_choice": "required"}, True, "tool_choice"),
+        ({"response_format": {"type": "json_schema", "json_schema": {}}}, True, "response_format"),
+        ({"response_format": {"type": "json_object"}}, True, "response_format"),
+        ({"logprobs": True}, True, "logprobs"),
+        ({"logprobs": 5}, False, "logprobs"),
+        ({"echo": True}, False, "echo"),
+        ({"suffix": "end"}, False, "suffix"),
+        ({"grammar_string": "root ::= x"}, False, "grammar_string"),
+        ({"json_schema": {"type": "object"}}, False, "json_schema"),
+    ],
+)
+def test_what_we_cannot_honour_is_refused(body, chat, param) -> None:
+    with pytest.raises(ApiError) as e:
+        refuse_unsupported(body, chat)
+    assert e.value.status == 400 and e.value.param == param
+    assert e.value.code == "unsupported_parameter"
+
+
+def test_what_clients_send_empty_passes() -> None:
+    """SillyTavern sends `logit_bias: {}`, empty grammar strings, `tool_choice: "auto"`..."""
+    for body in (
+        {"logit_bias": {}, "grammar_string": "", "json_schema": {}, "logprobs": False},
+        {"tool_choice": "auto", "tools": []},
+        {"response_format": {"type": "text"}},
+    ):
+        refuse_unsupported(body, chat=True)
+
+
+def test_logit_bias_reaches_the_sampler() -> None:
+    """A bias of +100 on one token makes it the pick; -100 bans the favourite."""
+    import numpy as np
+
+    from core.engine.sampler import sample
+
+    logits = np.zeros(VOCAB, np.float32)
+    logits[42] = 5.0
+    rng = np.random.default_rng(0)
+    p = SamplingParams(temperature=1.0, top_p=1.0, logit_bias=((7, 100.0),)).validated()
+    assert sample(logits, p, rng) == 7
+    greedy = SamplingParams(temperature=0.0, logit_bias=[[42, -100]]).validated()
+    assert greedy.logit_bias == ((42, -100.0),)
+    assert sample(logits, greedy, rng) != 42
+    # a stored chat's sampling (JSON) keeps working with and without the field
+    assert SamplingParams.from_dict({"logit_bias": [[3, 2.5]]}).validated().logit_bias == (
+        (3, 2.5),
+    )
+
+
+def test_a_system_prompt_replaces_the_opening_verbatim() -> None:
+    chat = map_messages({"messages": [{"role": "system", "content": "Line one\nLine two"}]})
+    assert chat.ctx == CharacterContext(
+        name="Assistant", user_name="User", system_prompt="Line one\nLine two"
+    )
+    assert chat.history == [] and chat.speaker == Message("char")
