@@ -54,6 +54,27 @@ def test_the_small_budget_does_evict(rwkv7_backend) -> None:
     assert check_invariant(rwkv7_backend, ops, mem_budget_mb=EVICTING_MB) > 0
 
 
+def test_lore_fed_before_replies_keeps_the_invariant(rwkv7_backend) -> None:
+    """Lore (core/lore.py) that fires for a reply is fed before it and stored with it; the
+    constant entries change the opening. Regenerate, continue, edit, delete and a restart
+    around it still give the transcript's state, feeding only what the cache lacks."""
+    ops = [
+        ("character", CHARACTERS[3]),  # the book's constant entry in the opening
+        ("lore", "the cat", 1),  # fires "cat": fed before the reply
+        ("lore", "hello", 2),
+        ("regenerate", 3),  # a plain regenerate: this version has no lore before it
+        ("lore", "你好", 4),  # fires, its secondary key "why" absent (NOT ANY)
+        ("continue", 5),  # the continued reply keeps its lore
+        ("reopen",),
+        ("edit", 1, "hello"),
+        ("lore", "why?", 6),  # "你好" two back, now with "why": does not fire
+        ("delete", 2),
+        ("send", "ok", 7),
+    ]
+    check_invariant(rwkv7_backend, ops)
+    check_invariant(rwkv7_backend, ops, mem_budget_mb=EVICTING_MB)
+
+
 @pytest.fixture(scope="module")
 def smol():
     from core.backends.embedded import embedded_model_path, missing_message

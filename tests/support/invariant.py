@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from core.engine import Engine
 from core.engine.sampler import SamplingParams
+from core.lore import Book, activate, new_entry
 from core.prompt import CharacterContext, Message, PromptFormat
 from tests.support.required import in_ci
 
@@ -41,6 +42,19 @@ CTX = CharacterContext(
 )
 # the character card edited: another description, another name (in every {{char}} too)
 CHARACTERS = [CTX, replace(CTX, persona="{{char}} is an old wolf."), replace(CTX, name="Rex")]
+# lorebook entries that fire on WORDS; a reply's fired entries are fed before it and stored with
+# it (Message.before); a book's constant entry goes in the opening (core/lore.py)
+LORE = Book(
+    "World",
+    [
+        new_entry(0, key=["cat"], content="Cats rule {{user}}'s town."),
+        new_entry(1, key=["/hel+o/i"], content="Greetings are sacred here.", order=50),
+        new_entry(2, key=["你好"], keysecondary=["why"], selectiveLogic=2, content="远方。"),
+        new_entry(3, key=["look"], content="{{char}} sees far.", probability=50),
+        new_entry(4, constant=True, content="The town has one law: be kind."),
+    ],
+)
+CHARACTERS.append(replace(CTX, persona=f"{CTX.persona}\n{activate([LORE], []).text(True)}"))
 # who else speaks or is written: the narrator, another named character, the user
 SPEAKERS = [Message("narrator"), Message("char", name="Lina"), Message("user")]
 WORDS = [
@@ -67,6 +81,8 @@ op = st.one_of(
     st.tuples(st.just("speak"), st.sampled_from(SPEAKERS), SEED),
     st.tuples(st.just("write"), st.sampled_from(SPEAKERS), st.sampled_from(WORDS)),
     st.tuples(st.just("character"), st.sampled_from(CHARACTERS)),
+    # lore: the user's message fires entries, fed before the reply and stored with it
+    st.tuples(st.just("lore"), st.sampled_from(WORDS), SEED),
 )
 
 Chunks = list[tuple[str, bool]]  # a prompt as the engine cuts it: (text, ends a message)
@@ -112,12 +128,16 @@ class Expected:
         fmt = self.fmt
         out = [(fmt.opening(ctx), True)] if fmt.opening(ctx) else []
         for i, m in enumerate(hist):
+            if m.before:  # lore fed before the message (Message.before)
+                out.append((fmt.note(m.before, ctx), False))
             out.append((fmt.header(m, ctx), False))
             if open_last and i == len(hist) - 1:
                 out.append((fmt.open_body(m.text, m, ctx), False))
             else:
                 out.append((fmt.body(m.text, m, ctx), True))
         if speaker is not None and not open_last:
+            if speaker.before:
+                out.append((fmt.note(speaker.before, ctx), False))
             out.append((fmt.header(speaker, ctx), False))
         return out
 
@@ -207,7 +227,7 @@ def check_invariant(
             if not r.result.text:
                 return
             who = hist.pop() if cont else speaker
-            hist.append(Message(who.role, r.result.text, who.name))
+            hist.append(Message(who.role, r.result.text, who.name, who.before))
             if cont:  # the whole message is fed again from its closed form
                 want.fed(want.chunks(ctx, hist, None), None, to_disk=True)
             else:
@@ -236,6 +256,10 @@ def check_invariant(
                 hist.append(Message(o[1].role, o[2], o[1].name))
             elif kind == "character":
                 ctx = o[1]
+            elif kind == "lore":
+                hist.append(Message("user", o[1]))
+                fired = activate([LORE], [m.text for m in hist], seed=o[2])
+                reply(Message("char", before=fired.text()), o[2])
             elif kind == "reopen":
                 eng.flush()  # a restart after the writes (a crash before them only loses speed)
                 eng = Engine(counted, cache_dir=cache_dir, **budget)
