@@ -292,6 +292,78 @@ def measure_interleaved(engine: Engine, turns: int) -> dict[str, Any]:
     return {"interleaved_growth": round(growth, 3)}
 
 
+# ---------------------------------------------------------------- lorebooks
+LORE_ENTRIES = 30
+LORE_EVERY = 3  # an entry fires every LORE_EVERY turns (turns 1, 4, 7, ..., 40)
+
+
+def lore_book() -> Any:
+    """A 30-entry book: entry i fires on "landmark{i}"; one constant entry."""
+    from core.lore import Book, new_entry
+
+    entries = [
+        new_entry(
+            i,
+            key=[f"landmark{i}"],
+            content=f"Landmark {i} is a stone tower by the river; travellers leave a coin there "
+            "for luck, and the keeper writes their names in a book.",
+            order=100 + i,
+        )
+        for i in range(LORE_ENTRIES)
+    ]
+    entries.append(new_entry(LORE_ENTRIES, constant=True, content="Maps here are drawn by hand."))
+    return Book("Valleys", entries)
+
+
+def measure_lore(engine: Engine, turns: int) -> dict[str, Any]:
+    """A chat with a 30-entry lorebook whose entries fire every few turns, as the app feeds
+    them (core/lore.py): the entries that fire for a reply are fed just before it and stored
+    with it; the constant entry is in the opening. The time to first token includes the
+    activation (keys scanned, tokens counted with the model's tokenizer)."""
+    from dataclasses import replace
+
+    from core.lore import activate
+
+    book = lore_book()
+    ctx = replace(CTX, persona=f"{CTX.persona}\n{activate([book], []).text(constant=True)}")
+    engine.warm(ctx, [GREETING])
+    hist = [GREETING]
+    ttfts, fired_turns = [], 0
+    for n in range(1, turns + 1):
+        fires = (n - 1) % LORE_EVERY == 0
+        topic = f"landmark{(n // LORE_EVERY) % LORE_ENTRIES}" if fires else "old bridge"
+        hist.append(Message("user", f"{USER.format(tag='L', n=n)} And the {topic}?"))
+        t0 = time.perf_counter()
+        res = activate(
+            [book],
+            [m.text for m in hist],
+            char=ctx.name,
+            user=ctx.user_name,
+            count_tokens=lambda text: len(engine.backend.tokenize(text)),
+        )
+        before = res.text()
+        fired_turns += bool(before)
+        reply = engine.reply(ctx, hist, Message("char", before=before), CAPPED)
+        first = None
+        for _ in reply:
+            if first is None:
+                first = time.perf_counter() - t0
+        ttfts.append(first if first is not None else reply.result.ttft_s)
+        hist.append(Message("char", reply.result.text or "…", before=before))
+    win = window(turns)
+    # turn 1 and turn 40 both fire an entry: compare the firing turns of each window
+    first_w = [t for i, t in enumerate(ttfts[:win]) if i % LORE_EVERY == 0]
+    last_w = [t for i, t in enumerate(ttfts) if i >= turns - win and i % LORE_EVERY == 0]
+    turn1, turn_n = statistics.median(first_w), statistics.median(last_w)
+    return {
+        "lore_entries": LORE_ENTRIES,
+        "lore_fired_turns": fired_turns,
+        "lore_ttft_turn1_s": round(turn1, 4),
+        "lore_ttft_turn40_s": round(turn_n, 4),
+        "lore_ttft_growth": round(turn_n / turn1, 3),
+    }
+
+
 def measure_resume(
     engine: Engine, backend: Backend, cache_dir: Path, hist: list[Message], rounds: int
 ) -> dict[str, Any]:
@@ -348,6 +420,7 @@ def main() -> int:
     out.update(measure_regen(engine, hist, out["decode_step_s"]))
     out.update(measure_refeed(engine, backend, hist, args.rounds))
     out.update(measure_interleaved(engine, args.turns))
+    out.update(measure_lore(engine, args.turns))
     out.update(measure_resume(engine, backend, cache_dir, hist, args.rounds))
     print(json.dumps(out))
     return 0
