@@ -27,6 +27,7 @@ saved (the service's Turn saves however a reply ends; core/api/stream.py stops i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -46,6 +47,8 @@ from core.errors import AppError, ModelError, StoreError
 from core.runtime import Runtime
 from core.store import MAX_MESSAGE, Character, ChatMessage, Conversation
 from core.text import NARRATOR_NAME
+
+log = logging.getLogger(__name__)
 
 MAX_ID = 2**62  # larger ids cannot exist (SQLite integers), and would overflow a query
 MAX_LIST = 1000  # chats listed at most per request
@@ -182,6 +185,9 @@ def _handler(fn: Handler) -> Handler:
             return e.response()
         except AppError as e:
             return _api_error(e).response()
+        except Exception:  # a bug: said as a server error, the traceback goes to the log
+            log.exception("API %s %s failed", request.method, request.url.path)
+            return ApiError(500, "The server failed; its log has details.").response()
 
     return wrapped
 
@@ -563,4 +569,20 @@ def routes(config: ApiConfig) -> list[BaseRoute]:
         ("/api/messages/{id}", api.delete_message, ["DELETE"]),
         ("/api/messages/{id}/versions/{index}", api.choose, ["POST"]),
     ]
-    return [Route(path, _handler(fn), methods=methods) for path, fn, methods in table]
+    out: list[BaseRoute] = [Route(p, _handler(fn), methods=m) for p, fn, m in table]
+    allowed: dict[str, list[str]] = {}
+    for path, _, methods in table:
+        allowed.setdefault(path, []).extend(methods)
+    for path, methods in allowed.items():  # another method on a known path: 405, not 404
+        others = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m not in methods]
+        out.append(Route(path, _wrong_method(methods), methods=others))
+    return out
+
+
+def _wrong_method(methods: list[str]) -> Handler:
+    async def refuse(request: Request) -> Response:
+        return ApiError(
+            405, f"{request.url.path} takes {', '.join(methods)}, not {request.method}."
+        ).response(headers={"allow": ", ".join(methods)})
+
+    return refuse

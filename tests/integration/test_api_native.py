@@ -247,6 +247,9 @@ def test_bad_ids_and_bodies_are_refused_clearly(api: httpx.Client) -> None:
     _error(api.post(f"/api/messages/{first}/versions/2"), 404, "2 version(s)")
     _error(api.post(f"/api/messages/{first}/versions/one"), 400, "number")
     _error(api.get("/api/nothing/here"), 404, "no API endpoint")
+    r = api.patch(f"/api/chats/{chat_id}", json={})
+    _error(r, 405, "takes GET, DELETE, not PATCH")
+    assert r.headers["allow"] == "GET, DELETE"
 
     # regenerate and continue only touch the last message
     api.post(post, json={"text": "Mine.", "reply": False})
