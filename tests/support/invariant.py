@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from core.engine import Engine
+from core.engine.batch import consume_together
 from core.engine.sampler import SamplingParams
 from core.lore import Book, activate, new_entry
 from core.prompt import CharacterContext, Message, PromptFormat
@@ -83,6 +84,8 @@ op = st.one_of(
     st.tuples(st.just("character"), st.sampled_from(CHARACTERS)),
     # lore: the user's message fires entries, fed before the reply and stored with it
     st.tuples(st.just("lore"), st.sampled_from(WORDS), SEED),
+    # batching: n versions of the next reply decoded together, one of them kept
+    st.tuples(st.just("versions"), st.integers(2, 3), SEED, st.integers(0, 2)),
 )
 
 Chunks = list[tuple[str, bool]]  # a prompt as the engine cuts it: (text, ends a message)
@@ -103,6 +106,14 @@ class Counted:
     def advance(self, tokens: list[int], state: Any) -> Any:
         out = self.inner.advance(tokens, state)
         self.fed += len(tokens)
+        return out
+
+    def forward_batch(self, items: list[tuple[list[int], Any, bool]]) -> Any:
+        """Batched back ends (llama.cpp) decode several sequences in one pass."""
+        if not hasattr(self.inner, "forward_batch"):
+            return [self.advance(t, s) if c else self.forward(t, s) for t, s, c in items]
+        out = self.inner.forward_batch(items)
+        self.fed += sum(len(t) for t, _, _ in items)
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -233,6 +244,27 @@ def check_invariant(
             else:
                 want.reply_kept(want.chunks(ctx, hist, None))
 
+        def versions(n: int, seed: int, keep: int) -> None:
+            """Regenerate with n versions at once (one batch, one prompt feed); keep one."""
+            if len(hist) < 2 or hist[-1].role == "user":
+                return
+            last = hist.pop()
+            speaker = Message(last.role, "", last.name)
+            prompt = want.chunks(ctx, hist, speaker)
+            bounds = want.bounds(prompt)
+            params = SamplingParams(temperature=1.0, top_p=0.9, seed=seed, max_tokens=6)
+            results = consume_together(eng.reply_versions(ctx, hist, speaker, params, n))
+            check_fed("the versions", sum(r.fed_tokens for r in results), bounds)
+            want.fed(prompt, sum(r.fed_tokens for r in results), to_disk=False)
+            kept = [r.text for r in results if r.text]
+            for text in kept:  # every version's checkpoint was recorded
+                want.reply_kept(
+                    want.chunks(ctx, [*hist, Message(last.role, text, last.name)], None)
+                )
+            hist.append(
+                Message(last.role, kept[keep % len(kept)] if kept else last.text, last.name)
+            )
+
         for o in ops:
             kind = o[0]
             if kind == "send":
@@ -260,6 +292,8 @@ def check_invariant(
                 hist.append(Message("user", o[1]))
                 fired = activate([LORE], [m.text for m in hist], seed=o[2])
                 reply(Message("char", before=fired.text()), o[2])
+            elif kind == "versions":
+                versions(o[1], o[2], o[3])
             elif kind == "reopen":
                 eng.flush()  # a restart after the writes (a crash before them only loses speed)
                 eng = Engine(counted, cache_dir=cache_dir, **budget)
