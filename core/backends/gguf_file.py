@@ -4,6 +4,7 @@ library abort the whole process; every size and bound is checked here first."""
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass, field
@@ -37,6 +38,20 @@ class GGUFSummary:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key.replace("{arch}", self.arch), default)
+
+    @property
+    def sampling(self) -> dict[str, float]:
+        """The sampling values the model's authors recommend, from `general.sampling.*`
+        (llama.cpp's keys: temp, top_p, top_k, min_p, ...), without the prefix; numbers only."""
+        out: dict[str, float] = {}
+        for key, value in self.metadata.items():
+            if key.startswith(SAMPLING_PREFIX) and isinstance(value, int | float):
+                if not isinstance(value, bool) and math.isfinite(value):
+                    out[key[len(SAMPLING_PREFIX) :]] = value
+        return out
+
+
+SAMPLING_PREFIX = "general.sampling."
 
 
 _SCALARS = {

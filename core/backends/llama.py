@@ -257,6 +257,7 @@ class LlamaBackend(Backend):
                 "recurrent": self.recurrent,
                 "threads": self.n_threads,
                 "name": summary.get("general.name"),
+                "sampling": summary.sampling,  # general.sampling.* (the "auto" preset)
             },
         )
         # what a saved state depends on besides the weights (keys the engine's state cache)

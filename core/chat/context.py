@@ -4,6 +4,7 @@ Messages; this module turns one into the other, so that neither knows of the oth
 
 from __future__ import annotations
 
+from core.chat.card_fields import expand_opening, system_prompt
 from core.errors import StoreError
 from core.lore import with_constant_lore
 from core.prompt import CharacterContext, Message
@@ -25,6 +26,7 @@ def character_context(
         example_dialogue=character.example_dialogue,
         user_persona=store.setting_str("user_persona"),
         stop_strings=list(character.stop_strings),
+        system_prompt=system_prompt(character),  # the card's; {{original}} = the usual opening
     )
 
 
@@ -45,6 +47,7 @@ def conversation_context(store: Store, conversation_id: int, speaker: str = "") 
             user_name=store.user_name(conv.user_name),
             user_persona=store.setting_str("user_persona"),
         )
+    ctx = expand_opening(ctx, conv)  # macros: the chat's own clock and dice, same every time
     with_constant_lore(store, conv, ctx)  # lorebooks' constant entries: in the opening
     return ctx
 
@@ -98,19 +101,7 @@ def group_context(store: Store, conv: Conversation, speaker: str = "") -> Charac
     if first is not None and len(opening) == 1:
         ctx = character_context(store, first, conv.user_name or None)
     elif first is not None:
-        ctx = CharacterContext(
-            name=group_label([c.name for c in opening]),
-            user_name=user,
-            persona=_group_persona(opening, user),
-            scenario="\n".join(
-                dict.fromkeys(
-                    normalize(substitute(c.scenario, c.name, user))
-                    for c in opening
-                    if c.scenario.strip()
-                )
-            ),
-            user_persona=store.setting_str("user_persona"),
-        )
+        ctx = joined_context(opening, user, store.setting_str("user_persona"))
     else:
         ctx = CharacterContext(
             name=conv.character_name or DEFAULT_CHAR,
@@ -124,6 +115,19 @@ def group_context(store: Store, conv: Conversation, speaker: str = "") -> Charac
             stops += [f"\n{c.name}:", f"\n{c.name}\uff1a"]
     ctx.stop_strings = list(dict.fromkeys(stops))
     return ctx
+
+
+def joined_context(members: list[Character], user: str, user_persona: str = "") -> CharacterContext:
+    """The context of a group chat that started with `members` (two or more): named after all
+    of them, with each one's card, the scenarios (each once) and the user's persona."""
+    scenarios = (normalize(substitute(c.scenario, c.name, user)) for c in members)
+    return CharacterContext(
+        name=group_label([c.name for c in members]),
+        user_name=user,
+        persona=_group_persona(members, user),
+        scenario="\n".join(dict.fromkeys(x for x in scenarios if x)),
+        user_persona=user_persona,
+    )
 
 
 def _group_persona(members: list[Character], user: str) -> str:

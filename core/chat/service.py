@@ -10,6 +10,7 @@ turn.message                         # the saved message (None when nothing was 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import random
 import threading
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import core.chat.groups as groups
+from core.chat.card_fields import before_text, expand_greetings
 from core.chat.context import conversation_context, prompt_messages, to_message
+from core.chat.prompt_view import PromptView, prompt_view
 from core.chat.saver import ReplySaver
-from core.engine.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
+from core.engine.sampler import AUTO_PRESET, DEFAULT_PRESET, PRESETS, SamplingParams, model_preset
 from core.errors import ModelError, StoreError
 from core.lore import fire_lore
 from core.prompt import CharacterContext, Message
@@ -117,15 +120,33 @@ class ChatService:
         return name if name in PRESETS else DEFAULT_PRESET
 
     def preset_sampling(self, name: str) -> dict[str, Any]:
+        if name == AUTO_PRESET:
+            return {"preset": name, **self.model_params().to_dict()}
         params = PRESETS.get(name, PRESETS[DEFAULT_PRESET])
         return {"preset": name, **params.to_dict()}
 
+    def model_params(self) -> SamplingParams:
+        """The "auto" preset: the loaded model family's values (RWKV's for RWKV models, the
+        values a GGUF recommends in general.sampling.*, else those of small instruct models);
+        the preset's placeholder values while no model is loaded."""
+        engine = self._engine()
+        if engine is None:
+            return PRESETS[AUTO_PRESET]
+        info = engine.info
+        return model_preset(info.arch, info.backend, info.extra.get("sampling"))
+
     def params(self, conv: Conversation | None) -> SamplingParams:
-        """A chat's sampling (the default preset's when it has none saved)."""
+        """A chat's sampling (the default preset's when it has none saved). A chat on the
+        "auto" preset follows the loaded model: its saved seed, token limit and anything else
+        the preset does not set are kept. Any other saved sampling (a preset or custom values
+        the user chose) is used as saved."""
         data = conv.sampling if conv is not None and conv.sampling else None
-        return SamplingParams.from_dict(
-            data or self.preset_sampling(self.default_preset())
-        ).validated()
+        data = data or self.preset_sampling(self.default_preset())
+        saved = SamplingParams.from_dict(data)
+        if data.get("preset") == AUTO_PRESET:
+            family = self.model_params()
+            saved = replace(saved, **{f: getattr(family, f) for f in _FAMILY_FIELDS})
+        return saved.validated()
 
     def set_sampling(self, conversation_id: int, values: dict[str, Any], preset: str) -> None:
         p = SamplingParams.from_dict(values).validated()
@@ -142,12 +163,14 @@ class ChatService:
         character = store.get_character(character_id)
         preset = (character.sampling_preset if character is not None else "") or ""
         user_name = store.get_setting("user_name", "") or None
-        return store.create_conversation(
+        conv = store.create_conversation(
             character_id,
             model=model,
             sampling=self.preset_sampling(preset if preset in PRESETS else self.default_preset()),
             user_name=user_name,
         )
+        expand_greetings(store, conv)  # {{time}}, {{random::..}}...: once, stored as fed
+        return conv
 
     def conversation(self, conversation_id: int) -> Conversation:
         conv = self.store.get_conversation(conversation_id)
@@ -193,7 +216,9 @@ class ChatService:
         every later turn, so the state invariant holds and later turns reuse the checkpoints.
         Lorebook entries that fire and the card's post-history instructions go here."""
         lore_text, lore_meta = fire_lore(self.store, conv, ctx, history, self._lore_tokens())
-        return lore_text, lore_meta
+        card_text, card_meta = before_text(self.store, conv, ctx, speaker)  # post-history
+        text = "\n".join(t for t in (lore_text, card_text) if t.strip())  # lore first
+        return text, {**lore_meta, **card_meta}
 
     def _lore_tokens(self) -> Callable[[str], int] | None:
         """The loaded model's token count, for the lorebooks' token budget."""
@@ -267,23 +292,36 @@ class ChatService:
         def on_finish(res: ReplyResult) -> None:  # in the thread that reads the reply
             try:
                 box["result"] = res
-                saver.finish(res.text or "", res.meta())
+                counts = {"prompt_tokens": res.prompt_tokens, "fed_tokens": res.fed_tokens}
+                saver.finish(res.text or "", {**res.meta(), **counts})
             except Exception as e:  # given to the front end; never lost silently
                 box["error"] = e
             finally:
                 done.set()
 
+        params = params or self.params(conv)
+        if params.seed is not None:  # the same place gives the same reply, the next one differs
+            version = len(target.alternatives or [target.text]) if op == "regen" and target else 0
+            place = target.position if target is not None else _next_position(messages)
+            if op == "continue" and target is not None:
+                version = target.chosen
+            params = replace(params, seed=place_seed(params.seed, place, version, op))
         reply = engine.reply(
             ctx,
             history,
             speaker,
-            params or self.params(conv),
+            params,
             cancel=cancel,
             continue_last=op == "continue",
             on_finish=on_finish,
         )
         base = target.text if op == "continue" and target is not None else ""
         return Turn(reply, saver, cancel, done, box, base)
+
+    # ------------------------------------------------------------------ what the model saw
+    def prompt_view(self, conversation_id: int, message_id: int | None = None) -> PromptView:
+        """The exact prompt of a reply (or of the next one) and its cached token count."""
+        return prompt_view(self.store, self.engine(), conversation_id, message_id)
 
     # ------------------------------------------------------------------ group chats
     def new_group_chat(self, character_ids: list[int]) -> Conversation:
@@ -366,6 +404,31 @@ class ChatService:
 
 
 MAX_VERSIONS = 8  # versions of one message generated at once (the model's batch)
+
+
+# the sampling values the "auto" preset takes from the model family (the rest stays the chat's)
+_FAMILY_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "penalty_decay",
+)
+
+
+def _next_position(messages: list[ChatMessage]) -> int:
+    return messages[-1].position + 1 if messages else 0
+
+
+def place_seed(seed: int, position: int, version: int, op: str = "new") -> int:
+    """The seed of one reply: the chat's seed mixed with the reply's place (message position,
+    version index, and whether it continues a message), so consecutive replies and regenerated
+    versions draw different streams while the same place with the same seed gives the same
+    reply."""
+    data = f"{int(seed)}:{int(position)}:{int(version)}:{op == 'continue'}".encode()
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "big") >> 1
 
 
 def model_name(engine: Engine) -> str:

@@ -100,8 +100,50 @@ PRESETS: dict[str, SamplingParams] = {
     "greedy": SamplingParams(
         temperature=0.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0
     ),
+    # RWKV's recommended decoding (BlinkDL, RWKV-LM / ChatRWKV: temperature 1, top-p 0.3,
+    # presence and frequency penalty 0.5, decay 0.996)
+    "rwkv": SamplingParams(temperature=1.0, top_p=0.3, presence_penalty=0.5, frequency_penalty=0.5),
+    # small instruct transformers (SmolLM2, Qwen, Llama chat GGUFs) without their own values:
+    # the usual llama.cpp-style cut (top-k 40, top-p 0.9, min-p 0.05) at a temperature below 1,
+    # light penalties (these are subtracted from logits, not llama.cpp's repeat multiplier)
+    "instruct": SamplingParams(
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        presence_penalty=0.3,
+        frequency_penalty=0.3,
+    ),
+    # the loaded model's own: "rwkv" for RWKV models, the values a GGUF's authors wrote in it
+    # (general.sampling.*) over "instruct" for other GGUF models (`model_preset`); the values
+    # here are what is shown before a model is known
+    "auto": SamplingParams(
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        presence_penalty=0.3,
+        frequency_penalty=0.3,
+    ),
 }
-DEFAULT_PRESET = "roleplay"
+DEFAULT_PRESET = "auto"
+AUTO_PRESET = "auto"
+# keys of ModelInfo.extra["sampling"] (read from a GGUF's general.sampling.*) -> our fields
+_GGUF_SAMPLING = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p"}
+
+
+def model_preset(
+    arch: str = "", backend: str = "", recommended: dict | None = None
+) -> SamplingParams:
+    """The "auto" preset for a model: RWKV's values for an RWKV model (any back end), else the
+    values its GGUF recommends (`recommended`: general.sampling.* without the prefix) over the
+    "instruct" preset; "instruct" when nothing is known."""
+    if arch.startswith("rwkv") or backend == "rwkv":
+        return PRESETS["rwkv"]
+    values = {_GGUF_SAMPLING[k]: v for k, v in (recommended or {}).items() if k in _GGUF_SAMPLING}
+    if not values:
+        return PRESETS["instruct"]
+    return replace(PRESETS["instruct"], **values).validated()
 
 
 class Penalties:

@@ -23,6 +23,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.group": set(),  # who speaks next in a group chat: pure functions
     "core.cli_args": {"core.config"},
     "core.avatars": FOUNDATION,
+    "core.macros": FOUNDATION,  # {{time}}, {{random::a::b}}, {{roll:dN}}...: pure functions
     "core.prompt": FOUNDATION,
     "core.backends": FOUNDATION | {"core.prompt"},
     "core.engine": FOUNDATION | {"core.prompt", "core.backends"},
@@ -30,7 +31,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     # lorebooks: activation (pure) and the books of a chat (from the store)
     "core.lore": FOUNDATION | {"core.prompt", "core.store"},
     "core.chat": FOUNDATION | {"core.prompt", "core.store", "core.engine", "core.group"}
-    | {"core.lore"},
+    | {"core.lore", "core.macros"},
     "core.cards": FOUNDATION | {"core.avatars", "core.store"},
     "core.chat_io": FOUNDATION | {"core.store"},
     "core.convert": FOUNDATION | {"core.backends"},
