@@ -526,6 +526,39 @@ _S: dict[str, tuple[str, str]] = {
     "lore_fired_entry": ("{title} — {book}", "{title} — {book}"),
     "lore_errors": ("Skipped keys: {text}", "已跳过的关键词：{text}"),
     # --- group chats
+    "group_new": ("New group chat", "新建群聊"),
+    "group_pick": ("Characters (two or more)", "角色（两个或更多）"),
+    "group_start": ("Start group chat", "开始群聊"),
+    "group_need_two": ("Choose at least two characters.", "请至少选择两个角色。"),
+    "group_settings": ("Group", "群聊"),
+    "group_members": ("Members", "成员"),
+    "group_activation": ("Who speaks next", "谁下一个说话"),
+    "group_mode_natural": (
+        "Natural order (named, then talkative)",
+        "自然顺序（先被点名的，再按健谈程度）",
+    ),
+    "group_mode_list": ("In turn (fixed order)", "轮流（固定顺序）"),
+    "group_mode_manual": ("Manual (you choose)", "手动（由你选择）"),
+    "group_allow_self": ("A character may answer itself", "角色可以接着自己的话说"),
+    "group_auto_turns": ("Turns in auto mode", "自动模式的轮数"),
+    "group_auto_start": ("Let them talk ({n} turns)", "让他们聊（{n} 轮）"),
+    "group_auto_stop": ("Stop auto mode", "停止自动模式"),
+    "group_auto_left": ("Auto mode: {n} turns left", "自动模式：还剩 {n} 轮"),
+    "group_mute": ("Mute {name}", "将 {name} 静音"),
+    "group_unmute": ("Unmute {name}", "取消 {name} 的静音"),
+    "group_muted": ("{name} (muted)", "{name}（已静音）"),
+    "group_remove": ("Remove {name}", "移出 {name}"),
+    "group_add": ("Add a character", "添加角色"),
+    "group_add_btn": ("Add to the chat", "加入聊天"),
+    "group_added": (
+        "{name} joined: their card is read once, before the next reply.",
+        "{name} 已加入：其角色卡会在下一条回复之前读入一次。",
+    ),
+    "group_nobody": (
+        "Nobody speaks on their own now (all muted, or the last speaker may not answer "
+        "itself): choose who speaks next below.",
+        "现在没有人会自动发言（都已静音，或上一位不能接着自己说）：请在下方选择谁说话。",
+    ),
     # --- role play: card fields, what the model saw
     # --- batched versions
 }

@@ -29,7 +29,7 @@ from core.store import ChatMessage, Conversation
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
-from pages import lore_ui
+from pages import group_ui, lore_ui
 from pages.ui_common import (
     PAGE_CHARACTERS,
     StreamText,
@@ -303,9 +303,11 @@ def _sampling_controls(conv: Conversation) -> None:
 if conv is not None:
     with st.sidebar.expander(T("sampling"), icon=":material/tune:"):
         _sampling_controls(conv)
+    group_ui.sidebar(s, conv, chars_by_id)  # group chats: who speaks, members; add a character
 
 if ss.get("flash_error"):
     st.error(f"{T('err_prefix')} {md_inline(ss.pop('flash_error'))}", icon=":material/error:")
+group_ui.show_flash()
 
 # --- no chat open ------------------------------------------------------------------------------
 if conv is None:
@@ -332,11 +334,14 @@ ctx = chat.conversation_context(s, conv.id)
 user_label = ctx.user_name
 names = {"char": ctx.name, "narrator": NARRATOR_NAME, "user": user_label}
 
-with st.container(horizontal=True, vertical_alignment="center"):
-    avatar_image(character, width=48)
-    with st.container():
-        st.markdown(f"**{md_inline(ctx.name)}**")
-        st.caption(md_inline(conv.title))
+if conv.members:  # a group chat: each member with its avatar
+    group_ui.header(conv, chars_by_id)
+else:
+    with st.container(horizontal=True, vertical_alignment="center"):
+        avatar_image(character, width=48)
+        with st.container():
+            st.markdown(f"**{md_inline(ctx.name)}**")
+            st.caption(md_inline(conv.title))
 
 engine = get_engine(ui="spinner")
 if engine is None:
@@ -370,7 +375,9 @@ if prompt:
         show_error(e)
     else:
         nxt = ss.get("next_speaker", "char")
-        if nxt != "user":
+        if conv.members:  # a group chat: the member its setting chooses (or the user picks)
+            ss.pending = group_ui.after_send(conv)
+        elif nxt != "user":
             ss.pending = {"op": "new", "role": nxt, "conv": conv.id}
         ss.editing = None
 
@@ -381,6 +388,8 @@ if pending and pending.get("conv") != conv.id:
 if pending and pending["op"] in ("regen", "continue"):
     if not messages or messages[-1].id != pending.get("msg"):
         pending = None  # the chat changed since the click
+if pending is None and conv.members:
+    pending = group_ui.auto_next(conv, len(messages))  # the auto mode's next turn, if it runs
 
 shown = messages[:-1] if pending and pending["op"] in ("regen", "continue") else messages
 
@@ -445,7 +454,8 @@ def _more() -> None:
 def render_message(msg: ChatMessage, is_last: bool) -> None:
     name = _display_name(msg.role, msg.name)
     with st.chat_message(
-        name if msg.role != "user" else "user", avatar=role_avatar(msg.role, character)
+        name if msg.role != "user" else "user",
+        avatar=role_avatar(msg.role, group_ui.speaker(msg, conv, chars_by_id, character)),
     ):
         st.caption(md_inline(name))
         if ss.get("editing") == msg.id:
@@ -572,19 +582,28 @@ def _chain(first: list[str], rest: Iterator[str]) -> Iterator[str]:
     yield from rest
 
 
-def generate(op: str, role: str = "char", target: ChatMessage | None = None) -> None:
-    """Stream one reply; the service saves it however it ends (also when stopped)."""
+def generate(
+    op: str, role: str = "char", target: ChatMessage | None = None, member: int | None = None
+) -> None:
+    """Stream one reply (by a group chat's `member` when given); the service saves it however
+    it ends (also when stopped)."""
     if engine is None:
         st.warning(T("no_model_loaded"))
         return
     done = threading.Event()
     ss.gen_done = done  # the next run of this session waits for it (see the top)
     shown_role, shown_name = (role, "") if target is None else (target.role, target.name)
+    speaking = chars_by_id.get(member) if member is not None else None
+    if speaking is not None:
+        shown_name = speaking.name
+    elif target is not None:
+        speaking = group_ui.speaker(target, conv, chars_by_id, None)
     name = _display_name(shown_role, shown_name)
     turn: chat.Turn | None = None
     error: BaseException | None = None
     with st.chat_message(
-        name if shown_role != "user" else "user", avatar=role_avatar(shown_role, character)
+        name if shown_role != "user" else "user",
+        avatar=role_avatar(shown_role, speaking or character),
     ):
         st.caption(md_inline(name))
         waiting = st.empty()
@@ -594,9 +613,12 @@ def generate(op: str, role: str = "char", target: ChatMessage | None = None) -> 
         stop_slot = st.empty()  # a click reruns the script, which interrupts the stream
         stop_slot.button(T("stop"), key="stop_gen", icon=":material/stop_circle:")
         try:
-            turn = svc.reply(
-                conv.id, op, role=role, target_id=target.id if target is not None else None
-            )
+            if member is not None:  # a group chat's member
+                turn = svc.reply_as(conv.id, member)
+            else:
+                turn = svc.reply(
+                    conv.id, op, role=role, target_id=target.id if target is not None else None
+                )
             source = _until_first(iter(turn), waiting)
             if op == "continue":  # show the old text, then what the model adds to it
                 source = _chain([turn.base_text], source)
@@ -624,7 +646,7 @@ def generate(op: str, role: str = "char", target: ChatMessage | None = None) -> 
 
 if pending:
     if pending["op"] == "new":
-        generate("new", role=pending.get("role", "char"))
+        generate("new", role=pending.get("role", "char"), member=pending.get("member"))
     else:
         generate(pending["op"], target=messages[-1])
 
@@ -636,18 +658,21 @@ def _speaker_label(role: str) -> str:  # radio options render markdown: names go
     return md_inline(names["char"]) if role == "char" else T("narrator")
 
 
-with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
-    st.radio(
-        T("next_speaker"),
-        ROLES,
-        key="next_speaker",
-        horizontal=True,
-        format_func=_speaker_label,
-    )
-    st.button(
-        T("generate"),
-        key="generate_next",
-        icon=":material/play_arrow:",
-        disabled=engine is None,
-        on_click=lambda: _queue("new", role=ss.get("next_speaker", "char")),
-    )
+if conv.members:  # a group chat: a member, the narrator or nobody; the auto mode
+    group_ui.next_controls(conv, chars_by_id, user_label, len(messages), _queue, engine is not None)
+else:
+    with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
+        st.radio(
+            T("next_speaker"),
+            ROLES,
+            key="next_speaker",
+            horizontal=True,
+            format_func=_speaker_label,
+        )
+        st.button(
+            T("generate"),
+            key="generate_next",
+            icon=":material/play_arrow:",
+            disabled=engine is None,
+            on_click=lambda: _queue("new", role=ss.get("next_speaker", "char")),
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.errors import AppError
+from pages import group_ui
 from pages.ui_common import (
     PAGE_CHARACTERS,
     PAGE_SETTINGS,
@@ -79,6 +80,8 @@ else:
                         show_error(e)
                     else:
                         open_chat(conv.id)
+
+group_ui.new_group_form(characters)  # pick two or more characters: a group chat
 
 # --- recent chats ---------------------------------------------------------------------------
 st.subheader(T("recent_chats"))

@@ -18,7 +18,7 @@ from core.engine.sampler import SamplingParams
 from core.errors import StoreError
 from core.prompt import Message
 from tests.support.forced import ForcedBackend
-from tests.support.invariant import Counted
+from tests.support.invariant import Counted, check_invariant
 
 P = SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=6)
 
@@ -275,3 +275,22 @@ def test_export_names_every_speaker(store, cast, rwkv7_backend, tmp_path) -> Non
         "小雪",
     ]
     assert [x["name"] for x in lines[1:]] == ["Captain Ada Reyes", "Ben", "User", "小雪"]
+
+
+def test_the_state_invariant_holds_in_a_group_chat(rwkv7_backend) -> None:
+    """Members answering in turn, a late member's card fed before a reply, regenerate,
+    continue, delete and a restart: the state is always the stored transcript's, reached
+    feeding only what the cache lacks (tests/support/invariant.py; its random sequences draw
+    the same "group" step)."""
+    ops = [
+        ("group", "Ada", 1, False),
+        ("group", "小雪", 2, False),
+        ("group", "Dee", 3, True),
+        ("regenerate", 4),
+        ("continue", 5),
+        ("group", "Ada", 6, False),
+        ("delete", 2),
+        ("reopen",),
+        ("group", "小雪", 7, False),
+    ]
+    check_invariant(rwkv7_backend, ops)

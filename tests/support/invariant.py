@@ -24,11 +24,13 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from core.chat.context import group_join_note, joined_context
 from core.engine import Engine
 from core.engine.batch import consume_together
 from core.engine.sampler import SamplingParams
 from core.lore import Book, activate, new_entry
 from core.prompt import CharacterContext, Message, PromptFormat
+from core.store import Character
 from tests.support.required import in_ci
 
 # the property tests' settings: CI runs them on a fixed seed, so a red build is reproducible
@@ -56,6 +58,16 @@ LORE = Book(
     ],
 )
 CHARACTERS.append(replace(CTX, persona=f"{CTX.persona}\n{activate([LORE], []).text(True)}"))
+# a group chat (core/chat/context.py): one opening joining its members' cards, replies under
+# each member's name; a member who joined late has its card fed before the next reply, stored
+GROUP = joined_context(
+    [
+        Character(name="Ada", description="{{char}} leads.", example_dialogue="{{char}}: Go."),
+        Character(name="小雪", description="{{char}}是雪狐。", scenario="A ship."),
+    ],
+    "Bob",
+)
+JOIN = group_join_note(Character(name="Dee", description="{{char}} is new here."), "Bob")
 # who else speaks or is written: the narrator, another named character, the user
 SPEAKERS = [Message("narrator"), Message("char", name="Lina"), Message("user")]
 WORDS = [
@@ -82,6 +94,8 @@ op = st.one_of(
     st.tuples(st.just("speak"), st.sampled_from(SPEAKERS), SEED),
     st.tuples(st.just("write"), st.sampled_from(SPEAKERS), st.sampled_from(WORDS)),
     st.tuples(st.just("character"), st.sampled_from(CHARACTERS)),
+    # a group chat: the user's message, a member's reply (with a late member's card, or not)
+    st.tuples(st.just("group"), st.sampled_from(["Ada", "小雪", "Dee"]), SEED, st.booleans()),
     # lore: the user's message fires entries, fed before the reply and stored with it
     st.tuples(st.just("lore"), st.sampled_from(WORDS), SEED),
     # batching: n versions of the next reply decoded together, one of them kept
@@ -288,6 +302,10 @@ def check_invariant(
                 hist.append(Message(o[1].role, o[2], o[1].name))
             elif kind == "character":
                 ctx = o[1]
+            elif kind == "group":
+                ctx = GROUP
+                hist.append(Message("user", "hello, all"))
+                reply(Message("char", name=o[1], before=JOIN if o[3] else ""), o[2])
             elif kind == "lore":
                 hist.append(Message("user", o[1]))
                 fired = activate([LORE], [m.text for m in hist], seed=o[2])

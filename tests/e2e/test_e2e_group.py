@@ -1,0 +1,152 @@
+"""End to end, a group chat: `streamlit run Home.py` with the embedded model (SmolLM2-135M through
+llama.cpp), driven by headless Chromium. Three characters are picked on Home to start a group
+chat; the members show in the chat's header; a message gets a reply by the member the "in turn"
+order chooses, under that member's name; the user picks the next speaker by hand; a member is
+muted. A screenshot goes to the test's tmp directory. No request leaves localhost.
+
+Without Chromium, Playwright or the embedded model the test skips, saying which is missing;
+under CI=true it fails instead."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from core.backends.embedded import embedded_model_path, missing_message
+from tests.support.required import unavailable
+from tests.support.server import running_app, wait_quiet
+
+pytestmark = pytest.mark.timeout(900)
+LOCAL = ("http://localhost", "ws://localhost", "http://127.0.0.1", "ws://127.0.0.1")
+LOCAL += ("data:", "blob:", "about:")
+CAST = {
+    "Ada": "{{char}} is the ship's captain, calm and brief.",
+    "Ben": "{{char}} is the ship's engineer, who loves his engines.",
+    "Cyra": "{{char}} is the ship's navigator, curious about the stars.",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    if embedded_model_path() is None:
+        unavailable(missing_message())
+    root = tmp_path_factory.mktemp("e2e-group")
+    data = root / "data"
+    data.mkdir()
+    with running_app(data, root / "server.log", host="localhost") as app:
+        yield SimpleNamespace(url=app.url, data=data)
+
+
+def _store(server: SimpleNamespace) -> Any:
+    from core.store import open_store
+
+    return open_store(f"sqlite:///{server.data / 'app.db'}")
+
+
+def _wait_db(fn: Any, timeout: float = 60.0) -> Any:
+    deadline = time.time() + timeout
+    while True:
+        value = fn()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(0.2)
+
+
+def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_path: Path) -> None:
+    s = _store(server)
+    ids = {}
+    for name, description in CAST.items():
+        c = s.create_character(
+            {"name": name, "description": description, "greetings": [f"{name} here."]}
+        )
+        ids[name] = c.id
+
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    external: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(LOCAL) else external.append(r.url))
+
+    def idle() -> None:
+        wait_quiet(page, 0.6)
+
+    def click(key: str) -> None:
+        page.locator(f".st-key-{key} button").first.click()
+
+    def choose(key: str, option: str) -> None:
+        page.locator(f".st-key-{key} [data-baseweb=select]").first.click()
+        page.locator("[role=option]", has_text=option).first.click()
+        idle()
+
+    def wait_reply(first: bool = False) -> None:
+        page.wait_for_selector(".st-key-stop_gen", timeout=180_000 if first else 60_000)
+        page.wait_for_selector(".st-key-stop_gen", state="detached", timeout=240_000)
+        idle()
+
+    def last_reply() -> Any:
+        last = s.list_messages(conv.id)[-1]
+        return last if last.meta.get("stop") not in (None, "interrupted") else None
+
+    # Home: pick three characters, start the group chat
+    page.goto(server.url + "/")
+    page.wait_for_selector("text=Recent chats", timeout=120_000)
+    page.wait_for_selector("text=30 layers", timeout=120_000)  # the embedded model, loaded
+    page.locator("[data-testid=stExpander] summary", has_text="New group chat").click()
+    for name in CAST:
+        choose("group_new_pick", name)
+    page.keyboard.press("Escape")
+    click("group_new_start")
+    page.wait_for_selector("[data-testid=stChatInputTextArea]", timeout=120_000)
+    conv = _wait_db(lambda: s.list_conversations(ids["Ada"]))[0]
+    assert conv.members == [ids[n] for n in CAST] and f"chat={conv.id}" in page.url
+    header = page.locator(".st-key-group_header")
+    for name in CAST:
+        header.get_by_text(name, exact=True).wait_for()
+    assert header.locator("img").count() == 3  # each member's avatar
+    idle()
+
+    # short replies, and the members speak in turn
+    page.locator("[data-testid=stSidebar] summary", has_text="Sampling").click()
+    box = page.locator(f".st-key-samp_{conv.id}_max_tokens input")
+    box.fill("40")
+    box.press("Enter")
+    assert _wait_db(lambda: s.get_conversation(conv.id).sampling.get("max_tokens") == 40)
+    idle()
+    page.locator("[data-testid=stSidebar] summary", has_text="Group").click()
+    choose(f"group_mode_{conv.id}", "In turn")
+    assert _wait_db(lambda: s.get_conversation(conv.id).group["activation"] == "list")
+
+    # a message: Ada answers (in turn after Cyra's greeting), under her name
+    box = page.locator("[data-testid=stChatInputTextArea]")
+    box.fill("Good morning, crew! What is our status?")
+    box.press("Enter")
+    wait_reply(first=True)
+    reply = _wait_db(last_reply)
+    assert reply.name == "Ada" and reply.character_id == ids["Ada"] and reply.text.strip()
+    names = page.locator("[data-testid=stChatMessage] [data-testid=stCaptionContainer]")
+    _wait_db(lambda: "Ada" in names.all_inner_texts()[-2:])
+
+    # the user picks Ben by hand
+    page.locator(".st-key-group_next label", has_text="Ben").click()
+    idle()
+    click("generate_next")
+    wait_reply()
+    reply = _wait_db(lambda: (r := last_reply()) and r.name == "Ben" and r)
+    assert reply and reply.character_id == ids["Ben"]
+
+    # mute Cyra: the header says so
+    click(f"group_mute_{ids['Cyra']}")
+    assert _wait_db(lambda: s.get_conversation(conv.id).group["muted"] == [ids["Cyra"]])
+    header.get_by_text("Cyra (muted)").wait_for()
+    idle()
+
+    shot = tmp_path / "group-chat.png"
+    page.screenshot(path=str(shot), full_page=False)
+    assert shot.stat().st_size > 10_000
+    assert external == []
+    ctx.close()
+    s.close()
