@@ -29,7 +29,7 @@ from core.store import ChatMessage, Conversation
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
-from pages import group_ui, lore_ui
+from pages import group_ui, lore_ui, prompt_ui
 from pages.ui_common import (
     PAGE_CHARACTERS,
     StreamText,
@@ -268,8 +268,9 @@ def _sampling_controls(conv: Conversation) -> None:
     def on_preset() -> None:
         name = ss[prefix + "preset"]
         if name in PRESETS:
+            values = svc.preset_sampling(name)  # "auto": the loaded model's own values
             for fname, _k, _w in fields:
-                ss[prefix + fname] = getattr(PRESETS[name], fname)
+                ss[prefix + fname] = values.get(fname, getattr(PRESETS[name], fname))
         save(name)
 
     def on_field() -> None:
@@ -483,6 +484,7 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
         if meta_line:
             st.caption(meta_line)
         lore_ui.fired_entries(msg)  # the lorebook entries that fired for this reply
+        prompt_ui.view(msg)  # "what the model saw", when opened from the more menu
         n_alts = len(msg.alternatives or [])
         with st.container(horizontal=True, gap="small", vertical_alignment="center"):
             if n_alts > 1:
@@ -534,6 +536,7 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
                 type="tertiary",
             )
             with st.popover(":material/more_horiz:", help=T("more_actions"), type="tertiary"):
+                prompt_ui.menu_button(msg)
                 st.button(
                     T("delete_message"),
                     key=f"del_{msg.id}",

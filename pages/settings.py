@@ -377,7 +377,12 @@ except AppError as e:
     show_error(e)
     _why = ["password"]  # the password setting cannot be read: the guard asks for keys too
 if _why:
-    st.info(T("api_key_required", why=T("api_why_and").join(T(f"api_why_{w}") for w in _why)))
+    _reasons = {
+        "env_password": T("api_why_env_password"),
+        "password": T("api_why_password"),
+        "listen": T("api_why_listen"),
+    }
+    st.info(T("api_key_required", why=T("api_why_and").join(_reasons[w] for w in _why)))
 else:
     st.caption(T("api_key_not_required"))
 

@@ -30,7 +30,7 @@ def test_home_shows_model_characters_and_starts_a_chat(app_env: Path, tiny_model
     assert at.query_params["chat"] == str(conv.id)
     assert "Welcome, User!" in chat_texts(at)
     assert at.chat_input(key="chat_input") is not None
-    assert conv.sampling["preset"] == "roleplay"  # the default preset
+    assert conv.sampling["preset"] == "auto"  # the default preset: the model family's values
 
 
 def test_a_characters_own_preset_is_used(app_env: Path) -> None:

@@ -30,7 +30,8 @@ def test_every_string_in_both_languages_with_same_fields() -> None:
 def test_every_key_used_by_the_pages_exists() -> None:
     used: set[str] = set()
     dynamic = {
-        "preset_": ["roleplay", "chat", "creative", "precise", "greedy", "custom", "none"],
+        "preset_": ["roleplay", "chat", "creative", "precise", "greedy", "custom", "none"]
+        + ["rwkv", "instruct", "auto"],
         "samp_": [
             "temperature",
             "top_p",
