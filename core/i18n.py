@@ -560,6 +560,19 @@ _S: dict[str, tuple[str, str]] = {
         "现在没有人会自动发言（都已静音，或上一位不能接着自己说）：请在下方选择谁说话。",
     ),
     # --- role play: card fields, what the model saw
+    "preset_auto": ("The model's own (recommended)", "模型推荐值"),
+    "preset_rwkv": ("RWKV recommended", "RWKV 推荐值"),
+    "preset_instruct": ("Small instruct models", "小型指令模型"),
+    "prompt_view": ("What the model saw", "模型看到的内容"),
+    "prompt_view_counts": (
+        "{prompt} prompt tokens: {cached} from the cache, {fed} fed for this reply.",
+        "提示共 {prompt} 个词元：{cached} 个来自缓存，{fed} 个为这条回复新输入。",
+    ),
+    "prompt_view_count": (
+        "{prompt} prompt tokens (how many came from the cache was not recorded for this message).",
+        "提示共 {prompt} 个词元（这条消息没有记录缓存用量）。",
+    ),
+    "prompt_view_close": ("Close", "关闭"),
     # --- batched versions
 }
 
