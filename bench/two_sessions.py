@@ -1,16 +1,22 @@
-"""Two sessions chatting at once through one shared Engine, as two browser sessions do.
+"""Two sessions chatting at once through one shared model, as two browser sessions do.
 
     python -m bench.two_sessions                      # the embedded default model
     python -m bench.two_sessions --model models/x.gguf --tokens 128 --rounds 3
     python -m bench.two_sessions --tiny               # a tiny random RWKV-7 (no model needed)
 
-Each session is a thread with its own chat (its own character and history). The script times
-one session alone, then both at once (started together), and prints one JSON object: tokens per
-second of each session and of both together against one alone. Generation is not batched:
-every model call runs on the one model thread, which takes the two replies' steps in turn, so
-`together_vs_alone` is expected near 1 and `each_vs_alone` near 0.5. Read the two together: one
-reply waiting for the other to finish would also give `together_vs_alone` near 1, but
-`each_vs_alone` near 1. The README quotes both.
+Each session is a thread doing what a browser session's script thread does in the app: it asks
+the app's ChatService (core/chat/service.py, on a real SQLite store in a temporary data
+directory) for a reply in its own chat, reads the streamed pieces one by one as
+`st.write_stream` does, and the reply is saved as it grows and when it ends (each round adds a
+version of the same message, so every round decodes from the same prompt). The script times
+one session alone, then both at once (started together), and prints one JSON object: tokens
+per second of each session and of both together against one alone.
+
+On llama.cpp the two replies' decode steps run in one batched forward pass
+(core/engine/batch.py): `together_vs_alone` should approach 2 (goal: at least 1.6) and
+`each_vs_alone` 1. On the rwkv back end (one sequence at a time) the steps take turns:
+`together_vs_alone` near 1 and `each_vs_alone` near 0.5. Read the two together: one reply
+waiting for the other to finish would give `together_vs_alone` near 1 but `each_vs_alone` near 1.
 """
 
 from __future__ import annotations
@@ -59,29 +65,59 @@ SESSIONS = (
 )
 
 
-def _reply(engine: Engine, i: int, params: SamplingParams) -> dict[str, Any]:
-    ctx, history = SESSIONS[i]
-    t0 = time.perf_counter()
-    reply = engine.reply(ctx, history, Message("char"), params)
-    res = reply.consume()
-    wall = time.perf_counter() - t0
-    return {
-        "tokens": res.new_tokens,
-        "seconds": round(wall, 3),
-        "tok_s": round(res.new_tokens / wall, 2) if wall > 0 else 0.0,
-        "decode_tok_s": round(res.tok_s, 2),
-        "ttft_s": round(res.ttft_s, 3),
-        "stop": res.stop_reason,
-    }
+class Sessions:
+    """Two chats in one store, served by one ChatService over one engine."""
+
+    def __init__(self, engine: Engine, data_dir: Path) -> None:
+        import os
+
+        os.environ["RP_DATA_DIR"] = str(data_dir)
+        os.environ.pop("RP_DB_URL", None)
+        from core.chat.service import ChatService
+        from core.store import open_store
+
+        self.store = open_store()
+        self.chat = ChatService(lambda: self.store, lambda: engine)
+        self.convs: list[int] = []
+        for ctx, history in SESSIONS:
+            char = self.store.create_character(
+                {"name": ctx.name, "description": ctx.persona, "greetings": [history[0].text]}
+            )
+            conv = self.chat.new_chat(char.id)
+            self.store.update_conversation(conv.id, user_name=ctx.user_name)
+            self.chat.send(conv.id, history[1].text)
+            self.convs.append(conv.id)
+        self.first = [True, True]
+
+    def reply(self, i: int, params: SamplingParams) -> dict[str, Any]:
+        """One reply in session i's chat (the first a new message, then versions of it)."""
+        conv = self.convs[i]
+        t0 = time.perf_counter()
+        turn = self.chat.reply(conv, "new" if self.first[i] else "regen", params=params)
+        self.first[i] = False
+        for _ in turn:  # piece by piece, as the page streams it
+            pass
+        turn.done.wait()
+        wall = time.perf_counter() - t0
+        res = turn.result
+        assert res is not None
+        return {
+            "tokens": res.new_tokens,
+            "seconds": round(wall, 3),
+            "tok_s": round(res.new_tokens / wall, 2) if wall > 0 else 0.0,
+            "decode_tok_s": round(res.tok_s, 2),
+            "ttft_s": round(res.ttft_s, 3),
+            "stop": res.stop_reason,
+        }
 
 
-def _together(engine: Engine, params: SamplingParams) -> dict[str, Any]:
+def _together(sessions: Sessions, params: SamplingParams) -> dict[str, Any]:
     start = threading.Barrier(2)
     out: dict[int, dict[str, Any]] = {}
 
     def run(i: int) -> None:
         start.wait()
-        out[i] = _reply(engine, i, params)
+        out[i] = sessions.reply(i, params)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
     t0 = time.perf_counter()
@@ -128,15 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         max_tokens=args.tokens,
         seed=1,
     )
-    _reply(engine, 0, params)  # warm up: first-use tables, caches of both prompts
-    _reply(engine, 1, params)
+    data = tempfile.TemporaryDirectory()
+    sessions = Sessions(engine, Path(data.name))
+    sessions.reply(0, params)  # warm up: first-use tables, caches of both prompts
+    sessions.reply(1, params)
 
     alone: list[dict[str, Any]] = []
     together: list[dict[str, Any]] = []
     for _ in range(args.rounds):
-        alone.append(_reply(engine, 0, params))
-        alone.append(_reply(engine, 1, params))
-        together.append(_together(engine, params))
+        alone.append(sessions.reply(0, params))
+        alone.append(sessions.reply(1, params))
+        together.append(_together(sessions, params))
     alone_tok_s = statistics.median(r["tok_s"] for r in alone)
     both_tok_s = statistics.median(r["tok_s"] for r in together)
     # each session's share: the one that finished first ran beside the other all along (the
@@ -162,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         "together_runs": together,
     }
     print(json.dumps(result))
+    sessions.store.close()
+    data.cleanup()
     engine.close()
     if tmp is not None:
         tmp.cleanup()

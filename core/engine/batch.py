@@ -29,7 +29,9 @@ from core.backends.base import Backend, State
 from core.backends.model_thread import is_model_thread, run_pending, submit
 
 PREFILL_CHUNK = 64  # prompt tokens fed per step while other generations decode
-WAIT_S = 0.004  # how long a step waits for the streams that were in step at the last one
+WAIT_S = 0.02  # how long a step waits for the streams that were in step at the last one
+# (they answer within microseconds on an idle machine; a loaded one can take milliseconds, and
+# a step run without them would split the batch in two that then alternate)
 
 
 @dataclass(eq=False)

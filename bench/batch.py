@@ -1,0 +1,231 @@
+"""Batched decoding: several chats (and several versions of one reply) decoding at once, against
+one chat alone and against a bare batched `llama_decode` loop, on the same model in the same run.
+
+    python bench/batch.py                          # RWKV-7 0.1B shape (f16 GGUF) + embedded model
+    python bench/batch.py --models rwkv --tokens 40 --rounds 3
+    python bench/batch.py --shape tiny             # quick: a tiny random RWKV-7
+
+Prints one JSON object with a section per model:
+- `agg_ratio_2/4/8`: total tokens/s of 2, 4, 8 chats replying at once (one thread each, as
+  browser sessions or API clients) over one chat alone;
+- `per_chat_ratio_2`: each chat's own tokens/s with two running, over one alone;
+- `swipes3_ratio`: time for three versions of one reply at once over one version;
+- `batch_vs_bare`: our loop's aggregate at 4 chats over a bare batched decode of 4 sequences
+  (llama_decode + argmax, no engine, no states, no sampling): the ceiling;
+- `bare_agg_ratio_k`: the ceiling's own ratios (bare k sequences over bare one).
+Every figure is the best of `--rounds` runs after a warm-up; the configurations take turns
+within a round, so each meets the same spells of load from other work on the machine. Prompts
+are cached by the warm-up: the figures are decode speeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.engine import SHAPES, build_model  # noqa: E402
+from core.backends.llama import LlamaBackend  # noqa: E402
+from core.backends.model_thread import on_model_thread  # noqa: E402
+from core.engine import Engine  # noqa: E402
+from core.engine.batch import consume_together  # noqa: E402
+from core.engine.sampler import SamplingParams  # noqa: E402
+from core.errors import ModelError  # noqa: E402
+from core.prompt import CharacterContext, Message  # noqa: E402
+
+NAMES = ("Mira", "Pip", "Rook", "Ada", "Ben", "Cy", "Dee", "Eli")
+CHATS = [
+    (
+        CharacterContext(name=n, user_name="Ren", persona=f"{n} is a talkative traveller."),
+        [
+            Message("char", f"Hello! I am {n}, and I have stories."),
+            Message("user", f"Tell me a long story, {n}, number {i}."),
+        ],
+    )
+    for i, n in enumerate(NAMES)
+]
+
+
+def _params(tokens: int, seed: int) -> SamplingParams:
+    # penalties off and a wide top-p: replies run to their token cap on random weights
+    return SamplingParams(
+        temperature=1.0,
+        top_p=0.9,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        max_tokens=tokens,
+        seed=seed,
+    )
+
+
+def chats_at_once(engine: Engine, k: int, tokens: int) -> dict[str, float]:
+    """k chats replying at once, one thread each: total and per-chat tokens/s."""
+    replies = [
+        engine.reply(ctx, hist, Message("char"), _params(tokens, 100 + i))
+        for i, (ctx, hist) in enumerate(CHATS[:k])
+    ]
+    ends: list[float] = [0.0] * k
+    done = [0] * k
+    start = threading.Barrier(k + 1)
+
+    def run(i: int) -> None:
+        start.wait()
+        done[i] = replies[i].consume().new_tokens
+        ends[i] = time.perf_counter()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(k)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = max(ends) - t0
+    per_chat = min(n / (e - t0) for n, e in zip(done, ends, strict=True))
+    return {"agg": sum(done) / wall, "per_chat": per_chat, "tokens": float(sum(done))}
+
+
+def versions_s(engine: Engine, n: int, tokens: int) -> float:
+    """Seconds for n versions of one reply at once (prompt cached)."""
+    ctx, hist = CHATS[0]
+    t0 = time.perf_counter()
+    consume_together(engine.reply_versions(ctx, hist, Message("char"), _params(tokens, 7), n))
+    return time.perf_counter() - t0
+
+
+def bare_batch_tok_s(backend: LlamaBackend, k: int, n_tokens: int) -> float:
+    """Total tokens/s of a bare loop decoding k sequences in one llama_decode per step
+    (argmax each, no states, no sampling, no engine): the ceiling of batched decoding."""
+    import llama_cpp as L
+
+    b = backend
+    with b._lock:
+        b._collect()
+        seqs: list[int] = []
+        for _ in range(k):
+            seqs.append(b._take_slot(set(seqs)))
+        bt = b._batch
+        toks = [0] * k
+        try:
+            t0 = 0.0
+            for step in range(n_tokens + 1):
+                if step == 1:
+                    t0 = time.perf_counter()  # the first step warms up
+                bt.n_tokens = k
+                for i, s in enumerate(seqs):
+                    bt.token[i] = toks[i]
+                    bt.pos[i] = step
+                    bt.n_seq_id[i] = 1
+                    bt.seq_id[i][0] = s
+                    bt.logits[i] = 1
+                if L.llama_decode(b._ctx, bt) != 0:
+                    raise ModelError("llama.cpp failed in the bare batch loop.")
+                for i in range(k):
+                    ptr = L.llama_get_logits_ith(b._ctx, i)
+                    toks[i] = int(np.argmax(np.ctypeslib.as_array(ptr, shape=(b.n_vocab,))))
+            return k * n_tokens / (time.perf_counter() - t0)
+        finally:
+            for s in seqs:
+                b._free_slot(s)
+
+
+def best(loops: dict[str, Callable[[], Any]], rounds: int, key: Callable[[Any], float]) -> dict:
+    """Each loop's best result over `rounds` after one warm-up run each, turns taken in a
+    round. `key` orders results (higher is better)."""
+    for loop in loops.values():
+        loop()
+    out: dict[str, Any] = {}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            r = loop()
+            if name not in out or key(r) > key(out[name]):
+                out[name] = r
+    return out
+
+
+def measure(backend: LlamaBackend, tokens: int, rounds: int, ks: tuple[int, ...]) -> dict:
+    engine = Engine(backend, cache_dir=None)
+    ks = tuple(k for k in ks if k <= backend.max_batch)
+    loops: dict[str, Callable[[], Any]] = {
+        f"chats_{k}": (lambda k=k: chats_at_once(engine, k, tokens)) for k in ks
+    }
+    for k in (1, 4):
+        if k <= backend.max_batch:
+            loops[f"bare_{k}"] = lambda k=k: {
+                "agg": on_model_thread(bare_batch_tok_s, backend, k, tokens)
+            }
+    for n in (1, 3):
+        loops[f"versions_{n}"] = lambda n=n: {"agg": -versions_s(engine, n, tokens)}
+    r = best(loops, rounds, key=lambda x: x["agg"])
+    alone = r["chats_1"]["agg"]
+    out: dict[str, Any] = {
+        "model": Path(backend.info.path).name,
+        "arch": backend.info.arch,
+        "strategy": backend.info.strategy,
+        "max_batch": backend.max_batch,
+        "alone_tok_s": round(alone, 2),
+    }
+    for k in ks:
+        if k > 1:
+            out[f"agg_tok_s_{k}"] = round(r[f"chats_{k}"]["agg"], 2)
+            out[f"agg_ratio_{k}"] = round(r[f"chats_{k}"]["agg"] / alone, 3)
+    if "chats_2" in r:
+        out["per_chat_ratio_2"] = round(r["chats_2"]["per_chat"] / alone, 3)
+    out["swipes1_s"] = round(-r["versions_1"]["agg"], 3)
+    out["swipes3_s"] = round(-r["versions_3"]["agg"], 3)
+    out["swipes3_ratio"] = round(r["versions_3"]["agg"] / r["versions_1"]["agg"], 3)
+    if "bare_4" in r and "chats_4" in r:
+        out["bare_tok_s_1"] = round(r["bare_1"]["agg"], 2)
+        out["bare_tok_s_4"] = round(r["bare_4"]["agg"], 2)
+        out["bare_agg_ratio_4"] = round(r["bare_4"]["agg"] / r["bare_1"]["agg"], 3)
+        out["batch_vs_bare"] = round(r["chats_4"]["agg"] / r["bare_4"]["agg"], 3)
+    engine.flush()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="rwkv,embedded", help="rwkv, embedded or both")
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="0.1b")
+    ap.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"))
+    ap.add_argument("--tokens", type=int, default=40, help="tokens a reply")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ks", default="1,2,4,8", help="numbers of chats at once")
+    args = ap.parse_args(argv)
+    ks = tuple(sorted({1, *(int(x) for x in args.ks.split(","))}))
+    result: dict[str, Any] = {"bench": "batch", "tokens": args.tokens, "rounds": args.rounds}
+    for which in args.models.split(","):
+        if which == "rwkv":
+            spec = argparse.Namespace(
+                model=None, backend="llama", shape=args.shape, gguf_type=args.gguf_type
+            )
+            backend = LlamaBackend(build_model(spec))
+            name = f"rwkv7_{args.shape}_{args.gguf_type}"
+        elif which == "embedded":
+            from core.backends.embedded import embedded_model_path
+
+            path = embedded_model_path()
+            if path is None:
+                result["embedded"] = {"error": "the embedded model is not installed"}
+                continue
+            backend = LlamaBackend(path)
+            name = "embedded"
+        else:
+            raise SystemExit(f"unknown model {which!r}")
+        result[name] = measure(backend, args.tokens, args.rounds, ks)
+        backend.close()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
