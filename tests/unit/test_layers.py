@@ -30,7 +30,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.store": FOUNDATION | {"core.avatars"},
     # lorebooks: activation (pure) and the books of a chat (from the store)
     "core.lore": FOUNDATION | {"core.prompt", "core.store"},
-    "core.chat": FOUNDATION | {"core.prompt", "core.store", "core.engine", "core.group"}
+    "core.chat": FOUNDATION
+    | {"core.prompt", "core.store", "core.engine", "core.group"}
     | {"core.lore", "core.macros"},
     "core.cards": FOUNDATION | {"core.avatars", "core.store"},
     "core.chat_io": FOUNDATION | {"core.store"},
@@ -49,7 +50,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+# a package's `__main__` (`python -m core.chat ...`) is a command-line front end, like the pages:
+# it sits above core and may use any part of it (never streamlit)
+ENTRY_POINTS = "core.*.__main__"
+MAY_IMPORT[ENTRY_POINTS] = set(MAY_IMPORT)
+
+
 def part_of(module: str) -> str:
+    if module.endswith(".__main__"):
+        return ENTRY_POINTS
     return ".".join(module.split(".")[:2])
 
 
