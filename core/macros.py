@@ -26,7 +26,7 @@ from datetime import datetime
 from core.text import substitute
 
 _MACRO = re.compile(r"\{\{\s*([a-zA-Z]+)\s*(?:(::?)(.*?))?\s*\}\}", re.DOTALL)
-_ROLL = re.compile(r"^\s*(\d*)\s*[dD]?\s*(\d+)\s*(?:([+-])\s*(\d+))?\s*$")
+_ROLL = re.compile(r"^\s*(?:(\d*)\s*[dD])?\s*(\d+)\s*(?:([+-])\s*(\d+))?\s*$")
 _MAX_DICE = 100
 
 
