@@ -574,6 +574,8 @@ _S: dict[str, tuple[str, str]] = {
     ),
     "prompt_view_close": ("Close", "关闭"),
     # --- batched versions
+    "regenerate_3": ("Write 3 versions at once", "一次写 3 个版本"),
+    "writing_versions": ("Writing {n} versions at once…", "正在同时写 {n} 个版本…"),
 }
 
 STRINGS: dict[str, dict[str, str]] = {k: dict(zip(LANGS, v, strict=True)) for k, v in _S.items()}

@@ -29,7 +29,7 @@ from core.store import ChatMessage, Conversation
 if TYPE_CHECKING:
     from streamlit.delta_generator import DeltaGenerator
 
-from pages import group_ui, lore_ui, prompt_ui
+from pages import group_ui, lore_ui, prompt_ui, versions_ui
 from pages.ui_common import (
     PAGE_CHARACTERS,
     StreamText,
@@ -386,13 +386,13 @@ messages = s.list_messages(conv.id)
 pending = ss.pop("pending", None)
 if pending and pending.get("conv") != conv.id:
     pending = None
-if pending and pending["op"] in ("regen", "continue"):
+if pending and pending["op"] in ("regen", "continue", "regen3"):
     if not messages or messages[-1].id != pending.get("msg"):
         pending = None  # the chat changed since the click
 if pending is None and conv.members:
     pending = group_ui.auto_next(conv, len(messages))  # the auto mode's next turn, if it runs
 
-shown = messages[:-1] if pending and pending["op"] in ("regen", "continue") else messages
+shown = messages[:-1] if pending and pending["op"] in ("regen", "continue", "regen3") else messages
 
 
 def _display_name(role: str, name: str) -> str:
@@ -518,6 +518,14 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
                         on_click=_queue,
                         type="tertiary",
                         kwargs={"op": "regen", "msg": msg.id},
+                    )
+                    st.button(  # three versions at once, decoded as one batch
+                        "×3",
+                        key=f"regen3_{msg.id}",
+                        help=T("regenerate_3"),
+                        on_click=_queue,
+                        type="tertiary",
+                        kwargs={"op": "regen3", "msg": msg.id},
                     )
                 st.button(
                     ":material/fast_forward:",
@@ -650,6 +658,8 @@ def generate(
 if pending:
     if pending["op"] == "new":
         generate("new", role=pending.get("role", "char"), member=pending.get("member"))
+    elif pending["op"] == "regen3":
+        versions_ui.generate_versions(conv.id, messages[-1])
     else:
         generate(pending["op"], target=messages[-1])
 
