@@ -315,24 +315,25 @@ def lore_book() -> Any:
     return Book("Valleys", entries)
 
 
-def measure_lore(engine: Engine, turns: int) -> dict[str, Any]:
-    """A chat with a 30-entry lorebook whose entries fire every few turns, as the app feeds
+def measure_lore(engine: Engine, turns: int, rounds: int = 5) -> dict[str, Any]:
+    """A chat with a 30-entry lorebook whose entries fire every few turns, fed as the app feeds
     them (core/lore.py): the entries that fire for a reply are fed just before it and stored
-    with it; the constant entry is in the opening. The time to first token includes the
-    activation (keys scanned, tokens counted with the model's tokenizer)."""
+    with it; the constant entry is in the opening. Then the time to first token of a firing
+    turn after the 40 turns against a firing turn 1 of a new chat, in pairs taken one after the
+    other (a new user message each time, as in measure_resume), so that both meet the same
+    load; the medians count. Each time includes the activation (keys scanned, tokens counted
+    with the model's tokenizer). The tokens fed say the same without timing: equal at turn 1
+    and after turn 40 when the cache serves the whole chat and its stored lore."""
     from dataclasses import replace
 
     from core.lore import activate
 
     book = lore_book()
     ctx = replace(CTX, persona=f"{CTX.persona}\n{activate([book], []).text(constant=True)}")
-    engine.warm(ctx, [GREETING])
-    hist = [GREETING]
-    ttfts, fired_turns = [], 0
-    for n in range(1, turns + 1):
-        fires = (n - 1) % LORE_EVERY == 0
-        topic = f"landmark{(n // LORE_EVERY) % LORE_ENTRIES}" if fires else "old bridge"
-        hist.append(Message("user", f"{USER.format(tag='L', n=n)} And the {topic}?"))
+
+    def turn(hist: list[Message], text: str) -> tuple[float, Any, str]:
+        """One reply after the user's `text`: seconds to first text, the result, the lore."""
+        hist = [*hist, Message("user", text)]
         t0 = time.perf_counter()
         res = activate(
             [book],
@@ -341,23 +342,43 @@ def measure_lore(engine: Engine, turns: int) -> dict[str, Any]:
             user=ctx.user_name,
             count_tokens=lambda text: len(engine.backend.tokenize(text)),
         )
-        before = res.text()
-        fired_turns += bool(before)
-        reply = engine.reply(ctx, hist, Message("char", before=before), CAPPED)
+        reply = engine.reply(ctx, hist, Message("char", before=res.text()), CAPPED)
         first = None
         for _ in reply:
             if first is None:
                 first = time.perf_counter() - t0
-        ttfts.append(first if first is not None else reply.result.ttft_s)
-        hist.append(Message("char", reply.result.text or "…", before=before))
-    win = window(turns)
-    # turn 1 and turn 40 both fire an entry: compare the firing turns of each window
-    first_w = [t for i, t in enumerate(ttfts[:win]) if i % LORE_EVERY == 0]
-    last_w = [t for i, t in enumerate(ttfts) if i >= turns - win and i % LORE_EVERY == 0]
-    turn1, turn_n = statistics.median(first_w), statistics.median(last_w)
+        out = reply.result
+        return (first if first is not None else out.ttft_s), out, res.text()
+
+    def ask(tag: str, n: int, fires: bool) -> str:
+        topic = f"landmark{(n // LORE_EVERY) % LORE_ENTRIES}" if fires else "old bridge"
+        return f"{USER.format(tag=tag, n=n)} And the {topic}?"
+
+    engine.warm(ctx, [GREETING])
+    hist = [GREETING]
+    fired_turns = 0
+    for n in range(1, turns + 1):
+        text = ask("L", n, (n - 1) % LORE_EVERY == 0)
+        _, res, before = turn(hist, text)
+        fired_turns += bool(before)
+        hist += [Message("user", text), Message("char", res.text or "…", before=before)]
+    engine.flush()
+    firsts, lasts, fed1, fed_n = [], [], 0, 0
+    for i in range(rounds):
+        t, res, before = turn([GREETING], ask(f"N{i}", 1, True))
+        assert before, "turn 1 fires an entry"
+        firsts.append(t)
+        fed1 = res.fed_tokens
+        t, res, before = turn(hist, ask(f"R{i}", turns + 1, True))
+        assert before, "the turn after the chat fires an entry"
+        lasts.append(t)
+        fed_n = res.fed_tokens
+    turn1, turn_n = statistics.median(firsts), statistics.median(lasts)
     return {
         "lore_entries": LORE_ENTRIES,
         "lore_fired_turns": fired_turns,
+        "lore_fed_tokens_turn1": fed1,
+        "lore_fed_tokens_turn40": fed_n,
         "lore_ttft_turn1_s": round(turn1, 4),
         "lore_ttft_turn40_s": round(turn_n, 4),
         "lore_ttft_growth": round(turn_n / turn1, 3),
@@ -420,7 +441,7 @@ def main() -> int:
     out.update(measure_regen(engine, hist, out["decode_step_s"]))
     out.update(measure_refeed(engine, backend, hist, args.rounds))
     out.update(measure_interleaved(engine, args.turns))
-    out.update(measure_lore(engine, args.turns))
+    out.update(measure_lore(engine, args.turns, max(3, args.rounds)))
     out.update(measure_resume(engine, backend, cache_dir, hist, args.rounds))
     print(json.dumps(out))
     return 0
