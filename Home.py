@@ -27,6 +27,7 @@ from pages.ui_common import (
     md_inline,
     password_gate,
     routed,
+    start_model,
 )
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     # fetched from a CDN by the browser
     st.set_page_config(page_title="RWKV Role Play", page_icon=app_icon(), layout="wide")
     keep_lang()
+    start_model()  # in the background, if nothing started it (pages say that it loads)
 
     page = st.navigation(
         [
@@ -73,4 +75,11 @@ else:  # imported by `streamlit run` to serve the UI and the API
     from core.api import ApiConfig, api_middleware, api_routes
 
     _api = ApiConfig(listen_address=lambda: st.get_option("server.address"))
-    app = st.App(__file__, routes=api_routes(_api), middleware=api_middleware(_api))
+    from core.runtime import preload_lifespan  # the model loads from the server's start
+
+    app = st.App(
+        __file__,
+        routes=api_routes(_api),
+        middleware=api_middleware(_api),
+        lifespan=preload_lifespan,
+    )

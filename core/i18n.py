@@ -455,6 +455,16 @@ _S: dict[str, tuple[str, str]] = {
         "只有在设置了密码（调用需要密钥）时才保留它。",
     ),
     # --- model loading at start
+    "model_loading_bg": (
+        "Loading the model {name}… You can look around meanwhile; a reply starts once it is "
+        "ready.",
+        "正在加载模型 {name}…可以先随便看看；模型就绪后即开始回复。",
+    ),
+    "reply_waits_load": (
+        "Waiting for the model {name} to finish loading…",
+        "正在等待模型 {name} 加载完成…",
+    ),
+    "retry_load": ("Try loading {name} again", "重新加载 {name}"),
     # --- lorebooks
     "lorebooks": ("Lorebooks (World Info)", "世界书（World Info）"),
     "lore_book": ("Lorebook", "世界书"),

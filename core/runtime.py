@@ -3,8 +3,14 @@
     rt = runtime.current()        # the runtime of this data directory ($RP_DATA_DIR, $RP_DB_URL)
     rt.store                      # the Store (opened once: checked, seeded, backed up daily)
     rt.start_loading()            # load the current model choice in the background
-    rt.engine()                   # the loaded Engine, or None (never loads)
+    rt.engine()                   # the loaded Engine, or None (never loads, never waits)
+    rt.state()                    # "ready", "loading", "failed", "unloaded" or "idle"
+    rt.wait_engine()              # for a reply: the engine, once a load in progress ends
     rt.load()                     # load now (raises ModelError), or return the loaded one
+
+The server starts loading at once (`preload_lifespan`, st.App's lifespan in Home.py), and every
+page run asks again (`start_loading` returns at once when there is nothing to do), so pages draw
+while the model loads and only a reply waits for it.
     rt.chat                       # the ChatService: every chat operation of every front end
 
 One model is loaded per process, whatever the number of data directories (tests open several):
@@ -17,6 +23,8 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,9 +96,12 @@ EngineKey = tuple[str, str, str, bool, bool, str]  # a choice's key and the data
 
 @dataclass
 class _Loaded:
-    """The one model of the process."""
+    """The one model of the process. `lock` guards the two fields and is held only to read or
+    swap them; `loading` is held for a whole load, so that loads run one at a time while
+    `Runtime.engine()` answers at once."""
 
     lock: threading.RLock = field(default_factory=threading.RLock)
+    loading: threading.Lock = field(default_factory=threading.Lock)
     key: EngineKey | None = None
     engine: Engine | None = None
 
@@ -110,6 +121,7 @@ class Runtime:
         self.unloaded = False  # the user unloaded the model on purpose
         self.failed: dict[EngineKey, str] = {}  # key -> why it could not be loaded
         self._loading: threading.Thread | None = None
+        self._start_lock = threading.Lock()
         self._chat: ChatService | None = None
         self.started = time.monotonic()
 
@@ -208,14 +220,15 @@ class Runtime:
     def load(self, choice: ModelChoice | None = None) -> Engine:
         """The engine of `choice` (default: the current one), loaded now if it is not; raises
         ModelError (or another AppError) when it cannot be. Loading another model releases the
-        one loaded before."""
+        one loaded before. Loads run one at a time; `engine()` never waits for one."""
         choice = choice or self.choice()
         key = self._key(choice)
-        with _MODEL.lock:
-            if _MODEL.key == key and _MODEL.engine is not None:
-                self.unloaded = False
-                return _MODEL.engine
-            _release()
+        self.unloaded = False
+        with _MODEL.loading:
+            with _MODEL.lock:
+                if _MODEL.key == key and _MODEL.engine is not None:
+                    return _MODEL.engine
+                _release()
             try:
                 engine = self._open(choice)
             except AppError as e:
@@ -225,25 +238,36 @@ class Runtime:
                 self.failed[key] = str(e) or e.__class__.__name__
                 raise ModelError(self.failed[key]) from e
             self.failed.pop(key, None)
-            _MODEL.key, _MODEL.engine = key, engine
-            self.unloaded = False
+            with _MODEL.lock:
+                _MODEL.key, _MODEL.engine = key, engine
             return engine
 
     def start_loading(self) -> None:
         """Load the current choice in a background thread (pages render meanwhile and say the
-        model is loading), unless it is loaded, loading, unloaded on purpose or failed."""
-        if self.unloaded or self.loading or self.engine() is not None or self.failure():
-            return
+        model is loading), unless it is loaded, loading, unloaded on purpose or failed. Never
+        waits: the store is opened and the choice read on that thread when they are not yet
+        (the server calls this at start, before any page)."""
+        with self._start_lock:
+            if self.unloaded or self.loading:
+                return
+            if self._store is not None and (self.engine() is not None or self.failure()):
+                return
 
-        def run() -> None:
-            try:
-                self.load()
-            except AppError:
-                pass  # kept in self.failed: the pages say why
+            def run() -> None:
+                try:
+                    if self.engine() is not None or self.failure():
+                        return
+                    self.load()
+                except AppError:
+                    pass  # kept in self.failed (or the store's own error): the pages say why
+                except Exception:  # never a traceback on a thread nobody reads
+                    pass
+                if self.unloaded:  # unloaded while it loaded: it stays unloaded
+                    self.unload()
 
-        # not a daemon: a load cut off by interpreter exit inside torch aborts the process
-        self._loading = threading.Thread(target=run, name="model-load", daemon=False)
-        self._loading.start()
+            # not a daemon: a load cut off by interpreter exit inside torch aborts the process
+            self._loading = threading.Thread(target=run, name="model-load", daemon=False)
+            self._loading.start()
 
     def wait_loaded(self, timeout: float | None = None) -> Engine | None:
         thread = self._loading
@@ -251,7 +275,24 @@ class Runtime:
             thread.join(timeout)
         return self.engine()
 
+    def wait_engine(self, timeout: float | None = None) -> Engine | None:
+        """The engine for a reply: the loaded one, or the one being loaded once it is ready
+        (started now when nothing loads it yet); None when it is unloaded or failed."""
+        self.start_loading()
+        return self.wait_loaded(timeout)
+
+    def state(self) -> str:
+        """ "ready", "loading", "failed" (see failure()), "unloaded" (on purpose) or "idle"."""
+        if self.engine() is not None:
+            return "ready"
+        if self.loading:
+            return "loading"
+        if self.unloaded:
+            return "unloaded"
+        return "failed" if self.failure() else "idle"
+
     def unload(self) -> None:
+        """Release the model (it stays unloaded: no page loads it again until asked to)."""
         self.unloaded = True
         with _MODEL.lock:
             if _MODEL.key is not None and _MODEL.key[-1] == str(self.data):
@@ -277,6 +318,15 @@ class Runtime:
         except (TypeError, ValueError):
             pass
         return engine
+
+
+@asynccontextmanager
+async def preload_lifespan(_app: object) -> AsyncIterator[None]:
+    """st.App's lifespan: when the server starts, open the store and load the model in the
+    background, so the first page finds both (or at least draws at once and says the model is
+    loading) instead of waiting for them."""
+    current().start_loading()
+    yield
 
 
 def _release() -> None:

@@ -35,19 +35,18 @@ from pages.ui_common import (
     StreamText,
     T,
     avatar_image,
-    choice_label,
     conversation_params,
-    current_choice,
-    get_engine,
     md_inline,
     md_text,
+    model_loading,
+    model_notice,
     new_conversation,
     page_guard,
-    retry_model,
     role_avatar,
     rt,
     show_error,
     store,
+    wait_for_model,
 )
 
 page_guard()
@@ -344,14 +343,9 @@ else:
             st.markdown(f"**{md_inline(ctx.name)}**")
             st.caption(md_inline(conv.title))
 
-engine = get_engine(ui="spinner")
-if engine is None:
-    with st.container(horizontal=True, vertical_alignment="center"):
-        st.warning(T("no_model_loaded"), icon=":material/memory:")
-        label = T("load_named", name=md_inline(choice_label(current_choice())))
-        if st.button(label, key="chat_load"):
-            if retry_model() is not None:
-                st.rerun()
+# the model: never waited for here (the page says it loads); a reply waits for it (generate)
+engine = model_notice("chat")
+can_reply = engine is not None or model_loading()
 
 
 def _warm(conversation_id: int) -> None:
@@ -456,7 +450,7 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
     name = _display_name(msg.role, msg.name)
     with st.chat_message(
         name if msg.role != "user" else "user",
-        avatar=role_avatar(msg.role, group_ui.speaker(msg, conv, chars_by_id, character)),
+        avatar=group_ui.avatar(msg.role, group_ui.speaker(msg, conv, chars_by_id, character), conv),
     ):
         st.caption(md_inline(name))
         if ss.get("editing") == msg.id:
@@ -507,7 +501,7 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
                     args=(msg.id, msg.chosen + 1),
                     type="tertiary",
                 )
-            if is_last and engine is not None:
+            if is_last and can_reply:
                 meta = msg.meta or {}
                 generated = isinstance(meta.get("tokens"), int) or meta.get("stop") == "interrupted"
                 if msg.role != "user" or generated:
@@ -598,7 +592,8 @@ def generate(
 ) -> None:
     """Stream one reply (by a group chat's `member` when given); the service saves it however
     it ends (also when stopped)."""
-    if engine is None:
+    reply_engine = engine if engine is not None else wait_for_model()  # a load in progress
+    if reply_engine is None:
         st.warning(T("no_model_loaded"))
         return
     done = threading.Event()
@@ -614,11 +609,11 @@ def generate(
     error: BaseException | None = None
     with st.chat_message(
         name if shown_role != "user" else "user",
-        avatar=role_avatar(shown_role, speaking or character),
+        avatar=group_ui.avatar(shown_role, speaking or character, conv),
     ):
         st.caption(md_inline(name))
         waiting = st.empty()
-        if engine.busy:
+        if reply_engine.busy:
             waiting.info(T("waiting_model"), icon=":material/hourglass_top:")
         body = st.container(key="streaming")
         stop_slot = st.empty()  # a click reruns the script, which interrupts the stream
@@ -672,7 +667,7 @@ def _speaker_label(role: str) -> str:  # radio options render markdown: names go
 
 
 if conv.members:  # a group chat: a member, the narrator or nobody; the auto mode
-    group_ui.next_controls(conv, chars_by_id, user_label, len(messages), _queue, engine is not None)
+    group_ui.next_controls(conv, chars_by_id, user_label, len(messages), _queue, can_reply)
 else:
     with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
         st.radio(
@@ -686,6 +681,6 @@ else:
             T("generate"),
             key="generate_next",
             icon=":material/play_arrow:",
-            disabled=engine is None,
+            disabled=not can_reply,
             on_click=lambda: _queue("new", role=ss.get("next_speaker", "char")),
         )

@@ -14,13 +14,14 @@ from pages.ui_common import (
     choice_label,
     current_choice,
     fmt_time,
-    get_engine,
     md_inline,
+    model_loading,
+    model_notice,
     model_summary,
     new_conversation,
     open_chat,
     page_guard,
-    retry_model,
+    retry,
     show_error,
     store,
 )
@@ -31,21 +32,19 @@ st.title(T("app_title"))
 
 # --- the model ------------------------------------------------------------------------------
 with st.container(border=True):
-    engine = get_engine(ui="spinner")
+    engine = model_notice("home", buttons=False)  # never waits: loading, failed or unloaded
     if engine is not None:
         st.markdown(f":material/memory: **{T('model')}**")
         st.text(model_summary(engine))
-    else:
-        st.markdown(f":material/memory: **{T('model')}**: {T('no_model_loaded')}")
+    elif not model_loading():
         with st.container(horizontal=True):
-            if st.button(
+            st.button(
                 T("load_named", name=md_inline(choice_label(current_choice()))),
                 key="home_load",
                 type="primary",
                 icon=":material/play_arrow:",
-            ):
-                if retry_model() is not None:
-                    st.rerun()
+                on_click=retry,
+            )
             st.page_link(PAGE_SETTINGS, label=T("choose_model"), icon=":material/settings:")
 
 s = store()

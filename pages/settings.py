@@ -36,8 +36,8 @@ from pages.ui_common import (
     default_preset,
     lang,
     load_model,
-    loaded_engine,
     md_inline,
+    model_notice,
     model_summary,
     page_guard,
     restore_controls,
@@ -97,11 +97,9 @@ st.radio(
 
 # --- model ---------------------------------------------------------------------------------
 st.subheader(T("model"), anchor=False)
-engine = loaded_engine()
+engine = model_notice("settings", buttons=False)  # loading, failed or unloaded: said here
 if engine is not None:
     st.success(md_inline(model_summary(engine)), icon=":material/memory:")
-else:
-    st.info(T("no_model_loaded"), icon=":material/memory:")
 
 try:
     from core.backends.loader import list_model_files

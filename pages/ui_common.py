@@ -463,26 +463,81 @@ def load_model(choice: ModelChoice | None = None, ui: str = "spinner") -> Engine
     return engine
 
 
-def get_engine(ui: str = "spinner") -> Engine | None:
-    """The engine for this page: already loaded, or loaded now unless the user unloaded it or
-    loading it failed before (then None; Settings or a Load button retries)."""
+def start_model() -> None:
+    """Start loading the current choice in the background unless it is loaded, loading,
+    unloaded on purpose or failed (the server already started it; this covers the rest)."""
+    try:
+        rt().start_loading()
+    except AppError:
+        pass  # the store cannot be read: the page says so
+
+
+def model_loading() -> bool:
+    return rt().loading
+
+
+def model_notice(key: str, buttons: bool = True) -> Engine | None:
+    """The loaded engine, or None with what the model is doing drawn in the page: loading (the
+    model's name; the page reruns when it is ready), the reason it failed, or that it is not
+    loaded, with a Load/retry button (`<key>_load`) unless `buttons` is False."""
     runtime_ = rt()
+    start_model()
     engine = runtime_.engine()
-    if engine is not None or runtime_.unloaded:
+    if engine is not None or key == "none":
         return engine
+    name = md_inline(choice_label(runtime_.choice()))
+    if runtime_.loading:
+        _loading_note(name)
+        return None
     failed = runtime_.failure()
     if failed:
         st.error(f"{T('err_load')} {md_inline(failed)}", icon=":material/error:")
-        return None
-    return load_model(ui=ui)
+        label = T("retry_load", name=name)
+    else:
+        st.info(T("no_model_loaded"), icon=":material/memory:")
+        label = T("load_named", name=name)
+    if buttons:
+        st.button(
+            label, key=f"{key}_load", type="primary", icon=":material/play_arrow:", on_click=retry
+        )
+    return None
 
 
-def retry_model() -> Engine | None:
-    """A Load button: forget an unload or a failure of the current choice and load it."""
+@st.fragment(run_every=0.5)
+def _loading_note(name: str) -> None:
+    """The note that the model loads, checked twice a second; the whole page reruns once the
+    load has ended (ready or failed), so that everything that needs the model appears."""
+    if not rt().loading:
+        st.rerun()
+    st.info(T("model_loading_bg", name=name), icon=":material/hourglass_top:")
+
+
+def wait_for_model() -> Engine | None:
+    """For a reply: the engine, waiting (with a note) while it loads; None, with the reason
+    shown, when it is unloaded or failed."""
+    runtime_ = rt()
+    engine = runtime_.engine()
+    if engine is not None:
+        return engine
+    note = st.empty()
+    if runtime_.loading or not (runtime_.unloaded or runtime_.failure()):
+        name = md_inline(choice_label(runtime_.choice()))
+        note.info(T("reply_waits_load", name=name), icon=":material/hourglass_top:")
+    engine = runtime_.wait_engine()
+    note.empty()
+    failed = runtime_.failure()
+    if engine is None and failed:
+        st.error(f"{T('err_load')} {md_inline(failed)}", icon=":material/error:")
+    return engine
+
+
+def retry() -> None:
+    """A Load/retry button's callback: forget an unload or a failure of the current choice and
+    load it in the background (the page says that it loads)."""
     runtime_ = rt()
     runtime_.unloaded = False
     runtime_.failed.clear()
-    return load_model(ui="spinner")
+    start_model()
 
 
 def unload_model() -> None:

