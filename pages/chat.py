@@ -42,7 +42,6 @@ from pages.ui_common import (
     model_notice,
     new_conversation,
     page_guard,
-    role_avatar,
     rt,
     show_error,
     store,
@@ -450,7 +449,7 @@ def render_message(msg: ChatMessage, is_last: bool) -> None:
     name = _display_name(msg.role, msg.name)
     with st.chat_message(
         name if msg.role != "user" else "user",
-        avatar=role_avatar(msg.role, group_ui.speaker(msg, conv, chars_by_id, character)),
+        avatar=group_ui.avatar(msg.role, group_ui.speaker(msg, conv, chars_by_id, character), conv),
     ):
         st.caption(md_inline(name))
         if ss.get("editing") == msg.id:
@@ -609,7 +608,7 @@ def generate(
     error: BaseException | None = None
     with st.chat_message(
         name if shown_role != "user" else "user",
-        avatar=role_avatar(shown_role, speaking or character),
+        avatar=group_ui.avatar(shown_role, speaking or character, conv),
     ):
         st.caption(md_inline(name))
         waiting = st.empty()

@@ -12,7 +12,7 @@ import streamlit as st
 
 from core.errors import AppError
 from core.store import Character, ChatMessage, Conversation, Store
-from pages.ui_common import T, avatar_image, md_inline, open_chat, rt, show_error
+from pages.ui_common import T, avatar_image, md_inline, open_chat, role_avatar, rt, show_error
 
 ss = st.session_state
 AUTO = "group_auto"  # session state: {"conv": id, "left": turns, "expect": message count}
@@ -71,13 +71,28 @@ def header(conv: Conversation, chars_by_id: dict[Any, Character]) -> None:
 def speaker(
     msg: ChatMessage, conv: Conversation, chars_by_id: dict[Any, Character], default: Any
 ) -> Any:
-    """The character whose avatar a message shows: its speaker in a group chat."""
+    """The character who wrote a message: its speaker in a group chat, else `default`."""
     if not conv.members or msg.role != "char":
         return default
     if msg.character_id in chars_by_id:
         return chars_by_id[msg.character_id]
     by_name = {c.name: c for c in members(conv, chars_by_id)}
     return by_name.get(msg.name, default)
+
+
+@st.cache_data(show_spinner=False, max_entries=500)
+def _initials(name: str) -> bytes:
+    from core.avatars import placeholder_png
+
+    return placeholder_png(name, size=128)
+
+
+def avatar(role: str, character: Character | None, conv: Conversation) -> Any:
+    """A message's avatar: in a group chat, a member without a picture gets its own initials
+    (the page's shared bot icon would make the members look alike)."""
+    if conv.members and role == "char" and character is not None and not character.avatar:
+        return _initials(character.name)
+    return role_avatar(role, character)
 
 
 # --- Chat: the group's settings and members (sidebar) ---------------------------------------

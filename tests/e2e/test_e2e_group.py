@@ -78,7 +78,7 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
         page.locator(f".st-key-{key} button").first.click()
 
     def choose(key: str, option: str) -> None:
-        page.locator(f".st-key-{key} [data-baseweb=select]").first.click()
+        page.locator(f".st-key-{key} [role=combobox]").first.click()
         page.locator("[role=option]", has_text=option).first.click()
         idle()
 
@@ -96,9 +96,13 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
     page.wait_for_selector("text=Recent chats", timeout=120_000)
     page.wait_for_selector("text=30 layers", timeout=120_000)  # the embedded model, loaded
     page.locator("[data-testid=stExpander] summary", has_text="New group chat").click()
+    idle()
+    tags = page.locator(".st-key-group_new_pick [data-testid=stMultiSelectTagsContainer]")
     for name in CAST:
         choose("group_new_pick", name)
-    page.keyboard.press("Escape")
+        tags.get_by_text(name, exact=True).wait_for()
+        page.keyboard.press("Escape")
+        idle()
     click("group_new_start")
     page.wait_for_selector("[data-testid=stChatInputTextArea]", timeout=120_000)
     conv = _wait_db(lambda: s.list_conversations(ids["Ada"]))[0]

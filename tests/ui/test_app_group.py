@@ -97,6 +97,15 @@ def test_a_group_of_three_talks_in_the_page(app_env: Path) -> None:
     at.button(key=f"group_mute_{ada}").click().run()  # unmute
     assert store().get_conversation(cid).group["muted"] == []
 
+    # without a picture, each member still has its own avatar (its initials)
+    s = store()
+    for c in (ada, ben, cyra):
+        s.update_character(c, {"avatar": ""})
+    s.close()
+    at.run()
+    pictures = [m.avatar for m in at.chat_message[:3]]
+    assert len(set(pictures)) == 3, pictures
+
     # the auto mode: two turns by members, then it ends by itself
     at.number_input(key=f"group_turns_{cid}").set_value(2).run()
     n = len(store().list_messages(cid))
