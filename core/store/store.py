@@ -231,6 +231,7 @@ class Store:
             raise StoreError('Say what to do with the chats of the character: "delete" or "keep".')
         with self._write() as s:
             character = self._get(s, Character, character_id, "character")
+            self._leave_groups(s, character_id)  # group chats go on with their other members
             if chats == "delete":
                 conv_ids = select(Conversation.id).where(Conversation.character_id == character_id)
                 s.exec(delete(ChatMessage).where(ChatMessage.conversation_id.in_(conv_ids)))
@@ -901,6 +902,26 @@ class Store:
         return self.update_group_settings(
             conversation_id, muted=[*ids, character_id] if muted else ids
         )
+
+    def _leave_groups(self, s: Session, character_id: int) -> None:
+        """A deleted character leaves the group chats it was in (with other members still
+        there): their messages stay, the next member becomes the chat's character."""
+        groups = select(Conversation).where(cast(Conversation.members, String) != "[]")
+        for conv in s.exec(groups).all():
+            members = list(conv.members or [])
+            if character_id not in members or len(members) < 2:
+                continue
+            members.remove(character_id)
+            settings = {**GROUP_DEFAULTS, **(conv.group or {})}
+            for key in ("muted", "joined"):
+                settings[key] = [i for i in settings.get(key, []) if i != character_id]
+            conv.members, conv.group = members, settings
+            if conv.character_id == character_id:
+                first = s.get(Character, members[0])
+                conv.character_id = members[0] if first is not None else None
+                conv.character_name = first.name if first is not None else conv.character_name
+            s.add(conv)
+        s.flush()
 
     def update_group_settings(self, conversation_id: int, **settings: Any) -> Conversation:
         """Change a group chat's settings: activation ("natural", "list" or "manual"),

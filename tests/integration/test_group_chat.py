@@ -294,3 +294,15 @@ def test_the_state_invariant_holds_in_a_group_chat(rwkv7_backend) -> None:
         ("group", "小雪", 7, False),
     ]
     check_invariant(rwkv7_backend, ops)
+
+
+def test_deleting_a_member_keeps_the_group_chat(store, cast) -> None:
+    ada, ben, cy, _ = cast
+    svc = ChatService(lambda: store, lambda: None)
+    group = svc.new_group_chat([ada.id, ben.id, cy.id])
+    alone = svc.new_chat(ada.id)
+    store.delete_character(ada.id, chats="delete")
+    assert store.get_conversation(alone.id) is None  # Ada's own chat went, as asked
+    conv = store.get_conversation(group.id)
+    assert conv.members == [ben.id, cy.id] and conv.character_id == ben.id
+    assert [m.name for m in store.list_messages(group.id)] == ["Captain Ada Reyes", "Ben"]

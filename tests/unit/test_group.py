@@ -135,3 +135,11 @@ def test_everyone_muted_means_nobody_speaks() -> None:
 )
 def test_talkativeness_is_read_from_the_card(ext, want) -> None:
     assert talkativeness(ext) == want
+
+
+def test_the_store_accepts_exactly_the_modes_core_group_knows() -> None:
+    from core.group import ACTIVATIONS, DEFAULT_AUTO_TURNS, MAX_AUTO_TURNS
+    from core.store.store import GROUP_ACTIVATIONS, GROUP_DEFAULTS
+
+    assert GROUP_ACTIVATIONS == ACTIVATIONS
+    assert GROUP_DEFAULTS["auto_turns"] == DEFAULT_AUTO_TURNS and MAX_AUTO_TURNS == 50
