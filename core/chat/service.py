@@ -330,12 +330,14 @@ class ChatService:
         engine = self._engine()
         first = store.get_character(character_ids[0]) if character_ids else None
         preset = (first.sampling_preset if first is not None else "") or ""
-        return store.create_group_conversation(
+        conv = store.create_group_conversation(
             character_ids,
             model=model_name(engine) if engine is not None else "",
             sampling=self.preset_sampling(preset if preset in PRESETS else self.default_preset()),
             user_name=store.get_setting("user_name", "") or None,
         )
+        expand_greetings(store, conv)  # {{time}}, {{random::..}}...: once, stored as fed
+        return conv
 
     def pick_speaker(
         self, conversation_id: int, rng: random.Random | None = None, auto: bool = False
