@@ -298,13 +298,14 @@ LORE_EVERY = 3  # an entry fires every LORE_EVERY turns (turns 1, 4, 7, ..., 40)
 
 
 def lore_book() -> Any:
-    """A 30-entry book: entry i fires on "landmark{i}"; one constant entry."""
+    """A 30-entry book: entry i fires on "landmark{i:02d}" (no key is part of another, so one
+    entry fires at a time); one constant entry."""
     from core.lore import Book, new_entry
 
     entries = [
         new_entry(
             i,
-            key=[f"landmark{i}"],
+            key=[f"landmark{i:02d}"],
             content=f"Landmark {i} is a stone tower by the river; travellers leave a coin there "
             "for luck, and the keeper writes their names in a book.",
             order=100 + i,
@@ -351,7 +352,7 @@ def measure_lore(engine: Engine, turns: int, rounds: int = 5) -> dict[str, Any]:
         return (first if first is not None else out.ttft_s), out, res.text()
 
     def ask(tag: str, n: int, fires: bool) -> str:
-        topic = f"landmark{(n // LORE_EVERY) % LORE_ENTRIES}" if fires else "old bridge"
+        topic = f"landmark{(n // LORE_EVERY) % LORE_ENTRIES:02d}" if fires else "old bridge"
         return f"{USER.format(tag=tag, n=n)} And the {topic}?"
 
     engine.warm(ctx, [GREETING])
@@ -391,7 +392,8 @@ def measure_resume(
     """A restart: a new engine on the same data directory continues the long chat, each time
     with a different next message (the model stays loaded: its load time is not part of a
     reply's time to first token). Each resume is paired with a turn 1 measured just before it,
-    in a new chat on the running engine, so that both meet the same state of the machine."""
+    in a new chat on the running engine, so that both meet the same state of the machine.
+    `resume_breakdown` says where a resume's time goes, against turn 1's."""
     turns = len(hist) // 2  # the greeting, then a user message and a reply per turn
     turn1s, resumes = [], []
     for i in range(rounds):
@@ -404,11 +406,130 @@ def measure_resume(
         resumes.append(ttft(restarted, [*hist, nxt])[0])
         restarted.flush()
     turn1, resume = statistics.median(turn1s), statistics.median(resumes)
+    engine.flush()
+    nxt = Message("user", USER.format(tag="B", n=turns + 1))
+    restarted = Engine(backend, cache_dir=cache_dir)
     return {
         "resume_ttft_s": round(resume, 4),
         "resume_turn1_ttft_s": round(turn1, 4),
         "resume_ratio": round(resume / turn1, 3),
+        "resume_breakdown": {
+            "resume": prefill_breakdown(restarted, backend, [*hist, nxt], cache_dir),
+            "turn1": prefill_breakdown(
+                engine, backend, [GREETING, Message("user", USER.format(tag="B", n=1))], None
+            ),
+        },
     }
+
+
+def prefill_breakdown(
+    engine: Engine, backend: Backend, hist: list[Message], cache_dir: Path | None
+) -> dict[str, Any]:
+    """The steps before a reply's first sampled token, timed one by one (seconds): render and
+    tokenize the transcript and hash its chunk keys (`build`), find and restore the longest
+    cached prefix (`restore`: on a restart, read the checkpoint file, check its sha256 and
+    deserialise the state, each also timed alone on the same file), feed the rest (`feed`)."""
+    t0 = time.perf_counter()
+    prompt = engine._build(CTX, hist, Message("char"))
+    t1 = time.perf_counter()
+    cp, done = engine._restore(prompt)
+    t2 = time.perf_counter()
+    rest = [t for chunk in prompt.chunks[done:] for t in chunk.tokens]
+    on_model_thread(backend.forward, rest, cp.state)
+    t3 = time.perf_counter()
+    out: dict[str, Any] = {
+        "build_s": round(t1 - t0, 4),
+        "restore_s": round(t2 - t1, 4),
+        "feed_s": round(t3 - t2, 4),
+        "transcript_tokens": sum(len(c.tokens) for c in prompt.chunks),
+        "fed_tokens": len(rest),
+    }
+    path = cache_dir / f"{prompt.chunks[done - 1].key}.state" if cache_dir and done else None
+    if path is not None and path.is_file():
+        import hashlib
+
+        t0 = time.perf_counter()
+        data = path.read_bytes()
+        t1 = time.perf_counter()
+        hashlib.sha256(data).digest()
+        t2 = time.perf_counter()
+        n = int.from_bytes(data[40:44], "little")  # after the magic and the digest
+        n_logits = json.loads(data[44 : 44 + n])["n_logits"]
+        on_model_thread(backend.state_from_bytes, data[44 + n + 4 * n_logits :])
+        t3 = time.perf_counter()
+        out.update(
+            file_bytes=len(data),
+            read_s=round(t1 - t0, 4),
+            sha256_s=round(t2 - t1, 4),
+            deserialise_s=round(t3 - t2, 4),
+        )
+    return out
+
+
+def measure_restart(
+    engine: Engine, model: Path, args: argparse.Namespace, cache_dir: Path, hist: list[Message]
+) -> dict[str, Any]:
+    """A real restart: a new process loads the model (as the app does, warm-up included) and
+    resumes the long chat from the checkpoints on disk; its time to first token (not its load
+    time) over a turn 1 measured just before in this warm process. `restart_ratio_no_warm_up`:
+    the same without the rwkv back end's warm-up at load (what a restart cost before it)."""
+    import subprocess
+
+    turns = len(hist) // 2
+    out: dict[str, Any] = {}
+    variants = [("restart", False)] + (
+        [("restart_no_warm_up", True)] if args.backend == "rwkv" else []
+    )
+    for name, no_warm_up in variants:
+        turn1s, restarts = [], []
+        for i in range(args.rounds):
+            engine.flush()
+            engine.warm(CTX, [GREETING])
+            user = Message("user", USER.format(tag=f"M{name[-2:]}", n=i + 1))
+            turn1s.append(ttft(engine, [GREETING, user])[0])
+            engine.flush()
+            nxt = USER.format(tag=f"P{name[-2:]}", n=turns + 1 + i)
+            spec = {
+                "model": str(model),
+                "backend": args.backend,
+                "strategy": args.strategy,
+                "threads": args.threads,
+                "cache_dir": str(cache_dir),
+                "hist": [[m.role, m.text] for m in hist] + [["user", nxt]],
+                "no_warm_up": no_warm_up,
+            }
+            spec_path = cache_dir.parent / "resume-child.json"
+            spec_path.write_text(json.dumps(spec))
+            run = subprocess.run(
+                [sys.executable, __file__, "--resume-child", str(spec_path)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            restarts.append(json.loads(run.stdout.strip().splitlines()[-1])["ttft_s"])
+        turn1, restart = statistics.median(turn1s), statistics.median(restarts)
+        out[f"{name}_ttft_s"] = round(restart, 4)
+        out[f"{name}_turn1_ttft_s"] = round(turn1, 4)
+        out[f"{name}_ratio"] = round(restart / turn1, 3)
+    return out
+
+
+def resume_child(spec_path: Path) -> int:
+    """The new process of measure_restart: load, resume, print one JSON line."""
+    spec = json.loads(spec_path.read_text())
+    if spec["no_warm_up"]:
+        from core.backends import rwkv
+
+        rwkv.RwkvBackend._warm_up = lambda self: None  # type: ignore[method-assign]
+    backend = load_backend(
+        spec["model"], spec["backend"], spec["strategy"], n_threads=spec["threads"]
+    )
+    engine = Engine(backend, cache_dir=Path(spec["cache_dir"]))
+    hist = [Message(role, text) for role, text in spec["hist"]]
+    first, _ = ttft(engine, hist)
+    engine.flush()
+    print(json.dumps({"ttft_s": first, "load_s": backend.info.load_s}))
+    return 0
 
 
 def main() -> int:
@@ -443,9 +564,12 @@ def main() -> int:
     out.update(measure_interleaved(engine, args.turns))
     out.update(measure_lore(engine, args.turns, max(3, args.rounds)))
     out.update(measure_resume(engine, backend, cache_dir, hist, args.rounds))
+    out.update(measure_restart(engine, model, args, cache_dir, hist))
     print(json.dumps(out))
     return 0
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--resume-child":  # measure_restart's new process
+        raise SystemExit(resume_child(Path(sys.argv[2])))
     raise SystemExit(main())
