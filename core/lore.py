@@ -27,7 +27,9 @@ Activation follows SillyTavern (public/scripts/world-info.js; ../shared/DESIGN.m
   context" has nothing to be a share of; a book's `token_budget` setting raises or lowers it.
 - Recursion (a book's `recursive` setting): the content of entries that fired is scanned for
   further keys, at most MAX_RECURSION rounds; `excludeRecursion` entries are not activated by
-  recursion, `preventRecursion` entries' content is not scanned.
+  recursion, `preventRecursion` entries' content is not scanned, `delayUntilRecursion` entries
+  are activated only by recursion. SillyTavern's groups, timed effects (sticky, cooldown,
+  delay) and vector matching are kept in the entries but not applied.
 - A key that is a bad regular expression is skipped and noted (`LoreResult.errors`), never raised.
 
 Placement for a recurrent state (issue 11): the entries that fire for a reply are fed as one
@@ -541,8 +543,12 @@ def activate(
     def sub(text: str) -> str:
         return substitute(text, char, user) if (char or user) else text
 
+    scans: dict[int, str] = {}
+
     def scan_text(depth: int) -> str:
-        return "\n".join(messages[-depth:]) if depth > 0 else ""
+        if depth not in scans:
+            scans[depth] = "\n".join(messages[-depth:]) if depth > 0 else ""
+        return scans[depth]
 
     def matches(book: Book, s: dict[str, Any], e: dict[str, Any], extra: str) -> bool:
         depth = e["scanDepth"] if e["scanDepth"] is not None else s["scan_depth"]
@@ -585,6 +591,8 @@ def activate(
                 continue
             if round_ > 0 and (not s["recursive"] or e["excludeRecursion"]):
                 continue
+            if round_ == 0 and s["recursive"] and e.get("delayUntilRecursion") is True:
+                continue  # fires only on what other entries' content says
             if not e["key"] or not matches(book, s, e, recursion_text if round_ else ""):
                 continue
             rolled.add(i)

@@ -188,6 +188,26 @@ CASES: list[tuple[str, list[dict], list[str], dict, list[str]]] = [
         {"recursive": True},
         ["a"],
     ),
+    (
+        "delay until recursion",
+        [
+            E(comment="a", key=["x"], content="see moon", order=1),
+            E(comment="b", key=["moon"], delayUntilRecursion=True, order=2),
+        ],
+        ["x"],
+        {"recursive": True},
+        ["a", "b"],
+    ),
+    (
+        "delayed entry without recursion to wake it",
+        [
+            E(comment="a", key=["x"], content="see", preventRecursion=True),
+            E(comment="b", key=["moon"], delayUntilRecursion=True),
+        ],
+        ["x moon"],
+        {"recursive": True},
+        ["a"],
+    ),
     # probability
     ("probability 0", [E(comment="a", key=["x"], probability=0)], ["x"], {}, []),
     (
