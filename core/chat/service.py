@@ -235,6 +235,7 @@ class ChatService:
         params: SamplingParams | None = None,
         cancel: threading.Event | None = None,
         character_id: int | None = None,
+        version_offset: int = 0,
     ) -> Turn:
         """Start a reply: "new" (the next message, by `role`), "regen" (a new version of the
         last message) or "continue" (the last message, made longer). `character_id`: the group
@@ -302,6 +303,7 @@ class ChatService:
         params = params or self.params(conv)
         if params.seed is not None:  # the same place gives the same reply, the next one differs
             version = len(target.alternatives or [target.text]) if op == "regen" and target else 0
+            version += version_offset  # the i-th of several versions asked for at once
             place = target.position if target is not None else _next_position(messages)
             if op == "continue" and target is not None:
                 version = target.chosen
@@ -374,11 +376,10 @@ class ChatService:
         cancel: threading.Event | None = None,
     ) -> list[Turn]:
         """`n` new versions of the last message at once, each saved as a version of it when
-        it ends. Version i samples with the chat's seed + i (random when it has none), so each
-        equals the regenerate made alone with that seed. Read them together (one thread each:
-        `consume_versions`) and the engine decodes them in one batch."""
-        from core.engine.engine import version_seed
-
+        it ends. With a seed, version i samples as the i-th regenerate made one after the other
+        would (`place_seed` of the version it becomes), so each equals that regenerate made
+        alone. Read them together (one thread each: `consume_versions`) and the engine decodes
+        them in one batch."""
         if not 1 <= n <= MAX_VERSIONS:
             raise ValueError(f"between 1 and {MAX_VERSIONS} versions at once")
         messages = self.store.list_messages(conversation_id)
@@ -391,8 +392,9 @@ class ChatService:
                 conversation_id,
                 "regen",
                 target_id=messages[-1].id,
-                params=replace(base, seed=version_seed(base.seed, i)),
+                params=base,
                 cancel=cancel,
+                version_offset=i,
             )
             for i in range(n)
         ]
