@@ -1,0 +1,433 @@
+"""The API as SillyTavern uses it: time to first token over a 40-turn chat resent whole every turn,
+a regenerate at turn 40, and two chats taking turns; our app against llama-cpp-python's own
+server on the same GGUF, in the same run.
+
+    python bench/api.py                                   # RWKV-7 0.1B shape, f16 GGUF
+    python bench/api.py --turns 10 --shape tiny           # a quick look
+    python bench/api.py --model models/x.gguf             # a real model
+
+Ours is the app served the way users run it: `streamlit run Home.py -- --model X.gguf` on a fresh
+data directory (pages and API on one port). The peer is `python -m llama_cpp.server --model
+X.gguf` (needs `pip install -r requirements-dev.txt`, the `llama-cpp-python[server]` extras) with
+`--chat_format chatml`: the GGUF's `tokenizer.chat_template` is llama.cpp's template *name*
+"rwkv-world", which llama-cpp-python renders as a Jinja template, so without a chat format every
+prompt it builds is the literal text "rwkv-world" (4 tokens) and nothing would be measured. Both
+servers compute with the same number of threads (the app's default, or --threads).
+
+The client behaves like SillyTavern's Chat Completion source "Custom (OpenAI-compatible)": the
+request body its server forwards (messages with the default prompt order: main prompt, card
+fields, example dialogue as system messages named example_user / example_assistant, "[Start a new
+Chat]", the greeting, then the chat; `logit_bias: {}`, penalties, `stream: true`), the whole
+transcript every turn, and the assistant's reply appended as the server returned it. Time to
+first token (TTFT) = from sending the request to the first SSE chunk with non-empty
+`delta.content`.
+
+Prints ONE JSON object:
+- api_ttft_growth: median TTFT of the last 3 turns / median of the first 3 (one chat alone;
+  goal <= 1.2). A median of three, not one turn each, because this machine is shared and one
+  turn's figure can be doubled by another process. `api_ttft_first_s` / `api_ttft_last_s` are the
+  raw turn 1 and turn N.
+- api_regen_ttft_s: TTFT of the turn-N request sent again (SillyTavern's regenerate / swipe),
+  median of 3 repeats.
+- api_interleaved_growth: two chats A and B taking turns (A1 B1 A2 B2 ...): the same ratio over
+  both chats' TTFTs (goal <= 1.2).
+- peer_api_ttft_growth, peer_api_regen_ttft_s, peer_api_interleaved_growth: the same against
+  llama-cpp-python's server.
+- regen_speedup: peer_api_regen_ttft_s / api_regen_ttft_s (goal >= 20).
+- per-turn TTFT lists, prompt sizes in tokens where the server reports `usage`, and the setup.
+Every figure was measured on whatever else the machine was running at the time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.engine import SHAPES, build_model  # noqa: E402
+from core.backends.threads import default_threads  # noqa: E402
+
+CHAR, USER_NAME = "Mira", "Ren"
+# SillyTavern 1.12.6's default Chat Completion prompt order, with a small card filled in
+SYSTEM_PROMPTS = [
+    f"Write {CHAR}'s next reply in a fictional chat between {CHAR} and {USER_NAME}.",
+    f"{CHAR} is a travelling cartographer who has walked every road between the mountains and "
+    "the sea. She speaks warmly, notices small details, and keeps her maps in a leather tube.",
+    f"[{CHAR}'s personality: curious, patient, dry humour, fond of old bridges]",
+    "[Circumstances and context of the dialogue: an inn on the salt road, late autumn, rain]",
+    "[Example Chat]",
+]
+EXAMPLES = [
+    ("example_user", "Where are we?"),
+    ("example_assistant", "On the salt road, two days from the sea. Mind the puddles."),
+]
+GREETING = f"*{CHAR} unrolls a map across the table.* Welcome back, {USER_NAME}. Sit, dry off."
+# user turns of 20-40 words, as people write in a role play; the chat's letter and the turn make
+# every message unique, so no two chats share a transcript past the greeting
+USER_LINES = [
+    "I shake the rain off my coat and sit down across from you. What did you find on the "
+    "northern pass this time, and is the old bridge still standing?",
+    "*leans over the map* That valley looks strange on your drawing. Why did you mark it with a "
+    "red circle and three little crosses along the river bank?",
+    "I order two bowls of soup from the innkeeper and push one toward you. Tell me about the "
+    "people who live near the waterfall, are they friendly to travellers?",
+    "Hmm, I have heard stories about lights in the marsh at night. Did you see any of them, or "
+    "is it just something the fishermen say to scare children?",
+    "*taps the edge of the map* If we leave at dawn, how many days would it take to reach the "
+    "coast by your shortest road, and where could we sleep safely?",
+    "I pull out my grandfather's compass and set it beside your map. It always points a little "
+    "wrong near the hills. Do you know why that happens there?",
+]
+MAX_TOKENS = 16
+START_S = 300  # a server's start-up (and the first model load) on a loaded machine
+REQUEST_S = 600  # one request at most; a stuck server ends the bench with a clear message
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="0.1b")
+    ap.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"))
+    ap.add_argument("--model", help="a GGUF file instead of a random --shape model")
+    ap.add_argument("--turns", type=int, default=40)
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    ap.add_argument("--threads", type=int, help="threads of both servers (default: the app's)")
+    ap.add_argument("--skip-peer", action="store_true", help="measure only our app")
+    ap.add_argument("--skip-ours", action="store_true", help="measure only the peer")
+    ap.add_argument("--keep-logs", help="a directory to keep both servers' logs in")
+    args = ap.parse_args()
+    args.backend = "llama"  # build_model's GGUF path
+    if args.turns < 3:
+        ap.error("--turns must be at least 3")
+    return args
+
+
+# ---------------------------------------------------------------- servers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server process in its own process group, stopped (group and all) by `stop`."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    log: Path
+    ready_path: str
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    base: str = ""
+
+    def start(self, tries: int = 2) -> None:
+        for attempt in range(1, tries + 1):
+            self.port = free_port()
+            cmd = [a.replace("{port}", str(self.port)) for a in self.cmd]
+            self.base = f"http://127.0.0.1:{self.port}"
+            with open(self.log, "a") as out:
+                out.write(f"\n--- start {attempt}: {' '.join(cmd)}\n")
+                out.flush()
+                self.proc = subprocess.Popen(
+                    cmd,
+                    cwd=REPO,
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            if self._wait_ready():
+                return
+            self.stop()
+        tail = self.log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{self.name} did not start; its log ends with:\n{tail}")
+
+    def _wait_ready(self) -> bool:
+        deadline = time.monotonic() + START_S
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(self.base + self.ready_path, timeout=5) as r:
+                    if r.status == 200:
+                        return True
+            except (OSError, urllib.error.HTTPError):
+                pass
+            time.sleep(0.5)
+        return False
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+@contextmanager
+def serving(server: Server) -> Iterator[Server]:
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def our_server(model: Path, data: Path, threads: int, log: Path) -> Server:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RP_")}
+    env["RP_DATA_DIR"] = str(data)
+    env["RP_MODEL"] = str(model)
+    # the Threads setting of the app, written before it starts (a fresh data directory)
+    _write_threads_setting(data, threads)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "Home.py")]
+    cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    cmd += ["--server.runOnSave", "false", "--server.address", "127.0.0.1"]
+    cmd += ["--server.port", "{port}", "--", "--model", str(model)]
+    return Server("our app (streamlit run Home.py)", cmd, env, log, "/v1/models")
+
+
+def _write_threads_setting(data: Path, threads: int) -> None:
+    from core.store import open_store
+
+    store = open_store(f"sqlite:///{data / 'app.db'}")
+    try:
+        store.set_setting("threads", threads)
+    finally:
+        with suppress(Exception):
+            store.close()
+
+
+def peer_server(model: Path, threads: int, log: Path) -> Server:
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model)]
+    cmd += ["--host", "127.0.0.1", "--port", "{port}", "--n_ctx", "16384"]
+    cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
+    cmd += ["--chat_format", "chatml"]
+    return Server("llama-cpp-python's server", cmd, env, log, "/v1/models")
+
+
+# ---------------------------------------------------------------- the client
+@dataclass
+class Result:
+    ttft_s: float
+    total_s: float
+    text: str
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+def stream_chat(base: str, body: dict[str, Any]) -> Result:
+    """POST /v1/chat/completions with stream: true; read the SSE events as they come."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=REQUEST_S)
+    payload = json.dumps(body).encode()
+    t0 = time.perf_counter()
+    conn.request(
+        "POST",
+        "/v1/chat/completions",
+        body=payload,
+        headers={"Content-Type": "application/json"},
+    )
+    resp = conn.getresponse()
+    if resp.status != 200:
+        detail = resp.read().decode(errors="replace")[:500]
+        conn.close()
+        raise RuntimeError(f"{base}: HTTP {resp.status}: {detail}")
+    first: float | None = None
+    parts: list[str] = []
+    usage: dict[str, Any] = {}
+    try:
+        for raw in resp:
+            line = raw.decode(errors="replace").strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            event = json.loads(data)
+            if "error" in event:
+                raise RuntimeError(f"{base}: error event: {event['error']}")
+            for choice in event.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") or ""
+                if text:
+                    if first is None:
+                        first = time.perf_counter() - t0
+                    parts.append(text)
+            if event.get("usage"):
+                usage = event["usage"]
+    finally:
+        conn.close()
+    total = time.perf_counter() - t0
+    details = usage.get("prompt_tokens_details") or {}
+    return Result(
+        ttft_s=first if first is not None else total,
+        total_s=total,
+        text="".join(parts),
+        prompt_tokens=usage.get("prompt_tokens"),
+        cached_tokens=details.get("cached_tokens"),
+    )
+
+
+@dataclass
+class Chat:
+    """One SillyTavern chat: its transcript, resent whole every turn."""
+
+    tag: str
+    model_id: str
+    max_tokens: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    turn: int = 0
+
+    def user_line(self) -> str:
+        line = USER_LINES[self.turn % len(USER_LINES)]
+        return f"({self.tag}{self.turn + 1}) {line}"
+
+    def body(self) -> dict[str, Any]:
+        msgs: list[dict[str, Any]] = [{"role": "system", "content": p} for p in SYSTEM_PROMPTS]
+        msgs += [{"role": "system", "name": n, "content": c} for n, c in EXAMPLES]
+        msgs.append({"role": "system", "content": "[Start a new Chat]"})
+        msgs.append({"role": "assistant", "content": GREETING})
+        msgs += self.history
+        # what SillyTavern's server forwards for the Custom source (undefined keys dropped)
+        return {
+            "messages": msgs,
+            "model": self.model_id,
+            "temperature": 1,
+            "max_tokens": self.max_tokens,
+            "stream": True,
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "top_p": 1,
+            "logit_bias": {},
+        }
+
+    def send(self, base: str) -> Result:
+        """The next user turn, then the reply as the server gave it joins the transcript."""
+        self.history.append({"role": "user", "content": self.user_line()})
+        res = stream_chat(base, self.body())
+        self.history.append({"role": "assistant", "content": res.text})
+        self.turn += 1
+        return res
+
+    def regenerate(self, base: str) -> Result:
+        """The last request again (SillyTavern drops the last reply and resends)."""
+        last = self.history.pop()
+        try:
+            return stream_chat(base, self.body())
+        finally:
+            self.history.append(last)
+
+
+def model_id(base: str) -> str:
+    with urllib.request.urlopen(base + "/v1/models", timeout=60) as r:
+        data = json.load(r)
+    return data["data"][0]["id"]
+
+
+def growth(ttfts: list[float]) -> float:
+    head = statistics.median(ttfts[:3])
+    tail = statistics.median(ttfts[-3:])
+    return round(tail / head, 3) if head > 0 else float("nan")
+
+
+def measure(base: str, turns: int, max_tokens: int) -> dict[str, Any]:
+    """One chat for `turns` turns, its regenerate, then two new chats taking turns."""
+    mid = model_id(base)
+    warm = Chat("W", mid, max_tokens)  # loads the model, first-use tables
+    warm.send(base)
+    warm.send(base)
+
+    alone = Chat("A", mid, max_tokens)
+    res = [alone.send(base) for _ in range(turns)]
+    ttfts = [r.ttft_s for r in res]
+    regens = [alone.regenerate(base) for _ in range(3)]
+
+    b, c = Chat("B", mid, max_tokens), Chat("C", mid, max_tokens)
+    inter_b: list[float] = []
+    inter_c: list[float] = []
+    for _ in range(turns):
+        inter_b.append(b.send(base).ttft_s)
+        inter_c.append(c.send(base).ttft_s)
+    # both chats' TTFT per turn (their median), so the ratio reads like the single chat's
+    inter = [statistics.median(pair) for pair in zip(inter_b, inter_c, strict=True)]
+    return {
+        "ttft_growth": growth(ttfts),
+        "regen_ttft_s": round(statistics.median(r.ttft_s for r in regens), 4),
+        "interleaved_growth": growth(inter),
+        "ttft_first_s": round(ttfts[0], 4),
+        "ttft_last_s": round(ttfts[-1], 4),
+        "ttft_s": [round(t, 4) for t in ttfts],
+        "regen_ttft_runs_s": [round(r.ttft_s, 4) for r in regens],
+        "interleaved_ttft_s": [round(t, 4) for t in inter],
+        "prompt_tokens_first": res[0].prompt_tokens,
+        "prompt_tokens_last": res[-1].prompt_tokens,
+        "cached_tokens_last": res[-1].cached_tokens,
+        "regen_cached_tokens": regens[-1].cached_tokens,
+        "empty_replies": sum(1 for r in res if not r.text),
+    }
+
+
+def main() -> int:
+    args = parse_args()
+    model = build_model(args)
+    threads = args.threads or default_threads()
+    out: dict[str, Any] = {
+        "bench": "api",
+        "model": model.name,
+        "turns": args.turns,
+        "max_tokens": args.max_tokens,
+        "threads": threads,
+        "ours_served_by": "streamlit run Home.py (st.App: pages and /v1 on one port)",
+        "peer_served_by": "python -m llama_cpp.server --chat_format chatml",
+        "ttft": "first SSE chunk with non-empty delta.content",
+        "growth": "median TTFT of the last 3 turns / median of the first 3",
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        logs = Path(args.keep_logs) if args.keep_logs else Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        if not args.skip_ours:
+            data = Path(tmp) / "data"
+            data.mkdir()
+            with serving(our_server(model, data, threads, logs / "ours.log")) as srv:
+                ours = measure(srv.base, args.turns, args.max_tokens)
+            out.update({f"api_{k}": v for k, v in ours.items()})
+        if not args.skip_peer:
+            with serving(peer_server(model, threads, logs / "peer.log")) as srv:
+                peer = measure(srv.base, args.turns, args.max_tokens)
+            out.update({f"peer_api_{k}": v for k, v in peer.items()})
+        if not args.skip_ours and not args.skip_peer and out["api_regen_ttft_s"] > 0:
+            out["regen_speedup"] = round(out["peer_api_regen_ttft_s"] / out["api_regen_ttft_s"], 2)
+        out["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
