@@ -41,7 +41,7 @@ from core.api.mapping import (
 )
 from core.api.stream import EventStream, ThreadedPieces, error_body, merge, until_disconnect
 from core.chat.service import model_name
-from core.engine.sampler import DEFAULT_PRESET, PRESETS, SamplingParams
+from core.engine.sampler import SamplingParams
 from core.errors import AppError, ModelError
 from core.prompt import normalize
 
@@ -94,8 +94,9 @@ def _model_entry(model_id: str, engine: Engine | None, created: int) -> dict[str
 
 
 def _ready(rt: Runtime) -> tuple[Engine, SamplingParams]:
-    """The loaded engine (loading it now if need be) and the app's default sampling. Blocking:
-    call it in a thread."""
+    """The loaded engine (loading it now if need be) and the sampling a request starts from
+    (the app's default preset; the request's fields override it). Blocking: call it in a
+    thread."""
     engine = rt.engine()
     if engine is None:
         if rt.unloaded:
@@ -117,9 +118,7 @@ def _ready(rt: Runtime) -> tuple[Engine, SamplingParams]:
             raise ApiError(
                 503, f"The model could not be loaded: {e}", code="model_not_loaded"
             ) from None
-    name = rt.setting("default_preset", DEFAULT_PRESET)
-    base = PRESETS.get(name if isinstance(name, str) else "", PRESETS[DEFAULT_PRESET])
-    return engine, base
+    return engine, rt.chat.params(None)  # the app's default preset, as a new chat gets it
 
 
 # ---------------------------------------------------------------------------- alternatives

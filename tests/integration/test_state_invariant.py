@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.api_invariant import api_op, check_api_invariant
 from tests.support.invariant import CHARACTERS, PROPERTY, SPEAKERS, check_invariant, op
 from tests.support.required import unavailable
 
@@ -22,6 +23,14 @@ from tests.support.required import unavailable
 @given(ops=st.lists(op, min_size=1, max_size=8))
 def test_state_invariant_on_the_rwkv_backend(rwkv7_backend, ops) -> None:
     check_invariant(rwkv7_backend, ops)
+
+
+@settings(PROPERTY, max_examples=20)
+@given(ops=st.lists(api_op, min_size=1, max_size=8))
+def test_state_invariant_for_api_requests(rwkv7_backend, ops) -> None:
+    """Chat completions of a client that resends the whole chat (through the API's mapping of
+    messages) and raw completions of one that resends its transcript (core/api)."""
+    check_api_invariant(rwkv7_backend, ops)
 
 
 # a checkpoint of the tiny model is ~0.33 MB (mostly its 65536 logits): 1 MB holds three
