@@ -71,14 +71,16 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
     external: list[str] = []
     page.on("request", lambda r: None if r.url.startswith(LOCAL) else external.append(r.url))
 
-    def idle() -> None:
-        wait_quiet(page, 0.6)
+    def idle(quiet: float = 0.6) -> None:
+        wait_quiet(page, quiet)
 
     def click(key: str) -> None:
         page.locator(f".st-key-{key} button").first.click()
 
     def choose(key: str, option: str) -> None:
-        page.locator(f".st-key-{key} [role=combobox]").first.click()
+        box = page.locator(f".st-key-{key} [role=combobox]").first
+        box.click()
+        box.fill(option)  # typing opens the list, filtered
         page.locator("[role=option]", has_text=option).first.click()
         idle()
 
@@ -147,6 +149,26 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
     assert _wait_db(lambda: s.get_conversation(conv.id).group["muted"] == [ids["Cyra"]])
     header.get_by_text("Cyra (muted)").wait_for()
     idle()
+
+    # the auto mode: the characters go on by themselves until Stop ends it
+    box = page.locator(f".st-key-samp_{conv.id}_max_tokens input")
+    box.fill("300")
+    box.press("Enter")
+    assert _wait_db(lambda: s.get_conversation(conv.id).sampling.get("max_tokens") == 300)
+    idle()
+    n = len(s.list_messages(conv.id))
+    click("group_auto_start")
+    page.wait_for_selector(".st-key-stop_gen", timeout=60_000)
+    click("stop_gen")  # at once: the first turn's reply (or, if it just ended, the second's)
+    page.wait_for_selector(".st-key-group_auto_start", timeout=60_000)
+    idle(2.0)
+    msgs = s.list_messages(conv.id)
+    # of its 3 turns, the one Stop cut (kept if it had said something), or one that ended just
+    # as Stop was clicked, is the last: nothing after it, the auto mode is over
+    assert n <= len(msgs) <= n + 2, [m.name for m in msgs[n:]]
+    assert {m.name for m in msgs[n:]} <= {"Ada", "Ben"}  # Cyra is muted
+    idle(2.0)
+    assert len(s.list_messages(conv.id)) == len(msgs)
 
     shot = tmp_path / "group-chat.png"
     page.screenshot(path=str(shot), full_page=False)
