@@ -2,7 +2,7 @@
 llama.cpp), driven by headless Chromium. Three characters are picked on Home to start a group
 chat; the members show in the chat's header; a message gets a reply by the member the "in turn"
 order chooses, under that member's name; the user picks the next speaker by hand; a member is
-muted. A screenshot goes to the test's tmp directory. No request leaves localhost.
+muted; the auto mode runs and the Stop button ends it. A screenshot goes to the test's tmp directory. No request leaves localhost.
 
 Without Chromium, Playwright or the embedded model the test skips, saying which is missing;
 under CI=true it fails instead."""
