@@ -531,6 +531,11 @@ _S: dict[str, tuple[str, str]] = {
         "更改世界书的常驻条目会改变对话开头：下一次回复会重新读取整个对话。",
     ),
     "lore_own_book": ("The card's own lorebook ({n} entries)", "角色卡自带的世界书（{n} 个条目）"),
+    "lore_copy_own": ("Copy to the lorebooks", "复制到世界书列表"),
+    "lore_copied": (
+        "Copied as the lorebook {name}: attach it to other characters or chats.",
+        "已复制为世界书 {name}：可以把它用于其他角色或对话。",
+    ),
     "lore_chat_books": ("Lorebooks of this chat", "本对话的世界书"),
     "lore_fired": ("Lore: {n} entries", "世界书：{n} 个条目"),
     "lore_fired_entry": ("{title} — {book}", "{title} — {book}"),

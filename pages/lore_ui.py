@@ -309,6 +309,31 @@ def character_lore(s: Store, ch: Character) -> None:
             _flash(T("lore_saved", name=md_inline(ch.name)), f"char{ch.id}")
 
         entries_editor(f"char{ch.id}", entries, save)
+        if entries:
+            st.button(
+                T("lore_copy_own"),
+                key=f"lore_copy_{ch.id}",
+                icon=":material/content_copy:",
+                on_click=_copy_own_book,
+                args=(s, ch, entries, settings),
+            )
+
+
+def _copy_own_book(
+    s: Store, ch: Character, entries: list[dict[str, Any]], settings: dict[str, Any]
+) -> None:
+    """The card's book as a lorebook of its own, to attach to other characters and chats."""
+    own = ch.character_book or {}
+    name = str(own.get("name") or "").strip() or ch.name
+    try:
+        book = s.create_lorebook(
+            name, entries, settings, str(own.get("description") or ""), unique=True
+        )
+    except AppError as e:
+        ss[f"lore_error_char{ch.id}"] = str(e)
+    else:
+        ss.lore_book_id = book.id
+        _flash(T("lore_copied", name=md_inline(book.name)), f"char{ch.id}")
 
 
 # --- the chat page ----------------------------------------------------------------------------

@@ -103,6 +103,11 @@ def test_editor_add_search_settings_attach(app_env: Path) -> None:
     assert [(e["keys"], e["content"], e["enabled"]) for e in own["entries"]] == [
         (["glade"], "A quiet glade.", True)
     ]
+    # and copied out as a lorebook of its own
+    at.button(key=f"lore_copy_{ch.id}").click().run()
+    check(at)
+    copy = store().get_lorebook_by_name("Ada")
+    assert copy is not None and copy.entries[0]["key"] == ["glade"]
 
 
 def test_a_refused_book_name_says_why(app_env: Path) -> None:
