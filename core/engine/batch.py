@@ -38,6 +38,8 @@ WAIT_S = 0.02  # how long a step waits for the streams that were in step at the 
 class Stream:
     """One generation's decode loop, as the batcher sees it."""
 
+    order: int = 0  # steps go into a pass in the order streams opened: the same order every
+    # step lets llama.cpp reuse its compute graph
     expected: bool = False  # the batcher waits (briefly) for this stream's next step
     job: _Job | None = None  # its step waiting to run
     closed: bool = False
@@ -68,6 +70,7 @@ class Batcher:
         self._jobs: list[_Job] = []  # in the order they came
         self._streams: set[Stream] = set()
         self._driving = False
+        self._opened = 0
         self.steps = 0  # forward passes run (for tests and benches)
         self.batched = 0  # jobs run in a pass with others
 
@@ -80,8 +83,9 @@ class Batcher:
         return logits, new
 
     def open(self) -> Stream:
-        stream = Stream()
         with self._cv:
+            self._opened += 1
+            stream = Stream(order=self._opened)
             self._streams.add(stream)
         return stream
 
@@ -165,7 +169,10 @@ class Batcher:
 
     def _pick(self) -> list[_Job]:
         """Decode steps first, then prompt chunks, in arrival order, up to max_batch."""
-        steps = [j for j in self._jobs if j.stream is not None]
+        steps = sorted(
+            (j for j in self._jobs if j.stream is not None),
+            key=lambda j: j.stream.order if j.stream is not None else 0,
+        )
         feeds = [j for j in self._jobs if j.stream is None]
         jobs = (steps + feeds)[: self.max_batch]
         taken = set(map(id, jobs))
