@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import AppError
+from core.macros import expand
 from core.prompt import CharacterContext, Message
 from core.store import Conversation, Lorebook, Store
 from core.text import substitute
@@ -731,21 +732,24 @@ def fire_lore(
     if not books:
         return "", {}
     texts = [m.text for m in history]
+    seed = reply_seed(conv, len(history))
     res = activate(
         books,
         texts,
         char=ctx.name,
         user=ctx.user_name,
         count_tokens=count_tokens,
-        seed=reply_seed(conv, len(history)),
+        seed=seed,
     )
     fired = [f for f in res.fired if not f.constant]
+    # macros ({{time}}, {{random::a::b}}, {{roll:d6}}...) evaluated now: the text is stored as fed
+    text = expand(res.text(constant=False), ctx.name, ctx.user_name, rng=random.Random(seed))
     meta: dict[str, Any] = {}
     if fired:
         meta["lore"] = [f.meta() for f in fired]
     if res.errors:
         meta["lore_errors"] = res.errors[:20]
-    return res.text(constant=False), meta
+    return text, meta
 
 
 # --- the editor's table ---------------------------------------------------------------------

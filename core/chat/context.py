@@ -47,8 +47,8 @@ def conversation_context(store: Store, conversation_id: int, speaker: str = "") 
             user_name=store.user_name(conv.user_name),
             user_persona=store.setting_str("user_persona"),
         )
-    ctx = expand_opening(ctx, conv)  # macros: the chat's own clock and dice, same every time
     with_constant_lore(store, conv, ctx)  # lorebooks' constant entries: in the opening
+    ctx = expand_opening(ctx, conv)  # macros: the chat's own clock and dice, same every time
     return ctx
 
 

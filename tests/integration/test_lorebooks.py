@@ -205,3 +205,23 @@ def test_a_bad_regex_in_a_book_never_breaks_a_reply(rt: Runtime) -> None:
     reply = svc.reply(conv.id).consume().message
     assert reply is not None and reply.meta["before"] == "The harbour is closed."
     assert "([a-" in reply.meta["lore_errors"][0]
+
+
+def test_macros_in_lore_are_evaluated_once(store: Store) -> None:
+    ch = store.create_character({"name": "Ada", "description": "A keeper."})
+    book = store.create_lorebook(
+        "Dice",
+        [
+            new_entry(0, key=["dice"], content="{{char}} rolled {{roll:d1000000}}."),
+            new_entry(1, constant=True, content="The sky is {{random::red::green::blue}}."),
+        ],
+    )
+    store.set_character_lorebooks(ch.id, [book.id])
+    conv = store.create_conversation(ch.id)
+    ctx = conversation_context(store, conv.id)
+    text, _ = fire_lore(store, conv, ctx, [Message("user", "Throw the dice.")])
+    assert text.startswith("Ada rolled ") and "{{" not in text
+    # the constant entry is in the opening, its macro evaluated the same way every time
+    persona = ctx.persona
+    assert "The sky is " in persona and "{{" not in persona
+    assert all(conversation_context(store, conv.id).persona == persona for _ in range(5))

@@ -29,7 +29,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.engine": FOUNDATION | {"core.prompt", "core.backends"},
     "core.store": FOUNDATION | {"core.avatars"},
     # lorebooks: activation (pure) and the books of a chat (from the store)
-    "core.lore": FOUNDATION | {"core.prompt", "core.store"},
+    "core.lore": FOUNDATION | {"core.prompt", "core.store", "core.macros"},
     "core.chat": FOUNDATION
     | {"core.prompt", "core.store", "core.engine", "core.group"}
     | {"core.lore", "core.macros"},
