@@ -344,6 +344,18 @@ class Chat:
             self.history.append(last)
 
 
+def prompt_usage(base: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The request sent once more without streaming, max_tokens 1: its usage (prompt size, and
+    for our app how much of it came from the state cache)."""
+    req = urllib.request.Request(
+        base + "/v1/chat/completions",
+        data=json.dumps({**body, "stream": False, "max_tokens": 1}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=REQUEST_S) as r:
+        return json.load(r).get("usage") or {}
+
+
 def model_id(base: str) -> str:
     with urllib.request.urlopen(base + "/v1/models", timeout=60) as r:
         data = json.load(r)
@@ -367,6 +379,8 @@ def measure(base: str, turns: int, max_tokens: int) -> dict[str, Any]:
     res = [alone.send(base) for _ in range(turns)]
     ttfts = [r.ttft_s for r in res]
     regens = [alone.regenerate(base) for _ in range(3)]
+    alone.history.pop()
+    usage = prompt_usage(base, alone.body())
 
     b, c = Chat("B", mid, max_tokens), Chat("C", mid, max_tokens)
     inter_b: list[float] = []
@@ -385,10 +399,8 @@ def measure(base: str, turns: int, max_tokens: int) -> dict[str, Any]:
         "ttft_s": [round(t, 4) for t in ttfts],
         "regen_ttft_runs_s": [round(r.ttft_s, 4) for r in regens],
         "interleaved_ttft_s": [round(t, 4) for t in inter],
-        "prompt_tokens_first": res[0].prompt_tokens,
-        "prompt_tokens_last": res[-1].prompt_tokens,
-        "cached_tokens_last": res[-1].cached_tokens,
-        "regen_cached_tokens": regens[-1].cached_tokens,
+        "prompt_tokens_last": usage.get("prompt_tokens"),
+        "regen_cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
         "empty_replies": sum(1 for r in res if not r.text),
     }
 

@@ -118,9 +118,21 @@ class Tavern:
             timeout=120_000,
         )
         time.sleep(1)
-        # toasts (toastr) are SillyTavern's way to say errors: keep their text
+        # toasts (toastr) are SillyTavern's way to say errors: keep their text; and the usage
+        # of whole (not streamed) replies, which SillyTavern's server passes on unchanged
         self.js(
             """() => {
+                window.__usages = [];
+                const fetch0 = window.fetch;
+                window.fetch = async (url, opts) => {
+                    const res = await fetch0(url, opts);
+                    if (String(url).endsWith('/generate') && opts && opts.body
+                        && !JSON.parse(opts.body).stream) {
+                        res.clone().json().then(j => window.__usages.push(j.usage || null),
+                                                () => window.__usages.push(null));
+                    }
+                    return res;
+                };
                 window.__toasts = [];
                 new MutationObserver(() => {
                     document.querySelectorAll('#toast-container .toast').forEach(t => {
@@ -225,6 +237,11 @@ class Tavern:
                         text: m.find('.mes_text').text().trim()}; }"""
         )
         last["seconds"] = round(time.monotonic() - t0, 2)
+        usage = self.js("() => window.__usages.splice(0).pop() || null")
+        if usage:
+            details = usage.get("prompt_tokens_details") or {}
+            last["prompt_tokens"] = usage.get("prompt_tokens")
+            last["cached_tokens"] = details.get("cached_tokens")
         toasts = self.take_toasts()
         if toasts:
             last["toasts"] = toasts
