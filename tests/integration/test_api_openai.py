@@ -21,6 +21,7 @@ from core import runtime
 from core.auth import new_api_key
 from core.backends.model_thread import submit
 from core.engine import Engine
+from core.engine.sampler import SamplingParams
 from core.prompt import Message
 from tests.support.api_server import api_server
 
@@ -614,3 +615,56 @@ def test_raw_completions_reuse_the_longest_cached_prefix(api: str) -> None:
     # the same prompt again starts from its own end
     again = c.completions.create(model="m", prompt=longer, max_tokens=2)
     assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens
+
+
+def test_an_api_chat_and_an_app_chat_at_once_do_not_mix(api, monkeypatch) -> None:
+    """A chat in the app (the chat service, as the pages use it) and an API chat completion
+    generating at the same time, step by step on the one model thread: each says what it says
+    alone, the app's chat keeps its reply, and the API stores nothing."""
+    c = client(api)
+    c.completions.create(model="m", prompt="Hi", max_tokens=1)
+    rt = runtime.current()
+    rex = rt.store.create_character({"name": "Rex", "description": "A fox of the snow."})
+    params = SamplingParams(temperature=1.0, top_p=0.9, seed=3, max_tokens=16)
+    chats: list[int] = []
+
+    def app_reply() -> str:
+        conv = rt.chat.new_chat(rex.id)
+        chats.append(conv.id)
+        rt.chat.send(conv.id, "Hello, Rex!")
+        turn = rt.chat.reply(conv.id, params=params)
+        for _ in turn:
+            pass
+        turn.done.wait(WAIT_S)
+        return turn.message.text if turn.message else ""
+
+    def api_reply() -> str:
+        r = c.chat.completions.create(model="m", messages=CHAT, max_tokens=16, seed=8)
+        return r.choices[0].message.content or ""
+
+    alone = {"app": app_reply(), "api": api_reply()}
+    assert all(alone.values())
+    spy = Spy(engine(), monkeypatch)
+    together: dict[str, str] = {}
+    workers = [
+        threading.Thread(target=lambda: together.__setitem__("app", app_reply())),
+        threading.Thread(target=lambda: together.__setitem__("api", api_reply())),
+    ]
+    held = ModelHeld()
+    held.hold()  # both start and wait for the model: then they take turns, step by step
+    try:
+        for w in workers:
+            w.start()
+        deadline = time.monotonic() + WAIT_S
+        while len(spy.replies) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(spy.replies) == 2, "both generations should have started"
+    finally:
+        held.release()
+    for w in workers:
+        w.join(WAIT_S)
+    assert together == alone
+    for conv_id in chats:
+        texts = [m.text for m in rt.store.list_messages(conv_id)]
+        assert texts[-2:] == ["Hello, Rex!", alone["app"]]
+    assert len(rt.store.list_conversations()) == 2  # the API made no chat
