@@ -668,3 +668,33 @@ def test_an_api_chat_and_an_app_chat_at_once_do_not_mix(api, monkeypatch) -> Non
         texts = [m.text for m in rt.store.list_messages(conv_id)]
         assert texts[-2:] == ["Hello, Rex!", alone["app"]]
     assert len(rt.store.list_conversations()) == 2  # the API made no chat
+
+
+def test_a_model_failing_mid_reply_is_said_in_the_stream(api, monkeypatch) -> None:
+    """The back end fails after the first token (its decode steps raise, as an out-of-memory
+    would): the stream ends with an error event that SillyTavern shows, then [DONE]; without
+    streaming, a 503 in OpenAI's shape."""
+    from core.errors import ModelError
+
+    client(api).completions.create(model="m", prompt="Hi", max_tokens=1)
+    backend = engine().raw_backend
+
+    def broken(real):
+        def step(tokens, state):
+            if len(tokens) == 1:
+                raise ModelError("The model failed: out of memory.")
+            return real(tokens, state)
+
+        return step
+
+    monkeypatch.setattr(backend, "forward", broken(backend.forward))
+    monkeypatch.setattr(backend, "advance", broken(backend.advance))
+    body = {"prompt": "Once upon a time", "max_tokens": 20, "stream": True}
+    r = httpx.post(api + "/v1/completions", json=body, timeout=WAIT_S)
+    events = sse_events(r.text)
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["message"] == "The model failed: out of memory." and error["type"]
+    assert "text" in json.loads(events[0])["choices"][0]  # what came before it was sent
+    r = httpx.post(api + "/v1/completions", json={**body, "stream": False}, timeout=WAIT_S)
+    assert _error(r, 503)["message"] == "The model failed: out of memory."
