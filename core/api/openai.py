@@ -56,6 +56,9 @@ OWNED_BY = "rwkv-roleplay"
 # large so that clients (SillyTavern) do not cut the oldest messages, which would change the
 # prompt's start every turn and make every turn a full re-feed.
 RECURRENT_CONTEXT = 1_048_576
+# generations (alternatives of all requests) running at once: beyond, a request gets a 429
+# (each is a thread and a state in memory; they take turns on the one model anyway)
+MAX_ACTIVE = 32
 
 
 def routes(config: ApiConfig) -> list[BaseRoute]:
@@ -150,7 +153,9 @@ class _Run:
         n: int,
         start: Callable[[int, threading.Event], Reply],
         final_text: Callable[[ReplyResult], str],
+        release: Callable[[], None] = lambda: None,
     ) -> None:
+        self.release = release  # called once the request is over (counted in MAX_ACTIVE)
         self.alts = [_Alt(i) for i in range(n)]
         self._start = start
         self._final_text = final_text
@@ -179,8 +184,10 @@ class _Run:
         return [a.pieces for a in self.alts if a.pieces is not None]
 
     def stop(self) -> None:
+        """End every alternative now (the client went away, or the answer is complete)."""
         for s in self.streams:
             s.stop()
+        self.release()
 
     async def wait_done(self) -> None:
         for s in self.streams:
@@ -221,6 +228,27 @@ def finish_reason(res: ReplyResult | None) -> str:
 class OpenAIApi:
     def __init__(self, config: ApiConfig) -> None:
         self.config = config
+        self.active = 0  # generations running (changed on the event loop only)
+
+    def _admit(self, n: int) -> Callable[[], None]:
+        """Count `n` generations in, or refuse them (429); returns their release (once)."""
+        if self.active + n > MAX_ACTIVE:
+            raise ApiError(
+                429,
+                f"{self.active} generations are running, at most {MAX_ACTIVE} at once: "
+                "try again when one has ended.",
+                code="too_many_generations",
+            )
+        self.active += n
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active -= n
+
+        return release
 
     async def models(self, request: Request) -> Response:
         def look() -> tuple[str, Engine | None]:
@@ -266,6 +294,7 @@ class OpenAIApi:
             body, engine, base = await self._prepare(request, chat=True)
             gen = parse_generation(body, base, engine.info.n_vocab)
             chat = map_messages(body, gen.stops)
+            release = self._admit(gen.n)
         except ApiError as e:
             return e.response()
 
@@ -279,7 +308,7 @@ class OpenAIApi:
                 continue_last=chat.continue_last,
             )
 
-        run = _Run(gen.n, start, _chat_text(chat))
+        run = _Run(gen.n, start, _chat_text(chat), release)
         shape = _Shape("chat.completion", "chatcmpl-", model_name(engine))
         return await _answer(request, run, gen, shape)
 
@@ -288,13 +317,14 @@ class OpenAIApi:
             body, engine, base = await self._prepare(request, chat=False)
             gen = parse_generation(body, base, engine.info.n_vocab)
             prompt = _prompt(body)
+            release = self._admit(gen.n)
         except ApiError as e:
             return e.response()
 
         def start(i: int, cancel: threading.Event) -> Reply:
             return engine.complete(prompt, gen.params_for(i), gen.stops, cancel=cancel)
 
-        run = _Run(gen.n, start, lambda res: res.text)
+        run = _Run(gen.n, start, lambda res: res.text, release)
         shape = _Shape("text_completion", "cmpl-", model_name(engine))
         return await _answer(request, run, gen, shape)
 

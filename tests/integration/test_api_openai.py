@@ -698,3 +698,32 @@ def test_a_model_failing_mid_reply_is_said_in_the_stream(api, monkeypatch) -> No
     assert "text" in json.loads(events[0])["choices"][0]  # what came before it was sent
     r = httpx.post(api + "/v1/completions", json={**body, "stream": False}, timeout=WAIT_S)
     assert _error(r, 503)["message"] == "The model failed: out of memory."
+
+
+def test_too_many_generations_at_once_are_refused(api, monkeypatch) -> None:
+    import core.api.openai as openai_api
+
+    client(api).completions.create(model="m", prompt="Hi", max_tokens=1)
+    monkeypatch.setattr(openai_api, "MAX_ACTIVE", 2)
+    spy = Spy(engine(), monkeypatch)
+    url = api + "/v1/completions"
+    two = {"prompt": "Hi", "max_tokens": 3, "n": 2}
+    out: dict[str, httpx.Response] = {}
+    first = threading.Thread(
+        target=lambda: out.setdefault("r", httpx.post(url, json=two, timeout=WAIT_S))
+    )
+    held = ModelHeld()
+    held.hold()  # the first request's two generations stay running
+    try:
+        first.start()
+        deadline = time.monotonic() + WAIT_S
+        while not spy.replies and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert spy.replies, "the first request should have started"
+        r = httpx.post(url, json={"prompt": "Hi", "max_tokens": 3}, timeout=WAIT_S)
+        assert _error(r, 429)["code"] == "too_many_generations"
+    finally:
+        held.release()
+    first.join(WAIT_S)
+    assert out["r"].status_code == 200 and len(out["r"].json()["choices"]) == 2
+    assert httpx.post(url, json=two, timeout=WAIT_S).status_code == 200  # released again
