@@ -20,10 +20,12 @@ import pytest
 from core import runtime
 from core.auth import new_api_key
 from core.backends.model_thread import submit
+from core.chat import model_name
 from core.engine import Engine
 from core.engine.sampler import SamplingParams
 from core.prompt import Message
 from tests.support.api_server import api_server
+from tests.support.required import unavailable
 
 WAIT_S = 120  # an upper bound for things that happen "soon" on a loaded machine; never asserted
 
@@ -727,3 +729,48 @@ def test_too_many_generations_at_once_are_refused(api, monkeypatch) -> None:
     first.join(WAIT_S)
     assert out["r"].status_code == 200 and len(out["r"].json()["choices"]) == 2
     assert httpx.post(url, json=two, timeout=WAIT_S).status_code == 200  # released again
+
+
+def test_the_embedded_chat_model_serves_a_resent_chat_from_its_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default model (SmolLM2, a transformer GGUF in ChatML through llama.cpp): its context
+    is llama.cpp's, and a SillyTavern chat resent with one more message feeds only that message
+    and the reply's header, the reply itself restored from its checkpoint."""
+    from core.backends.embedded import embedded_model_path, missing_message
+
+    if embedded_model_path() is None:
+        unavailable(missing_message())
+    for name in ("RP_MODEL", "RP_PASSWORD", "RP_DB_URL", "RP_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    with api_server() as base:
+        url = base + "/v1/chat/completions"
+        user1 = [{"role": "user", "name": "Bob", "content": "Hi Rex, is it cold?"}]
+        first = httpx.post(url, json=sillytavern_chat(False, user1), timeout=WAIT_S).json()
+        reply = first["choices"][0]["message"]["content"]
+        assert reply
+        model = httpx.get(base + "/v1/models").json()["data"][0]
+        assert model["id"] == model_name(engine()) == first["model"]
+        assert model["context_length"] == engine().raw_backend.n_ctx < 1_000_000
+        user2 = [
+            *user1,
+            {"role": "assistant", "name": "Rex", "content": reply},
+            {"role": "user", "name": "Bob", "content": "Shall we go out?"},
+        ]
+        second = httpx.post(url, json=sillytavern_chat(False, user2), timeout=WAIT_S).json()
+        eng = engine()
+        fmt, tok = eng.format, eng.backend.tokenize
+        from core.api.mapping import map_messages
+
+        ctx = map_messages(sillytavern_chat(False, user2)).ctx
+        new = Message("user", "Shall we go out?")
+        fed_new = sum(
+            len(tok(t))
+            for t in (
+                fmt.header(new, ctx),
+                fmt.body(new.text, new, ctx),
+                fmt.header(Message("char"), ctx),
+            )
+        )
+        usage = second["usage"]
+        assert usage["prompt_tokens"] - usage["prompt_tokens_details"]["cached_tokens"] == fed_new
