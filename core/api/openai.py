@@ -108,19 +108,17 @@ def _ready(rt: Runtime) -> tuple[Engine, SamplingParams]:
                 "The model was unloaded in Settings. Load it there, then try again.",
                 code="model_unloaded",
             )
-        failure = rt.failure()
-        if failure:
-            raise ApiError(
-                503,
-                f"The model could not be loaded: {failure} Choose another in Settings.",
-                code="model_not_loaded",
-            )
-        try:
-            engine = rt.load()
-        except AppError as e:
-            raise ApiError(
-                503, f"The model could not be loaded: {e}", code="model_not_loaded"
-            ) from None
+        failure = rt.failure()  # tried and failed: said again, not loaded on every request
+        if not failure:
+            try:
+                return rt.load(), rt.chat.params(None)
+            except AppError as e:
+                failure = str(e)
+        raise ApiError(
+            503,
+            f"The model could not be loaded: {failure} Choose another in Settings.",
+            code="model_not_loaded",
+        )
     return engine, rt.chat.params(None)  # the app's default preset, as a new chat gets it
 
 

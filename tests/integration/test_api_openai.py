@@ -774,3 +774,19 @@ def test_the_embedded_chat_model_serves_a_resent_chat_from_its_cache(
         )
         usage = second["usage"]
         assert usage["prompt_tokens"] - usage["prompt_tokens_details"]["cached_tokens"] == fed_new
+
+
+def test_a_model_that_cannot_load_is_said(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a model")
+    monkeypatch.setenv("RP_MODEL", str(bad))
+    for name in ("RP_PASSWORD", "RP_DB_URL", "RP_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    with api_server() as base:
+        body = {"prompt": "Hi", "max_tokens": 2}
+        err = _error(httpx.post(base + "/v1/completions", json=body, timeout=WAIT_S), 503)
+        assert err["code"] == "model_not_loaded" and "could not be loaded" in err["message"]
+        # said again at once (not loaded again on every request), and the list still answers
+        again = _error(httpx.post(base + "/v1/completions", json=body, timeout=WAIT_S), 503)
+        assert again["message"] == err["message"]
+        assert httpx.get(base + "/v1/models").json()["data"][0]["id"] == "broken.pth"
