@@ -63,12 +63,30 @@ MAX_ACTIVE = 32
 
 def routes(config: ApiConfig) -> list[BaseRoute]:
     api = OpenAIApi(config)
-    return [
+    ours = [
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", api.model, methods=["GET"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/completions", api.completions, methods=["POST"]),
     ]
+    # another method on one of these paths: a 405 that says which (not the API's 404)
+    others = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+    wrong = [
+        Route(r.path, _wrong_method(sorted(r.methods or ())), methods=sorted(others - r.methods))
+        for r in ours
+        if r.methods
+    ]
+    return [*ours, *wrong]
+
+
+def _wrong_method(allowed: list[str]) -> Callable[[Request], Any]:
+    allow = ", ".join(m for m in allowed if m != "HEAD")
+
+    async def answer(request: Request) -> Response:
+        message = f"{request.url.path} takes {allow}, not {request.method}."
+        return ApiError(405, message, code="method_not_allowed").response({"allow": allow})
+
+    return answer
 
 
 # ---------------------------------------------------------------------------- the model

@@ -790,3 +790,11 @@ def test_a_model_that_cannot_load_is_said(tmp_path, monkeypatch: pytest.MonkeyPa
         again = _error(httpx.post(base + "/v1/completions", json=body, timeout=WAIT_S), 503)
         assert again["message"] == err["message"]
         assert httpx.get(base + "/v1/models").json()["data"][0]["id"] == "broken.pth"
+
+
+def test_a_wrong_method_is_said(api: str) -> None:
+    r = httpx.get(api + "/v1/chat/completions")
+    err = _error(r, 405)
+    assert err["code"] == "method_not_allowed" and "POST" in err["message"]
+    assert r.headers["allow"] == "POST"
+    assert _error(httpx.post(api + "/v1/models"), 405)["code"] == "method_not_allowed"
