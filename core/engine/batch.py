@@ -28,6 +28,7 @@ import numpy as np
 from core.backends.base import Backend, State
 from core.backends.model_thread import is_model_thread, run_pending, submit
 
+SAMPLE_IN_CALLER = True  # in a batch, each generation samples in its own thread (see `step`)
 PREFILL_CHUNK = 64  # prompt tokens fed per step while other generations decode
 WAIT_S = 0.02  # how long a step waits for the streams that were in step at the last one
 # (they answer within microseconds on an idle machine; a loaded one can take milliseconds, and
@@ -114,7 +115,7 @@ class Batcher:
         if is_model_thread():
             logits, new = self._forward_batch([(tokens, state, consume)])[0]
             return logits, new, after(logits) if after is not None else None
-        here = self.max_batch > 1 and after is not None
+        here = SAMPLE_IN_CALLER and self.max_batch > 1 and after is not None
         job = _Job(list(tokens), state, consume, None if here else after, stream)
         logits, new, extra = self._submit(job).result()
         return logits, new, after(logits) if here and after is not None else extra
