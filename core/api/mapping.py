@@ -141,9 +141,12 @@ class Generation:
         return replace(self.params, seed=self.params.seed + index)
 
 
-def parse_generation(body: dict[str, Any], base: SamplingParams, n_vocab: int) -> Generation:
+def parse_generation(
+    body: dict[str, Any], base: SamplingParams, n_vocab: int, eos: int | None = None
+) -> Generation:
     """Sampling, n, stream and stops of a request. Fields not given keep `base` (the app's
-    default preset); OpenAI's names win over the aliases of text-completion clients."""
+    default preset); OpenAI's names win over the aliases of text-completion clients.
+    `ban_eos_token` / `ignore_eos` (text-completion clients) ban `eos`, the end-of-text token."""
     values: dict[str, Any] = {}
     t = number(body, "temperature", 0.0, 5.0)
     if t is not None:
@@ -178,7 +181,10 @@ def parse_generation(body: dict[str, Any], base: SamplingParams, n_vocab: int) -
             seed = s if s >= 0 else None  # -1: a random seed, as the clients mean it
             break
     values["seed"] = seed
-    values["logit_bias"] = logit_bias(body, n_vocab)
+    bias = dict(logit_bias(body, n_vocab))
+    if eos is not None and (boolean(body, "ban_eos_token") or boolean(body, "ignore_eos")):
+        bias[eos] = -100.0
+    values["logit_bias"] = tuple(sorted(bias.items()))
     n = integer(body, "n", 1, MAX_N) or 1
     best_of = integer(body, "best_of", 1, MAX_N)
     if best_of is not None and best_of != n:

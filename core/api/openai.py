@@ -308,7 +308,7 @@ class OpenAIApi:
     async def chat_completions(self, request: Request) -> Response:
         try:
             body, engine, base = await self._prepare(request, chat=True)
-            gen = parse_generation(body, base, engine.info.n_vocab)
+            gen = parse_generation(body, base, engine.info.n_vocab, engine.backend.eos_token())
             chat = map_messages(body, gen.stops)
             release = self._admit(gen.n)
         except ApiError as e:
@@ -331,7 +331,7 @@ class OpenAIApi:
     async def completions(self, request: Request) -> Response:
         try:
             body, engine, base = await self._prepare(request, chat=False)
-            gen = parse_generation(body, base, engine.info.n_vocab)
+            gen = parse_generation(body, base, engine.info.n_vocab, engine.backend.eos_token())
             prompt = _prompt(body)
             release = self._admit(gen.n)
         except ApiError as e:

@@ -280,3 +280,14 @@ def test_a_system_prompt_replaces_the_opening_verbatim() -> None:
         name="Assistant", user_name="User", system_prompt="Line one\nLine two"
     )
     assert chat.history == [] and chat.speaker == Message("char")
+
+
+def test_ban_eos_token_bans_the_end_of_text_token() -> None:
+    """SillyTavern's "Ban EOS Token" (ban_eos_token; vLLM's ignore_eos) honoured through the
+    logit bias, beside the request's own biases."""
+    assert parse_generation({"ban_eos_token": False}, BASE, VOCAB, eos=0).params.logit_bias == ()
+    gen = parse_generation({"ban_eos_token": True, "logit_bias": {"5": 2}}, BASE, VOCAB, eos=0)
+    assert gen.params.logit_bias == ((0, -100.0), (5, 2.0))
+    assert parse_generation({"ignore_eos": True}, BASE, VOCAB, eos=7).params.logit_bias == (
+        (7, -100.0),
+    )
