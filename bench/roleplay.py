@@ -9,7 +9,7 @@ own prompt, presets, stops and cleaning, not a bare model call. For each bundled
 each seed: a new chat (its greeting), then 10 scripted user turns (English for the English
 characters, Chinese for the Chinese one), each answered by the character, plus one Narrator line
 after the fifth turn. The seed is set as the chat's sampling seed (Settings -> the chat's seed),
-on top of the sampling the app gives a new chat.
+on top of the sampling the app gives a new chat (or `--preset NAME`'s, to compare presets).
 
 Prints ONE JSON object. Each `*_pct` is a percentage of all replies generated (character and
 Narrator replies alike):
@@ -85,6 +85,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--turns", type=int, default=10, help="user turns per chat (at most 10)")
     ap.add_argument("--model", default="", help="a model file (default: the embedded model)")
     ap.add_argument("--samples", type=int, default=0, help="also print N sample replies")
+    ap.add_argument(
+        "--preset", default="", help="a sampling preset for every chat (default: the app's own)"
+    )
     return ap.parse_args()
 
 
@@ -157,6 +160,9 @@ def main() -> None:
         turns = (ZH_TURNS if zh else EN_TURNS)[: args.turns]
         for seed in range(1, args.seeds + 1):
             conv = svc.new_chat(character.id)
+            if args.preset:
+                svc.set_sampling(conv.id, svc.preset_sampling(args.preset), args.preset)
+                conv = svc.conversation(conv.id)
             base = dict(conv.sampling or {})
             values = {**base, "seed": seed, "max_tokens": args.max_tokens}
             svc.set_sampling(conv.id, values, str(base.get("preset", "")))
