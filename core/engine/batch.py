@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from core.backends.base import Backend, State
-from core.backends.model_thread import is_model_thread, run_pending, submit
+from core.backends.model_thread import is_model_thread, on_model_thread, run_pending, submit
 
 SAMPLE_IN_CALLER = True  # in a batch, each generation samples in its own thread (see `step`)
 PREFILL_CHUNK = 64  # prompt tokens fed per step while other generations decode
@@ -113,12 +113,31 @@ class Batcher:
         each samples in its own thread then, so that they sample in parallel (numpy releases
         the GIL in its sorts and exponentials: 8 samplers took 0.3-0.5 of the time in turn)."""
         if is_model_thread():
-            logits, new = self._forward_batch([(tokens, state, consume)])[0]
-            return logits, new, after(logits) if after is not None else None
+            return self._direct(tokens, state, consume, after)
+        with self._cv:
+            alone = len(self._streams) <= 1 and not self._jobs and not self._driving
+        if alone:  # nobody to batch with: one plain model call, as before batching existed
+            return on_model_thread(self._direct, tokens, state, consume, after)
         here = SAMPLE_IN_CALLER and self.max_batch > 1 and after is not None
         job = _Job(list(tokens), state, consume, None if here else after, stream)
         logits, new, extra = self._submit(job).result()
         return logits, new, after(logits) if here and after is not None else extra
+
+    def _direct(
+        self,
+        tokens: list[int],
+        state: State,
+        consume: bool,
+        after: Callable[[np.ndarray], Any] | None,
+    ) -> tuple[np.ndarray, State, Any]:
+        try:
+            logits, new = self._forward_batch([(tokens, state, consume)])[0]
+        except Exception as e:
+            inner = getattr(e, "error", None)  # a batch item's own error (BatchItemError)
+            if isinstance(inner, Exception):
+                raise inner from None
+            raise
+        return logits, new, after(logits) if after is not None else None
 
     def _submit(self, job: _Job) -> Future[tuple[np.ndarray, State, Any]]:
         with self._cv:
