@@ -172,6 +172,8 @@ class StateCache:
             logits = np.frombuffer(body, np.float32, head["n_logits"], off).copy()
             off += logits.nbytes
             state = self._from_bytes(bytes(body[off:]))
+            if self._state_nbytes is None:  # its size, known without serialising it again
+                self._state_nbytes = len(body) - off
             os.utime(path)  # recently used: evicted last
             return Checkpoint(logits, state, int(head["n_tokens"]))
         except Exception:  # a damaged file is only a miss; drop it
