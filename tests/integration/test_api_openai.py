@@ -532,7 +532,9 @@ def test_a_client_that_leaves_a_stream_stops_its_generation(api, monkeypatch) ->
     finally:
         held.release()
     res = spy.result()
-    assert res.stop_reason == "cancel" and 0 < res.new_tokens < 8000
+    # "cancel": the loop saw the event before its next token; "closed": the worker closed the
+    # generator between two pieces (when a piece computed before the hold came as it left)
+    assert res.stop_reason in ("cancel", "closed") and 0 < res.new_tokens < 8000
 
 
 def test_a_client_that_leaves_before_the_answer_stops_its_generation(api, monkeypatch) -> None:
