@@ -161,16 +161,27 @@ class Batcher:
     # ------------------------------------------------------------------ the loop
     def _drive(self) -> None:
         """The batch loop, on the model thread, while jobs are waiting."""
-        while True:
-            run_pending()  # plain model calls (state saves, ...) wait one step at most
+        jobs: list[_Job] = []
+        try:
+            while True:
+                run_pending()  # plain model calls (state saves, ...) wait one step at most
+                with self._cv:
+                    if not self._jobs:
+                        self._driving = False
+                        return
+                    self._wait_for_streams()
+                    jobs = self._pick()
+                    streaming = any(not s.closed for s in self._streams)
+                self._run(jobs, streaming)
+                jobs = []
+        except BaseException as e:  # a bug here must fail the callers, never hang them
             with self._cv:
-                if not self._jobs:
-                    self._driving = False
-                    return
-                self._wait_for_streams()
-                jobs = self._pick()
-                streaming = any(not s.closed for s in self._streams)
-            self._run(jobs, streaming)
+                waiting, self._jobs = jobs + self._jobs, []
+                self._driving = False
+            for j in waiting:
+                if not j.fut.done():
+                    j.fut.set_exception(e)
+            raise
 
     def _wait_for_streams(self) -> None:
         if self.wait_s <= 0:
