@@ -5,15 +5,18 @@ States. The engine treats states as immutable values; llama.cpp keeps state insi
 numbered sequences. A `LlamaState` is a snapshot held in a sequence of the context (its "slot")
 and/or as bytes (`llama_state_seq_get_data`), never changed once made.
 
-- Recurrent models (RWKV): one sequence, decoded in place, so llama.cpp reuses its compute graph
-  from token to token. Before the state in it is overwritten it is saved to bytes, unless it has
-  them already (a 2.4 MB copy for a 0.1B RWKV-7, ~0.1 ms; buffers are pooled); feeding another
-  state restores its bytes (`llama_state_seq_set_data`).
+- Recurrent models (RWKV): one state per sequence (8 sequences). A state in a sequence is decoded
+  there in place, so llama.cpp reuses its compute graph from token to token; unless the caller
+  drops it (`advance`), it is first saved to bytes (a 2.4 MB copy for a 0.1B RWKV-7, ~0.1 ms;
+  buffers are pooled). Feeding a state that is not in a sequence restores its bytes into a free
+  one (`llama_state_seq_set_data`), saving the least recently used state to bytes if none is free.
 - Transformers: the KV cache is the state and grows with the context, so states are not copied:
   `forward` copies the input's sequence to a free one (`llama_memory_seq_cp`, which shares the
-  cells of the unified cache) and decodes there. When every sequence holds a live state, the
-  least recently used one is saved to bytes and its sequence reused; a sequence whose state was
-  garbage-collected is freed.
+  cells of the unified cache) and decodes there; `advance` decodes in place. When every sequence
+  holds a live state, the least recently used one is saved to bytes and its sequence reused; a
+  sequence whose state was garbage-collected is freed.
+- `forward_batch` feeds several states at once, one sequence each, in one `llama_decode` (the
+  batched decoding of core/engine/batch.py).
 
 Either way `forward(tokens, state)` leaves `state` as it was, and serialising happens only when a
 state must leave the context (or `copy_state` / `state_to_bytes` asks for it).
