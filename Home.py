@@ -26,6 +26,7 @@ from pages.ui_common import (
     keep_lang,
     md_inline,
     password_gate,
+    refresh_while_loading,
     routed,
     start_model,
 )
@@ -67,6 +68,7 @@ def main() -> None:
 
     with routed():
         page.run()
+    refresh_while_loading()  # the page said the model loads: run it again when it is ready
 
 
 if __name__ == "__main__":

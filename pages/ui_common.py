@@ -466,6 +466,7 @@ def load_model(choice: ModelChoice | None = None, ui: str = "spinner") -> Engine
 def start_model() -> None:
     """Start loading the current choice in the background unless it is loaded, loading,
     unloaded on purpose or failed (the server already started it; this covers the rest)."""
+    _NOTED.loading = False  # a page run starts (the router calls this first)
     try:
         rt().start_loading()
     except AppError:
@@ -487,7 +488,8 @@ def model_notice(key: str, buttons: bool = True) -> Engine | None:
         return engine
     name = md_inline(choice_label(runtime_.choice()))
     if runtime_.loading:
-        _loading_note(name)
+        st.info(T("model_loading_bg", name=name), icon=":material/hourglass_top:")
+        _NOTED.loading = True  # the router runs the page again until the load ends
         return None
     failed = runtime_.failure()
     if failed:
@@ -503,13 +505,29 @@ def model_notice(key: str, buttons: bool = True) -> Engine | None:
     return None
 
 
-@st.fragment(run_every=0.5)
-def _loading_note(name: str) -> None:
-    """The note that the model loads, checked twice a second; the whole page reruns once the
-    load has ended (ready or failed), so that everything that needs the model appears."""
-    if not rt().loading:
-        st.rerun()
-    st.info(T("model_loading_bg", name=name), icon=":material/hourglass_top:")
+# While the model loads, a page that said so is run again every LOADING_REFRESH_S (by the router,
+# after the page: refresh_while_loading), until the load has ended. Not an st.fragment with
+# run_every: its timer, left in the browser by a page the user had just left, blanked the next
+# page now and then (Home's note, then a click on a character's Chat button). 0 turns it off
+# (AppTest, whose run() would wait for the load; tests run the page again themselves).
+LOADING_REFRESH_S = 1.0
+_NOTED = threading.local()
+
+
+def refresh_while_loading() -> None:
+    """After the page: when it said that the model loads, wait until the load ends (at most
+    LOADING_REFRESH_S) and run the page again. A click or an input meanwhile reruns it at once,
+    with that input (Streamlit checks for one at every element sent)."""
+    noted, _NOTED.loading = getattr(_NOTED, "loading", False), False
+    if not noted or LOADING_REFRESH_S <= 0:
+        return
+    runtime_ = rt()
+    slot = st.empty()
+    deadline = time.monotonic() + LOADING_REFRESH_S
+    while runtime_.loading and time.monotonic() < deadline:
+        time.sleep(0.1)
+        slot.empty()  # an element sent: a rerun asked for meanwhile happens here
+    st.rerun()
 
 
 def wait_for_model() -> Engine | None:

@@ -18,6 +18,11 @@ def open_app(page: str | None = None, loaded: bool = True, **query: str) -> AppT
     """A new browser session on the app (optionally switched to `page`, e.g. "pages/chat.py").
     With `loaded` (the default) the model is loaded first, as when the session opens after the
     server's background load ended; tests of the page while it loads pass False."""
+    import pages.ui_common as ui_common
+
+    # a page that says the model loads runs itself again until it is ready: AppTest's run()
+    # would wait for that; tests run the page again themselves (wait_model)
+    ui_common.LOADING_REFRESH_S = 0
     if loaded:
         wait_model()
     at = AppTest.from_file(HOME, default_timeout=TIMEOUT)
