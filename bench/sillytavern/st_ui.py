@@ -361,6 +361,8 @@ def main() -> int:
             browser.close()
     text = json.dumps(result, ensure_ascii=False)
     (OUT / "st_ui.json").write_text(text)
+    # every generate request SillyTavern's page posted, whole: to see what changed between turns
+    (OUT / "requests.json").write_text(json.dumps(tavern.requests, ensure_ascii=False, indent=1))
     print(text)
     return 0
 
