@@ -86,13 +86,22 @@ def _bias_arrays(pairs: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.n
     return ids, bias
 
 
+# RWKV's recommended decoding (BlinkDL, RWKV-LM / ChatRWKV: temperature 1, top-p 0.3, presence
+# and frequency penalty 0.5, decay 0.996), also the chat demo's defaults
+_RWKV = SamplingParams(temperature=1.0, top_p=0.3, presence_penalty=0.5, frequency_penalty=0.5)
+# small instruct transformers (SmolLM2, Qwen, Llama chat GGUFs) without their own values: the
+# usual llama.cpp-style cut (top-k 40, top-p 0.9, min-p 0.05) at a temperature below 1, light
+# penalties (these are subtracted from logits, not llama.cpp's repeat multiplier)
+_INSTRUCT = SamplingParams(
+    temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, presence_penalty=0.3, frequency_penalty=0.3
+)
+
 PRESETS: dict[str, SamplingParams] = {
     # the old gradio app's role-play values
     "roleplay": SamplingParams(
         temperature=2.0, top_p=0.6, top_k=0, presence_penalty=0.2, frequency_penalty=0.2
     ),
-    # BlinkDL's chat demo defaults
-    "chat": SamplingParams(temperature=1.0, top_p=0.3, presence_penalty=0.5, frequency_penalty=0.5),
+    "chat": _RWKV,
     "creative": SamplingParams(
         temperature=1.2,
         top_p=0.8,
@@ -110,31 +119,12 @@ PRESETS: dict[str, SamplingParams] = {
     "greedy": SamplingParams(
         temperature=0.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0
     ),
-    # RWKV's recommended decoding (BlinkDL, RWKV-LM / ChatRWKV: temperature 1, top-p 0.3,
-    # presence and frequency penalty 0.5, decay 0.996)
-    "rwkv": SamplingParams(temperature=1.0, top_p=0.3, presence_penalty=0.5, frequency_penalty=0.5),
-    # small instruct transformers (SmolLM2, Qwen, Llama chat GGUFs) without their own values:
-    # the usual llama.cpp-style cut (top-k 40, top-p 0.9, min-p 0.05) at a temperature below 1,
-    # light penalties (these are subtracted from logits, not llama.cpp's repeat multiplier)
-    "instruct": SamplingParams(
-        temperature=0.7,
-        top_p=0.9,
-        top_k=40,
-        min_p=0.05,
-        presence_penalty=0.3,
-        frequency_penalty=0.3,
-    ),
+    "rwkv": _RWKV,
+    "instruct": _INSTRUCT,
     # the loaded model's own: "rwkv" for RWKV models, the values a GGUF's authors wrote in it
-    # (general.sampling.*) over "instruct" for other GGUF models (`model_preset`); the values
-    # here are what is shown before a model is known
-    "auto": SamplingParams(
-        temperature=0.7,
-        top_p=0.9,
-        top_k=40,
-        min_p=0.05,
-        presence_penalty=0.3,
-        frequency_penalty=0.3,
-    ),
+    # (general.sampling.*) over "instruct" for other GGUF models (`model_preset`); these values
+    # are what is shown before a model is known
+    "auto": _INSTRUCT,
 }
 DEFAULT_PRESET = "auto"
 AUTO_PRESET = "auto"
