@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from core import runtime
+from core.runtime import Runtime
 from core.store import Store
 from tests.support.db_fixtures import open_test_store
 
@@ -27,3 +29,15 @@ def rwkv7_backend(tiny_models):
     from core.backends.rwkv import RwkvBackend
 
     return RwkvBackend(tiny_models(7), "cpu fp32")
+
+
+@pytest.fixture
+def rt(data_dir: Path, tiny_models, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
+    """The app's runtime (store, model, chat service) on the test's data directory, with the
+    tiny RWKV-7 as $RP_MODEL; forgotten afterwards, as a new process would."""
+    monkeypatch.setenv("RP_MODEL", str(tiny_models(7)))
+    for var in ("RP_DB_URL", "RP_BACKEND", "RP_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    runtime.reset()
+    yield runtime.current()
+    runtime.reset()

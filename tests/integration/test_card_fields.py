@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -26,17 +25,6 @@ from core.runtime import Runtime
 from tests.support.required import unavailable
 
 SHORT = {"max_tokens": 6, "seed": 1, "temperature": 1.0, "top_p": 1.0}
-
-
-@pytest.fixture
-def rt(data_dir: Path, tiny_models: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    """The runtime of the test's data directory, with the tiny RWKV-7 as $RP_MODEL."""
-    monkeypatch.setenv("RP_MODEL", str(tiny_models(7)))
-    for var in ("RP_DB_URL", "RP_BACKEND", "RP_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
-    runtime.reset()
-    yield runtime.current()
-    runtime.reset()
 
 
 def _card(**data: Any) -> bytes:

@@ -4,7 +4,6 @@ on the tiny RWKV-7 model and a real SQLite file (the test's own data directory).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,6 @@ from core.runtime import ModelChoice, Runtime
 from core.store import Conversation
 
 SHORT = {"max_tokens": 6, "seed": 1, "temperature": 1.0, "top_p": 0.9}
-
-
-@pytest.fixture
-def rt(data_dir: Path, tiny_models: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    """The runtime of the test's data directory, with the tiny RWKV-7 as $RP_MODEL."""
-    monkeypatch.setenv("RP_MODEL", str(tiny_models(7)))
-    for var in ("RP_DB_URL", "RP_BACKEND", "RP_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
-    runtime.reset()
-    yield runtime.current()
-    runtime.reset()
 
 
 def _chat(rt: Runtime, greeting: str = "Hello there.") -> Conversation:

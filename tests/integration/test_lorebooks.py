@@ -6,14 +6,12 @@ from scratch."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from core import runtime
 from core.cards import import_card
 from core.chat import conversation_context, prompt_messages
 from core.errors import StoreError
@@ -143,16 +141,6 @@ def test_seraphina_lorebook_fires_on_its_keys(store: Store) -> None:
 
 
 # --- a chat with lore -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def rt(data_dir: Path, tiny_models: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    monkeypatch.setenv("RP_MODEL", str(tiny_models(7)))
-    for var in ("RP_DB_URL", "RP_BACKEND", "RP_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
-    runtime.reset()
-    yield runtime.current()
-    runtime.reset()
 
 
 def test_fired_lore_is_stored_with_the_reply_and_fed_again(rt: Runtime) -> None:

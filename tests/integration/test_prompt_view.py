@@ -9,14 +9,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from core import runtime
 from core.chat import conversation_context
 from core.chat.context import to_message
 from core.errors import StoreError
@@ -24,16 +22,6 @@ from core.runtime import Runtime
 
 REPO = Path(__file__).resolve().parents[2]
 SHORT = {"max_tokens": 5, "seed": 2, "temperature": 1.0, "top_p": 1.0}
-
-
-@pytest.fixture
-def rt(data_dir: Path, tiny_models: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
-    monkeypatch.setenv("RP_MODEL", str(tiny_models(7)))
-    for var in ("RP_DB_URL", "RP_BACKEND", "RP_PASSWORD"):
-        monkeypatch.delenv(var, raising=False)
-    runtime.reset()
-    yield runtime.current()
-    runtime.reset()
 
 
 def _chat_with_two_replies(rt: Runtime) -> tuple[int, list[Any]]:
