@@ -456,8 +456,7 @@ _S: dict[str, tuple[str, str]] = {
     ),
     # --- model loading at start
     "model_loading_bg": (
-        "Loading the model {name}… You can look around meanwhile; a reply starts once it is "
-        "ready.",
+        "Loading the model {name}… You can look around meanwhile; a reply starts once it is ready.",
         "正在加载模型 {name}…可以先随便看看；模型就绪后即开始回复。",
     ),
     "reply_waits_load": (
