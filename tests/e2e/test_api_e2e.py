@@ -18,9 +18,14 @@ from typing import Any
 import openai
 import pytest
 
-from core.backends.embedded import embedded_model_path, missing_message
-from tests.support.required import unavailable
-from tests.support.server import CHROMIUM, CHROMIUM_ARGS, playwright_api, running_app, wait_quiet
+from core.backends.embedded import embedded_model_path
+from tests.support.server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    embedded_app,
+    playwright_api,
+    wait_quiet,
+)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -33,14 +38,8 @@ MESSAGES = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    if embedded_model_path() is None:
-        unavailable(missing_message())
-    root = tmp_path_factory.mktemp("api-e2e")
-    data = root / "data"
-    data.mkdir()
-    log = root / "server.log"
-    with running_app(data, log) as app:
-        yield SimpleNamespace(url=app.url, data=data, log=log)
+    with embedded_app(tmp_path_factory.mktemp("api-e2e")) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,8 @@ from typing import Any
 
 import pytest
 
-from core.backends.embedded import embedded_model_path, missing_message
 from tests.support import REPO
-from tests.support.required import unavailable
-from tests.support.server import running_app, wait_quiet
+from tests.support.server import embedded_app, wait_quiet
 
 ARTIFACTS = REPO / "artifacts"
 LOCAL = (
@@ -43,14 +41,8 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    if embedded_model_path() is None:
-        unavailable(missing_message())
-    root = tmp_path_factory.mktemp("e2e")
-    data = root / "data"
-    data.mkdir()
-    log = root / "server.log"
-    with running_app(data, log, host="localhost") as app:
-        yield SimpleNamespace(url=app.url, data=data, log=log)
+    with embedded_app(tmp_path_factory.mktemp("e2e"), host="localhost") as app:
+        yield app
 
 
 def _store(server: SimpleNamespace) -> Any:

@@ -2,7 +2,8 @@
 llama.cpp), driven by headless Chromium. Three characters are picked on Home to start a group
 chat; the members show in the chat's header; a message gets a reply by the member the "in turn"
 order chooses, under that member's name; the user picks the next speaker by hand; a member is
-muted; the auto mode runs and the Stop button ends it. A screenshot goes to the test's tmp directory. No request leaves localhost.
+muted; the auto mode runs and the Stop button ends it. A screenshot goes to the test's tmp
+directory. No request leaves localhost.
 
 Without Chromium, Playwright or the embedded model the test skips, saying which is missing;
 under CI=true it fails instead."""
@@ -17,9 +18,7 @@ from typing import Any
 
 import pytest
 
-from core.backends.embedded import embedded_model_path, missing_message
-from tests.support.required import unavailable
-from tests.support.server import running_app, wait_quiet
+from tests.support.server import embedded_app, wait_quiet
 
 pytestmark = pytest.mark.timeout(900)
 LOCAL = ("http://localhost", "ws://localhost", "http://127.0.0.1", "ws://127.0.0.1")
@@ -33,13 +32,8 @@ CAST = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    if embedded_model_path() is None:
-        unavailable(missing_message())
-    root = tmp_path_factory.mktemp("e2e-group")
-    data = root / "data"
-    data.mkdir()
-    with running_app(data, root / "server.log", host="localhost") as app:
-        yield SimpleNamespace(url=app.url, data=data)
+    with embedded_app(tmp_path_factory.mktemp("e2e-group"), host="localhost") as app:
+        yield app
 
 
 def _store(server: SimpleNamespace) -> Any:

@@ -85,6 +85,21 @@ def running_app(
             proc.kill()
 
 
+@contextmanager
+def embedded_app(root: Path, host: str = "127.0.0.1") -> Iterator[SimpleNamespace]:
+    """The app on a new, empty data directory under `root` with its default model, the embedded
+    one (required: without it the test is skipped, or fails under CI). Yields url, data, log."""
+    from core.backends.embedded import embedded_model_path, missing_message
+
+    if embedded_model_path() is None:
+        unavailable(missing_message())
+    data = root / "data"
+    data.mkdir()
+    log = root / "server.log"
+    with running_app(data, log, host=host) as app:
+        yield SimpleNamespace(url=app.url, data=data, log=log)
+
+
 def wait_quiet(page: Any, quiet: float = 0.6) -> None:
     """Wait until the page has not changed for `quiet` seconds: the script run is over."""
     page.evaluate(
