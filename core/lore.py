@@ -5,7 +5,7 @@ Entries are kept as SillyTavern's World Info keeps them (`uid`, `key`, `keysecon
 `caseSensitive`, `matchWholeWords`, `scanDepth`, ...), in the table `lorebooks` or, for a
 character's own book, converted on the fly from the card's V2 `character_book`.
 
-Activation follows SillyTavern (public/scripts/world-info.js; ../shared/DESIGN.md):
+Activation follows SillyTavern (its public/scripts/world-info.js):
 
 - An entry fires when one of its keys is found in the scan text: the last `scan_depth` messages
   (default 2; the user's new message is one of them). A key is plain text, or `/regex/flags`.

@@ -279,25 +279,13 @@ def lorebooks_panel(s: Store) -> None:
 def character_lore(s: Store, ch: Character) -> None:
     """The books attached to a character, and its card's own book as a table."""
     _notices(f"char{ch.id}")
-    books = s.list_lorebooks()
-    names = {b.id: b.name for b in books}
-    key = f"lore_char_books_{ch.id}"
-    if key not in ss:
-        ss[key] = [i for i in ch.lorebook_ids if i in names]
-
-    def attach() -> None:
-        try:
-            s.set_character_lorebooks(ch.id, list(ss.get(key) or []))
-        except AppError as e:
-            ss[f"lore_error_char{ch.id}"] = str(e)
-
-    st.multiselect(
+    _attach_picker(
+        s.list_lorebooks(),
+        ch.lorebook_ids,
+        lambda ids: s.set_character_lorebooks(ch.id, ids),
+        "char",
+        ch.id,
         T("lore_attached"),
-        list(names),
-        format_func=lambda i: names.get(i, "?"),
-        key=key,
-        on_change=attach,
-        help=T("lore_attach_help"),
     )
     own = ch.character_book if isinstance(ch.character_book, dict) else None
     entries, settings = from_character_book(own)
@@ -345,19 +333,39 @@ def chat_lorebooks(s: Store, conv: Conversation) -> None:
     books = s.list_lorebooks()
     if not books:
         return
+    _attach_picker(
+        books,
+        conv.lorebook_ids,
+        lambda ids: s.set_conversation_lorebooks(conv.id, ids),
+        "chat",
+        conv.id,
+        T("lore_chat_books"),
+    )
+
+
+def _attach_picker(
+    books: list[Any],
+    attached: list[int],
+    save: Callable[[list[int]], Any],
+    kind: str,
+    owner_id: int,
+    label: str,
+) -> None:
+    """A multiselect of the lorebooks attached to a character or a chat (`kind` "char" or
+    "chat"), saved on every change; a refusal is shown by _notices."""
     names = {b.id: b.name for b in books}
-    key = f"lore_chat_books_{conv.id}"
+    key = f"lore_{kind}_books_{owner_id}"
     if key not in ss:
-        ss[key] = [i for i in conv.lorebook_ids if i in names]
+        ss[key] = [i for i in attached if i in names]
 
     def attach() -> None:
         try:
-            s.set_conversation_lorebooks(conv.id, list(ss.get(key) or []))
+            save(list(ss.get(key) or []))
         except AppError as e:
-            ss[f"lore_error_chat{conv.id}"] = str(e)
+            ss[f"lore_error_{kind}{owner_id}"] = str(e)
 
     st.multiselect(
-        T("lore_chat_books"),
+        label,
         list(names),
         format_func=lambda i: names.get(i, "?"),
         key=key,
