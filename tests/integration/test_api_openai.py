@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from core import runtime
+from core.api.mapping import map_messages
 from core.auth import new_api_key
 from core.backends.model_thread import submit
 from core.chat import model_name
@@ -254,8 +255,6 @@ def test_sillytavern_chat_completion_bodies(api: str) -> None:
     assert whole == streamed
     # the prompt the model saw: the app's role-play format with the card's names
     chat = sillytavern_chat(False, user)
-    from core.api.mapping import map_messages
-
     mapped = map_messages(chat, ["\nBob:"])
     prompt = engine().prompt_text(mapped.ctx, mapped.history, mapped.speaker)
     assert prompt.endswith("Rex: *Rex looks up.* Oh, hello!\n\nBob: Hi Rex, is it cold?\n\nRex:")
@@ -564,11 +563,11 @@ def test_a_client_that_leaves_before_the_answer_stops_its_generation(api, monkey
 
 
 # ---------------------------------------------------------------------------- the state cache
-def test_a_chat_resent_whole_feeds_only_its_new_tokens(api: str) -> None:
-    """SillyTavern resends the whole chat every turn: the next turn feeds only the new user
-    message (and the reply's header); the same request again (a regenerate) feeds nothing."""
-    c = client(api)
-    url = api + "/v1/chat/completions"
+def _two_turns(base: str) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], int]:
+    """A SillyTavern chat of one turn, then resent whole with the reply and one more user
+    message: (first answer, second answer, the second request's messages, the tokens that are
+    new in it: the user's message and the reply's header)."""
+    url = base + "/v1/chat/completions"
     user1 = [{"role": "user", "name": "Bob", "content": "Hi Rex, is it cold?"}]
     first = httpx.post(url, json=sillytavern_chat(False, user1), timeout=WAIT_S).json()
     reply = first["choices"][0]["message"]["content"]
@@ -581,19 +580,21 @@ def test_a_chat_resent_whole_feeds_only_its_new_tokens(api: str) -> None:
     second = httpx.post(url, json=sillytavern_chat(False, user2), timeout=WAIT_S).json()
     eng = engine()
     fmt, tok = eng.format, eng.backend.tokenize
-    from core.api.mapping import map_messages
-
     ctx = map_messages(sillytavern_chat(False, user2)).ctx
     new = Message("user", "Shall we go out?")
-    fed_new = sum(
-        len(tok(t))
-        for t in (
-            fmt.header(new, ctx),
-            fmt.body(new.text, new, ctx),
-            fmt.header(Message("char"), ctx),
-        )
-    )
-    kept_reply = len(tok(fmt.body(reply, Message("char"), ctx)))
+    parts = (fmt.header(new, ctx), fmt.body(new.text, new, ctx), fmt.header(Message("char"), ctx))
+    return first, second, user2, sum(len(tok(t)) for t in parts)
+
+
+def test_a_chat_resent_whole_feeds_only_its_new_tokens(api: str) -> None:
+    """SillyTavern resends the whole chat every turn: the next turn feeds only the new user
+    message (and the reply's header); the same request again (a regenerate) feeds nothing."""
+    c = client(api)
+    first, second, user2, fed_new = _two_turns(api)
+    reply = first["choices"][0]["message"]["content"]
+    eng = engine()
+    ctx = map_messages(sillytavern_chat(False, user2)).ctx
+    kept_reply = len(eng.backend.tokenize(eng.format.body(reply, Message("char"), ctx)))
     usage1, usage2 = first["usage"], second["usage"]
     cached = usage2["prompt_tokens_details"]["cached_tokens"]
     assert cached == usage1["prompt_tokens"] + kept_reply  # up to the end of the reply
@@ -746,34 +747,10 @@ def test_the_embedded_chat_model_serves_a_resent_chat_from_its_cache(
     for name in ("RP_MODEL", "RP_PASSWORD", "RP_DB_URL", "RP_BACKEND"):
         monkeypatch.delenv(name, raising=False)
     with api_server() as base:
-        url = base + "/v1/chat/completions"
-        user1 = [{"role": "user", "name": "Bob", "content": "Hi Rex, is it cold?"}]
-        first = httpx.post(url, json=sillytavern_chat(False, user1), timeout=WAIT_S).json()
-        reply = first["choices"][0]["message"]["content"]
-        assert reply
+        first, second, _, fed_new = _two_turns(base)
         model = httpx.get(base + "/v1/models").json()["data"][0]
         assert model["id"] == model_name(engine()) == first["model"]
         assert model["context_length"] == engine().raw_backend.n_ctx < 1_000_000
-        user2 = [
-            *user1,
-            {"role": "assistant", "name": "Rex", "content": reply},
-            {"role": "user", "name": "Bob", "content": "Shall we go out?"},
-        ]
-        second = httpx.post(url, json=sillytavern_chat(False, user2), timeout=WAIT_S).json()
-        eng = engine()
-        fmt, tok = eng.format, eng.backend.tokenize
-        from core.api.mapping import map_messages
-
-        ctx = map_messages(sillytavern_chat(False, user2)).ctx
-        new = Message("user", "Shall we go out?")
-        fed_new = sum(
-            len(tok(t))
-            for t in (
-                fmt.header(new, ctx),
-                fmt.body(new.text, new, ctx),
-                fmt.header(Message("char"), ctx),
-            )
-        )
         usage = second["usage"]
         assert usage["prompt_tokens"] - usage["prompt_tokens_details"]["cached_tokens"] == fed_new
 
