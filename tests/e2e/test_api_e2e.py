@@ -10,10 +10,8 @@ under CI=true they fail instead.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
 
 import openai
 import pytest
@@ -22,8 +20,11 @@ from core.backends.embedded import embedded_model_path
 from tests.support.server import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    app_store,
     embedded_app,
+    ended_reply,
     playwright_api,
+    wait_for,
     wait_quiet,
 )
 
@@ -47,12 +48,6 @@ def client(server: SimpleNamespace) -> openai.OpenAI:
     # no key: the server listens on loopback and no password is set; the first call also loads
     # the model, so the timeout is generous (nothing here is timed)
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600)
-
-
-def _store(server: SimpleNamespace) -> Any:
-    from core.store import open_store
-
-    return open_store(f"sqlite:///{server.data / 'app.db'}")
 
 
 def test_models_lists_the_loaded_model(client: openai.OpenAI) -> None:
@@ -123,7 +118,7 @@ BROWSER_MSG = "Secret message of the browser: tell me about the river boats."
 
 def test_api_chat_and_browser_chat_at_once(server: SimpleNamespace, client: openai.OpenAI) -> None:
     sync_api = playwright_api()
-    s = _store(server)
+    s = app_store(server)
     ch = s.create_character({"name": "Beta", "greetings": ["Beta here."]})
     conv = s.create_conversation(ch.id, sampling={"preset": "custom", "max_tokens": 24})
     convs_before = {c.id for c in s.list_conversations(limit=1000)}
@@ -156,7 +151,7 @@ def test_api_chat_and_browser_chat_at_once(server: SimpleNamespace, client: open
 
             box.fill(BROWSER_MSG)
             box.press("Enter")
-            reply = _wait(lambda: _ended(s, conv.id), timeout=300)
+            reply = wait_for(lambda: ended_reply(s, conv.id), timeout=300)
             assert reply is not None, "the browser's reply did not end"
 
             # the API's reply went on all along: more of it comes after the browser's ended
@@ -196,22 +191,3 @@ def test_api_chat_and_browser_chat_at_once(server: SimpleNamespace, client: open
     after = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=4, **GREEDY)
     assert after.choices[0].message.content is not None
     assert "Traceback" not in server.log.read_text()
-
-
-def _ended(store: Any, conv_id: int) -> Any:
-    """The chat's last message when it is a reply that has ended (saved while it grows as
-    "interrupted", rewritten with its real stop reason at the end)."""
-    msgs = store.list_messages(conv_id)
-    last = msgs[-1] if msgs else None
-    if last is None or last.role == "user":
-        return None
-    return last if last.meta.get("stop") not in (None, "interrupted") else None
-
-
-def _wait(fn: Any, timeout: float) -> Any:
-    deadline = time.time() + timeout
-    while True:
-        value = fn()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(0.2)

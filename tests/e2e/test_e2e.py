@@ -15,15 +15,15 @@ CI=true they fail instead. Screenshots go to artifacts/ (git-ignored).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from tests.support import REPO
-from tests.support.server import embedded_app, wait_quiet
+from tests.support.server import app_store, embedded_app, ended_reply, wait_for, wait_quiet
 
 ARTIFACTS = REPO / "artifacts"
 LOCAL = (
@@ -43,12 +43,6 @@ pytestmark = pytest.mark.timeout(900)
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     with embedded_app(tmp_path_factory.mktemp("e2e"), host="localhost") as app:
         yield app
-
-
-def _store(server: SimpleNamespace) -> Any:
-    from core.store import open_store
-
-    return open_store(f"sqlite:///{server.data / 'app.db'}")
 
 
 class Page:
@@ -154,21 +148,7 @@ class Page:
         self.page.screenshot(path=str(ARTIFACTS / name), full_page=False)
 
 
-def _ended(store: Any, conv_id: int) -> Any:
-    """The chat's last message when it is a reply that has ended: a reply is saved while it
-    grows, marked "interrupted", and rewritten with its real stop reason when it ends (a
-    greeting has none)."""
-    last = store.list_messages(conv_id)[-1]
-    return last if last.meta.get("stop") not in (None, "interrupted") else None
-
-
-def _wait_db(fn: Any, timeout: float = 30.0) -> Any:
-    deadline = time.time() + timeout
-    while True:
-        value = fn()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(0.2)
+_wait_db = partial(wait_for, timeout=30.0)  # this module's wait for the database
 
 
 def test_desktop_create_chat_regenerate_stop_reload(browser: Any, server: Any) -> None:
@@ -188,7 +168,7 @@ def test_desktop_create_chat_regenerate_stop_reload(browser: Any, server: Any) -
     page.locator(".st-key-cf_new_greeting textarea").fill("Hello, {{user}}! Care for a song?")
     page.locator("[data-testid=stFormSubmitButton] button", has_text="Save").click()
     page.wait_for_selector("text=Saved Aria", timeout=30_000)
-    s = _store(server)
+    s = app_store(server)
     aria = s.get_character_by_name("Aria")
     assert aria is not None and aria.greetings == ["Hello, {{user}}! Care for a song?"]
 
@@ -330,7 +310,7 @@ def test_desktop_create_chat_regenerate_stop_reload(browser: Any, server: Any) -
 
 
 def test_phone_width(browser: Any, server: Any) -> None:
-    s = _store(server)
+    s = app_store(server)
     ch = s.create_character(
         {"name": "Pocket", "description": "A tiny fox.", "greetings": ["*yips* Hello!"]}
     )
@@ -380,7 +360,7 @@ B_SECRET = "Secret message of B. " + " ".join(
 
 
 def test_two_sessions_chat_at_once(browser: Any, server: Any) -> None:
-    s = _store(server)
+    s = app_store(server)
     a_ch = s.create_character({"name": "Alpha", "greetings": ["Alpha here."]})
     b_ch = s.create_character({"name": "Beta", "greetings": ["Beta here."]})
     a_conv = s.create_conversation(a_ch.id, sampling=GREEDY_LONG)
@@ -400,15 +380,15 @@ def test_two_sessions_chat_at_once(browser: Any, server: Any) -> None:
         timeout=180_000,
     )
     b.send(B_SECRET)
-    b_reply = _wait_db(lambda: _ended(s, b_conv.id), timeout=240)
+    b_reply = _wait_db(lambda: ended_reply(s, b_conv.id), timeout=240)
     assert b_reply is not None, "B's reply did not end"
     # B's reply has ended while A's goes on: A's is at most saved so far, not ended
-    assert _ended(s, a_conv.id) is None, "A's reply ended before B's: nothing held the model"
+    assert ended_reply(s, a_conv.id) is None, "A's reply ended before B's: nothing held the model"
     b.page.wait_for_selector(".st-key-stop_gen", state="detached", timeout=60_000)
     b.idle()
     a.click("stop_gen")
     a.wait_reply(started=True)
-    a_reply = _wait_db(lambda: _ended(s, a_conv.id))
+    a_reply = _wait_db(lambda: ended_reply(s, a_conv.id))
     assert a_reply is not None and a_reply.meta["stop"] in ("cancel", "closed"), a_reply
     assert s.list_messages(b_conv.id)[-2].text == B_SECRET
     assert WAITING in b.received, "B was not told that it waits for the model"

@@ -10,15 +10,15 @@ under CI=true it fails instead."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tests.support.server import embedded_app, wait_quiet
+from tests.support.server import app_store, embedded_app, wait_for, wait_quiet
 
 pytestmark = pytest.mark.timeout(900)
 LOCAL = ("http://localhost", "ws://localhost", "http://127.0.0.1", "ws://127.0.0.1")
@@ -36,23 +36,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace
         yield app
 
 
-def _store(server: SimpleNamespace) -> Any:
-    from core.store import open_store
-
-    return open_store(f"sqlite:///{server.data / 'app.db'}")
-
-
-def _wait_db(fn: Any, timeout: float = 60.0) -> Any:
-    deadline = time.time() + timeout
-    while True:
-        value = fn()
-        if value or time.time() > deadline:
-            return value
-        time.sleep(0.2)
+_wait_db = partial(wait_for, timeout=60.0)  # this module's wait for the database
 
 
 def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_path: Path) -> None:
-    s = _store(server)
+    s = app_store(server)
     ids = {}
     for name, description in CAST.items():
         c = s.create_character(

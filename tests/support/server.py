@@ -100,6 +100,34 @@ def embedded_app(root: Path, host: str = "127.0.0.1") -> Iterator[SimpleNamespac
         yield SimpleNamespace(url=app.url, data=data, log=log)
 
 
+def app_store(app: SimpleNamespace) -> Any:
+    """A Store on the running app's database (to check what the pages saved)."""
+    from core.store import open_store
+
+    return open_store(f"sqlite:///{app.data / 'app.db'}")
+
+
+def ended_reply(store: Any, conv_id: int) -> Any:
+    """The chat's last message when it is a reply that has ended (a reply is saved while it
+    grows, marked "interrupted", and rewritten with its real stop reason when it ends; a
+    greeting or a user's message has none), else None."""
+    msgs = store.list_messages(conv_id)
+    last = msgs[-1] if msgs else None
+    if last is None or last.role == "user":
+        return None
+    return last if last.meta.get("stop") not in (None, "interrupted") else None
+
+
+def wait_for(fn: Any, timeout: float) -> Any:
+    """fn() once it is truthy, or its last value after `timeout` seconds (asked every 0.2 s)."""
+    deadline = time.time() + timeout
+    while True:
+        value = fn()
+        if value or time.time() > deadline:
+            return value
+        time.sleep(0.2)
+
+
 def wait_quiet(page: Any, quiet: float = 0.6) -> None:
     """Wait until the page has not changed for `quiet` seconds: the script run is over."""
     page.evaluate(
