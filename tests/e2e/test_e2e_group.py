@@ -141,7 +141,10 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
     n = len(s.list_messages(conv.id))
     click("group_auto_start")
     page.wait_for_selector(".st-key-stop_gen", timeout=60_000)
-    click("stop_gen")  # at once: the first turn's reply (or, if it just ended, the second's)
+    # at once: the first turn's reply (or, if it just ended, the second's). The button moves
+    # down as the reply's text grows, so a positional click waits for it to hold still (and can
+    # wait past the reply's end); the click event goes to the button itself instead
+    page.locator(".st-key-stop_gen button").first.dispatch_event("click")
     page.wait_for_selector(".st-key-group_auto_start", timeout=60_000)
     idle(2.0)
     msgs = s.list_messages(conv.id)
