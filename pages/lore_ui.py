@@ -9,7 +9,6 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-import pandas as pd
 import streamlit as st
 
 from core.errors import AppError
@@ -90,6 +89,10 @@ def entries_editor(
     )
     shown = filter_entries(entries, query)
     st.caption(T("lore_shown", n=len(shown), total=len(entries)))
+    # pandas is imported here, not at the top: the Chat page imports this module, and pandas
+    # took 0.5 to 0.9 s of a first chat's opening (bench/first_reply.py)
+    import pandas as pd
+
     frame = pd.DataFrame([entry_row(e) for e in shown], columns=list(ROW_COLUMNS))
     # a new key whenever what the table shows changes (search, save): edits apply to its rows
     digest = hashlib.sha1(f"{query}\0{_gen(key)}".encode()).hexdigest()[:10]
