@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from core.backends.base import Backend, ModelInfo, file_identity
+from core.backends.rwkv7_batch import Rwkv7Batch
 from core.backends.threads import resolve_threads
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, world_tokenizer
 from core.errors import ModelError
@@ -37,6 +38,7 @@ _V7_DTYPES = {"fp16", "fp32", "bf16"}
 _modules: dict[tuple[bool, bool, bool], ModuleType] = {}
 _modules_lock = threading.Lock()
 WARM_UP_RUNS = 3  # TorchScript's profiling executor settles after two calls of a path
+MAX_BATCH_V7 = 8  # RWKV-7 sequences decoded in one batched step (core/backends/rwkv7_batch.py)
 
 
 def _model_module(v7: bool, cuda_on: bool, jit_on: bool) -> ModuleType:
@@ -216,6 +218,9 @@ class RwkvBackend(Backend):
         )
         self._zero = self._make_zero_state()
         self.state_format = "rwkv tensors v1"  # layout of state_to_bytes
+        # RWKV-7 decodes several sequences in one step; older versions one at a time
+        self._batch = Rwkv7Batch(model) if version == 7 and Rwkv7Batch.supports(model) else None
+        self.max_batch = MAX_BATCH_V7 if self._batch is not None else 1
         self._warm_up()
         self.info.load_s = time.perf_counter() - t0
 
@@ -306,6 +311,46 @@ class RwkvBackend(Backend):
             logits, s = self.model.forward(tokens[i : i + 256], s)
         assert logits is not None
         return logits.float().cpu().numpy(), s
+
+    def forward_batch(
+        self, items: list[tuple[list[int], list[torch.Tensor], bool]]
+    ) -> list[tuple[np.ndarray, list[torch.Tensor]]]:
+        """Feed several sequences (`Backend.forward_batch`). On RWKV-7 the items of one token
+        (decode steps) run together in one batched step; items of several tokens (prompt
+        chunks) run through the package's own forward, one at a time, in the same call. An
+        item that fails its checks raises BatchItemError before anything ran."""
+        if len(items) > self.max_batch:
+            raise ValueError(f"at most {self.max_batch} sequences in one batch")
+        for i, (tokens, state, _consume) in enumerate(items):
+            problem = self._check_item(tokens, state)
+            if problem is not None:
+                from core.backends.llama import BatchItemError  # the contract's one error class
+
+                raise BatchItemError(i, problem)
+        out: list[tuple[np.ndarray, list[torch.Tensor]] | None] = [None] * len(items)
+        steps = [i for i, (tokens, _, _) in enumerate(items) if len(tokens) == 1]
+        if self._batch is not None and len(steps) > 1:
+            logits, states = self._batch.forward(
+                [items[i][0][0] for i in steps], [items[i][1] for i in steps]
+            )
+            rows = logits.float().cpu().numpy()
+            for j, i in enumerate(steps):
+                out[i] = (rows[j].copy(), states[j])  # a row of its own, as forward gives
+        for i, (tokens, state, _consume) in enumerate(items):
+            if out[i] is None:
+                out[i] = self.forward(tokens, state)
+        return [o for o in out if o is not None]
+
+    def _check_item(self, tokens: list[int], state: Any) -> Exception | None:
+        """Why a batch item cannot run (None: it can)."""
+        if not tokens:
+            return ValueError("forward needs at least one token")
+        n_vocab = self.info.n_vocab
+        if any(not isinstance(t, int | np.integer) or not 0 <= t < n_vocab for t in tokens):
+            return ModelError(f"A token id is outside the vocabulary of {n_vocab}.")
+        if not isinstance(state, list) or len(state) != len(self._zero):
+            return ModelError("This state does not belong to this model (wrong layout).")
+        return None
 
     def state_to_bytes(self, state: list[torch.Tensor]) -> bytes:
         head = []
