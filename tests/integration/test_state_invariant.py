@@ -4,9 +4,10 @@ narrator's or another named character's message (written or generated), an edite
 reopen, the state the engine would use for the next reply gives the same logits as feeding the
 stored transcript from scratch, and it was reached feeding only the tokens the cache lacks.
 
-On the rwkv back end with the default memory budget and with one small enough to evict, and on
-the embedded transformer (SmolLM2 through llama.cpp) with a looser tolerance. The llama.cpp back
-end on RWKV files runs it in test_llama_backend.py. CI runs these on a fixed seed."""
+On the rwkv back end with the default memory budget and with one small enough to evict (its
+`versions` operations decode in batched steps there), and on the embedded transformer (SmolLM2
+through llama.cpp) with a looser tolerance. The llama.cpp back end on RWKV files runs it in
+test_llama_backend.py. CI runs these on a fixed seed."""
 
 from __future__ import annotations
 
@@ -82,6 +83,30 @@ def test_lore_fed_before_replies_keeps_the_invariant(rwkv7_backend) -> None:
     ]
     check_invariant(rwkv7_backend, ops)
     check_invariant(rwkv7_backend, ops, mem_budget_mb=EVICTING_MB)
+
+
+def test_versions_in_batched_steps_keep_the_invariant(rwkv7_backend, monkeypatch) -> None:
+    """The rwkv back end decodes RWKV-7 versions together in batched steps (core/backends/
+    rwkv7_batch.py): regenerating two and three versions at once between other operations,
+    and across a restart, keeps the invariant, and the batched step did run. (The batcher
+    gathers the versions' steps: it waits for the streams that were in step; 36 steps here,
+    and one shared pass is enough.)"""
+    batch = rwkv7_backend._batch
+    sizes: list[int] = []
+    real = batch.forward
+    monkeypatch.setattr(batch, "forward", lambda t, s: sizes.append(len(t)) or real(t, s))
+    ops = [
+        ("send", "hello", 1),
+        ("versions", 3, 2, 1),
+        ("send", "the cat", 3),
+        ("versions", 2, 4, 0),
+        ("reopen",),
+        ("versions", 3, 5, 2),
+        ("continue", 6),
+    ]
+    check_invariant(rwkv7_backend, ops)
+    check_invariant(rwkv7_backend, ops, mem_budget_mb=EVICTING_MB)
+    assert sizes and max(sizes) >= 2
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,8 @@ class Counted:
         return out
 
     def forward_batch(self, items: list[tuple[list[int], Any, bool]]) -> Any:
-        """Batched back ends (llama.cpp) decode several sequences in one pass."""
+        """Batched back ends (llama.cpp, and RWKV-7 on the rwkv package: `versions` runs
+        through a batched step there) decode several sequences in one pass."""
         if not hasattr(self.inner, "forward_batch"):
             return [self.advance(t, s) if c else self.forward(t, s) for t, s, c in items]
         out = self.inner.forward_batch(items)
