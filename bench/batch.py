@@ -1,9 +1,14 @@
 """Batched decoding: several chats (and several versions of one reply) decoding at once, against
-one chat alone and against a bare batched `llama_decode` loop, on the same model in the same run.
+one chat alone and against a bare batched forward loop, on the same model in the same run.
 
-    python bench/batch.py                          # RWKV-7 0.1B shape (f16 GGUF) + embedded model
+    python bench/batch.py               # RWKV-7 0.1B shape (f16 GGUF, and .pth) + embedded model
     python bench/batch.py --models rwkv --tokens 40 --rounds 3
+    python bench/batch.py --models pth --pth-strategies "cpu fp32,cpu bf16"
     python bench/batch.py --shape tiny             # quick: a tiny random RWKV-7
+
+Models: `rwkv` the RWKV-7 shape as a GGUF through llama.cpp, `embedded` the embedded transformer
+(llama.cpp), `pth` the same RWKV-7 shape's .pth through the rwkv package (one section per
+`--pth-strategies` entry).
 
 Prints one JSON object with a section per model:
 - `agg_ratio_2/4/8`: total tokens/s of 2, 4, 8 chats replying at once (one thread each, as
@@ -11,7 +16,9 @@ Prints one JSON object with a section per model:
 - `per_chat_ratio_2`: each chat's own tokens/s with two running, over one alone;
 - `swipes3_ratio`: time for three versions of one reply at once over one version;
 - `batch_vs_bare`: our loop's aggregate at 4 chats over a bare batched decode of 4 sequences
-  (llama_decode + argmax, no engine, no states, no sampling): the ceiling;
+  (argmax, no engine, no sampling): the ceiling. On llama.cpp one `llama_decode` a step; on the
+  rwkv package the batched step (core/backends/rwkv7_batch.py) called directly, its one-sequence
+  figure the package's own forward (what a chat alone runs);
 - `bare_agg_ratio_k`: the ceiling's own ratios (bare k sequences over bare one).
 Every figure is the best of `--rounds` runs after a warm-up; the configurations take turns
 within a round, so each meets the same spells of load from other work on the machine. Prompts
@@ -34,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.engine import SHAPES, build_model  # noqa: E402
+from core.backends.base import Backend  # noqa: E402
 from core.backends.llama import LlamaBackend  # noqa: E402
 from core.backends.model_thread import on_model_thread  # noqa: E402
 from core.engine import Engine  # noqa: E402
@@ -138,6 +146,28 @@ def bare_batch_tok_s(backend: LlamaBackend, k: int, n_tokens: int) -> float:
                 b._free_slot(s)
 
 
+def bare_rwkv_tok_s(backend: Any, k: int, n_tokens: int) -> float:
+    """The same ceiling on the rwkv package: k sequences through the batched RWKV-7 step (one
+    sequence: the package's forward, as a chat alone runs), argmax each, no engine."""
+    import torch
+
+    b = backend
+    state = b.forward(b.tokenize("User: hello\n\nAssistant:"), b.initial_state())[1]
+    states, toks = [state] * k, [0] * k
+    t0 = 0.0
+    for step in range(n_tokens + 1):
+        if step == 1:
+            t0 = time.perf_counter()  # the first step warms up
+        if k == 1:
+            lg, s = b.forward(toks, states[0])
+            rows, states = [lg], [s]
+        else:
+            logits, states = b._batch.forward(toks, states)
+            rows = list(logits.float())
+        toks = [int(torch.argmax(torch.as_tensor(r))) for r in rows]
+    return k * n_tokens / (time.perf_counter() - t0)
+
+
 def best(loops: dict[str, Callable[[], Any]], rounds: int, key: Callable[[Any], float]) -> dict:
     """Each loop's best result over `rounds` after one warm-up run each, turns taken in a
     round. `key` orders results (higher is better)."""
@@ -152,17 +182,16 @@ def best(loops: dict[str, Callable[[], Any]], rounds: int, key: Callable[[Any], 
     return out
 
 
-def measure(backend: LlamaBackend, tokens: int, rounds: int, ks: tuple[int, ...]) -> dict:
+def measure(backend: Backend, tokens: int, rounds: int, ks: tuple[int, ...]) -> dict:
     engine = Engine(backend, cache_dir=None)
     ks = tuple(k for k in ks if k <= backend.max_batch)
     loops: dict[str, Callable[[], Any]] = {
         f"chats_{k}": (lambda k=k: chats_at_once(engine, k, tokens)) for k in ks
     }
+    bare = bare_batch_tok_s if isinstance(backend, LlamaBackend) else bare_rwkv_tok_s
     for k in (1, 4):
         if k <= backend.max_batch:
-            loops[f"bare_{k}"] = lambda k=k: {
-                "agg": on_model_thread(bare_batch_tok_s, backend, k, tokens)
-            }
+            loops[f"bare_{k}"] = lambda k=k: {"agg": on_model_thread(bare, backend, k, tokens)}
     for n in (1, 3):
         loops[f"versions_{n}"] = lambda n=n: {"agg": -versions_s(engine, n, tokens)}
     r = best(loops, rounds, key=lambda x: x["agg"])
@@ -194,7 +223,12 @@ def measure(backend: LlamaBackend, tokens: int, rounds: int, ks: tuple[int, ...]
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="rwkv,embedded", help="rwkv, embedded or both")
+    ap.add_argument(
+        "--models", default="rwkv,embedded,pth", help="any of rwkv, embedded, pth (comma list)"
+    )
+    ap.add_argument(
+        "--pth-strategies", default="cpu fp32", help="rwkv package strategies for pth (comma list)"
+    )
     ap.add_argument("--shape", choices=tuple(SHAPES), default="0.1b")
     ap.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"))
     ap.add_argument("--tokens", type=int, default=40, help="tokens a reply")
@@ -204,6 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     ks = tuple(sorted({1, *(int(x) for x in args.ks.split(","))}))
     result: dict[str, Any] = {"bench": "batch", "tokens": args.tokens, "rounds": args.rounds}
     for which in args.models.split(","):
+        if which == "pth":
+            from core.backends.rwkv import RwkvBackend
+
+            spec = argparse.Namespace(model=None, backend="rwkv", shape=args.shape)
+            for strategy in args.pth_strategies.split(","):
+                backend = on_model_thread(RwkvBackend, build_model(spec), strategy.strip())
+                name = f"rwkv7_{args.shape}_pth_{strategy.strip().split()[-1]}"
+                result[name] = measure(backend, args.tokens, args.rounds, ks)
+                backend.close()
+            continue
         if which == "rwkv":
             spec = argparse.Namespace(
                 model=None, backend="llama", shape=args.shape, gguf_type=args.gguf_type

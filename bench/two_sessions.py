@@ -3,6 +3,7 @@
     python -m bench.two_sessions                      # the embedded default model
     python -m bench.two_sessions --model models/x.gguf --tokens 128 --rounds 3
     python -m bench.two_sessions --tiny               # a tiny random RWKV-7 (no model needed)
+    python -m bench.two_sessions --shape 0.1b         # RWKV-7 0.1B shape, .pth, rwkv package
 
 Each session is a thread doing what a browser session's script thread does in the app: it asks
 the app's ChatService (core/chat/service.py, on a real SQLite store in a temporary data
@@ -12,11 +13,12 @@ version of the same message, so every round decodes from the same prompt). The s
 one session alone, then both at once (started together), and prints one JSON object: tokens
 per second of each session and of both together against one alone.
 
-On llama.cpp the two replies' decode steps run in one batched forward pass
-(core/engine/batch.py): `together_vs_alone` should approach 2 (goal: at least 1.6) and
-`each_vs_alone` 1. On the rwkv back end (one sequence at a time) the steps take turns:
-`together_vs_alone` near 1 and `each_vs_alone` near 0.5. Read the two together: one reply
-waiting for the other to finish would give `together_vs_alone` near 1 but `each_vs_alone` near 1.
+On llama.cpp, and on the rwkv back end with an RWKV-7 model (core/backends/rwkv7_batch.py), the
+two replies' decode steps run in one batched forward pass (core/engine/batch.py):
+`together_vs_alone` should approach 2 (goal: at least 1.6) and `each_vs_alone` 1. Where steps
+take turns (the rwkv back end on RWKV-4/5/6), `together_vs_alone` is near 1 and `each_vs_alone`
+near 0.5. Read the two together: one reply waiting for the other to finish would give
+`together_vs_alone` near 1 but `each_vs_alone` near 1.
 """
 
 from __future__ import annotations
@@ -142,6 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", choices=("auto", "rwkv", "llama"))
     p.add_argument("--strategy", default="cpu fp32")
     p.add_argument("--tiny", action="store_true", help="a tiny random RWKV-7 (2 layers, 128)")
+    p.add_argument(
+        "--shape",
+        choices=("tiny", "0.1b", "0.4b"),
+        help="a random RWKV-7 .pth of this shape (bench/engine.py's), on the rwkv package",
+    )
     p.add_argument("--tokens", type=int, default=128, help="max tokens per reply")
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args(argv)
@@ -153,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
 
         tmp = tempfile.TemporaryDirectory()
         model = str(write_model(Path(tmp.name) / "tiny-v7.pth", 7, 2, 128))
+    elif args.shape:
+        from bench.engine import build_model
+
+        spec = argparse.Namespace(model=None, backend="rwkv", shape=args.shape)
+        model = str(build_model(spec))
     backend = load_backend(model, backend=args.backend, strategy=args.strategy)
     engine = Engine(backend, cache_dir=None)
     # temperature 1 and penalties off: long replies; fixed seeds: the same work every round
