@@ -1,17 +1,17 @@
 """The database under the store: the SQLAlchemy engine (SQLite with WAL, foreign keys, a busy
-timeout and BEGIN IMMEDIATE for writes) and the Alembic migrations that create and upgrade it."""
+timeout and BEGIN IMMEDIATE for writes) and the Alembic migrations that create and upgrade it.
+
+Alembic is imported by the functions that use it, not at the top: importing it took 0.4 s, and
+this module is imported by the server before it answers (Home.py); the store is opened later, on
+the model's loading thread, while the browser loads the page."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, event, inspect, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -21,9 +21,17 @@ from core.config import data_dir
 from core.errors import StoreError
 from core.store.validation import json_dumps
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 APP_TABLES = ("characters", "conversations", "messages", "app_settings")
 IMMEDIATE = "rp_begin_immediate"  # execution option: this transaction writes (BEGIN IMMEDIATE)
+# Alembic runs a migration through module-level proxies (alembic.context, alembic.op) and loads
+# its scripts as modules: two threads migrating at once, even two different databases, ran each
+# other's steps ("table characters already exists" in 58 of 60 tries). The app opens its store
+# on the loading thread while tests and the API may open others: one at a time per process.
+_ALEMBIC = threading.RLock()
 
 
 def store_error(e: SQLAlchemyError) -> StoreError:
@@ -79,6 +87,8 @@ def _is_memory(url: str) -> bool:
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
@@ -86,11 +96,16 @@ def alembic_config() -> Config:
 
 def known_revisions() -> list[str]:
     """Revision ids of this app, oldest first."""
-    script = ScriptDirectory.from_config(alembic_config())
-    return [s.revision for s in reversed(list(script.walk_revisions()))]
+    from alembic.script import ScriptDirectory
+
+    with _ALEMBIC:
+        script = ScriptDirectory.from_config(alembic_config())
+        return [s.revision for s in reversed(list(script.walk_revisions()))]
 
 
 def db_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
@@ -102,6 +117,15 @@ def upgrade_db(engine: Engine, revision: str = "head") -> None:
     Refuses, touching nothing, a database at a revision this app does not know (made by a newer
     version) or one that has tables but no revision (not made by this app).
     """
+    with _ALEMBIC:
+        _upgrade(engine, revision)
+
+
+def _upgrade(engine: Engine, revision: str) -> None:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.util.exc import CommandError
+
     cfg = alembic_config()
     known = set(known_revisions())
     where = engine.url.render_as_string(hide_password=True)
