@@ -9,7 +9,11 @@ cannot be loaded is named with its reason and a retry button, which loads it onc
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import REPO
+from tests.support.required import unavailable
 from tests.support.ui import chat_texts, check, errors, follow, open_app, store, wait_model
 
 WAIT_S = 60  # a generous bound for a thread of this test to reach a point; nothing is timed
@@ -169,3 +175,59 @@ def test_a_model_that_fails_to_load_says_why_and_can_be_retried(
     assert _runtime().state() == "ready"
     assert not errors(at)
     assert at.chat_input(key="chat_input") is not None
+
+
+# A fresh interpreter does what `streamlit run Home.py` does at start: import Home (to find its
+# st.App), then enter the app's lifespan; then it imports what the Chat page imports.
+SERVER_START = """
+import asyncio, gc, json, sys
+import Home
+at_import = sorted(m for m in ("alembic", "pandas") if m in sys.modules)
+from core import runtime
+
+async def start():
+    async with Home._lifespan(None):
+        return gc.get_freeze_count(), runtime.current().state()
+
+frozen, state = asyncio.run(start())
+rt = runtime.current()
+engine = rt.wait_loaded(120)
+import core.chat, core.prompt, pages.group_ui, pages.lore_ui, pages.prompt_ui, pages.versions_ui
+print(json.dumps({
+    "at_import": at_import, "frozen": frozen, "objects": len(gc.get_objects()),
+    "state": state, "loaded": engine is not None, "failure": rt.failure(),
+    "characters": [c.name for c in rt.store.list_characters()],
+    "pandas_for_chat": "pandas" in sys.modules,
+}))
+"""
+
+
+def test_the_server_start_defers_heavy_work_and_freezes_its_objects(tmp_path: Path) -> None:
+    """What the first page waits for, measured by bench/first_reply.py: the server answers
+    before the migration tool is imported (the store opens on the loading thread, while the
+    browser loads the page), the objects of the start are frozen out of the collections that
+    Streamlit runs after every page run, and the Chat page's modules leave pandas unimported
+    (0.5-0.9 s, needed by the lorebook table only). The load still starts with the server."""
+    from core.backends.embedded import embedded_model_path, missing_message
+
+    if embedded_model_path() is None:
+        unavailable(missing_message())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RP_")}
+    env["RP_DATA_DIR"] = str(tmp_path / "data")
+    done = subprocess.run(
+        [sys.executable, "-c", SERVER_START],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["at_import"] == []  # neither alembic nor pandas before the server answers
+    assert seen["state"] in ("loading", "ready")  # the lifespan started the load
+    # frozen: the start's objects, more than all that the load and the pages' imports made
+    assert seen["frozen"] > max(50_000, seen["objects"])
+    assert seen["loaded"] and seen["failure"] is None
+    assert seen["characters"]  # the store opened and seeded on the loading thread
+    assert not seen["pandas_for_chat"]
