@@ -74,28 +74,14 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 else:  # imported by `streamlit run` to serve the UI and the API
-    import gc
-    from collections.abc import AsyncIterator
-    from contextlib import asynccontextmanager
-
     from core.api import ApiConfig, api_middleware, api_routes
-    from core.runtime import preload_lifespan
 
     _api = ApiConfig(listen_address=lambda: st.get_option("server.address"))
-
-    @asynccontextmanager
-    async def _lifespan(app: object) -> AsyncIterator[None]:
-        """The server starts: the model starts loading (pages draw meanwhile and say so), and
-        what the imports made is frozen out of the garbage collector's sight. Streamlit runs a
-        full collection after every script run, which held the GIL (the server's too) for 0.1
-        to 0.3 s scanning those ~120,000 objects; it now scans what came after (a few ms)."""
-        gc.freeze()
-        async with preload_lifespan(app):
-            yield
+    from core.runtime import preload_lifespan  # the model loads from the server's start
 
     app = st.App(
         __file__,
         routes=api_routes(_api),
         middleware=api_middleware(_api),
-        lifespan=_lifespan,
+        lifespan=preload_lifespan,
     )
