@@ -12,9 +12,11 @@ Home with its characters (`home_s`, the first character's Chat button on screen)
 shows text). The browser is started before the server, as a newcomer's browser is already open.
 Prints ONE JSON object: the median of each time over the runs, and every run's times; with
 --baseline, the same for that checkout (launched in turn with this one, so both meet the same
-load) and the ratios. The default model (the embedded SmolLM2 GGUF) is used; $RP_* variables of
-the caller are dropped. Run it on checkouts nobody edits meanwhile: Streamlit reloads a module
-whose file changes, which can break a run (a copy of the working tree will do).
+load) and the ratios; `load_avg` is the machine's 1-minute load average before and after (other
+work on the machine slows every step: label figures taken above 1 "under load"). The default
+model (the embedded SmolLM2 GGUF) is used; $RP_* variables of the caller are dropped. Run it on
+checkouts nobody edits meanwhile: Streamlit reloads a module whose file changes, which can break
+a run (a copy of the working tree will do).
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def main() -> None:
     if args.baseline:
         repos["baseline"] = args.baseline.resolve()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in repos}
+    load_before = os.getloadavg()[0]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -142,6 +145,7 @@ def main() -> None:
             result["first_token_s"] / base["first_token_s"], 3
         )
     result["cpus"] = os.cpu_count()
+    result["load_avg"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["note"] = "medians over launches on an empty data directory; the machine is shared"
     print(json.dumps(result))
 
