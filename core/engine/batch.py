@@ -12,6 +12,13 @@ asking (it ended, was stopped, cancelled or closed); callers never see the batch
 Each generation has a `Stream`. The batcher waits a few milliseconds for the streams that were
 in step at the last step (their threads resubmit within microseconds of getting their token), so
 that they decode together; a stream that misses a step is not waited for again until it asks.
+
+A pass of g sequences does not always cost less than g passes of one: on a 2-core CPU, llama.cpp
+ran 2 sequences of an RWKV-7 q8_0 model in one pass at half the tokens per second of one (its
+kernels for 2-3 columns are slower than its one-column kernel; see README "Batching"). So the
+batcher learns what a pass of g one-token steps costs on this machine and this model
+(`PassCosts`) and runs, each step, the number of sequences that makes the most tokens a second:
+where batching does not pay, generations take turns as they did before batching existed.
 """
 
 from __future__ import annotations
@@ -33,6 +40,50 @@ PREFILL_CHUNK = 64  # prompt tokens fed per step while other generations decode
 WAIT_S = 0.02  # how long a step waits for the streams that were in step at the last one
 # (they answer within microseconds on an idle machine; a loaded one can take milliseconds, and
 # a step run without them would split the batch in two that then alternate)
+REPROBE = 256  # every this many passes, one runs as large as it can, to measure that size again
+
+
+class PassCosts:
+    """Seconds a pass of g one-token decode steps takes, learned from the passes run.
+
+    Each size keeps a moving average of its passes after the first (the first of a shape also
+    builds llama.cpp's compute graph). `best(n)` measures one sequence first, then n (all that
+    wait) until it is measured `TRUST` times; then it is the measured size up to n with the most
+    tokens a second, preferring the larger within `SLACK` (a pass that carries every stream keeps
+    them in step, and a measurement a little off should not split a batch that pays)."""
+
+    TRUST = 3  # passes of a size (after its first) before its cost is believed
+    ALPHA = 0.25  # weight of a new pass in the moving average
+    SLACK = 1.1  # a larger size is kept unless it makes 10 % fewer tokens a second
+
+    def __init__(self) -> None:
+        self._seen: dict[int, int] = {}  # size -> passes measured (the first included)
+        self._avg: dict[int, float] = {}  # size -> average seconds a pass
+
+    def record(self, size: int, seconds: float) -> None:
+        n = self._seen.get(size, 0)
+        self._seen[size] = n + 1
+        if n == 0:
+            return  # the first pass of a size: the compute graph is built, not a fair measure
+        old = self._avg.get(size)
+        self._avg[size] = seconds if old is None else old + self.ALPHA * (seconds - old)
+
+    def cost(self, size: int) -> float | None:
+        """The believed cost of a pass of `size`, None while it is not measured enough."""
+        return self._avg.get(size) if self._seen.get(size, 0) > self.TRUST else None
+
+    def best(self, n: int) -> int:
+        """How many of `n` waiting one-token steps to run in one pass."""
+        if n <= 1:
+            return n
+        one = self.cost(1)
+        if one is None:
+            return 1  # what one sequence costs is the measure of every other size
+        if self.cost(n) is None:
+            return n  # not measured enough: tried
+        rate = {g: g / c for g in range(1, n + 1) if (c := self.cost(g))}  # tokens a second
+        top = max(rate.values())
+        return max(g for g, r in rate.items() if r * self.SLACK >= top)
 
 
 @dataclass(eq=False)
@@ -72,6 +123,9 @@ class Batcher:
         self._streams: set[Stream] = set()
         self._driving = False
         self._opened = 0
+        self.costs = PassCosts()
+        self.learn_sizes = True  # False: every pass as large as fits (tests that need passes
+        # shared whatever this machine's costs say)
         self.steps = 0  # forward passes run (for tests and benches)
         self.batched = 0  # jobs run in a pass with others
 
@@ -131,7 +185,10 @@ class Batcher:
         after: Callable[[np.ndarray], Any] | None,
     ) -> tuple[np.ndarray, State, Any]:
         try:
+            t0 = time.perf_counter()
             logits, new = self._forward_batch([(tokens, state, consume)])[0]
+            if len(tokens) == 1:
+                self.costs.record(1, time.perf_counter() - t0)
         except Exception as e:
             inner = getattr(e, "error", None)  # a batch item's own error (BatchItemError)
             if isinstance(inner, Exception):
@@ -189,7 +246,7 @@ class Batcher:
         deadline = time.perf_counter() + self.wait_s
         while True:
             late = [s for s in self._streams if s.expected and s.job is None and not s.closed]
-            if not late or len(self._jobs) >= self.max_batch:
+            if not late or len(self._jobs) >= self._size(len(self._jobs) + len(late)):
                 return
             left = deadline - time.perf_counter()
             if left <= 0:
@@ -198,14 +255,23 @@ class Batcher:
                 return
             self._cv.wait(left)
 
+    def _size(self, n: int) -> int:
+        """How many of n jobs to run in the next pass: as many as fit, unless passes of that
+        many cost more here than smaller ones (`PassCosts`); every REPROBE passes, as many as
+        fit, so that a size judged on a bad moment is measured again."""
+        n = min(n, self.max_batch)
+        if n <= 1 or not self.learn_sizes or self.steps % REPROBE == REPROBE - 1:
+            return n
+        return self.costs.best(n)
+
     def _pick(self) -> list[_Job]:
-        """Decode steps first, then prompt chunks, in arrival order, up to max_batch."""
+        """Decode steps first, then prompt chunks, in arrival order, up to `_size`."""
         steps = sorted(
             (j for j in self._jobs if j.stream is not None),
             key=lambda j: j.stream.order if j.stream is not None else 0,
         )
         feeds = [j for j in self._jobs if j.stream is None]
-        jobs = (steps + feeds)[: self.max_batch]
+        jobs = (steps + feeds)[: self._size(len(self._jobs))]
         taken = set(map(id, jobs))
         self._jobs = [j for j in self._jobs if id(j) not in taken]
         for j in jobs:
@@ -216,6 +282,7 @@ class Batcher:
     def _run(self, jobs: list[_Job], streaming: bool) -> None:
         cut = [len(j.tokens) if not streaming else min(len(j.tokens), self.chunk) for j in jobs]
         items = [(j.tokens[:k], j.state, j.consume) for j, k in zip(jobs, cut, strict=True)]
+        t0 = time.perf_counter()
         try:
             out = self._forward_batch(items)
         except Exception as e:
@@ -229,6 +296,8 @@ class Batcher:
             for j in jobs:
                 j.fut.set_exception(getattr(e, "error", e) if bad is not None else e)
             return
+        if all(j.stream is not None and n == 1 for j, n in zip(jobs, cut, strict=True)):
+            self.costs.record(len(jobs), time.perf_counter() - t0)  # decode steps only
         self.steps += 1
         if len(jobs) > 1:
             self.batched += len(jobs)
