@@ -20,9 +20,11 @@ Prints one JSON object with a section per model:
   rwkv package the batched step (core/backends/rwkv7_batch.py) called directly, its one-sequence
   figure the package's own forward (what a chat alone runs);
 - `bare_agg_ratio_k`: the ceiling's own ratios (bare k sequences over bare one).
-Every figure is the best of `--rounds` runs after a warm-up; the configurations take turns
-within a round, so each meets the same spells of load from other work on the machine. Prompts
-are cached by the warm-up: the figures are decode speeds.
+Every figure is the best of `--rounds` runs after a short warm-up run (WARM_TOKENS tokens a
+reply); the configurations take turns within a round, so each meets the same spells of load
+from other work on the machine. Prompts are cached by the warm-up: the figures are decode
+speeds, with what ends a reply (the engine feeds a finished reply's closed form to checkpoint
+it: on the rwkv package one sequence at a time, 40 tokens of each chat).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from core.engine.sampler import SamplingParams  # noqa: E402
 from core.errors import ModelError  # noqa: E402
 from core.prompt import CharacterContext, Message  # noqa: E402
 
+WARM_TOKENS = 4  # tokens a reply in the warm-up run of each configuration
 NAMES = ("Mira", "Pip", "Rook", "Ada", "Ben", "Cy", "Dee", "Eli")
 CHATS = [
     (
@@ -168,15 +171,22 @@ def bare_rwkv_tok_s(backend: Any, k: int, n_tokens: int) -> float:
     return k * n_tokens / (time.perf_counter() - t0)
 
 
-def best(loops: dict[str, Callable[[], Any]], rounds: int, key: Callable[[Any], float]) -> dict:
-    """Each loop's best result over `rounds` after one warm-up run each, turns taken in a
-    round. `key` orders results (higher is better)."""
+def best(
+    loops: dict[str, Callable[[int], Any]],
+    rounds: int,
+    tokens: int,
+    key: Callable[[Any], float],
+    warm_tokens: int = WARM_TOKENS,
+) -> dict:
+    """Each loop's best result over `rounds` runs of `tokens` tokens a reply, after one short
+    warm-up run each (it caches the prompts and builds what a first pass builds), turns taken in
+    a round. `key` orders results (higher is better)."""
     for loop in loops.values():
-        loop()
+        loop(warm_tokens)
     out: dict[str, Any] = {}
     for _ in range(rounds):
         for name, loop in loops.items():
-            r = loop()
+            r = loop(tokens)
             if name not in out or key(r) > key(out[name]):
                 out[name] = r
     return out
@@ -185,16 +195,16 @@ def best(loops: dict[str, Callable[[], Any]], rounds: int, key: Callable[[Any], 
 def measure(backend: Backend, tokens: int, rounds: int, ks: tuple[int, ...]) -> dict:
     engine = Engine(backend, cache_dir=None)
     ks = tuple(k for k in ks if k <= backend.max_batch)
-    loops: dict[str, Callable[[], Any]] = {
-        f"chats_{k}": (lambda k=k: chats_at_once(engine, k, tokens)) for k in ks
+    loops: dict[str, Callable[[int], Any]] = {
+        f"chats_{k}": (lambda t, k=k: chats_at_once(engine, k, t)) for k in ks
     }
     bare = bare_batch_tok_s if isinstance(backend, LlamaBackend) else bare_rwkv_tok_s
     for k in (1, 4):
         if k <= backend.max_batch:
-            loops[f"bare_{k}"] = lambda k=k: {"agg": on_model_thread(bare, backend, k, tokens)}
+            loops[f"bare_{k}"] = lambda t, k=k: {"agg": on_model_thread(bare, backend, k, t)}
     for n in (1, 3):
-        loops[f"versions_{n}"] = lambda n=n: {"agg": -versions_s(engine, n, tokens)}
-    r = best(loops, rounds, key=lambda x: x["agg"])
+        loops[f"versions_{n}"] = lambda t, n=n: {"agg": -versions_s(engine, n, t)}
+    r = best(loops, rounds, tokens, key=lambda x: x["agg"])
     alone = r["chats_1"]["agg"]
     out: dict[str, Any] = {
         "model": Path(backend.info.path).name,
