@@ -1,8 +1,9 @@
 """Entry point: `streamlit run Home.py [-- --model models/x.pth --strategy "cpu fp32" ...]`.
 
 `streamlit run` finds the `app` below (an st.App) and serves it: the pages and the HTTP API
-(core/api/: /v1/... OpenAI-compatible, /api/... the app's own) on one port, in one process, with
-one model. Each browser session then runs this file as its script (`__name__ == "__main__"`).
+(core/api/: /v1/... OpenAI-compatible, /api/... the app's own; mounted by core/api_mount.py) on
+one port, in one process, with one model. Each browser session then runs this file as its
+script (`__name__ == "__main__"`).
 
 As a script it is the router of the app: page setup, st.navigation over the pages in pages/
 (home, chat, characters, settings; pages/ui_common.py is a helper module, not a page), the
@@ -11,6 +12,8 @@ Streamlit stops running pages/ files directly (its old multipage mode) from the 
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
@@ -30,6 +33,9 @@ from pages.ui_common import (
     routed,
     start_model,
 )
+
+if TYPE_CHECKING:
+    from core.api import ApiConfig
 
 
 def main() -> None:
@@ -74,14 +80,18 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 else:  # imported by `streamlit run` to serve the UI and the API
-    from core.api import ApiConfig, api_middleware, api_routes
+    from functools import partial
 
-    _api = ApiConfig(listen_address=lambda: st.get_option("server.address"))
-    from core.runtime import preload_lifespan  # the model loads from the server's start
+    from core.api_mount import ApiMount
+    from core.runtime import preload_lifespan
 
-    app = st.App(
-        __file__,
-        routes=api_routes(_api),
-        middleware=api_middleware(_api),
-        lifespan=preload_lifespan,
-    )
+    def _api_config() -> ApiConfig:
+        from core.api import ApiConfig
+
+        return ApiConfig(listen_address=lambda: st.get_option("server.address"))
+
+    # the API is built once the model has loaded (or by its first request): importing it before
+    # the server answered made the first page 0.4-0.5 s later (core/api_mount.py)
+    _api = ApiMount(_api_config)
+    _lifespan = partial(preload_lifespan, after_load=_api.build)  # the model loads at start
+    app = st.App(__file__, routes=[_api], lifespan=_lifespan)

@@ -21,10 +21,11 @@ own messages and spinners.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +34,13 @@ from typing import TYPE_CHECKING, Any
 from core.cli_args import cli_args, resolve_model_path
 from core.config import data_dir
 from core.errors import AppError, ModelError
-from core.store import Store, default_url
 
 if TYPE_CHECKING:
     from core.chat import ChatService
     from core.engine import Engine
+    from core.store import Store
+
+log = logging.getLogger(__name__)
 
 STRATEGIES = (
     "cpu fp32",
@@ -114,6 +117,8 @@ class Runtime:
     """The store and the model of one data directory, and what the user chose for them."""
 
     def __init__(self, data: Path, db_url: str = "") -> None:
+        from core.store import default_url  # here: SQLAlchemy is not needed before a page
+
         self.data = data
         self.db_url = db_url or default_url()
         self._store: Store | None = None
@@ -322,25 +327,36 @@ class Runtime:
 
 
 @asynccontextmanager
-async def preload_lifespan(_app: object) -> AsyncIterator[None]:
+async def preload_lifespan(
+    _app: object, after_load: Callable[[], object] | None = None
+) -> AsyncIterator[None]:
     """st.App's lifespan: when the server starts, open the store and load the model in the
     background, so the first page finds both (or at least draws at once and says the model is
-    loading) instead of waiting for them. The objects of the start are frozen out of the
-    garbage collector's sight (see _freeze_after_load)."""
+    loading) instead of waiting for them. `after_load` runs on a thread once the load has ended
+    (Home.py builds the API there). The objects of the start are frozen out of the garbage
+    collector's sight (see _after_load)."""
     gc.freeze()  # what the server's imports made
     rt = current()
     rt.start_loading()
-    threading.Thread(target=_freeze_after_load, args=(rt,), name="gc-freeze", daemon=True).start()
+    threading.Thread(
+        target=_after_load, args=(rt, after_load), name="after-load", daemon=True
+    ).start()
     yield
 
 
-def _freeze_after_load(rt: Runtime) -> None:
-    """Streamlit runs a full collection after every page run, holding the GIL (the server's
-    too): scanning the ~120,000 objects of the server's imports took 0.1 to 0.3 s a run, and
-    the ~30,000 that the loading thread adds (llama.cpp, Alembic, the model) 40 to 50 ms more.
-    They live as long as the process, so they are frozen (gc.freeze) and the collections skip
-    them. What the load left as garbage is collected first: nothing dead is frozen."""
+def _after_load(rt: Runtime, then: Callable[[], object] | None) -> None:
+    """Once the load has ended: `then`, and the freeze. Streamlit runs a full collection after
+    every page run, holding the GIL (the server's too): scanning the ~120,000 objects of the
+    server's imports took 0.1 to 0.3 s a run, and the ~30,000 that the loading thread adds
+    (llama.cpp, Alembic, the model) 40 to 50 ms more. They live as long as the process, so they
+    are frozen (gc.freeze) and the collections skip them. What the load left as garbage is
+    collected first: nothing dead is frozen."""
     rt.wait_loaded()
+    if then is not None:
+        try:
+            then()
+        except Exception:  # whoever needs it next will meet the error again, and say it
+            log.warning("after the model's load", exc_info=True)
     gc.collect()
     gc.freeze()
 

@@ -30,14 +30,14 @@ from core.auth import LoginLimiter, Tries, hash_password, is_loopback
 from core.avatars import avatar_path
 from core.cli_args import cli_args
 from core.config import REPO_ROOT
-from core.engine.sampler import SamplingParams
-from core.runtime import ModelChoice, Runtime
-from core.store import Character, Conversation, Store
-
-if TYPE_CHECKING:
-    from core.engine import Engine
 from core.errors import AppError
 from core.i18n import LANGS, t
+from core.runtime import ModelChoice, Runtime
+
+if TYPE_CHECKING:  # only named in hints: importing them (SQLAlchemy, numpy) is left to the pages
+    from core.engine import Engine
+    from core.engine.sampler import SamplingParams
+    from core.store import Character, Conversation, Store
 
 PAGE_HOME = "pages/home.py"
 PAGE_CHAT = "pages/chat.py"

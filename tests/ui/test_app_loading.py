@@ -182,23 +182,25 @@ def test_a_model_that_fails_to_load_says_why_and_can_be_retried(
 SERVER_START = """
 import asyncio, gc, json, sys, threading
 import Home
-at_import = sorted(m for m in ("alembic", "pandas") if m in sys.modules)
+heavy = ("alembic", "pandas", "sqlalchemy", "numpy", "core.store", "core.engine", "core.api")
+at_import = sorted(m for m in heavy if m in sys.modules)
+api_at_import = Home._api.built
 from core import runtime
 
 async def start():
-    async with runtime.preload_lifespan(None):  # the lifespan that Home.py gives st.App
+    async with Home._lifespan(None):  # the lifespan that Home.py gives st.App
         return gc.get_freeze_count(), runtime.current().state()
 
 frozen, state = asyncio.run(start())
 rt = runtime.current()
 engine = rt.wait_loaded(120)
-freezer = [t for t in threading.enumerate() if t.name == "gc-freeze"]
-for t in freezer:
+for t in [t for t in threading.enumerate() if t.name == "after-load"]:
     t.join(120)
 import core.chat, core.prompt, pages.group_ui, pages.lore_ui, pages.prompt_ui, pages.versions_ui
 print(json.dumps({
     "at_import": at_import, "frozen": frozen, "frozen_after_load": gc.get_freeze_count(),
     "state": state, "loaded": engine is not None, "failure": rt.failure(),
+    "api_at_import": api_at_import, "api_after_load": Home._api.built,
     "characters": [c.name for c in rt.store.list_characters()],
     "pandas_for_chat": "pandas" in sys.modules,
 }))
@@ -207,8 +209,9 @@ print(json.dumps({
 
 def test_the_server_start_defers_heavy_work_and_freezes_its_objects(tmp_path: Path) -> None:
     """What the first page waits for, measured by bench/first_reply.py: the server answers
-    before the migration tool is imported (the store opens on the loading thread, while the
-    browser loads the page), the objects of the start are frozen out of the collections that
+    before the store (SQLAlchemy, Alembic), the engine (numpy) and the API are imported: the
+    store opens on the loading thread while the browser loads the page, and the API is built
+    once the model has loaded. The objects of the start are frozen out of the collections that
     Streamlit runs after every page run, and the Chat page's modules leave pandas unimported
     (0.5-0.9 s, needed by the lorebook table only). The load still starts with the server."""
     from core.backends.embedded import embedded_model_path, missing_message
@@ -227,9 +230,10 @@ def test_the_server_start_defers_heavy_work_and_freezes_its_objects(tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["at_import"] == []  # neither alembic nor pandas before the server answers
+    assert seen["at_import"] == []  # none of them before the server answers
+    assert not seen["api_at_import"] and seen["api_after_load"]
     assert seen["state"] in ("loading", "ready")  # the lifespan started the load
-    assert seen["frozen"] > 50_000  # the objects of the server's imports
+    assert seen["frozen"] > 20_000  # the objects of the server's imports (Streamlit)
     assert seen["frozen_after_load"] > seen["frozen"]  # and then those of the loading thread
     assert seen["loaded"] and seen["failure"] is None
     assert seen["characters"]  # the store opened and seeded on the loading thread
