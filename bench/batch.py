@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", choices=tuple(SHAPES), default="0.1b")
     ap.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"))
     ap.add_argument("--tokens", type=int, default=40, help="tokens a reply")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="runs of each (the best counts)")
     ap.add_argument("--ks", default="1,2,4,8", help="numbers of chats at once")
     args = ap.parse_args(argv)
     ks = tuple(sorted({1, *(int(x) for x in args.ks.split(","))}))
