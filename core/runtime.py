@@ -98,6 +98,12 @@ class ModelChoice:
 EngineKey = tuple[str, str, str, bool, bool, str]  # a choice's key and the data directory
 
 
+def _default_url(data: Path) -> str:
+    """core.store.default_url() of the data directory `data`, without importing the store:
+    SQLAlchemy's import is left to the loading thread, not done before the server answers."""
+    return os.environ.get("RP_DB_URL", "").strip() or f"sqlite:///{data / 'app.db'}"
+
+
 @dataclass
 class _Loaded:
     """The one model of the process. `lock` guards the two fields and is held only to read or
@@ -117,10 +123,8 @@ class Runtime:
     """The store and the model of one data directory, and what the user chose for them."""
 
     def __init__(self, data: Path, db_url: str = "") -> None:
-        from core.store import default_url  # here: SQLAlchemy is not needed before a page
-
         self.data = data
-        self.db_url = db_url or default_url()
+        self.db_url = db_url or _default_url(data)
         self._store: Store | None = None
         self._store_lock = threading.Lock()
         self.override: ModelChoice | None = None  # chosen in Settings (or the API) this run

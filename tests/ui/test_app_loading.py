@@ -186,13 +186,15 @@ heavy = ("alembic", "pandas", "sqlalchemy", "numpy", "core.store", "core.engine"
 at_import = sorted(m for m in heavy if m in sys.modules)
 api_at_import = Home._api.built
 from core import runtime
+rt = runtime.current()  # what the lifespan does first, on the server's own thread
+at_runtime = sorted(m for m in heavy if m in sys.modules)
 
 async def start():
     async with Home._lifespan(None):  # the lifespan that Home.py gives st.App
         return gc.get_freeze_count(), runtime.current().state()
 
 frozen, state = asyncio.run(start())
-rt = runtime.current()
+from core.store import default_url
 engine = rt.wait_loaded(120)
 for t in [t for t in threading.enumerate() if t.name == "after-load"]:
     t.join(120)
@@ -201,6 +203,7 @@ print(json.dumps({
     "at_import": at_import, "frozen": frozen, "frozen_after_load": gc.get_freeze_count(),
     "state": state, "loaded": engine is not None, "failure": rt.failure(),
     "api_at_import": api_at_import, "api_after_load": Home._api.built,
+    "at_runtime": at_runtime, "db_url_is_default": rt.db_url == default_url(),
     "characters": [c.name for c in rt.store.list_characters()],
     "pandas_for_chat": "pandas" in sys.modules,
 }))
@@ -230,7 +233,8 @@ def test_the_server_start_defers_heavy_work_and_freezes_its_objects(tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["at_import"] == []  # none of them before the server answers
+    assert seen["at_import"] == seen["at_runtime"] == []  # none before the server answers
+    assert seen["db_url_is_default"]  # the runtime's database is the store's default one
     assert not seen["api_at_import"] and seen["api_after_load"]
     assert seen["state"] in ("loading", "ready")  # the lifespan started the load
     assert seen["frozen"] > 20_000  # the objects of the server's imports (Streamlit)
