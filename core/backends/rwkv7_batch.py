@@ -1,13 +1,13 @@
 """The rwkv package's RWKV-7 one-token forward, over a batch of B sequences at once.
 
 On a CPU the package's `forward_one` reads every weight matrix once per token through a
-matrix-vector product, and pays torch's per-op overhead (some 700 small ops a token) each time.
+matrix-vector product, and pays torch's per-op overhead (hundreds of small ops a token) each time.
 Decoding the next token of B chats (or B versions of one reply) as [B, C] @ [C, C] products reads
-the weights once for all of them and pays the overhead once, so a step of 8 costs little more
-than a step of 1. The math is the package's (rwkv 0.8.32, `RWKV_x070.forward_one`,
-`RWKV_x070_TMix_one`, `RWKV_x070_CMix_one`) with a leading batch dimension: norms and
-products are per sequence, so each sequence's logits match the package's own within float
-rounding (the tests hold them to 1e-4).
+the weights once for all of them and pays the overhead once, so a step of 8 costs far less than
+8 steps of 1 (on the 0.1B shape here, one thread, fp32: 1.6 to 1.9 times one step). The math is
+the package's (rwkv 0.8.32, `RWKV_x070.forward_one`, `RWKV_x070_TMix_one`, `RWKV_x070_CMix_one`)
+with a leading batch dimension: norms and products are per sequence, so each sequence's logits
+match the package's own within float rounding (the tests hold them to 1e-4).
 
 States are the package's: per layer [att x_prev [C], att kv [H, N, N] float32, ffn x_prev [C]].
 They are stacked into [B, ...] for the step, and the results are split into per-sequence lists
@@ -15,8 +15,8 @@ of their own (cloned), so a state someone keeps never pins the whole batch's mem
 input states are never changed.
 
 The products: torch's fp32 `x @ W` goes to MKL, whose kernels for a few rows are slow on some
-CPUs (on this project's AMD EPYC, 8 rows of the 0.1B model's head cost 5.5 times one row, where
-they read the same weights). oneDNN's fp32 kernel does the same product at 8 rows for 1.9 times
+CPUs (on this project's AMD EPYC, 8 rows of the 0.1B model's head cost 5 times one row, where
+they read the same weights). oneDNN's fp32 kernel does the same 8 rows for about 2.5 times MKL's
 one row, but wants the weight as [out, in], the transpose of the package's layout. So on a CPU in
 fp32 the step keeps its own [out, in] copy of the large matrices (head first, then the layers',
 up to PACK_LIMIT_BYTES), made at the first batched step: a chat alone never pays for it. bf16
@@ -64,6 +64,7 @@ class Rwkv7Batch:
             self.dtype != torch.float32
             or self.device.type != "cpu"
             or not torch.backends.mkldnn.is_available()
+            or not hasattr(torch.ops.mkldnn, "_linear_pointwise")  # private: gone in some build
         ):
             return {}
         packed: dict[int, Tensor] = {}
