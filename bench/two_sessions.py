@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     sessions = Sessions(engine, Path(data.name))
     sessions.reply(0, params)  # warm up: first-use tables, caches of both prompts
     sessions.reply(1, params)
+    _together(sessions, params)  # and a first batched pass's set-up (the rwkv step's copies)
 
     alone: list[dict[str, Any]] = []
     together: list[dict[str, Any]] = []
