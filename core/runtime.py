@@ -350,11 +350,11 @@ async def preload_lifespan(
 
 def _after_load(rt: Runtime, then: Callable[[], object] | None) -> None:
     """Once the load has ended: `then`, and the freeze. Streamlit runs a full collection after
-    every page run, holding the GIL (the server's too): scanning the ~120,000 objects of the
-    server's imports took 0.1 to 0.3 s a run, and the ~30,000 that the loading thread adds
-    (llama.cpp, Alembic, the model) 40 to 50 ms more. They live as long as the process, so they
-    are frozen (gc.freeze) and the collections skip them. What the load left as garbage is
-    collected first: nothing dead is frozen."""
+    every page run, holding the GIL (the server's too): scanning the ~150,000 objects made by the
+    server's imports and the loading thread's (Streamlit, SQLAlchemy, Alembic, llama.cpp, the
+    API, the model) took 0.1 to 0.3 s a run. They live as long as the process, so they are
+    frozen (gc.freeze) and the collections skip them. What the load left as garbage is collected
+    first: nothing dead is frozen."""
     rt.wait_loaded()
     if then is not None:
         try:
