@@ -4,7 +4,7 @@ On a CPU the package's `forward_one` reads every weight matrix once per token th
 matrix-vector product, and pays torch's per-op overhead (hundreds of small ops a token) each time.
 Decoding the next token of B chats (or B versions of one reply) as [B, C] @ [C, C] products reads
 the weights once for all of them and pays the overhead once, so a step of 8 costs far less than
-8 steps of 1 (on the 0.1B shape here, one thread, fp32: 1.6 to 1.9 times one step). The math is
+8 steps of 1 (on the 0.1B shape here, one thread, fp32: 1.6 to 2.1 times one step). The math is
 the package's (rwkv 0.8.32, `RWKV_x070.forward_one`, `RWKV_x070_TMix_one`, `RWKV_x070_CMix_one`)
 with a leading batch dimension: norms and products are per sequence, so each sequence's logits
 match the package's own within float rounding (the tests hold them to 1e-4).
