@@ -42,6 +42,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.api": FOUNDATION
     | {"core.auth", "core.runtime", "core.chat", "core.engine", "core.prompt", "core.store"}
     | {"core.avatars", "core.cards", "core.chat_io", "core.backends"},
+    # the API as one route of the app's server, imported (lazily) before the API itself
+    "core.api_mount": {"core.api"},
 }
 
 
