@@ -23,8 +23,11 @@ Prints one JSON object with a section per model:
 Every figure is the best of `--rounds` runs after a short warm-up run (WARM_TOKENS tokens a
 reply); the configurations take turns within a round, so each meets the same spells of load
 from other work on the machine. Prompts are cached by the warm-up: the figures are decode
-speeds, with what ends a reply (the engine feeds a finished reply's closed form to checkpoint
-it: on the rwkv package one sequence at a time, 40 tokens of each chat).
+speeds, from a reply's first token to its last. The checkpoint a reply leaves (its closed form
+fed after it ends, when the sampled tokens are not exactly the stored text's: on these random
+weights, half the replies, 40 tokens each) is made on the model thread after the reply, as in
+the app while its user reads and types: each run waits for the last run's (`Engine.settle`)
+before its clock starts.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def _params(tokens: int, seed: int) -> SamplingParams:
 
 def chats_at_once(engine: Engine, k: int, tokens: int) -> dict[str, float]:
     """k chats replying at once, one thread each: total and per-chat tokens/s."""
+    engine.settle()  # the last run's reply checkpoints are made before the clock starts
     replies = [
         engine.reply(ctx, hist, Message("char"), _params(tokens, 100 + i))
         for i, (ctx, hist) in enumerate(CHATS[:k])
@@ -108,6 +112,7 @@ def chats_at_once(engine: Engine, k: int, tokens: int) -> dict[str, float]:
 def versions_s(engine: Engine, n: int, tokens: int) -> float:
     """Seconds for n versions of one reply at once (prompt cached)."""
     ctx, hist = CHATS[0]
+    engine.settle()
     t0 = time.perf_counter()
     consume_together(engine.reply_versions(ctx, hist, Message("char"), _params(tokens, 7), n))
     return time.perf_counter() - t0

@@ -18,7 +18,9 @@ two replies' decode steps run in one batched forward pass (core/engine/batch.py)
 `together_vs_alone` should approach 2 (goal: at least 1.6) and `each_vs_alone` 1. Where steps
 take turns (the rwkv back end on RWKV-4/5/6), `together_vs_alone` is near 1 and `each_vs_alone`
 near 0.5. Read the two together: one reply waiting for the other to finish would give
-`together_vs_alone` near 1 but `each_vs_alone` near 1.
+`together_vs_alone` near 1 but `each_vs_alone` near 1. A reply's checkpoint is made on the model
+thread after the reply ends (as in the app while its user reads); each timed run waits for the
+last run's first (`Engine.settle`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Sessions:
     """Two chats in one store, served by one ChatService over one engine."""
 
     def __init__(self, engine: Engine, data_dir: Path) -> None:
+        self.engine = engine
         import os
 
         os.environ["RP_DATA_DIR"] = str(data_dir)
@@ -91,9 +94,11 @@ class Sessions:
             self.convs.append(conv.id)
         self.first = [True, True]
 
-    def reply(self, i: int, params: SamplingParams) -> dict[str, Any]:
+    def reply(self, i: int, params: SamplingParams, together: bool = False) -> dict[str, Any]:
         """One reply in session i's chat (the first a new message, then versions of it)."""
         conv = self.convs[i]
+        if not together:
+            self.engine.settle()  # the last reply's checkpoint, made while its user reads
         t0 = time.perf_counter()
         turn = self.chat.reply(conv, "new" if self.first[i] else "regen", params=params)
         self.first[i] = False
@@ -119,9 +124,10 @@ def _together(sessions: Sessions, params: SamplingParams) -> dict[str, Any]:
 
     def run(i: int) -> None:
         start.wait()
-        out[i] = sessions.reply(i, params)
+        out[i] = sessions.reply(i, params, together=True)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+    sessions.engine.settle()  # the last replies' checkpoints, made while their users read
     t0 = time.perf_counter()
     for t in threads:
         t.start()

@@ -16,10 +16,12 @@ rest. A finished reply's checkpoint is rebuilt from its stored text, never from 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from core.backends.base import Backend, ModelInfo, State
-from core.backends.model_thread import OnModelThread, on_model_thread
+from core.backends.model_thread import OnModelThread, is_model_thread, on_model_thread, submit
 from core.engine.batch import Batcher
 from core.engine.sampler import Penalties, SamplingParams, sample
 from core.engine.state_cache import Checkpoint, StateCache, chain_key, root_key
@@ -41,6 +43,8 @@ from core.prompt import (
     normalize,
     speaker_name,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,6 +182,9 @@ class Engine:
         self._raw_lock = threading.Lock()
         # every forward pass goes through the batcher: concurrent generations share each pass
         self._batcher = Batcher(backend)
+        # checkpoints of replies that have ended, being made on the model thread
+        self._records: list[Future[None]] = []
+        self._records_lock = threading.Lock()
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -186,9 +193,11 @@ class Engine:
         return self._active > 0
 
     def cache_stats(self) -> dict[str, Any]:
+        self.settle()
         return self.cache.stats()
 
     def clear_cache(self) -> None:
+        self.settle()
         self.cache.clear()
 
     def set_cache_budget(self, mem_mb: float, disk_mb: float) -> None:
@@ -196,11 +205,42 @@ class Engine:
 
     def flush(self) -> None:
         """Wait for checkpoints on their way to disk (before a planned restart, in tests)."""
+        self.settle()
         self.cache.flush()
 
     def close(self) -> None:
+        self.settle()
         self.cache.flush()
         self.backend.close()
+
+    # ------------------------------------------------------------------ after a reply
+    def _later(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` on the model thread after what is queued there, without waiting
+        for it (a reply's checkpoint: `_generate`). A failure is logged: the reply it follows
+        has been shown and is saved whatever happens here."""
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception:
+                log.warning("a reply's checkpoint could not be made", exc_info=True)
+
+        fut = submit(run)
+        with self._records_lock:
+            self._records = [f for f in self._records if not f.done()] + [fut]
+
+    def settle(self) -> None:
+        """Wait for the checkpoints of replies that have ended: anything that reads the cache
+        calls this first, so a next turn finds the checkpoint its reply left. On the model
+        thread there is nothing to wait for that could be waited for (jobs run in turn)."""
+        if is_model_thread():
+            return
+        with self._records_lock:
+            pending = list(self._records)  # (left in the list: other threads wait for them too)
+        for f in pending:
+            f.result()
+        with self._records_lock:
+            self._records = [f for f in self._records if not f.done()]
 
     # ------------------------------------------------------------------ prompt building
     def _tokens(self, text: str) -> list[int]:
@@ -272,6 +312,7 @@ class Engine:
 
     def _restore(self, prompt: _Prompt, upto: int | None = None) -> tuple[Checkpoint, int]:
         """The longest cached prefix among chunks[:upto]: (checkpoint, chunks covered)."""
+        self.settle()
         end = len(prompt.chunks) if upto is None else upto
         for i in range(end - 1, -1, -1):
             cp = self.cache.get(prompt.chunks[i].key)
@@ -462,8 +503,12 @@ class Engine:
             if continue_last:
                 res.text = normalize(history[-1].text + res.text)
             if res.text and run.start is not None:
-                self._record_reply(
-                    ctx, history, speaker, res.text, continue_last, run.start, run.fed, run.state
+                # the reply has been shown: its checkpoint is made after it, on the model
+                # thread, before anything later reads the cache (`settle`)
+                self._later(
+                    self._record_reply,
+                    *(ctx, history, speaker, res.text, continue_last, run.start),
+                    *(run.fed, run.state),
                 )
             holder.append(res)
             if on_finish is not None:

@@ -127,6 +127,7 @@ def check_api_invariant(backend: Any, ops: list[tuple], tol: float = 1e-4) -> No
             # the state the next chat completion starts from
             nxt = mapped([*msgs, {"role": "user", "name": "Bob", "content": "next?"}])
             key = eng.prompt_text(nxt.ctx, nxt.history, nxt.speaker)
+            eng.settle()  # a reply's checkpoint is made after it ends: not this feed's tokens
             before = counted.fed
             cached, _ = eng.state_for(nxt.ctx, nxt.history, nxt.speaker)
             if kept:  # after a kept reply: only the new message and the reply's header

@@ -319,6 +319,7 @@ def check_invariant(
                 want.mem.clear()
             prompt = want.chunks(ctx, hist, Message("char"))
             bounds = want.bounds(prompt)
+            eng.settle()  # a reply's checkpoint is made after it ends: not this feed's tokens
             before = counted.fed
             cached, _ = eng.state_for(ctx, hist, Message("char"))
             fed = counted.fed - before
