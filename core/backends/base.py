@@ -13,10 +13,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from core.errors import ModelError
+
 if TYPE_CHECKING:
     from core.prompt.base import PromptFormat
 
 State = Any  # opaque to callers: a list of tensors (rwkv) or a llama.cpp sequence snapshot
+
+
+class BatchItemError(ModelError):
+    """One item of `forward_batch` failed its checks (nothing was decoded): `index` says which."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
 
 
 @dataclass

@@ -42,7 +42,7 @@ import gguf
 import llama_cpp as L
 import numpy as np
 
-from core.backends.base import Backend, ModelInfo, file_identity
+from core.backends.base import Backend, BatchItemError, ModelInfo, file_identity
 from core.backends.gguf_file import RWKV_ARCHS, GGUFSummary, check_gguf
 from core.backends.threads import resolve_threads
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer, world_tokenizer
@@ -53,15 +53,6 @@ from core.prompt.chatml import IM_END, IM_START, MARKERS, ChatMLFormat
 N_SEQ_RECURRENT = 8  # sequences of a recurrent model: generations decoded in one batch
 N_SEQ_TRANSFORMER = 16  # sequences of a transformer: live states, two per batched generation
 BatchItem = tuple[list[int], "LlamaState", bool]  # tokens, state, consume
-
-
-class BatchItemError(ModelError):
-    """One item of `forward_batch` failed its checks (nothing was decoded): `index` says which."""
-
-    def __init__(self, index: int, error: Exception) -> None:
-        super().__init__(str(error))
-        self.index = index
-        self.error = error
 
 
 _STATE_MAGIC = b"LLST"

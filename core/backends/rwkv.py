@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.backends.base import Backend, ModelInfo, file_identity
+from core.backends.base import Backend, BatchItemError, ModelInfo, file_identity
 from core.backends.rwkv7_batch import Rwkv7Batch
 from core.backends.threads import resolve_threads
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, world_tokenizer
@@ -324,8 +324,6 @@ class RwkvBackend(Backend):
         for i, (tokens, state, _consume) in enumerate(items):
             problem = self._check_item(tokens, state)
             if problem is not None:
-                from core.backends.llama import BatchItemError  # the contract's one error class
-
                 raise BatchItemError(i, problem)
         out: list[tuple[np.ndarray, list[torch.Tensor]] | None] = [None] * len(items)
         steps = [i for i, (tokens, _, _) in enumerate(items) if len(tokens) == 1]

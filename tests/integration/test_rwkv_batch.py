@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.backends.llama import BatchItemError
+from core.backends.base import BatchItemError
 from core.backends.rwkv import MAX_BATCH_V7, RwkvBackend
 from core.backends.rwkv7_batch import Rwkv7Batch
 from core.engine import Engine
