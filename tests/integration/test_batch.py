@@ -9,7 +9,6 @@ until they have all asked for their first pass."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,33 +18,18 @@ import pytest
 
 from core.backends.embedded import embedded_model_path, missing_message
 from core.backends.llama import LlamaBackend
-from core.backends.model_thread import submit
 from core.convert import convert
 from core.engine import Engine
 from core.engine.batch import consume_together
 from core.engine.engine import version_seed
 from core.engine.sampler import SamplingParams
-from core.prompt import CharacterContext, Message
+from core.prompt import Message
+from tests.support.batching import CHATS, HeldModel
 from tests.support.required import unavailable
 
 P = SamplingParams(
     temperature=1.0, top_p=0.9, presence_penalty=0.0, frequency_penalty=0.0, max_tokens=24
 )
-CHATS = [
-    (
-        CharacterContext(name=name, user_name="Bob", persona=f"{name} is {what}."),
-        [
-            Message("char", f"Hello, I am {name}."),
-            Message("user", f"Tell me about {topic}, please."),
-        ],
-    )
-    for name, what, topic in (
-        ("Alice", "a cheerful cat", "fish"),
-        ("Mira", "a lighthouse keeper", "storms"),
-        ("Pip", "a chatty robot", "gardens"),
-        ("Rook", "a grumpy crow", "shiny things"),
-    )
-]
 
 
 @pytest.fixture(scope="module")
@@ -71,24 +55,6 @@ def _alone(engine: Engine, i: int, seed: int, **kw: Any) -> tuple[str, int]:
     ctx, hist = CHATS[i]
     res = engine.reply(ctx, hist, Message("char"), _params(seed, **kw)).consume()
     return res.text, res.new_tokens
-
-
-class HeldModel:
-    """Holds the model thread busy until `n` jobs wait in the batcher, so they share a pass."""
-
-    def __init__(self, engine: Engine, n: int) -> None:
-        self.engine, self.n = engine, n
-        self.go = threading.Event()
-        self.fut = submit(self.go.wait, 30)
-
-    def release_when_queued(self) -> None:
-        b = self.engine._batcher
-        for _ in range(3000):  # polls, not a timing assert: up to 30 s for the threads
-            if len(b._jobs) >= self.n:
-                break
-            time.sleep(0.01)
-        self.go.set()
-        self.fut.result()
 
 
 def _together(engine: Engine, calls: list[Callable[[], Any]]) -> list[Any]:

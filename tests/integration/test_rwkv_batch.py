@@ -23,7 +23,7 @@ from core.engine.engine import version_seed
 from core.engine.sampler import SamplingParams
 from core.errors import ModelError
 from core.prompt import Message
-from tests.integration.test_batch import CHATS, HeldModel
+from tests.support.batching import CHATS, HeldModel
 
 WORDS = ("cat", "sea", "moon", "storm", "bread", "lamp", "fox", "river")
 STEPS = 24  # decode steps after each prompt

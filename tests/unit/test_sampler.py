@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.engine.sampler import PRESETS, Penalties, SamplingParams, nucleus_threshold, sample
+from core.engine.sampler import (
+    PRESETS,
+    Penalties,
+    SamplingParams,
+    first_reaching,
+    nucleus_threshold,
+    sample,
+)
 
 
 def _probs(seed: int = 0, n: int = 65536, scale: float = 2.0) -> np.ndarray:
@@ -113,3 +120,22 @@ def test_params_from_stale_dict_and_clamped() -> None:
     p = SamplingParams.from_dict({"temperature": 9, "top_p": 2, "unknown": 1, "max_tokens": 0})
     v = p.validated()
     assert (v.temperature, v.top_p, v.max_tokens) == (5.0, 1.0, 1)
+
+
+def _sorted_threshold(p: np.ndarray, top_p: float) -> float:
+    """The nucleus threshold by a sort of the whole vocabulary (as it was computed before)."""
+    asc = np.sort(p)
+    return float(asc[first_reaching(asc, float(asc.sum(dtype=np.float64)) * (1.0 - top_p))])
+
+
+@pytest.mark.parametrize("scale", [0.5, 2.0, 8.0, 20.0])  # flat (random weights) to peaked
+@pytest.mark.parametrize("top_p", [0.0, 0.05, 0.3, 0.9, 0.999])
+def test_nucleus_sorting_only_candidates_equals_sorting_everything(
+    scale: float, top_p: float
+) -> None:
+    rng = np.random.default_rng(int(scale * 1000 + top_p * 100))
+    for _ in range(20):
+        x = rng.standard_normal(65536) * scale
+        p = np.exp(x - x.max()).astype(np.float32)
+        p /= p.sum()
+        assert nucleus_threshold(p, top_p) == _sorted_threshold(p, top_p)
