@@ -9,7 +9,9 @@ The queue also serialises the calls, which keeps the states of concurrent chats 
 
 from __future__ import annotations
 
+import atexit
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -19,6 +21,7 @@ _T = TypeVar("_T")
 _jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]] = (
     queue.SimpleQueue()
 )
+_closed = False  # set at exit (`_drain`): nothing more is queued
 
 
 def _run(fn: Callable[..., Any], args: tuple[Any, ...], fut: Future[Any]) -> None:
@@ -47,8 +50,12 @@ def run_pending() -> None:
 
 
 def submit(fn: Callable[..., _T], *args: Any) -> Future[_T]:
-    """Queue `fn(*args)` for the model thread without waiting for it."""
+    """Queue `fn(*args)` for the model thread without waiting for it. While the interpreter
+    shuts down nothing is queued (the future fails at once): see `_drain`."""
     fut: Future[_T] = Future()
+    if _closed or sys.is_finalizing():
+        fut.set_exception(RuntimeError("the process is exiting: no more model calls"))
+        return fut
     _jobs.put((fn, args, fut))
     return fut
 
@@ -67,9 +74,22 @@ def on_model_thread(fn: Callable[..., _T], *args: Any) -> _T:
     """Run `fn(*args)` on the model thread and wait for it (at once when already there)."""
     if threading.current_thread() is _model_thread:
         return fn(*args)
-    fut: Future[_T] = Future()
-    _jobs.put((fn, args, fut))
-    return fut.result()
+    return submit(fn, *args).result()
+
+
+@atexit.register
+def _drain() -> None:
+    """At exit, let the model thread finish what is queued (a reply's checkpoint, say), then
+    queue nothing more. A model call still running when the interpreter shuts down (one queued
+    by a generator that the final collection closes, for instance) is torn down inside torch's
+    C++ frames, which aborts the process ("terminate called without an active exception")."""
+    global _closed
+    if _model_thread.is_alive() and not is_model_thread():
+        try:
+            submit(lambda: None).result(timeout=60)
+        except Exception:  # a stuck model: exit anyway
+            pass
+    _closed = True
 
 
 class OnModelThread:

@@ -238,7 +238,7 @@ class Engine:
         with self._records_lock:
             pending = list(self._records)  # (left in the list: other threads wait for them too)
         for f in pending:
-            f.result()
+            f.exception()  # waits; a failure was logged where it happened
         with self._records_lock:
             self._records = [f for f in self._records if not f.done()]
 

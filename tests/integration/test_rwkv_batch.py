@@ -256,3 +256,40 @@ def test_versions_from_one_state_each_equal_its_alone_run(engine) -> None:
     assert [r.text for r in results] == solo and len(set(solo)) == 3
     assert sum(r.fed_tokens for r in results) == results[0].prompt_tokens  # fed once
     assert engine._batcher.batched - before >= 3 * 10
+
+
+EXITS_CLEANLY = """
+import sys
+from core.backends.rwkv import RwkvBackend
+from core.engine import Engine
+from core.engine.batch import consume_together
+from core.engine.sampler import SamplingParams
+from core.prompt import CharacterContext, Message
+
+eng = Engine(RwkvBackend(sys.argv[1], "cpu fp32"), cache_dir=None)
+ctx, hist = CharacterContext(name="Ada"), [Message("user", "Hello there!")]
+params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=8, seed=1)
+replies = eng.reply_versions(ctx, hist, Message("char"), params, 3)
+print(len(consume_together(replies)), flush=True)
+"""  # ends at once: the replies' checkpoints may still be queued on the model thread
+
+
+def test_a_process_exits_cleanly_right_after_batched_replies(tiny_models) -> None:
+    """A process that ends while the model thread still has replies' checkpoints to make must
+    finish them and exit with 0: a model call torn down inside torch during the interpreter's
+    shutdown aborts it ("terminate called without an active exception", exit 134), which the
+    command-line tools and a stopped server would show."""
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    done = subprocess.run(
+        [sys.executable, "-c", EXITS_CLEANLY, str(tiny_models(7))],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "3"
