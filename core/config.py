@@ -26,6 +26,14 @@ def data_dir() -> Path:
     return path.resolve()
 
 
+def default_url(data: Path | None = None) -> str:
+    """The database: `$RP_DB_URL` if set, else the SQLite file `app.db` in the data directory
+    (`data`, by default `data_dir()`). Here, not in core.store, so that the server can name it
+    before it imports SQLAlchemy (core/runtime.py)."""
+    env = os.environ.get("RP_DB_URL", "").strip()
+    return env or f"sqlite:///{(data if data is not None else data_dir()) / 'app.db'}"
+
+
 def make_private(root: Path | None = None) -> None:
     """Take group and other access away from the data directory and everything below it (0700
     folders, 0600 files): chats, checkpoints and avatars that an older version or a loose umask

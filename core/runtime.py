@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.cli_args import cli_args, resolve_model_path
-from core.config import data_dir
+from core.config import data_dir, default_url
 from core.errors import AppError, ModelError
 
 if TYPE_CHECKING:
@@ -98,12 +98,6 @@ class ModelChoice:
 EngineKey = tuple[str, str, str, bool, bool, str]  # a choice's key and the data directory
 
 
-def _default_url(data: Path) -> str:
-    """core.store.default_url() of the data directory `data`, without importing the store:
-    SQLAlchemy's import is left to the loading thread, not done before the server answers."""
-    return os.environ.get("RP_DB_URL", "").strip() or f"sqlite:///{data / 'app.db'}"
-
-
 @dataclass
 class _Loaded:
     """The one model of the process. `lock` guards the two fields and is held only to read or
@@ -124,7 +118,7 @@ class Runtime:
 
     def __init__(self, data: Path, db_url: str = "") -> None:
         self.data = data
-        self.db_url = db_url or _default_url(data)
+        self.db_url = db_url or default_url(data)  # (no store import)
         self._store: Store | None = None
         self._store_lock = threading.Lock()
         self.override: ModelChoice | None = None  # chosen in Settings (or the API) this run

@@ -5,8 +5,9 @@ the engine and the Alembic migrations (`migrations/`, append-only), `store` the 
 short transaction per method. The store knows nothing of models, prompts or card formats.
 """
 
+from core.config import default_url
 from core.errors import StoreError
-from core.store.database import db_revision, default_url, known_revisions, make_engine, upgrade_db
+from core.store.database import db_revision, known_revisions, make_engine, upgrade_db
 from core.store.models import (
     AppSetting,
     Character,

@@ -7,7 +7,6 @@ the model's loading thread, while the browser loads the page."""
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,6 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from sqlalchemy.pool import StaticPool
 from sqlmodel import create_engine
 
-from core.config import data_dir
 from core.errors import StoreError
 from core.store.validation import json_dumps
 
@@ -41,12 +39,6 @@ def store_error(e: SQLAlchemyError) -> StoreError:
     if isinstance(e, OperationalError) and "locked" in text:
         return StoreError("The database is busy (another program is writing to it). Try again.")
     return StoreError(f"Database error: {text}")
-
-
-def default_url() -> str:
-    """`$RP_DB_URL` if set, else the SQLite file `data_dir()/app.db`."""
-    env = os.environ.get("RP_DB_URL", "").strip()
-    return env or f"sqlite:///{data_dir() / 'app.db'}"
 
 
 def make_engine(url: str) -> Engine:

@@ -25,8 +25,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, select
 
 from core import avatars
+from core.config import default_url
 from core.errors import StoreError
-from core.store.database import IMMEDIATE, default_url, make_engine, store_error, upgrade_db
+from core.store.database import IMMEDIATE, make_engine, store_error, upgrade_db
 from core.store.models import (
     ROLES,
     AppSetting,

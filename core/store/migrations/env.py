@@ -29,7 +29,8 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from core.store.database import default_url, make_engine
+    from core.config import default_url
+    from core.store.database import make_engine
 
     engine = make_engine(config.get_main_option("sqlalchemy.url") or default_url())
     with engine.connect() as conn:
