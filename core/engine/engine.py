@@ -507,8 +507,14 @@ class Engine:
                 # thread, before anything later reads the cache (`settle`)
                 self._later(
                     self._record_reply,
-                    *(ctx, history, speaker, res.text, continue_last, run.start),
-                    *(run.fed, run.state),
+                    ctx,
+                    history,
+                    speaker,
+                    res.text,
+                    continue_last,
+                    run.start,
+                    run.fed,
+                    run.state,
                 )
             holder.append(res)
             if on_finish is not None:
