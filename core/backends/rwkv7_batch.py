@@ -3,8 +3,9 @@
 On a CPU the package's `forward_one` reads every weight matrix once per token through a
 matrix-vector product, and pays torch's per-op overhead (hundreds of small ops a token) each time.
 Decoding the next token of B chats (or B versions of one reply) as [B, C] @ [C, C] products reads
-the weights once for all of them and pays the overhead once, so a step of 8 costs far less than
-8 steps of 1 (on the 0.1B shape here, one thread, fp32: 1.6 to 2.1 times one step). The math is
+the weights once for all of them and pays the overhead once (on the 0.1B shape here, one thread,
+fp32: a step of 2 or 4 costs about what the package's step of one costs, a step of 8 about 1.7
+times that). The math is
 the package's (rwkv 0.8.32, `RWKV_x070.forward_one`, `RWKV_x070_TMix_one`, `RWKV_x070_CMix_one`)
 with a leading batch dimension: norms and products are per sequence, so each sequence's logits
 match the package's own within float rounding (the tests hold them to 1e-4).
@@ -16,11 +17,17 @@ input states are never changed.
 
 The products: torch's fp32 `x @ W` goes to MKL, whose kernels for a few rows are slow on some
 CPUs (on this project's AMD EPYC, 8 rows of the 0.1B model's head cost 5 times one row, where
-they read the same weights). oneDNN's fp32 kernel does the same 8 rows for about 2.5 times MKL's
-one row, but wants the weight as [out, in], the transpose of the package's layout. So on a CPU in
-fp32 the step keeps its own [out, in] copy of the large matrices (head first, then the layers',
-up to PACK_LIMIT_BYTES), made at the first batched step: a chat alone never pays for it. bf16
-products already go to oneDNN and need no copy.
+they read the same weights). oneDNN multiplies a few rows at the cost of reading the weight once,
+but only with the weight in its own blocked layout (`_reorder_linear_weight`, laid out for
+PACK_BATCH rows; any count runs on it): there, 8 rows of the head cost about what one row costs
+through MKL, where the plain [out, in] transpose still cost twice that. So on a CPU in fp32 the
+step keeps its own blocked copy of the large matrices (head first, then the layers', up to
+PACK_LIMIT_BYTES), made at the first batched step: a chat alone never pays for it. Two rows
+are padded to PAD_ROWS: oneDNN's kernel for two rows was slower here than its kernel for four.
+bf16 products already go to oneDNN and need no copy.
+
+The state's two matrix-vector products (state @ kk, state @ r) are written as a product and a
+sum over the last axis: bmm's path for one column cost 4 times that here.
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
-PACK_LIMIT_BYTES = 2 << 30  # fp32 matrices copied to [out, in] for oneDNN (a 0.4B model's all)
+PACK_LIMIT_BYTES = 2 << 30  # fp32 matrices copied for oneDNN (a 0.4B model's all)
+PACK_BATCH = 8  # the rows oneDNN lays the copies out for (any count runs; see the module's doc)
+PAD_ROWS = 4  # fewer rows are padded with zeros to this many (oneDNN's kernel for 2 is slow)
 _MATRICES = (
     "att.receptance.weight",
     "att.key.weight",
@@ -56,15 +65,16 @@ class Rwkv7Batch:
         # per layer, the weights in the order the step uses them (one dict lookup per load)
         self.layers = [self._layer(i) for i in range(self.n_layer)]
         self.head: Tensor = self.z["head.weight"]  # [C, V]
-        self._packed: dict[int, Tensor] | None = None  # id of a package matrix -> [out, in]
+        self._packed: dict[int, Tensor] | None = None  # id of a package matrix -> blocked copy
 
     def _pack(self) -> dict[int, Tensor]:
-        """[out, in] copies of the large fp32 matrices for oneDNN (see the module's doc)."""
+        """oneDNN's blocked copies of the large fp32 matrices (see the module's doc)."""
         if (
             self.dtype != torch.float32
             or self.device.type != "cpu"
             or not torch.backends.mkldnn.is_available()
             or not hasattr(torch.ops.mkldnn, "_linear_pointwise")  # private: gone in some build
+            or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         ):
             return {}
         packed: dict[int, Tensor] = {}
@@ -73,17 +83,20 @@ class Rwkv7Batch:
             size = w.numel() * w.element_size()
             if used + size > PACK_LIMIT_BYTES:
                 break
-            packed[id(w)] = w.t().contiguous()
+            packed[id(w)] = torch.ops.mkldnn._reorder_linear_weight(w.t().contiguous(), PACK_BATCH)
             used += size
         return packed
 
     def _mm(self, x: Tensor, w: Tensor) -> Tensor:
-        """x [B, in] @ w [in, out] -> [B, out], through oneDNN when w has a packed copy."""
+        """x [B, in] @ w [in, out] -> [B, out], through oneDNN when w has a blocked copy."""
         assert self._packed is not None
         wt = self._packed.get(id(w))
         if wt is None:
             return x @ w
-        return torch.ops.mkldnn._linear_pointwise(x, wt, None, "none", [], "")
+        n = x.shape[0]
+        if n < PAD_ROWS:
+            x = torch.cat((x, x.new_zeros(PAD_ROWS - n, x.shape[1])))
+        return torch.ops.mkldnn._linear_pointwise(x, wt, None, "none", [], "")[:n]
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -170,12 +183,13 @@ class Rwkv7Batch:
         # the package's `state*w + state @ ab + vk`, with ab = (-kk) (kk*a)^T and vk = v k^T
         # both of rank one: state @ ab = (state @ -kk) (kk*a)^T, so the update is one rank-2
         # product added to the decayed state (N^2 work a head instead of the N^3 of state @ ab)
-        sa = state @ (-kk).float().view(B, H, N, 1)  # [B, H, N, 1]
+        # (state * u).sum(-1) is state @ u: 4 times faster here than bmm's matrix-vector path
+        sa = (state * (-kk).float().view(B, H, 1, N)).sum(-1, keepdim=True)  # [B, H, N, 1]
         left = torch.cat((sa, v.float().view(B, H, N, 1)), dim=-1)  # [B, H, N, 2]
         right = torch.cat(((kk * a).float().view(B, H, 1, N), k.float().view(B, H, 1, N)), -2)
         state = state * decay.view(B, H, 1, N)  # [B, H, N, N], a tensor of this step's own
         state.view(B * H, N, N).baddbmm_(left.view(B * H, N, 2), right.view(B * H, 2, N))
-        out = state.to(dtype=x.dtype) @ r.view(B, H, N, 1)  # [B, H, N, 1]
+        out = (state.to(dtype=x.dtype) * r.view(B, H, 1, N)).sum(-1, keepdim=True)  # [B, H, N, 1]
 
         out = F.group_norm(
             out.view(B, H * N),
