@@ -212,11 +212,46 @@ def nucleus_threshold(probs: np.ndarray, top_p: float) -> float:
     total = float(probs.sum(dtype=np.float64))
     low = total * (1.0 - top_p)  # the low tail's mass that top-p drops
     cand = _candidates(probs, total - low)
+    below = total - float(cand.sum(dtype=np.float64))  # mass outside the candidates
+    if cand.size >= _BRACKET_MIN:
+        cut = _bracketed(cand, low - below)
+        if cut is not None:
+            return cut
     # drop the low tail whose mass stays at or below `low`: the first entry that takes the
     # running sum past it is the smallest kept (the tokens outside `cand` are all in that tail)
     asc = np.sort(cand)  # [m] ascending
-    below = total - float(asc.sum(dtype=np.float64))  # mass outside the candidates
     return float(asc[first_reaching(asc, low - below)])
+
+
+_BRACKET_MIN = 8192  # candidates from which `_bracketed` is tried before a full sort
+_SAMPLE = 1024  # probabilities in `_bracketed`'s sample
+_MARGIN = 24  # sample entries each side of the estimated crossing (about 5 % of all values)
+
+
+def _bracketed(values: np.ndarray, target: float) -> float | None:
+    """`sort(values)[first_reaching(sort(values), target)]` without sorting everything (None
+    when the guess below misses; the caller sorts then).
+
+    A flat distribution (random weights) keeps most of the vocabulary in its nucleus, and a
+    sort of all 65536 costs ~1.5 ms. A sorted sample of every m-th value estimates where the
+    running mass crosses `target`; two sample values a margin either side bracket it. Every
+    value below the bracket comes before it in the sorted order, so only the values inside are
+    sorted: if the mass below stays at or under `target` and the bracket's own mass takes it
+    past, the crossing is inside, at the same value a full sort finds."""
+    step = max(1, values.size // _SAMPLE)
+    sample = np.sort(values[::step])  # [s] ascending
+    est = np.cumsum(sample, dtype=np.float64) * step  # estimated mass up to each sample value
+    i = int(np.searchsorted(est, target, side="right"))
+    lo = float(sample[i - _MARGIN]) if i - _MARGIN >= 0 else -np.inf
+    hi = float(sample[i + _MARGIN]) if i + _MARGIN < sample.size else np.inf
+    under = values < lo
+    mass_under = float((values * under).sum(dtype=np.float64))  # all before the bracket
+    if mass_under > target:
+        return None
+    inside = np.sort(values[(values >= lo) & (values < hi)])  # [k] ascending
+    if inside.size == 0 or mass_under + float(inside.sum(dtype=np.float64)) <= target:
+        return None
+    return float(inside[first_reaching(inside, target - mass_under)])
 
 
 def _candidates(probs: np.ndarray, mass: float) -> np.ndarray:
