@@ -9,6 +9,7 @@ from core.engine.sampler import (
     PRESETS,
     Penalties,
     SamplingParams,
+    _bracketed,
     first_reaching,
     nucleus_threshold,
     sample,
@@ -139,3 +140,33 @@ def test_nucleus_sorting_only_candidates_equals_sorting_everything(
         p = np.exp(x - x.max()).astype(np.float32)
         p /= p.sum()
         assert nucleus_threshold(p, top_p) == _sorted_threshold(p, top_p)
+
+
+def test_nucleus_bracket_that_misses_falls_back_to_the_full_sort() -> None:
+    # a flat distribution but for one token in 64, none of which the stride sample sees: the
+    # bracket guessed from the sample misses, and the full sort decides
+    p = np.full(65536, 1.0, np.float32)
+    p[1::64] = 50.0
+    p /= p.sum()
+    missed = 0
+    for top_p in (0.3, 0.6, 0.9, 0.99):
+        cut = _bracketed(p, float(p.sum(dtype=np.float64)) * (1.0 - top_p))
+        missed += cut is None
+        assert cut in (None, _sorted_threshold(p, top_p))
+        assert nucleus_threshold(p, top_p) == _sorted_threshold(p, top_p)
+    assert missed >= 2
+
+
+def test_nucleus_bracket_that_hits_is_the_full_sorts_crossing() -> None:
+    rng = np.random.default_rng(5)
+    hits = 0
+    for _ in range(60):
+        x = rng.standard_normal(65536) * rng.uniform(0.2, 1.5)
+        p = np.exp(x - x.max()).astype(np.float32)
+        p /= p.sum()
+        top_p = float(rng.uniform(0.05, 0.99))
+        cut = _bracketed(p, float(p.sum(dtype=np.float64)) * (1.0 - top_p))
+        if cut is not None:
+            hits += 1
+            assert cut == _sorted_threshold(p, top_p)
+    assert hits >= 50  # on flat distributions the bracket is what runs, not the sort
