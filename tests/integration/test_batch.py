@@ -133,6 +133,27 @@ def test_forward_batch_logits_and_states_equal_single_sequences(gguf_path) -> No
     assert float(np.abs(both[0][0] - solo[0][1]).max()) < 1e-4
 
 
+def test_a_batch_of_scattered_sequences_runs_in_one_run_of_ids(gguf_path) -> None:
+    """llama.cpp runs a recurrent batch as one pass only over consecutive sequence ids: states
+    decoded in sequences 0, 2 and 4 move into one run, the results are the states' own, and
+    the state that lived in the run's free sequence is saved first and still gives its logits."""
+    b = LlamaBackend(gguf_path)
+    other = LlamaBackend(gguf_path)  # the reference: each state alone, from its bytes
+    states = [
+        b.forward(b.tokenize(f"User: word {w}\n\nAssistant:"), b.initial_state())[1]
+        for w in range(6)
+    ]
+    assert [st.slot for st in states] == list(range(6))
+    expect = [other.forward([7], other.state_from_bytes(b.state_to_bytes(st)))[0] for st in states]
+    res = b.forward_batch([([7], states[j], True) for j in (0, 2, 4)])
+    slots = sorted(st.slot for _, st in res)
+    assert slots == list(range(slots[0], slots[0] + 3))
+    for (lg, _), j in zip(res, (0, 2, 4), strict=True):
+        assert float(np.abs(lg - expect[j]).max()) < 1e-4
+    for j in (1, 3, 5):  # the states not in the batch, wherever they were moved from
+        assert float(np.abs(b.forward([7], states[j])[0] - expect[j]).max()) < 1e-4
+
+
 def test_a_reply_joins_and_another_leaves_mid_batch(engine) -> None:
     long_alone = _alone(engine, 0, 11, max_tokens=30)
     short_alone = _alone(engine, 1, 12, max_tokens=6)
