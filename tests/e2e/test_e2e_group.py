@@ -10,6 +10,7 @@ under CI=true it fails instead."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -66,8 +67,17 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
         page.locator("[role=option]", has_text=option).first.click()
         idle()
 
-    def wait_reply(first: bool = False) -> None:
-        page.wait_for_selector(".st-key-stop_gen", timeout=180_000 if first else 60_000)
+    def reply_after(act: Any, first: bool = False) -> None:
+        """Do `act` (a send, a click) and wait for the reply it starts to end. The Stop button
+        shows while a reply streams, but a short one can come and go between two looks of a
+        loaded machine: a reply saved after `act` counts too."""
+        before = s.list_messages(conv.id)[-1].id
+        act()
+        deadline = time.time() + (180 if first else 60)
+        stop = page.locator(".st-key-stop_gen")
+        while not stop.count() and not ((r := last_reply()) and r.id != before):
+            assert time.time() < deadline, page.inner_text("body")[-1500:]
+            time.sleep(0.2)
         page.wait_for_selector(".st-key-stop_gen", state="detached", timeout=240_000)
         idle()
 
@@ -111,8 +121,7 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
     # a message: Ada answers (in turn after Cyra's greeting), under her name
     box = page.locator("[data-testid=stChatInputTextArea]")
     box.fill("Good morning, crew! What is our status?")
-    box.press("Enter")
-    wait_reply(first=True)
+    reply_after(lambda: box.press("Enter"), first=True)
     reply = _wait_db(last_reply)
     assert reply.name == "Ada" and reply.character_id == ids["Ada"] and reply.text.strip()
     names = page.locator("[data-testid=stChatMessage] [data-testid=stCaptionContainer]")
@@ -121,8 +130,7 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
     # the user picks Ben by hand
     page.locator(".st-key-group_next label", has_text="Ben").click()
     idle()
-    click("generate_next")
-    wait_reply()
+    reply_after(lambda: click("generate_next"))
     reply = _wait_db(lambda: (r := last_reply()) and r.name == "Ben" and r)
     assert reply and reply.character_id == ids["Ben"]
 
