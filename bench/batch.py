@@ -130,7 +130,7 @@ def bare_batch_tok_s(backend: LlamaBackend, k: int, n_tokens: int) -> float:
         for _ in range(k):
             seqs.append(b._take_slot(set(seqs)))
         if k > 1:
-            seqs = b._in_one_run(seqs)  # one pass a step, as the engine's batches run
+            seqs = sorted(b._in_one_run(seqs))  # one pass a step, as the engine's batches run
         bt = b._batch
         toks = [0] * k
         try:
