@@ -100,13 +100,16 @@ class Backend(Protocol):
         return self.forward(tokens, state)
 
     max_batch: int = 1  # sequences `forward_batch` decodes together (1: one at a time)
+    wide_threads: int | None = None  # threads a pass of several one-token steps may use
+    # beside the model's own count (None: that count only); see core/engine/batch.py
 
     def forward_batch(
-        self, items: list[tuple[list[int], State, bool]]
+        self, items: list[tuple[list[int], State, bool]], threads: int | None = None
     ) -> list[tuple[np.ndarray, State]]:
         """Feed several sequences: each item is (tokens, state, consume), done as `advance`
         when consume is true, else as `forward`. A back end that batches (llama.cpp) runs
-        them in one pass; this default runs them one after the other."""
+        them in one pass; this default runs them one after the other. `threads`: the count
+        for a pass of several one-token steps (`wide_threads`), None for the model's own."""
         return [
             self.advance(tokens, state) if consume else self.forward(tokens, state)
             for tokens, state, consume in items

@@ -44,7 +44,7 @@ import numpy as np
 
 from core.backends.base import Backend, BatchItemError, ModelInfo, file_identity
 from core.backends.gguf_file import RWKV_ARCHS, GGUFSummary, check_gguf
-from core.backends.threads import resolve_threads
+from core.backends.threads import resolve_threads, usable_cpus
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer, world_tokenizer
 from core.errors import ModelError
 from core.prompt.base import PromptFormat
@@ -151,6 +151,7 @@ class LlamaBackend(Backend):
         self._ctx: Any = None
         self._batch: Any = None
         self.n_threads = resolve_threads(n_threads)
+        self._auto_threads = not n_threads  # the default count: passes may widen (below)
         mparams = L.llama_model_default_params()
         _log_lines.clear()
         model = L.llama_model_load_from_file(str(p).encode("utf-8"), mparams)
@@ -381,11 +382,22 @@ class LlamaBackend(Backend):
             return ChatMLFormat(self._special.eog_texts)
         return None
 
+    @property
+    def wide_threads(self) -> int | None:
+        """Threads a pass of several one-token steps may use (`forward_batch`'s `threads`):
+        every usable CPU, where the count is the default one and leaves some free; None where
+        the user set a count, or it is every CPU already. A step alone reads the weights at
+        the speed of memory whatever the count; a pass of several is compute-bound in
+        llama.cpp's kernels for a few columns (core/engine/batch.py measures whether it pays)."""
+        n = usable_cpus()
+        return n if self._auto_threads and n > self.n_threads else None
+
     def set_threads(self, n: int | None) -> None:
         """Threads of decoding and prompt feeding from the next call on (None: the default)."""
         with self._lock:
             self._check_open()
             self.n_threads = resolve_threads(n)
+            self._auto_threads = not n
             L.llama_set_n_threads(self._ctx, self.n_threads, self.n_threads)
             self.info.strategy = f"llama.cpp cpu {self.file_type}, {_threads(self.n_threads)}"
             self.info.extra["threads"] = self.n_threads
@@ -559,10 +571,14 @@ class LlamaBackend(Backend):
         except BatchItemError as e:
             raise e.error from None
 
-    def forward_batch(self, items: list[BatchItem]) -> list[tuple[np.ndarray, LlamaState]]:
+    def forward_batch(
+        self, items: list[BatchItem], threads: int | None = None
+    ) -> list[tuple[np.ndarray, LlamaState]]:
         """Feed several sequences in one `llama_decode` call (several, past `n_batch` tokens):
         each item is (tokens, state, consume), as `forward` (consume False) or `advance`
         (consume True). Each item gets a sequence of its own; at most `max_batch` items.
+        `threads`: compute a pass of several one-token steps with that many threads (see
+        `wide_threads`); prompts always run with the model's own count.
 
         A recurrent model keeps one state per sequence (`n_seq_max`), a transformer one range
         of its KV cache. A state already resident in a sequence is decoded there in place
@@ -592,9 +608,22 @@ class LlamaBackend(Backend):
                     dsts.append(dst)
                 if self.recurrent and len(dsts) > 1:
                     dsts = self._in_one_run(dsts)
-                logits = self._decode_many(
-                    [(t, d, st.n_past) for (t, st, _), d in zip(checked, dsts, strict=True)], keep
+                wide = (
+                    threads is not None
+                    and threads != self.n_threads
+                    and len(checked) > 1
+                    and all(len(t) == 1 for t, _, _ in checked)
                 )
+                if wide:  # n_threads_batch: llama.cpp's count for a pass of several tokens
+                    L.llama_set_n_threads(self._ctx, self.n_threads, resolve_threads(threads))
+                try:
+                    logits = self._decode_many(
+                        [(t, d, st.n_past) for (t, st, _), d in zip(checked, dsts, strict=True)],
+                        keep,
+                    )
+                finally:
+                    if wide:
+                        L.llama_set_n_threads(self._ctx, self.n_threads, self.n_threads)
             except BaseException:
                 for d in dsts:
                     self._free_slot(d)

@@ -313,12 +313,14 @@ class RwkvBackend(Backend):
         return logits.float().cpu().numpy(), s
 
     def forward_batch(
-        self, items: list[tuple[list[int], list[torch.Tensor], bool]]
+        self, items: list[tuple[list[int], list[torch.Tensor], bool]], threads: int | None = None
     ) -> list[tuple[np.ndarray, list[torch.Tensor]]]:
         """Feed several sequences (`Backend.forward_batch`). On RWKV-7 the items of one token
         (decode steps) run together in one batched step; items of several tokens (prompt
         chunks) run through the package's own forward, one at a time, in the same call. An
-        item that fails its checks raises BatchItemError before anything ran."""
+        item that fails its checks raises BatchItemError before anything ran. `threads` is
+        ignored: this back end has no `wide_threads` (its batched step met its goals on the
+        model's own count, and torch's thread count is one setting for the whole process)."""
         if len(items) > self.max_batch:
             raise ValueError(f"at most {self.max_batch} sequences in one batch")
         for i, (tokens, state, _consume) in enumerate(items):

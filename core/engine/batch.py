@@ -19,6 +19,15 @@ kernels for 2-3 columns are slower than its one-column kernel; see README "Batch
 batcher learns what a pass of g one-token steps costs on this machine and this model
 (`PassCosts`) and runs, each step, the number of sequences that makes the most tokens a second:
 where batching does not pay, generations take turns as they did before batching existed.
+
+A pass of several steps is compute-bound where a step alone is bound by memory: llama.cpp's
+kernels for 2-8 columns did 3-4 times the work of its one-column kernel per weight read here.
+So a back end may offer more threads for such passes than for a step alone (`wide_threads`:
+every usable CPU, where the app's default leaves half of them free). More threads pay on an idle
+machine (RWKV-7 0.1B f16, 2 cores, 8 sequences: 3.3-3.9 times one sequence's tokens a second
+against 1.7-2.1 with one thread) and lose beside a busy program, whose core one of them then
+waits for (0.7-0.9). `PassCosts` measures both and runs whichever makes more tokens a second
+now, the narrow one when they are close.
 """
 
 from __future__ import annotations
@@ -44,46 +53,57 @@ REPROBE = 256  # every this many passes, one runs as large as it can, to measure
 
 
 class PassCosts:
-    """Seconds a pass of g one-token decode steps takes, learned from the passes run.
+    """Seconds a pass of g one-token decode steps takes, learned from the passes run, for each
+    thread setting (narrow: the model's own; wide: the back end's `wide_threads`).
 
-    Each size keeps a moving average of its passes after the first (the first of a shape also
-    builds llama.cpp's compute graph). `best(n)` measures one sequence first, then n (all that
-    wait) until it is measured `TRUST` times; then it is the measured size up to n with the most
-    tokens a second, preferring the larger within `SLACK` (a pass that carries every stream keeps
-    them in step, and a measurement a little off should not split a batch that pays)."""
+    Each (size, setting) keeps a moving average of its passes after the first (the first of a
+    shape also builds llama.cpp's compute graph). `best(n)` measures one sequence first, then n
+    (all that wait) until it is measured `TRUST` times, narrow then wide; then it is the measured
+    (size up to n, setting) with the most tokens a second, preferring the larger size, then the
+    narrow setting, within `SLACK` (a pass that carries every stream keeps them in step, and a
+    measurement a little off should not split a batch that pays, nor take a core it gains
+    little from)."""
 
     TRUST = 3  # passes of a size (after its first) before its cost is believed
     ALPHA = 0.25  # weight of a new pass in the moving average
     SLACK = 1.1  # a larger size is kept unless it makes 10 % fewer tokens a second
 
     def __init__(self) -> None:
-        self._seen: dict[int, int] = {}  # size -> passes measured (the first included)
-        self._avg: dict[int, float] = {}  # size -> average seconds a pass
+        self._seen: dict[tuple[int, bool], int] = {}  # (size, wide) -> passes measured
+        self._avg: dict[tuple[int, bool], float] = {}  # (size, wide) -> average seconds
 
-    def record(self, size: int, seconds: float) -> None:
-        n = self._seen.get(size, 0)
-        self._seen[size] = n + 1
+    def record(self, size: int, seconds: float, wide: bool = False) -> None:
+        key = (size, wide)
+        n = self._seen.get(key, 0)
+        self._seen[key] = n + 1
         if n == 0:
             return  # the first pass of a size: the compute graph is built, not a fair measure
-        old = self._avg.get(size)
-        self._avg[size] = seconds if old is None else old + self.ALPHA * (seconds - old)
+        old = self._avg.get(key)
+        self._avg[key] = seconds if old is None else old + self.ALPHA * (seconds - old)
 
-    def cost(self, size: int) -> float | None:
+    def cost(self, size: int, wide: bool = False) -> float | None:
         """The believed cost of a pass of `size`, None while it is not measured enough."""
-        return self._avg.get(size) if self._seen.get(size, 0) > self.TRUST else None
+        key = (size, wide)
+        return self._avg.get(key) if self._seen.get(key, 0) > self.TRUST else None
 
-    def best(self, n: int) -> int:
-        """How many of `n` waiting one-token steps to run in one pass."""
+    def best(self, n: int, widen: bool = False) -> tuple[int, bool]:
+        """How many of `n` waiting one-token steps to run in one pass, and whether with the
+        wide thread setting (`widen`: the back end has one)."""
         if n <= 1:
-            return n
-        one = self.cost(1)
-        if one is None:
-            return 1  # what one sequence costs is the measure of every other size
+            return n, False
+        if self.cost(1) is None:
+            return 1, False  # what one sequence costs is the measure of every other size
         if self.cost(n) is None:
-            return n  # not measured enough: tried
-        rate = {g: g / c for g in range(1, n + 1) if (c := self.cost(g))}  # tokens a second
+            return n, False  # not measured enough: tried
+        if widen and self.cost(n, True) is None:
+            return n, True
+        settings = (False, True) if widen else (False,)
+        rate = {  # tokens a second
+            (g, w): g / c for g in range(1, n + 1) for w in settings if (c := self.cost(g, w))
+        }
         top = max(rate.values())
-        return max(g for g, r in rate.items() if r * self.SLACK >= top)
+        fast = [k for k, r in rate.items() if r * self.SLACK >= top]
+        return max(fast, key=lambda k: (k[0], not k[1]))
 
 
 @dataclass(eq=False)
@@ -209,8 +229,20 @@ class Batcher:
             submit(self._drive)
         return job.fut
 
-    def _forward_batch(self, items: list[tuple[list[int], State, bool]]) -> list[Any]:
+    def _wide_threads(self) -> int | None:
+        """The back end's thread count for passes of several steps, None when it has none."""
+        if self.max_batch <= 1:
+            return None
+        n = getattr(self.backend, "wide_threads", None)
+        return n if isinstance(n, int) and n > 0 else None
+
+    def _forward_batch(
+        self, items: list[tuple[list[int], State, bool]], wide: bool = False
+    ) -> list[Any]:
         if self._batched:
+            threads = self._wide_threads() if wide else None
+            if threads is not None:
+                return self.backend.forward_batch(items, threads=threads)
             return self.backend.forward_batch(items)
         b = self.backend
         return [b.advance(t, s) if c else b.forward(t, s) for t, s, c in items]
@@ -227,9 +259,9 @@ class Batcher:
                         self._driving = False
                         return
                     self._wait_for_streams()
-                    jobs = self._pick()
+                    jobs, wide = self._pick()
                     streaming = any(not s.closed for s in self._streams)
-                self._run(jobs, streaming)
+                self._run(jobs, streaming, wide)
                 jobs = []
         except BaseException as e:  # a bug here must fail the callers, never hang them
             with self._cv:
@@ -255,49 +287,59 @@ class Batcher:
                 return
             self._cv.wait(left)
 
-    def _size(self, n: int) -> int:
-        """How many of n jobs to run in the next pass: as many as fit, unless passes of that
-        many cost more here than smaller ones (`PassCosts`); every REPROBE passes, as many as
-        fit, so that a size judged on a bad moment is measured again."""
+    def _plan(self, n: int) -> tuple[int, bool]:
+        """How many of n jobs to run in the next pass, and whether with the wide thread
+        setting: as many as fit, unless passes of that many cost more here than smaller ones
+        (`PassCosts`); every REPROBE passes, as many as fit (wide and narrow in turn), so that
+        a size judged on a bad moment is measured again."""
         n = min(n, self.max_batch)
-        if n <= 1 or not self.learn_sizes or self.steps % REPROBE == REPROBE - 1:
-            return n
-        return self.costs.best(n)
+        if n <= 1 or not self.learn_sizes:
+            return n, False
+        widen = self._wide_threads() is not None
+        if self.steps % REPROBE == REPROBE - 1:
+            return n, widen and (self.steps // REPROBE) % 2 == 0
+        return self.costs.best(n, widen)
 
-    def _pick(self) -> list[_Job]:
-        """Decode steps first, then prompt chunks, in arrival order, up to `_size`."""
+    def _size(self, n: int) -> int:
+        return self._plan(n)[0]
+
+    def _pick(self) -> tuple[list[_Job], bool]:
+        """Decode steps first, then prompt chunks, in arrival order, as `_plan` says."""
         steps = sorted(
             (j for j in self._jobs if j.stream is not None),
             key=lambda j: j.stream.order if j.stream is not None else 0,
         )
         feeds = [j for j in self._jobs if j.stream is None]
-        jobs = (steps + feeds)[: self._size(len(self._jobs))]
+        size, wide = self._plan(len(self._jobs))
+        jobs = (steps + feeds)[:size]
         taken = set(map(id, jobs))
         self._jobs = [j for j in self._jobs if id(j) not in taken]
         for j in jobs:
             if j.stream is not None:
                 j.stream.job = None
-        return jobs
+        return jobs, wide
 
-    def _run(self, jobs: list[_Job], streaming: bool) -> None:
+    def _run(self, jobs: list[_Job], streaming: bool, wide: bool = False) -> None:
         cut = [len(j.tokens) if not streaming else min(len(j.tokens), self.chunk) for j in jobs]
         items = [(j.tokens[:k], j.state, j.consume) for j, k in zip(jobs, cut, strict=True)]
+        steps_only = all(j.stream is not None and n == 1 for j, n in zip(jobs, cut, strict=True))
+        wide = wide and steps_only and len(jobs) > 1  # a prompt's chunk runs on the narrow one
         t0 = time.perf_counter()
         try:
-            out = self._forward_batch(items)
+            out = self._forward_batch(items, wide)
         except Exception as e:
             bad = getattr(e, "index", None)
             if isinstance(bad, int) and len(jobs) > 1 and 0 <= bad < len(jobs):
                 # one job failed its checks before anything ran: it alone fails
                 jobs[bad].fut.set_exception(getattr(e, "error", e))
                 rest = jobs[:bad] + jobs[bad + 1 :]
-                self._run(rest, streaming)
+                self._run(rest, streaming, wide)
                 return
             for j in jobs:
                 j.fut.set_exception(getattr(e, "error", e) if bad is not None else e)
             return
-        if all(j.stream is not None and n == 1 for j, n in zip(jobs, cut, strict=True)):
-            self.costs.record(len(jobs), time.perf_counter() - t0)  # decode steps only
+        if steps_only:
+            self.costs.record(len(jobs), time.perf_counter() - t0, wide)  # decode steps only
         self.steps += 1
         if len(jobs) > 1:
             self.batched += len(jobs)

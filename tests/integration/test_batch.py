@@ -154,6 +154,59 @@ def test_a_batch_of_scattered_sequences_runs_in_one_run_of_ids(gguf_path) -> Non
         assert float(np.abs(b.forward([7], states[j])[0] - expect[j]).max()) < 1e-4
 
 
+def test_a_wide_pass_gives_the_narrow_pass_logits_and_the_count_goes_back(
+    gguf_path, monkeypatch
+) -> None:
+    """A pass of several one-token steps with more threads (`threads=`) gives the same logits
+    as with the model's own count (llama.cpp splits rows among threads, not sums), and leaves
+    the count as it was; prompts and a step alone never widen."""
+    import llama_cpp as L
+
+    b = LlamaBackend(gguf_path, n_threads=1)
+    assert b.wide_threads is None  # a count the user set is kept
+    prompts = [b.tokenize(f"User: hello {w}\n\nAssistant:") for w in ("cat", "sea", "moon")]
+    states = [b.forward(p, b.initial_state())[1] for p in prompts]
+    narrow = b.forward_batch([([t], st, False) for t, st in zip((5, 9, 11), states, strict=True)])
+    calls: list[tuple[int, int]] = []
+    real = L.llama_set_n_threads
+    monkeypatch.setattr(
+        L, "llama_set_n_threads", lambda ctx, n, nb: (calls.append((n, nb)), real(ctx, n, nb))[1]
+    )
+    wide = b.forward_batch(
+        [([t], st, False) for t, st in zip((5, 9, 11), states, strict=True)], threads=2
+    )
+    assert calls == [(1, 2), (1, 1)]  # widened for the pass, then back
+    assert L.llama_n_threads_batch(b._ctx) == 1
+    for (lg_w, _), (lg_n, _) in zip(wide, narrow, strict=True):
+        assert np.array_equal(lg_w, lg_n)
+    calls.clear()
+    b.forward_batch([(p, b.initial_state(), False) for p in prompts], threads=2)  # prompts
+    b.forward_batch([([5], states[0], False)], threads=2)  # a step alone
+    assert calls == []
+
+
+def test_replies_in_wide_passes_equal_the_same_replies_alone(gguf_path, monkeypatch) -> None:
+    """Where the batcher's costs say that wide passes pay (given here, so that no spell of load
+    decides), two chats at once decode in wide passes, and each reply is the one made alone.
+    Two CPUs are assumed so that a one-CPU machine widens too (llama.cpp runs two threads on
+    one CPU, only slower)."""
+    monkeypatch.setattr("core.backends.llama.usable_cpus", lambda: 2)
+    backend = LlamaBackend(gguf_path, n_threads=1)
+    backend._auto_threads = True  # as the default count (1 of 2 CPUs): passes may widen
+    assert backend.wide_threads == 2
+    eng = Engine(backend, cache_dir=None)
+    alone = [_alone(eng, i, s) for i, s in ((0, 3), (1, 4))]
+    costs = eng._batcher.costs
+    for _ in range(10):  # after the replies alone, which measured one sequence
+        costs.record(1, 1.0)
+        costs.record(2, 1.8)
+        costs.record(2, 0.5, wide=True)
+    seen = costs._seen[(2, True)]
+    together = _together(eng, [lambda i=i, s=s: _alone(eng, i, s) for i, s in ((0, 3), (1, 4))])
+    assert together == alone
+    assert costs._seen[(2, True)] > seen  # passes ran wide
+
+
 def test_a_reply_joins_and_another_leaves_mid_batch(engine) -> None:
     long_alone = _alone(engine, 0, 11, max_tokens=30)
     short_alone = _alone(engine, 1, 12, max_tokens=6)
@@ -305,12 +358,14 @@ def test_the_chat_service_saves_n_versions_each_equal_to_its_alone_regenerate(
 def test_where_a_pass_of_two_costs_more_than_two_passes_chats_take_turns(gguf_path) -> None:
     """The batcher's costs say that a pass of two sequences takes far longer than two passes of
     one (as llama.cpp's q8_0 kernels did on the 2-core machine, 4x one, here made a minute so
-    that no spell of load on this machine can make one pass look slower): two chats at once
+    that no spell of load on this machine can make one pass look slower), whatever the thread
+    count: two chats at once
     then take turns, pass by pass, and each reply is the one made alone. A size the chats never
     run keeps its given cost."""
     eng = Engine(LlamaBackend(gguf_path), cache_dir=None)
     for _ in range(10):
         eng._batcher.costs.record(2, 60.0)
+        eng._batcher.costs.record(2, 60.0, wide=True)  # with more threads too, where it has them
     alone = [_alone(eng, i, s) for i, s in ((0, 3), (1, 4))]
     together = _together(eng, [lambda i=i, s=s: _alone(eng, i, s) for i, s in ((0, 3), (1, 4))])
     assert together == alone
