@@ -170,3 +170,13 @@ def test_nucleus_bracket_that_hits_is_the_full_sorts_crossing() -> None:
             hits += 1
             assert cut == _sorted_threshold(p, top_p)
     assert hits >= 50  # on flat distributions the bracket is what runs, not the sort
+
+
+def test_nucleus_when_the_stride_sample_misjudges_the_candidates() -> None:
+    # the stride sample sees only the large values (1 in 64): it judges that far more than a
+    # quarter lie above every cut, and all are kept; the result is still the full sort's
+    p = np.full(65536, 1e-4, np.float32)
+    p[::64] = 1.0
+    p /= p.sum()
+    for top_p in (0.1, 0.5, 0.9, 0.999):
+        assert nucleus_threshold(p, top_p) == _sorted_threshold(p, top_p)
