@@ -14,7 +14,8 @@ from typing import Any
 
 from core.errors import AppError
 from core.store import MAX_ITEMS, Store, StoreError
-from core.store.models import ChatMessage, Conversation
+from core.store.models import Character, ChatMessage, Conversation
+from core.store.store import MAX_GROUP
 from core.text import NARRATOR_NAME, loads_json
 
 MAX_CHAT_BYTES = 50 * 1024 * 1024
@@ -179,12 +180,18 @@ def import_jsonl(store: Store, data: str | bytes, character_id: int | None) -> C
         character = store.get_character_by_name(char_name)
     if character is not None:
         char_name = character.name
+    members = _members(store, ours.get("members"), character)
+    if members:
+        char_name = members[0].name
     title = _text(ours.get("title")) or f"{char_name or 'Chat'} (imported)"
     user_name = _text(header.get("user_name"))
     defaults = {"char": {char_name, _text(header.get("character_name"))}, "user": {user_name}}
-    for m in messages:  # a speaker named as the chat's default is stored as "" (the default)
-        if m["name"] in defaults.get(m["role"], set()):
-            m["name"] = ""
+    by_name = {c.name: c.id for c in members}
+    for m in messages:
+        if members and m["role"] == "char":  # a group chat: each member's messages are theirs
+            m["character_id"] = by_name.get(m["name"] or char_name)
+        elif m["name"] in defaults.get(m["role"], set()):
+            m["name"] = ""  # a speaker named as the chat's default is stored as "" (the default)
     try:
         return store.import_conversation(
             character_id=character.id if character is not None else None,
@@ -195,9 +202,29 @@ def import_jsonl(store: Store, data: str | bytes, character_id: int | None) -> C
             sampling=ours.get("sampling") if isinstance(ours.get("sampling"), dict) else None,
             messages=messages,
             created_at=_parse_date(header.get("create_date")),
+            members=[c.id for c in members if c.id is not None] or None,
         )
     except StoreError as e:
         raise ChatIOError(f"The chat cannot be imported: {e}") from None
+
+
+def _members(store: Store, names: Any, chosen: Character | None) -> list[Character]:
+    """A group chat's characters from the names our export writes, those this app has (by
+    name, in order): two or more make the import a group chat again. With fewer, or when the
+    user chose a character that is not among them, it is a one-character chat as before."""
+    if not isinstance(names, list):
+        return []
+    found: dict[int, Character] = {}
+    for name in names[:MAX_GROUP]:
+        c = store.get_character_by_name(name) if isinstance(name, str) and name else None
+        if c is not None and c.id is not None:
+            found.setdefault(c.id, c)
+    members = list(found.values())
+    if len(members) < 2 or (chosen is not None and chosen.id not in found):
+        return []
+    if chosen is not None:  # the character chosen on import leads the group
+        members.sort(key=lambda c: c.id != chosen.id)
+    return members
 
 
 def _text(value: Any) -> str:

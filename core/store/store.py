@@ -378,18 +378,35 @@ class Store:
         sampling: dict[str, Any] | None = None,
         messages: list[dict[str, Any]],
         created_at: datetime | None = None,
+        members: list[int] | None = None,
     ) -> Conversation:
         """Add a whole conversation at once (all or nothing). Each message is a dict with
-        role, text and optionally name, alternatives, chosen, alt_meta, meta, created_at."""
+        role, text and optionally name, alternatives, chosen, alt_meta, meta, created_at,
+        character_id. `members`: a group chat's characters (two or more; the first is then
+        the chat's character), with the group's default settings."""
         title = check_line(title, "The title") or "Imported chat"
         character_name = check_name(character_name or "", "The character's name", True)
         user_name = check_name(user_name or "", "The user's name", True)
         rows = [self._check_message_dict(i, m) for i, m in enumerate(messages)]
         sampling = check_dict(sampling, "The sampling settings")
         model = check_line(model, "The model name", 1000)
+        ids = list(dict.fromkeys(int(i) for i in members or []))
+        if len(ids) == 1 or len(ids) > MAX_GROUP:
+            raise StoreError(f"A group chat has 2 to {MAX_GROUP} characters, not {len(ids)}.")
         with self._write() as s:
+            for i in ids:
+                if s.get(Character, i) is None:
+                    raise StoreError(f"There is no character with id {i}.")
+            if ids:
+                first = s.get(Character, ids[0])
+                assert first is not None
+                character_id, character_name = ids[0], first.name
             if character_id is not None and s.get(Character, character_id) is None:
                 raise StoreError(f"There is no character with id {character_id}.")
+            known = set(ids) | ({character_id} if character_id is not None else set())
+            for row in rows:  # a speaker's id only where it is one of this chat's characters
+                if row.get("character_id") not in known:
+                    row.pop("character_id", None)
             now = utcnow()
             conv = Conversation(
                 character_id=character_id,
@@ -400,6 +417,8 @@ class Store:
                 user_name=user_name,
                 created_at=created_at or now,
                 updated_at=now,
+                members=ids,
+                group=_check_group(dict(GROUP_DEFAULTS)) if ids else {},
             )
             s.add(conv)
             s.flush()
@@ -435,6 +454,8 @@ class Store:
         }
         if isinstance(m.get("created_at"), datetime):
             row["created_at"] = row["updated_at"] = m["created_at"]
+        if isinstance(m.get("character_id"), int) and role == "char":
+            row["character_id"] = m["character_id"]
         return row
 
     # --- messages -----------------------------------------------------------------------

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from core.chat import ChatService, conversation_context, prompt_messages
-from core.chat_io import export_jsonl, export_markdown
+from core.chat.groups import members, pick_speaker, said
+from core.chat_io import export_jsonl, export_markdown, import_jsonl
 from core.engine import Engine
 from core.engine.sampler import SamplingParams
 from core.errors import StoreError
@@ -275,6 +276,39 @@ def test_export_names_every_speaker(store, cast, rwkv7_backend, tmp_path) -> Non
         "小雪",
     ]
     assert [x["name"] for x in lines[1:]] == ["Captain Ada Reyes", "Ben", "User", "小雪"]
+
+
+def test_a_group_chat_imports_back_as_a_group_chat(store, cast) -> None:
+    """Its JSONL export names the members; imported, the chat has them again (found by name),
+    each message is its member's, and the next speaker is picked among them. A member this app
+    no longer has is left out; with fewer than two left it imports as a one-character chat."""
+    ada, ben, cy, dee = cast
+    conv = store.create_group_conversation([ada.id, ben.id, cy.id])
+    store.add_message(conv.id, "user", "Hello all")
+    store.add_message(conv.id, "char", "Hi from Ben", name="Ben", character_id=ben.id)
+    store.add_message(conv.id, "char", "小雪 here", name="小雪", character_id=cy.id)
+    data = export_jsonl(store, conv.id)
+    new = import_jsonl(store, data, None)
+    assert new.id != conv.id and new.members == [ada.id, ben.id, cy.id]
+    assert new.character_id == ada.id and new.group["activation"] == "natural"
+    keys = ("role", "name", "text", "alternatives")
+    before = [{k: getattr(m, k) for k in keys} for m in store.list_messages(conv.id)]
+    after = [{k: getattr(m, k) for k in keys} for m in store.list_messages(new.id)]
+    assert after == before
+    who = [x.member_id for x in said(new, store.list_messages(new.id), members(store, new))]
+    assert who == [ada.id, ben.id, None, ben.id, cy.id]  # greetings: Ada, Ben (Cy has none)
+    assert pick_speaker(store, new) in (ada.id, ben.id, cy.id)
+    # imported for a character that is one of them: that character leads the group
+    led = import_jsonl(store, data, cy.id)
+    assert led.members == [cy.id, ada.id, ben.id] and led.character_id == cy.id
+    # for a character that is not: that character's one-character chat, as before
+    other = import_jsonl(store, data, dee.id)
+    assert other.members == [] and other.character_id == dee.id
+    # members this app lacks are left out; one left is not a group
+    store.delete_character(ben.id, "keep")
+    store.delete_character(cy.id, "keep")
+    alone = import_jsonl(store, data, None)
+    assert alone.members == [] and alone.character_id == ada.id
 
 
 def test_the_state_invariant_holds_in_a_group_chat(rwkv7_backend) -> None:
