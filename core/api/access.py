@@ -49,37 +49,49 @@ def key_required_reasons(listen_address: str | None, store: Store) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ keys
-def list_keys(store: Store) -> list[dict[str, Any]]:
-    """The saved key records (id, name, shown prefix, created), oldest first."""
-    value = store.get_setting(KEYS, [])
+def _records(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list):
         return []
     return [r for r in value if isinstance(r, dict) and isinstance(r.get("hash"), str)]
 
 
+def list_keys(store: Store) -> list[dict[str, Any]]:
+    """The saved key records (id, name, shown prefix, created), oldest first."""
+    return _records(store.get_setting(KEYS, []))
+
+
 def create_key(store: Store, name: str) -> tuple[str, dict[str, Any]]:
     """A new key named `name`: its record is saved, the key itself is returned (to be shown
-    once: only its hash is kept)."""
+    once: only its hash is kept). The list is read and written in one transaction: a key
+    revoked meanwhile in another session stays revoked."""
     name = " ".join((name or "").split())
     if not name:
         raise AccessError("Give the key a name, to tell it apart later.", "empty_name")
-    keys = list_keys(store)
-    if len(keys) >= MAX_KEYS:
-        raise AccessError(f"There are already {MAX_KEYS} keys: revoke one first.", "too_many")
     key, record = new_api_key(name)
-    store.set_setting(KEYS, [*keys, record])
+
+    def add(value: Any) -> list[dict[str, Any]]:
+        keys = _records(value)
+        if len(keys) >= MAX_KEYS:
+            raise AccessError(f"There are already {MAX_KEYS} keys: revoke one first.", "too_many")
+        return [*keys, record]
+
+    store.update_setting(KEYS, add, [])
     return key, record
 
 
 def revoke_key(store: Store, key_id: str) -> bool:
     """Remove a key: requests that present it are refused from now on. False if it was not
     there (already revoked)."""
-    keys = list_keys(store)
-    kept = [r for r in keys if r.get("id") != key_id]
-    if len(kept) == len(keys):
-        return False
-    store.set_setting(KEYS, kept)
-    return True
+    found: list[bool] = []
+
+    def drop(value: Any) -> list[dict[str, Any]]:
+        keys = _records(value)
+        kept = [r for r in keys if r.get("id") != key_id]
+        found.append(len(kept) != len(keys))
+        return kept
+
+    store.update_setting(KEYS, drop, [])
+    return found[-1]
 
 
 # ------------------------------------------------------------------------------ origins

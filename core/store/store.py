@@ -663,6 +663,23 @@ class Store:
                 row.value = value
                 s.add(row)
 
+    def update_setting(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
+        """Set a setting to `change(its value)` in one write transaction, so that two callers
+        changing it at once (two sessions, the API) never lose one another's change; returns
+        the new value. An exception from `change` leaves the setting as it was."""
+        if not isinstance(key, str) or not key or len(key) > MAX_SHORT:
+            raise StoreError("A setting's key must be non-empty text of at most 200 characters.")
+        with self._write() as s:
+            row = s.get(AppSetting, key)
+            new = change(default if row is None else row.value)
+            value = check_json(new, f"The setting {key!r}")
+            if row is None:
+                s.add(AppSetting(key=key, value=value))
+            else:
+                row.value = value
+                s.add(row)
+        return value
+
     # --- helpers ------------------------------------------------------------------------
 
     @staticmethod

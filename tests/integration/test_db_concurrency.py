@@ -81,6 +81,40 @@ while True:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_api_keys_made_and_revoked_at_once_are_never_lost(data_dir: Path, monkeypatch):
+    """Settings pages in several sessions (and two stores on one file, as two processes) make
+    and revoke API keys at the same moment: every key made is kept, and every key revoked
+    stays revoked (the list is read and written in one transaction)."""
+    from core.api.access import create_key, list_keys, revoke_key
+
+    monkeypatch.delenv("RP_DB_URL", raising=False)
+    stores = [open_test_store(), open_test_store()]
+    old = [create_key(stores[0], f"old {i}")[1]["id"] for i in range(6)]
+    start = threading.Barrier(6)
+    errors: list[BaseException] = []
+    made: list[str] = []
+
+    def session(k: int) -> None:
+        store = stores[k % 2]
+        try:
+            start.wait()
+            for i in range(5):
+                made.append(create_key(store, f"s{k} key {i}")[1]["id"])
+                if i == 2:
+                    assert revoke_key(store, old[k])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert sorted(r["id"] for r in list_keys(stores[1])) == sorted(made)
+    assert not revoke_key(stores[0], old[0])  # already revoked
+
+
 def test_writer_process_killed_mid_write(data_dir: Path, monkeypatch):
     monkeypatch.delenv("RP_DB_URL", raising=False)
     store = open_test_store()
