@@ -261,6 +261,18 @@ _S: dict[str, tuple[str, str]] = {
     "f_preset": ("Sampling preset", "采样预设"),
     "f_creator": ("Creator", "作者"),
     "f_creator_notes": ("Creator's notes", "作者备注"),
+    "f_system_prompt": ("System prompt", "系统提示"),
+    "f_system_help": (
+        "Replaces the chat's opening; {{original}} in it stands for the opening the app writes "
+        "(description, personality, scenario, persona, example dialogue).",
+        "替换对话的开头；其中的 {{original}} 代表应用自己写的开头"
+        "（描述、性格、场景、人设、对话示例）。",
+    ),
+    "f_post_history": ("Post-history instructions", "历史后指令"),
+    "f_post_help": (
+        "Fed just before each of the character's replies, and stored with the reply.",
+        "在角色每次回复之前输入给模型，并与回复一起保存。",
+    ),
     "save": ("Save", "保存"),
     "saved": ("Saved.", "已保存。"),
     "cancel": ("Cancel", "取消"),

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import streamlit as st
 
 from core.avatars import encode_avatar, remove_avatar_file, save_avatar
+from core.chat import card_fields
 from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.prompt import substitute
@@ -89,6 +90,17 @@ def _delete(char_id: int, name: str) -> None:
             ss.char_id = None
 
 
+def _card_extra(ch: Any, **fields: str) -> dict[str, Any]:
+    """The card's other fields with these set (an empty one is removed)."""
+    extra = dict(ch.card_extra or {}) if ch is not None else {}
+    for key, value in fields.items():
+        if (value or "").strip():
+            extra[key] = value
+        else:
+            extra.pop(key, None)
+    return extra
+
+
 # --- the editor --------------------------------------------------------------------------------
 def render_editor(target: int | Literal["new"]) -> None:
     ch = s.get_character(target) if target != "new" else None
@@ -155,6 +167,20 @@ def render_editor(target: int | Literal["new"]) -> None:
                     key=k + "user_name",
                     help=T("f_user_name_help"),
                 )
+                system = st.text_area(
+                    T("f_system_prompt"),
+                    value=card_fields.system_prompt(ch) if ch else "",
+                    key=k + "system",
+                    height=68,
+                    help=T("f_system_help"),
+                )
+                post = st.text_area(
+                    T("f_post_history"),
+                    value=card_fields.post_history(ch) if ch else "",
+                    key=k + "post",
+                    height=68,
+                    help=T("f_post_help"),
+                )
                 stops = st.text_area(
                     T("f_stop_strings"),
                     value="\n".join(
@@ -211,6 +237,7 @@ def render_editor(target: int | Literal["new"]) -> None:
             "sampling_preset": preset,
             "creator": creator,
             "creator_notes": creator_notes,
+            "card_extra": _card_extra(ch, system_prompt=system, post_history_instructions=post),
         }
         new_avatar = ""
         try:

@@ -197,3 +197,31 @@ def test_import_real_cards_made_by_others(app_env: Path) -> None:
     assert s.get_character_by_name("Seraphina") is not None
     assert s.get_character_by_name("小雪") is not None
     assert s.get_character_by_name("Seraphina").avatar  # the card's picture became the avatar
+
+
+def test_system_prompt_and_post_history_are_edited_in_the_form(app_env: Path) -> None:
+    """The card's system prompt and post-history instructions (which imported cards keep) can
+    be written and changed in the form, where the chat's prompt reads them
+    (core/chat/card_fields.py, tested with the prompt in test_card_fields.py); cleared, they go."""
+    from core.chat import card_fields
+
+    at = open_app(PAGE)
+    create_character(at, "Vera", description="A spy.")
+    cid = store().get_character_by_name("Vera").id
+    at.button(key=f"edit_{cid}").click().run()
+    check(at)
+    at.text_area(key=f"cf_{cid}_system").input("Write as {{char}}. {{original}}")
+    at.text_area(key=f"cf_{cid}_post").input("[Stay in character.]")
+    form_save(at).run()
+    check(at)
+    ch = store().get_character(cid)
+    assert card_fields.system_prompt(ch) == "Write as {{char}}. {{original}}"
+    assert card_fields.post_history(ch) == "[Stay in character.]"
+    at.button(key=f"edit_{cid}").click().run()
+    assert at.text_area(key=f"cf_{cid}_system").value == "Write as {{char}}. {{original}}"
+    at.text_area(key=f"cf_{cid}_post").input("")
+    form_save(at).run()
+    check(at)
+    ch = store().get_character(cid)
+    assert card_fields.post_history(ch) == "" and "post_history_instructions" not in ch.card_extra
+    assert card_fields.system_prompt(ch) == "Write as {{char}}. {{original}}"
