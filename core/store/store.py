@@ -652,16 +652,7 @@ class Store:
             return default if row is None else row.value
 
     def set_setting(self, key: str, value: Any) -> None:
-        if not isinstance(key, str) or not key or len(key) > MAX_SHORT:
-            raise StoreError("A setting's key must be non-empty text of at most 200 characters.")
-        value = check_json(value, f"The setting {key!r}")
-        with self._write() as s:
-            row = s.get(AppSetting, key)
-            if row is None:
-                s.add(AppSetting(key=key, value=value))
-            else:
-                row.value = value
-                s.add(row)
+        self.update_setting(key, lambda _old: value)
 
     def update_setting(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
         """Set a setting to `change(its value)` in one write transaction, so that two callers
