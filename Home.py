@@ -86,8 +86,9 @@ else:  # imported by `streamlit run` to serve the UI and the API
 
     # Streamlit warns once per process, at the first element a page draws, when it is not run by
     # `streamlit run`. To tell, it calls inspect.stack(), which looks up the source file of every
-    # frame among all loaded modules: 0.3 s of the first page run here, holding the GIL. This
-    # branch runs only under `streamlit run`, where there is nothing to warn about.
+    # frame among all loaded modules: 0.13-0.15 s of the first page run here (timed in the
+    # server), holding the GIL. This branch runs only under `streamlit run`, where there is
+    # nothing to warn about.
     _dg._use_warning_has_been_displayed = True
 
     from core.api_mount import ApiMount
