@@ -237,10 +237,9 @@ class Batcher:
         return n if isinstance(n, int) and n > 0 else None
 
     def _forward_batch(
-        self, items: list[tuple[list[int], State, bool]], wide: bool = False
+        self, items: list[tuple[list[int], State, bool]], threads: int | None = None
     ) -> list[Any]:
         if self._batched:
-            threads = self._wide_threads() if wide else None
             if threads is not None:
                 return self.backend.forward_batch(items, threads=threads)
             return self.backend.forward_batch(items)
@@ -259,9 +258,9 @@ class Batcher:
                         self._driving = False
                         return
                     self._wait_for_streams()
-                    jobs, wide = self._pick()
+                    jobs, threads = self._pick()
                     streaming = any(not s.closed for s in self._streams)
-                self._run(jobs, streaming, wide)
+                self._run(jobs, streaming, threads)
                 jobs = []
         except BaseException as e:  # a bug here must fail the callers, never hang them
             with self._cv:
@@ -287,59 +286,63 @@ class Batcher:
                 return
             self._cv.wait(left)
 
-    def _plan(self, n: int) -> tuple[int, bool]:
-        """How many of n jobs to run in the next pass, and whether with the wide thread
-        setting: as many as fit, unless passes of that many cost more here than smaller ones
-        (`PassCosts`); every REPROBE passes, as many as fit (wide and narrow in turn), so that
-        a size judged on a bad moment is measured again."""
+    def _plan(self, n: int) -> tuple[int, int | None]:
+        """How many of n jobs to run in the next pass, and the back end's wide thread count
+        when the pass takes it (None: the model's own): as many as fit, unless passes of that
+        many cost more here than smaller ones (`PassCosts`); every REPROBE passes, as many as
+        fit (wide and narrow in turn), so that a size judged on a bad moment is measured again."""
         n = min(n, self.max_batch)
         if n <= 1 or not self.learn_sizes:
-            return n, False
-        widen = self._wide_threads() is not None
+            return n, None
+        threads = self._wide_threads()
         if self.steps % REPROBE == REPROBE - 1:
-            return n, widen and (self.steps // REPROBE) % 2 == 0
-        return self.costs.best(n, widen)
+            wide = (self.steps // REPROBE) % 2 == 0
+        else:
+            n, wide = self.costs.best(n, threads is not None)
+        return n, threads if wide else None
 
     def _size(self, n: int) -> int:
         return self._plan(n)[0]
 
-    def _pick(self) -> tuple[list[_Job], bool]:
+    def _pick(self) -> tuple[list[_Job], int | None]:
         """Decode steps first, then prompt chunks, in arrival order, as `_plan` says."""
         steps = sorted(
             (j for j in self._jobs if j.stream is not None),
             key=lambda j: j.stream.order if j.stream is not None else 0,
         )
         feeds = [j for j in self._jobs if j.stream is None]
-        size, wide = self._plan(len(self._jobs))
+        size, threads = self._plan(len(self._jobs))
         jobs = (steps + feeds)[:size]
         taken = set(map(id, jobs))
         self._jobs = [j for j in self._jobs if id(j) not in taken]
         for j in jobs:
             if j.stream is not None:
                 j.stream.job = None
-        return jobs, wide
+        return jobs, threads
 
-    def _run(self, jobs: list[_Job], streaming: bool, wide: bool = False) -> None:
+    def _run(self, jobs: list[_Job], streaming: bool, threads: int | None = None) -> None:
         cut = [len(j.tokens) if not streaming else min(len(j.tokens), self.chunk) for j in jobs]
         items = [(j.tokens[:k], j.state, j.consume) for j, k in zip(jobs, cut, strict=True)]
         steps_only = all(j.stream is not None and n == 1 for j, n in zip(jobs, cut, strict=True))
-        wide = wide and steps_only and len(jobs) > 1  # a prompt's chunk runs on the narrow one
+        if not (steps_only and len(jobs) > 1):
+            threads = None  # a prompt's chunk, or a step alone, runs on the model's own count
         t0 = time.perf_counter()
         try:
-            out = self._forward_batch(items, wide)
+            out = self._forward_batch(items, threads)
         except Exception as e:
             bad = getattr(e, "index", None)
             if isinstance(bad, int) and len(jobs) > 1 and 0 <= bad < len(jobs):
                 # one job failed its checks before anything ran: it alone fails
                 jobs[bad].fut.set_exception(getattr(e, "error", e))
                 rest = jobs[:bad] + jobs[bad + 1 :]
-                self._run(rest, streaming, wide)
+                self._run(rest, streaming, threads)
                 return
             for j in jobs:
                 j.fut.set_exception(getattr(e, "error", e) if bad is not None else e)
             return
         if steps_only:
-            self.costs.record(len(jobs), time.perf_counter() - t0, wide)  # decode steps only
+            seconds = time.perf_counter() - t0
+            self.costs.record(len(jobs), seconds, threads is not None)  # decode steps only
         self.steps += 1
         if len(jobs) > 1:
             self.batched += len(jobs)
