@@ -394,13 +394,12 @@ class Store:
         if len(ids) == 1 or len(ids) > MAX_GROUP:
             raise StoreError(f"A group chat has 2 to {MAX_GROUP} characters, not {len(ids)}.")
         with self._write() as s:
-            for i in ids:
-                if s.get(Character, i) is None:
+            group = [s.get(Character, i) for i in ids]
+            for i, c in zip(ids, group, strict=True):
+                if c is None:
                     raise StoreError(f"There is no character with id {i}.")
-            if ids:
-                first = s.get(Character, ids[0])
-                assert first is not None
-                character_id, character_name = ids[0], first.name
+            if group and group[0] is not None:
+                character_id, character_name = ids[0], group[0].name
             if character_id is not None and s.get(Character, character_id) is None:
                 raise StoreError(f"There is no character with id {character_id}.")
             known = set(ids) | ({character_id} if character_id is not None else set())
