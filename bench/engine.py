@@ -84,7 +84,7 @@ def build_model(args: argparse.Namespace) -> Path:
         write_model(pth, 7, layers, width)
     if args.backend != "llama":
         return pth
-    from core.convert import convert
+    from core.models.convert import convert
 
     gguf_path = cache / f"v7-{args.shape}-{args.gguf_type}.gguf"
     if not gguf_path.exists():
@@ -300,7 +300,7 @@ LORE_EVERY = 3  # an entry fires every LORE_EVERY turns (turns 1, 4, 7, ..., 40)
 def lore_book() -> Any:
     """A 30-entry book: entry i fires on "landmark{i:02d}" (no key is part of another, so one
     entry fires at a time); one constant entry."""
-    from core.lore import Book, new_entry
+    from core.roleplay.lore import Book, new_entry
 
     entries = [
         new_entry(
@@ -327,7 +327,7 @@ def measure_lore(engine: Engine, turns: int, rounds: int = 5) -> dict[str, Any]:
     and after turn 40 when the cache serves the whole chat and its stored lore."""
     from dataclasses import replace
 
-    from core.lore import activate
+    from core.roleplay.lore import activate
 
     book = lore_book()
     ctx = replace(CTX, persona=f"{CTX.persona}\n{activate([book], []).text(constant=True)}")

@@ -13,3 +13,18 @@ class ModelError(AppError):
 
 class StoreError(AppError):
     """A database operation was refused or failed; the message says why."""
+
+
+class NotFound(StoreError):
+    """What was asked for does not exist (any more): a character, chat, message, lorebook...
+    The API answers 404."""
+
+
+class Conflict(StoreError):
+    """The request no longer fits what is stored: the chat changed since it was read, the
+    message is not the last one, there is nothing to regenerate. The API answers 409; `code`
+    names the case for clients."""
+
+    def __init__(self, message: str, code: str = "conflict") -> None:
+        super().__init__(message)
+        self.code = code

@@ -135,7 +135,7 @@ class Runtime:
         """The Store; raises StoreError (naming the file) when the database cannot be opened."""
         with self._store_lock:
             if self._store is None:
-                from core.cards import open_app_store
+                from core.roleplay.cards import open_app_store
                 from core.store.backup import check_database, daily_backup
 
                 check_database(self.db_url)  # damage is named at start, not met later

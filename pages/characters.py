@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 import streamlit as st
 
-from core.avatars import encode_avatar, remove_avatar_file, save_avatar
 from core.chat import card_fields
 from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.prompt import substitute
+from core.roleplay.avatars import encode_avatar, remove_avatar_file, save_avatar
 from core.store import CharacterCreate, CharacterUpdate
 from pages import lore_ui
 from pages.ui_common import (
@@ -286,7 +286,7 @@ with st.expander(T("import_cards"), icon=":material/upload_file:"):
         key=f"card_upload_{gen}",
     )
     if files and st.button(T("import"), key="import_cards_btn", icon=":material/download_done:"):
-        from core.cards import import_card
+        from core.roleplay.cards import import_card
 
         ok: list[str] = []
         failed: list[str] = []
@@ -324,7 +324,7 @@ if not characters:
 
 
 def _card_bytes(char_id: int, fmt: str) -> Callable[[], bytes]:
-    from core.cards import export_card
+    from core.roleplay.cards import export_card
 
     return lambda: export_card(s, char_id, fmt)
 
@@ -364,7 +364,7 @@ for ch in characters:
                 args=(ch.id,),
             )
             with st.popover(T("export"), icon=":material/download:"):
-                from core.cards import export_filename
+                from core.roleplay.cards import export_filename
 
                 for fmt in ("png", "json"):
                     st.download_button(

@@ -186,7 +186,7 @@ with st.sidebar:
                         show_error(e)
                     else:
                         st.rerun()
-            from core.chat_io import export_jsonl, export_markdown
+            from core.roleplay.chat_io import export_jsonl, export_markdown
 
             cid = conv.id
             st.download_button(
@@ -222,7 +222,7 @@ with st.sidebar:
         with st.expander(T("import_chat"), icon=":material/upload:"):
             up = st.file_uploader(T("import_chat_file"), type=["jsonl"], key="import_chat_up")
             if up is not None and st.button(T("import"), key="import_chat_btn"):
-                from core.chat_io import import_jsonl
+                from core.roleplay.chat_io import import_jsonl
 
                 try:
                     imported = import_jsonl(s, up.getvalue(), character.id)

@@ -82,7 +82,7 @@ def speaker(
 
 @st.cache_data(show_spinner=False, max_entries=500)
 def _initials(name: str) -> bytes:
-    from core.avatars import placeholder_png
+    from core.roleplay.avatars import placeholder_png
 
     return placeholder_png(name, size=128)
 

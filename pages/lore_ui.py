@@ -12,7 +12,7 @@ from typing import Any
 import streamlit as st
 
 from core.errors import AppError
-from core.lore import (
+from core.roleplay.lore import (
     DEFAULT_BUDGET,
     LOGIC_NAMES,
     ROW_COLUMNS,

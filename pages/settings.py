@@ -216,7 +216,7 @@ with st.expander(T("convert"), icon=":material/transform:"):
     src = st.selectbox(T("convert_source"), src_opts, key="conv_src", format_func=_file_label)
     src_path = st.text_input(T("model_path"), key="conv_path") if src == OTHER else src
     try:
-        from core.convert import TYPES
+        from core.models.convert import TYPES
     except Exception:
         TYPES = ("f16", "q8_0", "f32")  # noqa: N806
     gtype = st.selectbox(
@@ -235,7 +235,7 @@ with st.expander(T("convert"), icon=":material/transform:"):
     )
     dst: Path | None = None
     if dst_name:
-        from core.convert import check_destination
+        from core.models.convert import check_destination
 
         try:
             dst = check_destination(MODELS_DIR / dst_name)
@@ -251,7 +251,7 @@ with st.expander(T("convert"), icon=":material/transform:"):
         icon=":material/transform:",
         disabled=not (src_path and dst and (replace or not dst.exists())),
     ):
-        from core.convert import convert
+        from core.models.convert import convert
 
         progress = {"frac": 0.0, "msg": ""}
         result: dict[str, Any] = {}

@@ -27,11 +27,11 @@ import streamlit as st
 
 from core import runtime
 from core.auth import LoginLimiter, Tries, hash_password, is_loopback
-from core.avatars import avatar_path
 from core.cli_args import cli_args
 from core.config import REPO_ROOT
 from core.errors import AppError
 from core.i18n import LANGS, t
+from core.roleplay.avatars import avatar_path
 from core.runtime import ModelChoice, Runtime
 
 if TYPE_CHECKING:  # only named in hints: importing them (SQLAlchemy, numpy) is left to the pages
@@ -270,14 +270,14 @@ def avatar_image(character: Character | None, width: int = 64) -> None:
 
 @st.cache_data(show_spinner=False)
 def app_icon() -> bytes:
-    from core.avatars import placeholder_png
+    from core.roleplay.avatars import placeholder_png
 
     return placeholder_png("RWKV Role Play", size=64)
 
 
 @st.cache_data(show_spinner=False, max_entries=500)
 def _placeholder(name: str) -> bytes:
-    from core.avatars import placeholder_png
+    from core.roleplay.avatars import placeholder_png
 
     return placeholder_png(name, size=128)
 

@@ -40,10 +40,10 @@ from starlette.routing import BaseRoute, Route
 from core.api.config import ApiConfig
 from core.api.errors import ApiError, read_json
 from core.api.stream import EventStream, ThreadedPieces, run_unless_disconnected
-from core.avatars import avatar_path
 from core.chat.service import ChatService, Turn
 from core.engine.sampler import SamplingParams
 from core.errors import AppError, ModelError, StoreError
+from core.roleplay.avatars import avatar_path
 from core.runtime import Runtime
 from core.store import MAX_MESSAGE, Character, ChatMessage, Conversation
 from core.text import NARRATOR_NAME

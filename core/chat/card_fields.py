@@ -24,8 +24,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from core.macros import chat_rng, expand
 from core.prompt import CharacterContext, Message
+from core.roleplay.macros import chat_rng, expand
 from core.store import Character, Conversation, Store
 
 

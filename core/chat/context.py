@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from core.chat.card_fields import expand_opening, system_prompt
 from core.errors import StoreError
-from core.lore import with_constant_lore
 from core.prompt import CharacterContext, Message
 from core.prompt.roleplay import example_lines
+from core.roleplay.lore import with_constant_lore
 from core.store import Character, ChatMessage, Conversation, Store
 from core.text import DEFAULT_CHAR, normalize, substitute
 

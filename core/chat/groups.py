@@ -12,14 +12,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from core import group
 from core.chat.context import group_join_note, group_members
 from core.errors import StoreError
+from core.roleplay import group
 from core.store import ChatMessage, Conversation, Store
 
 
 def members(store: Store, conv: Conversation) -> list[group.Member]:
-    """The chat's members as core.group reads them (talkativeness from their cards)."""
+    """The chat's members as core.roleplay.group reads them (talkativeness from their cards)."""
     muted = set((conv.group or {}).get("muted", []))
     return [
         group.Member(c.id, c.name, group.talkativeness(c.extensions), c.id in muted)
@@ -31,7 +31,7 @@ def members(store: Store, conv: Conversation) -> list[group.Member]:
 def said(
     conv: Conversation, messages: list[ChatMessage], people: list[group.Member]
 ) -> list[group.Said]:
-    """The messages as core.group reads them: text and which member wrote each."""
+    """The messages as core.roleplay.group reads them: text and which member wrote each."""
     by_name = {m.name: m.id for m in people}
     out: list[group.Said] = []
     for m in messages:

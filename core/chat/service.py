@@ -26,8 +26,8 @@ from core.chat.prompt_view import PromptView, prompt_view
 from core.chat.saver import ReplySaver
 from core.engine.sampler import AUTO_PRESET, DEFAULT_PRESET, PRESETS, SamplingParams, model_preset
 from core.errors import ModelError, StoreError
-from core.lore import fire_lore
 from core.prompt import CharacterContext, Message
+from core.roleplay.lore import fire_lore
 from core.store import ChatMessage, Conversation, Store
 
 if TYPE_CHECKING:

@@ -24,9 +24,9 @@ from sqlalchemy import Engine, String, cast, delete, func, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, SQLModel, select
 
-from core import avatars
 from core.config import default_url
 from core.errors import StoreError
+from core.roleplay import avatars
 from core.store.database import IMMEDIATE, make_engine, store_error, upgrade_db
 from core.store.models import (
     ROLES,
@@ -63,7 +63,7 @@ _NUMBERED = re.compile(r"^(.*) \((\d+)\)$")  # "Name (2)"
 
 def open_store(url: str | None = None) -> Store:
     """Open the store at `url` (default: `default_url()`), migrated to the newest schema.
-    The bundled characters are seeded by the app at start (core.cards.open_app_store),
+    The bundled characters are seeded by the app at start (core.roleplay.cards.open_app_store),
     not here: the store knows nothing of card formats.
     """
     engine = make_engine(url or default_url())
@@ -998,7 +998,11 @@ def _check_lorebook(fields: dict[str, Any]) -> dict[str, Any]:
 # --- group chats ---------------------------------------------------------------------------
 
 MAX_GROUP = 20  # characters in one group chat
-GROUP_ACTIVATIONS = ("natural", "list", "manual")  # core.group.ACTIVATIONS (a unit test checks)
+GROUP_ACTIVATIONS = (
+    "natural",
+    "list",
+    "manual",
+)  # core.roleplay.group.ACTIVATIONS (a unit test checks)
 GROUP_DEFAULTS: dict[str, Any] = {
     "activation": "natural",
     "allow_self": False,

@@ -8,8 +8,8 @@ import re
 import unicodedata
 from typing import Any
 
-from core import avatars
 from core.errors import StoreError
+from core.roleplay import avatars
 
 # limits: each is checked with a message that says what is too long and by how much
 MAX_TEXT = 100_000  # characters in one text field (persona, scenario, greeting, example...)

@@ -20,8 +20,8 @@ from core import runtime
 from core.api import ApiConfig
 from core.api.access import create_key, revoke_key, save_origins
 from core.auth import hash_password
-from core.avatars import avatar_path, save_avatar
 from core.chat import ChatService
+from core.roleplay.avatars import avatar_path, save_avatar
 from core.store import Store
 from core.text import normalize
 from tests.support.api_server import api_server

@@ -18,11 +18,11 @@ import pytest
 
 from core.backends.embedded import embedded_model_path, missing_message
 from core.backends.llama import LlamaBackend
-from core.convert import convert
 from core.engine import Engine
 from core.engine.batch import consume_together
 from core.engine.engine import version_seed
 from core.engine.sampler import SamplingParams
+from core.models.convert import convert
 from core.prompt import Message
 from tests.support.batching import CHATS, HeldModel
 from tests.support.required import unavailable

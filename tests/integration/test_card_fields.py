@@ -17,10 +17,10 @@ import pytest
 from core import runtime
 from core.backends.embedded import embedded_model_path, missing_message
 from core.backends.gguf_file import inspect_gguf
-from core.cards import import_card
 from core.chat import conversation_context, prompt_messages
 from core.engine.sampler import PRESETS, SamplingParams, model_preset
 from core.prompt import Message
+from core.roleplay.cards import import_card
 from core.runtime import Runtime
 from tests.support.required import unavailable
 

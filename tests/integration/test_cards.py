@@ -19,10 +19,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core import avatars, cards
-from core.cards import CardError, export_card, import_card, import_old_format, read_card
 from core.config import BUNDLED_CHARACTERS_DIR
 from core.errors import AppError
+from core.roleplay import avatars, cards
+from core.roleplay.cards import CardError, export_card, import_card, import_old_format, read_card
 from core.store import Store, StoreError
 from tests.support import REPO
 from tests.support.db_fixtures import (
@@ -422,7 +422,14 @@ def test_cli_runs_as_a_module(data_dir: Path, tmp_path: Path):
     env = {**os.environ, "RP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
     env.pop("RP_DB_URL", None)
     run = subprocess.run(
-        [sys.executable, "-m", "core.cards", "import", str(src), str(tmp_path / "nope.json")],
+        [
+            sys.executable,
+            "-m",
+            "core.roleplay.cards",
+            "import",
+            str(src),
+            str(tmp_path / "nope.json"),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -432,7 +439,14 @@ def test_cli_runs_as_a_module(data_dir: Path, tmp_path: Path):
     assert run.returncode != 0
     assert "Module Card" in run.stdout and "nope.json" in run.stderr
     run = subprocess.run(
-        [sys.executable, "-m", "core.cards", "export", "Module Card", str(tmp_path / "o.json")],
+        [
+            sys.executable,
+            "-m",
+            "core.roleplay.cards",
+            "export",
+            "Module Card",
+            str(tmp_path / "o.json"),
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,

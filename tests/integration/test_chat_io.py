@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from core.chat import conversation_context
-from core.chat_io import ChatIOError, export_jsonl, export_markdown, import_jsonl
+from core.roleplay.chat_io import ChatIOError, export_jsonl, export_markdown, import_jsonl
 from core.store import Store, StoreError
 from core.store.models import Conversation
 

@@ -12,10 +12,10 @@ import gguf
 import pytest
 import torch
 
-import core.convert as conv
+import core.models.convert as conv
 from core.backends.gguf_file import inspect_gguf
-from core.convert import ConversionCancelled, DestinationExists, convert, main
 from core.errors import ModelError
+from core.models.convert import ConversionCancelled, DestinationExists, convert, main
 from tests.support import REPO
 
 
@@ -210,7 +210,15 @@ def test_cli_runs_as_a_module(tiny_models, tmp_path) -> None:
     models/ is, so only refusals are run here; conversions are in test_cli_exit_codes)."""
     dst = tmp_path / "m.gguf"
     run = subprocess.run(
-        [sys.executable, "-m", "core.convert", str(tiny_models(7)), str(dst), "--type", "f16"],
+        [
+            sys.executable,
+            "-m",
+            "core.models.convert",
+            str(tiny_models(7)),
+            str(dst),
+            "--type",
+            "f16",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -220,7 +228,7 @@ def test_cli_runs_as_a_module(tiny_models, tmp_path) -> None:
     assert not dst.exists()
     missing = "no-such-model-file.pth"
     bad = subprocess.run(
-        [sys.executable, "-m", "core.convert", str(tmp_path / missing), "x-no-such.gguf"],
+        [sys.executable, "-m", "core.models.convert", str(tmp_path / missing), "x-no-such.gguf"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -14,10 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core import avatars, chat
+from core import chat
 from core.config import BUNDLED_CHARACTERS_DIR
 from core.errors import AppError
 from core.prompt import CharacterContext
+from core.roleplay import avatars
 from core.store import MAX_TEXT, Store, StoreError, clean_name, open_store
 from core.store.models import CharacterCreate, CharacterUpdate
 from tests.support.db_fixtures import bomb_png, jpeg_picture, picture

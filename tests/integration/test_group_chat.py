@@ -13,11 +13,11 @@ import pytest
 
 from core.chat import ChatService, conversation_context, prompt_messages
 from core.chat.groups import members, pick_speaker, said
-from core.chat_io import export_jsonl, export_markdown, import_jsonl
 from core.engine import Engine
 from core.engine.sampler import SamplingParams
 from core.errors import StoreError
 from core.prompt import Message
+from core.roleplay.chat_io import export_jsonl, export_markdown, import_jsonl
 from tests.support.forced import ForcedBackend
 from tests.support.invariant import Counted, check_invariant
 

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from bench.bare import bare_decode_tok_s, forward_decode_tok_s
 from core.backends.llama import LlamaBackend, LlamaState
 from core.backends.tokenizer import world_tokenizer
-from core.convert import convert
 from core.engine import Engine
 from core.errors import ModelError
+from core.models.convert import convert
 from tests.support.invariant import PROPERTY, check_invariant, op
 
 PROMPT = "User: hello there, how are you today?\n\nAssistant: 你好。I am fine 🙂\n\nUser:"

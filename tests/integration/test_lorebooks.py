@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.cards import import_card
 from core.chat import conversation_context, prompt_messages
 from core.errors import StoreError
-from core.lore import (
+from core.prompt import Message
+from core.roleplay.cards import import_card
+from core.roleplay.lore import (
     LoreError,
     activate,
     books_for_conversation,
@@ -25,7 +26,6 @@ from core.lore import (
     new_entry,
     parse_world_info,
 )
-from core.prompt import Message
 from core.runtime import Runtime
 from core.store import Store
 from tests.support.db_fixtures import card_png, v2_card

@@ -32,7 +32,7 @@ SPEAKER = Message("char")
 
 @pytest.fixture(scope="module")
 def model_files(tiny_models, tmp_path_factory) -> dict[str, Path]:
-    from core.convert import convert
+    from core.models.convert import convert
 
     pth = Path(tiny_models(7))
     root = tmp_path_factory.mktemp("resume-gguf")

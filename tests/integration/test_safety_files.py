@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from core import avatars
-from core.cards import open_app_store
 from core.engine import Engine
 from core.prompt import CharacterContext, Message
+from core.roleplay import avatars
+from core.roleplay.cards import open_app_store
 from tests.support.db_fixtures import picture
 
 CTX = CharacterContext(name="Alice", user_name="Bob")

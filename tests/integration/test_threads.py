@@ -39,7 +39,7 @@ def test_llama_leaves_a_core_free_and_changes_live(
 ) -> None:
     import llama_cpp as L
 
-    from core.convert import convert
+    from core.models.convert import convert
 
     gguf = convert(tiny_models(7), tmp_path / "tiny.gguf", "f32", models_dir=tmp_path)
     backend = load_backend(gguf, "llama")

@@ -1,5 +1,6 @@
 """Helpers of the persistence tests: a store in the test's data directory, and cards, PNGs and
-pictures built here (never read from ../shared), with a PNG writer independent of core.cards.
+pictures built here (never read from ../shared), with a PNG writer independent of
+core.roleplay.cards.
 
 The data directory itself comes from conftest.py (RP_DATA_DIR = a fresh tmp dir per test).
 """
@@ -22,7 +23,7 @@ from core.store import Store, open_store
 def open_test_store(seed: bool = False) -> Store:
     """The store of the test's data directory; with `seed`, as the app opens it at start."""
     if seed:
-        from core.cards import open_app_store
+        from core.roleplay.cards import open_app_store
 
         return open_app_store()
     return open_store()

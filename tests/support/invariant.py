@@ -28,8 +28,8 @@ from core.chat.context import group_join_note, joined_context
 from core.engine import Engine
 from core.engine.batch import consume_together
 from core.engine.sampler import SamplingParams
-from core.lore import Book, activate, new_entry
 from core.prompt import CharacterContext, Message, PromptFormat
+from core.roleplay.lore import Book, activate, new_entry
 from core.store import Character
 from tests.support.required import in_ci
 

@@ -390,7 +390,7 @@ def test_a_second_session_is_told_that_the_model_is_busy(app_env: Path, monkeypa
 
 
 def test_export_and_import_a_chat(app_env: Path) -> None:
-    from core.chat_io import export_jsonl
+    from core.roleplay.chat_io import export_jsonl
 
     at = open_app()
     conv_id = _start(at)

@@ -15,7 +15,7 @@ NAMES = ("Ada", "Ben", "Cyra")
 
 def _cast() -> list[int]:
     """Ada, Ben and Cyra with a picture each, and Dee (who joins later)."""
-    from core.avatars import placeholder_png, save_avatar
+    from core.roleplay.avatars import placeholder_png, save_avatar
 
     s = store()
     ids = []

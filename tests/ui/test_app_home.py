@@ -59,7 +59,7 @@ def test_recent_chats_resume(app_env: Path) -> None:
 
 
 def test_empty_data_dir_offers_to_create_a_character(app_env: Path, monkeypatch: Any) -> None:
-    from core import cards
+    from core.roleplay import cards
 
     monkeypatch.setattr(cards, "character_dirs", lambda: [])  # no bundled characters
     at = open_app()

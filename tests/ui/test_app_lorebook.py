@@ -123,7 +123,7 @@ def test_a_refused_book_name_says_why(app_env: Path) -> None:
 def test_fired_entries_are_listed_under_the_reply(app_env: Path) -> None:
     s = store()
     ch = s.create_character({"name": "Ada", "greetings": ["Hello."]})
-    from core.lore import new_entry
+    from core.roleplay.lore import new_entry
 
     book = s.create_lorebook(
         "Harbour", [new_entry(0, key=["lighthouse"], content="Built in 1887.", comment="Tower")]

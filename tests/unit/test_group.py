@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from core.group import (
+from core.roleplay.group import (
     DEFAULT_TALKATIVENESS,
     Member,
     Said,
@@ -138,7 +138,7 @@ def test_talkativeness_is_read_from_the_card(ext, want) -> None:
 
 
 def test_the_store_accepts_exactly_the_modes_core_group_knows() -> None:
-    from core.group import ACTIVATIONS, DEFAULT_AUTO_TURNS, MAX_AUTO_TURNS
+    from core.roleplay.group import ACTIVATIONS, DEFAULT_AUTO_TURNS, MAX_AUTO_TURNS
     from core.store.store import GROUP_ACTIVATIONS, GROUP_DEFAULTS
 
     assert GROUP_ACTIVATIONS == ACTIVATIONS

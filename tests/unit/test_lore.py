@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.lore import (
+from core.roleplay.lore import (
     AND_ALL,
     AND_ANY,
     DEFAULT_BUDGET,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from core.macros import chat_rng, expand, has_macros
+from core.roleplay.macros import chat_rng, expand, has_macros
 
 NOW = datetime(2026, 12, 2, 14, 5)  # a Wednesday
 

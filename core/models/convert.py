@@ -5,7 +5,7 @@ layout directly and writes the tensor names, shapes and metadata that llama.cpp'
 `rwkv7` loaders expect (the same layout its `convert_hf_to_gguf.py` produces), with the World
 vocabulary stored in the file (`tokenizer.ggml.model = "rwkv"`).
 
-    python -m core.convert SRC.pth models/DST.gguf --type f16|q8_0|f32 [--force]
+    python -m core.models.convert SRC.pth models/DST.gguf --type f16|q8_0|f32 [--force]
 
 The GGUF is written only inside the models folder, under a `.gguf` name, never in the data
 directory, and never over an existing file unless the caller says so (`overwrite=True`, the CLI's
@@ -426,7 +426,7 @@ def _arch(version: int) -> gguf.MODEL_ARCH:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m core.convert", description="Convert an RWKV-6/7 .pth to GGUF."
+        prog="python -m core.models.convert", description="Convert an RWKV-6/7 .pth to GGUF."
     )
     p.add_argument("src", help="BlinkDL .pth file (RWKV-6 or RWKV-7, World vocabulary)")
     p.add_argument("dst", help="GGUF file to write in models/ (a bare file name goes there)")

@@ -12,8 +12,8 @@ The older app's format is NAME.json with keys user, bot, greeting, bot_persona, 
 use_qa, beside NAME.png (its avatar).
 
 Command line:
-    python -m core.cards import FILE_OR_DIR...
-    python -m core.cards export NAME OUT.png|OUT.json
+    python -m core.roleplay.cards import FILE_OR_DIR...
+    python -m core.roleplay.cards export NAME OUT.png|OUT.json
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core import avatars
 from core.config import BUNDLED_CHARACTERS_DIR, data_dir, make_private
 from core.errors import AppError
+from core.roleplay import avatars
 from core.store import Store, StoreError, clean_name, open_store, validate_character
 from core.store.models import Character, utcnow
 from core.text import loads_json
@@ -680,7 +680,7 @@ def _write_file(target: Path, data: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m core.cards", description=__doc__.split("\n")[0]
+        prog="python -m core.roleplay.cards", description=__doc__.split("\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p_import = sub.add_parser("import", help="import card files (PNG/JSON) or folders of them")

@@ -1,0 +1,1 @@
+"""Model files: converting a BlinkDL .pth to GGUF (convert.py)."""

@@ -1,0 +1,244 @@
+"""Which entries fire for a reply (the rules are in the package's docstring). Pure: books and
+message texts in, the entries that fired out."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.roleplay.lore.entries import (
+    _JS_NAMED_GROUP,
+    _REGEX_KEY,
+    AND_ANY,
+    DEFAULT_BUDGET,
+    MAX_RECURSION,
+    NOT_ALL,
+    NOT_ANY,
+    LoreError,
+    _int,
+    entry_title,
+    normalize_entry,
+    normalize_settings,
+)
+from core.text import substitute
+
+# --- activation -----------------------------------------------------------------------------
+
+
+@dataclass
+class Book:
+    """Entries to activate, with their book's settings. `source` says where the book comes from
+    ("character", "attached", "chat", "global") and `id` its lorebook id (None: a card's book)."""
+
+    name: str
+    entries: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    source: str = "attached"
+    id: int | None = None
+
+
+@dataclass
+class Fired:
+    book: str
+    uid: int
+    title: str
+    content: str
+    order: int
+    constant: bool
+    book_id: int | None = None
+
+    def meta(self) -> dict[str, Any]:
+        return {"book": self.book, "book_id": self.book_id, "uid": self.uid, "title": self.title}
+
+
+@dataclass
+class LoreResult:
+    fired: list[Fired] = field(default_factory=list)  # fed order (ascending `order`)
+    left_out: list[Fired] = field(default_factory=list)  # matched, but over the token budget
+    errors: list[str] = field(default_factory=list)  # keys skipped (bad regular expressions)
+
+    def text(self, constant: bool = False) -> str:
+        """The content of the entries that fired (only constants, or only the others)."""
+        return "\n".join(
+            f.content.strip() for f in self.fired if f.constant == constant and f.content.strip()
+        )
+
+
+def estimate_tokens(text: str) -> int:
+    return math.ceil(len(text.encode("utf-8")) / 3)
+
+
+def _compile_key(key: str, case: bool, whole: bool) -> re.Pattern[str] | str:
+    """A key as a regular expression, or as a string to search for (plain text)."""
+    m = _REGEX_KEY.match(key)
+    if m:
+        pattern, flags_text = m.group(1), m.group(2)
+        flags = 0
+        for ch in flags_text:
+            flags |= {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}.get(ch, 0)
+        return re.compile(_JS_NAMED_GROUP.sub("(?P<", pattern), flags)
+    if whole and len(key.split()) == 1:
+        return re.compile(r"(?:^|\W)" + re.escape(key) + r"(?:$|\W)", 0 if case else re.IGNORECASE)
+    return key if case else key.lower()
+
+
+class _Matcher:
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        self._cache: dict[tuple[str, bool, bool], re.Pattern[str] | str | None] = {}
+
+    def found(self, key: str, text: str, case: bool, whole: bool, where: str) -> bool:
+        ck = (key, case, whole)
+        if ck not in self._cache:
+            try:
+                self._cache[ck] = _compile_key(key, case, whole)
+            except (re.error, RecursionError, OverflowError) as e:
+                self._cache[ck] = None
+                self.errors.append(
+                    f"{where}: the key {key!r} is not a valid regular expression ({e})."
+                )
+        pat = self._cache[ck]
+        if pat is None:
+            return False
+        if isinstance(pat, str):
+            return pat in (text if case else text.lower())
+        return pat.search(text) is not None
+
+
+def activate(
+    books: Sequence[Book],
+    messages: Sequence[str],
+    *,
+    char: str = "",
+    user: str = "",
+    count_tokens: Callable[[str], int] | None = None,
+    seed: int | None = None,
+    budget: int | None = None,
+    max_recursion: int = MAX_RECURSION,
+) -> LoreResult:
+    """The entries of `books` that fire for the chat whose messages' texts are `messages`
+    (oldest first; the user's new message last). See the module's docstring for the rules."""
+    result = LoreResult()
+    matcher = _Matcher(result.errors)
+    rng = random.Random(seed)
+    count = count_tokens or estimate_tokens
+    if budget is None:
+        budgets = [
+            normalize_settings(b.settings)["token_budget"]
+            for b in books
+            if normalize_settings(b.settings)["token_budget"]
+        ]
+        budget = max(budgets) if budgets else DEFAULT_BUDGET
+
+    cands: list[tuple[Book, dict[str, Any], dict[str, Any]]] = []
+    for book in books:
+        s = normalize_settings(book.settings)
+        for raw in book.entries:
+            try:
+                e = normalize_entry(raw, _int(raw.get("uid"), 0) if isinstance(raw, dict) else 0)
+            except LoreError as err:
+                result.errors.append(f"{book.name}: {err}")
+                continue
+            if not e["disable"]:
+                cands.append((book, s, e))
+
+    def sub(text: str) -> str:
+        return substitute(text, char, user) if (char or user) else text
+
+    scans: dict[int, str] = {}
+
+    def scan_text(depth: int) -> str:
+        if depth not in scans:
+            scans[depth] = "\n".join(messages[-depth:]) if depth > 0 else ""
+        return scans[depth]
+
+    def matches(book: Book, s: dict[str, Any], e: dict[str, Any], extra: str) -> bool:
+        depth = e["scanDepth"] if e["scanDepth"] is not None else s["scan_depth"]
+        text = scan_text(depth)
+        if extra:
+            text = f"{text}\n{extra}" if text else extra
+        case = e["caseSensitive"] if e["caseSensitive"] is not None else s["case_sensitive"]
+        whole = e["matchWholeWords"]
+        whole = whole if whole is not None else s["match_whole_words"]
+        where = f"{book.name} / {entry_title(e)}"
+
+        def hit(key: str) -> bool:
+            return matcher.found(sub(key), text, case, whole, where)
+
+        if not any([hit(k) for k in e["key"]]):  # every key checked: bad regexes all noted
+            return False
+        second = e["keysecondary"]
+        if not (e["selective"] and second):
+            return True
+        found = [hit(k) for k in second]
+        logic = e["selectiveLogic"]
+        if logic == AND_ANY:
+            return any(found)
+        if logic == NOT_ALL:
+            return not all(found)
+        if logic == NOT_ANY:
+            return not any(found)
+        return all(found)  # AND_ALL
+
+    chosen: dict[int, tuple[Book, dict[str, Any], dict[str, Any]]] = {}
+    rolled: set[int] = set()
+    for i, (_book, _s, e) in enumerate(cands):
+        if e["constant"]:
+            chosen[i] = cands[i]
+    recursion_text = ""
+    for round_ in range(max_recursion + 1):
+        new: list[int] = []
+        for i, (book, s, e) in enumerate(cands):
+            if i in chosen or i in rolled:
+                continue
+            if round_ > 0 and (not s["recursive"] or e["excludeRecursion"]):
+                continue
+            if round_ == 0 and s["recursive"] and e.get("delayUntilRecursion") is True:
+                continue  # fires only on what other entries' content says
+            if not e["key"] or not matches(book, s, e, recursion_text if round_ else ""):
+                continue
+            rolled.add(i)
+            if e["useProbability"] and e["probability"] < 100:
+                if rng.random() * 100 >= e["probability"]:
+                    continue
+            chosen[i] = cands[i]
+            new.append(i)
+        more = [
+            cands[i][2]["content"]
+            for i in new
+            if cands[i][1]["recursive"] and not cands[i][2].get("preventRecursion")
+        ]
+        if not more:
+            break
+        recursion_text = "\n".join(filter(None, [recursion_text, *more]))
+
+    # the budget: strongest (largest order) first; constants are in the opening and count too
+    ranked = sorted(chosen.items(), key=lambda kv: (-kv[1][2]["order"], kv[0]))
+    used = 0
+    full = False
+    kept: list[tuple[int, Fired]] = []
+    for i, (book, _s, e) in ranked:
+        f = Fired(
+            book.name,
+            e["uid"],
+            entry_title(e),
+            sub(e["content"]),
+            e["order"],
+            e["constant"],
+            book.id,
+        )
+        cost = count(f.content) if f.content.strip() else 0
+        if not e.get("ignoreBudget") and (full or used + cost > budget):
+            full = True
+            result.left_out.append(f)
+            continue
+        if not e.get("ignoreBudget"):
+            used += cost
+        kept.append((i, f))
+    kept.sort(key=lambda kv: (kv[1].order, kv[0]))
+    result.fired = [f for _, f in kept]
+    return result
