@@ -72,8 +72,11 @@ class Backend(Protocol):
     so a back end never sees two calls at once.
 
     Back ends subclass this protocol to inherit the defaults of its optional capabilities
-    (`state_format`, `prompt_format`, `state_nbytes`, `advance`, `forward_batch`, `token_bytes`,
-    `set_threads`)."""
+    (`state_format`, `prompt_format`, `state_nbytes`, `advance`, `forward_batch`, `max_batch`,
+    `wide_threads`, `token_bytes`, `set_threads`, `context_limit`). So does a wrapper of a back
+    end (a test's scripted model): what it does not define is the protocol's default, never
+    the wrapped back end's by accident (its `forward_batch` would skip the wrapper's forward).
+    Callers read these capabilities directly, never by probing with getattr."""
 
     info: ModelInfo
     state_format: str = ""  # layout of state_to_bytes; checkpoints of another layout never match
@@ -132,6 +135,11 @@ class Backend(Protocol):
 
     def prompt_format(self) -> PromptFormat | None:
         """The prompt format this model expects; None for the RWKV role-play format."""
+        return None
+
+    def context_limit(self) -> int | None:
+        """Tokens a chat may hold: a transformer's context (its KV cache's size); None when
+        unbounded, as for a recurrent model whose state has one size whatever the length."""
         return None
 
     def set_threads(self, n: int | None) -> None:

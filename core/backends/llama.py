@@ -392,6 +392,9 @@ class LlamaBackend(Backend):
         n = usable_cpus()
         return n if self._auto_threads and n > self.n_threads else None
 
+    def context_limit(self) -> int | None:
+        return None if self.recurrent else self.n_ctx
+
     def set_threads(self, n: int | None) -> None:
         """Threads of decoding and prompt feeding from the next call on (None: the default)."""
         with self._lock:

@@ -132,10 +132,9 @@ class Batcher:
 
     def __init__(self, backend: Backend, chunk: int = PREFILL_CHUNK, wait_s: float = WAIT_S):
         self.backend = backend  # the raw back end: every call here is on the model thread
-        # a wrapper that forwards attributes (a test's scripted model, say) but defines no
-        # forward_batch of its own runs one sequence at a time through its own forward
-        self._batched = getattr(type(backend), "forward_batch", None) is not None
-        self.max_batch = max(1, int(getattr(backend, "max_batch", 1))) if self._batched else 1
+        # the Backend protocol declares batching: max_batch 1 (its default) runs one sequence
+        # at a time, through the protocol's default forward_batch
+        self.max_batch = max(1, int(backend.max_batch))
         self.chunk = chunk
         self.wait_s = wait_s if self.max_batch > 1 else 0.0
         self._cv = threading.Condition()
@@ -233,18 +232,13 @@ class Batcher:
         """The back end's thread count for passes of several steps, None when it has none."""
         if self.max_batch <= 1:
             return None
-        n = getattr(self.backend, "wide_threads", None)
+        n = self.backend.wide_threads
         return n if isinstance(n, int) and n > 0 else None
 
     def _forward_batch(
         self, items: list[tuple[list[int], State, bool]], threads: int | None = None
     ) -> list[Any]:
-        if self._batched:
-            if threads is not None:
-                return self.backend.forward_batch(items, threads=threads)
-            return self.backend.forward_batch(items)
-        b = self.backend
-        return [b.advance(t, s) if c else b.forward(t, s) for t, s, c in items]
+        return self.backend.forward_batch(items, threads=threads)
 
     # ------------------------------------------------------------------ the loop
     def _drive(self) -> None:

@@ -7,7 +7,12 @@ import numpy as np
 
 
 class ForcedBackend:
-    """Wraps a real back end; after each forward the next token of `script` gets all the mass."""
+    """Wraps a real back end; after each forward the next token of `script` gets all the mass.
+    It decodes one sequence at a time (its own forward_batch), so every step sees the script:
+    the wrapped back end's batched pass would bypass it."""
+
+    max_batch = 1
+    wide_threads = None
 
     def __init__(self, inner, script: list[int] | None = None) -> None:
         self.inner = inner
@@ -34,6 +39,9 @@ class ForcedBackend:
     def advance(self, tokens, state):
         """A decode step is a forward here too: every step must see the script."""
         return self.forward(tokens, state)
+
+    def forward_batch(self, items, threads=None):
+        return [self.advance(t, s) if c else self.forward(t, s) for t, s, c in items]
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

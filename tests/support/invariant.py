@@ -126,8 +126,6 @@ class Counted:
         """Batched back ends (llama.cpp, and RWKV-7 on the rwkv package: `versions` runs
         through a batched step there) decode several sequences in one pass (with `threads`
         where the batcher widened it)."""
-        if not hasattr(self.inner, "forward_batch"):
-            return [self.advance(t, s) if c else self.forward(t, s) for t, s, c in items]
         out = self.inner.forward_batch(items, threads=threads)
         self.fed += sum(len(t) for t, _, _ in items)
         return out
