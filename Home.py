@@ -35,7 +35,7 @@ from pages.ui_common import (
 )
 
 if TYPE_CHECKING:
-    from core.api import ApiConfig
+    from core.api.config import ApiConfig
 
 
 def main() -> None:
@@ -95,7 +95,7 @@ else:  # imported by `streamlit run` to serve the UI and the API
     from core.runtime import preload_lifespan
 
     def _api_config() -> ApiConfig:
-        from core.api import ApiConfig
+        from core.api.config import ApiConfig
 
         return ApiConfig(listen_address=lambda: st.get_option("server.address"))
 

@@ -5,8 +5,8 @@ Importing the API imports the store (SQLAlchemy, SQLModel) and the engine (numpy
 that `streamlit run` spent before serving the first page. Mounted through `ApiMount`, the server
 answers first; the API is built on the loading thread once the model has loaded (`build`), or by
 the first API request if that comes sooner. Once built it is exactly the app that the API's own
-tests serve: `Starlette(routes=api_routes(config), middleware=api_middleware(config))`, the guard
-(origin, key) in front of every /v1/ and /api/ request.
+tests serve (`core.api.app.build_app`), the guard (origin, key) in front of every /v1/ and
+/api/ request.
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.api.paths import is_api_path
+
 if TYPE_CHECKING:
     from starlette.datastructures import URLPath
 
-    from core.api import ApiConfig
-
-API_PREFIXES = ("/v1/", "/api/")  # the same as core.api.app's (a test holds them equal)
-
-
-def is_api_path(path: str) -> bool:
-    return path.startswith(API_PREFIXES) or path in ("/v1", "/api")
+    from core.api.config import ApiConfig
 
 
 class ApiMount(BaseRoute):
@@ -47,12 +43,9 @@ class ApiMount(BaseRoute):
         """The API app, imported and built on the first call (thread-safe)."""
         with self._lock:
             if self._app is None:
-                from starlette.applications import Starlette
+                from core.api.app import build_app
 
-                from core.api import api_middleware, api_routes
-
-                config = self._config()
-                self._app = Starlette(routes=api_routes(config), middleware=api_middleware(config))
+                self._app = build_app(self._config())
             return self._app
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:

@@ -1,7 +1,8 @@
 """Not a page: the group chat parts of the Home and Chat pages. Starting a group chat, its
 members with their avatars, the group's settings (who speaks next, self-replies, auto turns),
 mute / unmute / remove / add a member, the manual pick and the auto mode. The rules live in
-core/group.py (who speaks) and core/chat (prompts, store)."""
+core/roleplay/group.py (who speaks) and the chat service (core/chat: members, settings,
+prompts)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 
 import streamlit as st
 
+from core.contracts import Op, Role
 from core.errors import AppError
-from core.store import Character, ChatMessage, Conversation, Store
+from core.store import Character, ChatMessage, Conversation
 from pages.ui_common import T, avatar_image, md_inline, open_chat, role_avatar, rt, show_error
 
 ss = st.session_state
@@ -72,7 +74,7 @@ def speaker(
     msg: ChatMessage, conv: Conversation, chars_by_id: dict[Any, Character], default: Any
 ) -> Any:
     """The character who wrote a message: its speaker in a group chat, else `default`."""
-    if not conv.members or msg.role != "char":
+    if not conv.members or msg.role != Role.CHAR:
         return default
     if msg.character_id in chars_by_id:
         return chars_by_id[msg.character_id]
@@ -90,7 +92,7 @@ def _initials(name: str) -> bytes:
 def avatar(role: str, character: Character | None, conv: Conversation) -> Any:
     """A message's avatar: in a group chat, a member without a picture gets its own initials
     (the page's shared bot icon would make the members look alike)."""
-    if conv.members and role == "char" and character is not None and not character.avatar:
+    if conv.members and role == Role.CHAR and character is not None and not character.avatar:
         return _initials(character.name)
     return role_avatar(role, character)
 
@@ -103,8 +105,9 @@ def _act(fn: Callable[..., object], *args: Any, **kw: Any) -> None:
         ss.flash_error = str(e)
 
 
-def sidebar(s: Store, conv: Conversation, chars_by_id: dict[Any, Character]) -> None:
+def sidebar(conv: Conversation, chars_by_id: dict[Any, Character]) -> None:
     """Settings and members of a group chat; in any chat, adding a character."""
+    chats = rt().chat
     cid = conv.id
     group = conv.group or {}
     with st.sidebar.expander(T("group_settings"), icon=":material/groups:"):
@@ -117,17 +120,13 @@ def sidebar(s: Store, conv: Conversation, chars_by_id: dict[Any, Character]) -> 
                 index=list(modes).index(mode) if mode in modes else 0,
                 format_func=lambda m: modes[m],
                 key=f"group_mode_{cid}",
-                on_change=lambda: _act(
-                    s.update_group_settings, cid, activation=ss[f"group_mode_{cid}"]
-                ),
+                on_change=lambda: _act(chats.set_group, cid, activation=ss[f"group_mode_{cid}"]),
             )
             st.checkbox(
                 T("group_allow_self"),
                 value=bool(group.get("allow_self")),
                 key=f"group_self_{cid}",
-                on_change=lambda: _act(
-                    s.update_group_settings, cid, allow_self=ss[f"group_self_{cid}"]
-                ),
+                on_change=lambda: _act(chats.set_group, cid, allow_self=ss[f"group_self_{cid}"]),
             )
             st.number_input(
                 T("group_auto_turns"),
@@ -137,7 +136,7 @@ def sidebar(s: Store, conv: Conversation, chars_by_id: dict[Any, Character]) -> 
                 value=int(group.get("auto_turns") or 3),
                 key=f"group_turns_{cid}",
                 on_change=lambda: _act(
-                    s.update_group_settings, cid, auto_turns=int(ss[f"group_turns_{cid}"])
+                    chats.set_group, cid, auto_turns=int(ss[f"group_turns_{cid}"])
                 ),
             )
             st.markdown(f"**{T('group_members')}**")
@@ -153,7 +152,7 @@ def sidebar(s: Store, conv: Conversation, chars_by_id: dict[Any, Character]) -> 
                         help=T("group_unmute" if on else "group_mute", name=c.name),
                         type="tertiary",
                         on_click=_act,
-                        args=(s.set_member_muted, cid, c.id, not on),
+                        args=(chats.mute_member, cid, c.id, not on),
                     )
                     st.button(
                         ":material/person_remove:",
@@ -162,7 +161,7 @@ def sidebar(s: Store, conv: Conversation, chars_by_id: dict[Any, Character]) -> 
                         type="tertiary",
                         disabled=len(conv.members) <= 1,
                         on_click=_act,
-                        args=(s.remove_group_member, cid, c.id),
+                        args=(chats.remove_member, cid, c.id),
                     )
         inside = set(conv.members or [conv.character_id])
         others = [c for c in chars_by_id.values() if c.id not in inside]
@@ -182,7 +181,7 @@ def sidebar(s: Store, conv: Conversation, chars_by_id: dict[Any, Character]) -> 
                 disabled=pick is None,
             ):
                 try:
-                    s.add_group_member(cid, int(pick))
+                    chats.add_member(cid, int(pick))
                 except AppError as e:
                     show_error(e)
                 else:
@@ -192,7 +191,7 @@ def sidebar(s: Store, conv: Conversation, chars_by_id: dict[Any, Character]) -> 
 
 # --- Chat: who speaks next ---------------------------------------------------------------------
 def _pending(conv: Conversation, member: int) -> dict[str, Any]:
-    return {"op": "new", "role": "char", "member": member, "conv": conv.id}
+    return {"op": Op.NEW, "role": Role.CHAR, "member": member, "conv": conv.id}
 
 
 def after_send(conv: Conversation) -> dict[str, Any] | None:
@@ -266,10 +265,10 @@ def next_controls(
 
     def go() -> None:
         who = ss.get("group_next")
-        if who == "narrator":
-            queue("new", role="narrator")
+        if who == Role.NARRATOR:
+            queue(Op.NEW, role=Role.NARRATOR)
         elif who in people:
-            queue("new", role="char", member=who)
+            queue(Op.NEW, role=Role.CHAR, member=who)
 
     with st.container(horizontal=True, vertical_alignment="bottom", gap="small"):
         st.radio(T("next_speaker"), options, key="group_next", horizontal=True, format_func=label)

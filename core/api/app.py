@@ -6,11 +6,18 @@ The guard runs before every /v1/ and /api/ request:
   unless its Origin is in the "api_cors_origins" setting;
 - when a password is set, or the server listens beyond this machine, the request needs
   `Authorization: Bearer KEY` with a key made in Settings (stored hashed, shown once);
-- errors are said in OpenAI's JSON error shape (core/api/errors.py).
+- errors are said in OpenAI's JSON error shape (core/api/errors.py): a route raises ApiError,
+  or lets the core's errors through (NotFound, Conflict, ModelError, AppError), and one
+  handler says them with their status (`api_error`); anything else is a 500 whose traceback
+  goes to the log.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -19,18 +26,30 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.api.config import ApiConfig
-from core.api.errors import ApiError
+from core.api.errors import ApiError, api_error
 from core.api.native import routes as native_routes
 from core.api.openai import routes as openai_routes
+from core.api.paths import is_api_path
 from core.api.stream import sse
+from core.errors import AppError
 
-__all__ = ["ApiGuard", "api_middleware", "api_routes", "sse"]  # sse lives in stream.py
+__all__ = ["ApiGuard", "api_middleware", "api_routes", "build_app", "sse"]  # sse: stream.py
 
-API_PREFIXES = ("/v1/", "/api/")
+log = logging.getLogger(__name__)
 
 
-def is_api_path(path: str) -> bool:
-    return path.startswith(API_PREFIXES) or path in ("/v1", "/api")
+def build_app(config: ApiConfig) -> Starlette:
+    """The API as one ASGI app: its routes, the guard, and the one error handler."""
+    return Starlette(
+        routes=api_routes(config),
+        middleware=api_middleware(config),
+        exception_handlers={ApiError: _said, AppError: _said},
+    )
+
+
+async def _said(_request: Request, exc: Exception) -> Response:
+    """The one place where an error becomes an HTTP status (core/api/errors.py, api_error)."""
+    return api_error(exc).response()
 
 
 class ApiGuard:
@@ -83,15 +102,27 @@ class ApiGuard:
             await e.response(headers=cors)(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start" and cors:
-                message["headers"] = [
-                    *message.get("headers", []),
-                    *[(k.encode(), v.encode()) for k, v in cors.items()],
-                ]
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if cors:
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        *[(k.encode(), v.encode()) for k, v in cors.items()],
+                    ]
             await send(message)
 
-        await self.app(scope, receive, send_with_cors)
+        try:
+            await self.app(scope, receive, send_with_cors)
+        except Exception:  # a bug: a 500 in the API's shape, the traceback to the log
+            log.exception("API %s %s failed", scope["method"], scope["path"])
+            if started:
+                raise
+            error = ApiError(500, "The server failed; its log has details.")
+            await error.response(headers=cors)(scope, receive, send)
 
 
 def _same_origin(origin: str, host: str) -> bool:
@@ -110,19 +141,45 @@ async def _send_empty(send: Send, status: int, headers: dict[str, str]) -> None:
 
 
 def api_routes(config: ApiConfig) -> list[BaseRoute]:
-    """Every route of the API: the OpenAI-compatible ones and the app's own."""
+    """Every route of the API: the OpenAI-compatible ones and the app's own; another method on
+    one of their paths is a 405 that says which it takes (not the API's 404)."""
 
     async def not_found(request: Request) -> Response:
         return ApiError(404, f"There is no API endpoint {request.url.path}.").response()
 
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    ours = [*openai_routes(config), *native_routes(config)]
     return [
-        *openai_routes(config),
-        *native_routes(config),
+        *ours,
+        *wrong_method_routes(ours),
         # last: any other /v1/ or /api/ path is an API 404, not the pages' index.html
-        Route("/v1/{rest:path}", not_found, methods=methods),
-        Route("/api/{rest:path}", not_found, methods=methods),
+        Route("/v1/{rest:path}", not_found, methods=METHODS),
+        Route("/api/{rest:path}", not_found, methods=METHODS),
     ]
+
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def wrong_method_routes(routes: list[Route]) -> list[Route]:
+    """For each path of `routes`, a route of the methods it does not take, answering 405 with
+    the methods it does take (in `Allow` and in the message)."""
+    allowed: dict[str, list[str]] = {}
+    for r in routes:
+        allowed.setdefault(r.path, []).extend(m for m in METHODS if m in (r.methods or ()))
+    return [
+        Route(path, _wrong_method(methods), methods=[m for m in METHODS if m not in methods])
+        for path, methods in allowed.items()
+    ]
+
+
+def _wrong_method(methods: list[str]) -> Callable[[Request], Awaitable[Response]]:
+    allow = ", ".join(methods)
+
+    async def refuse(request: Request) -> Response:
+        message = f"{request.url.path} takes {allow}, not {request.method}."
+        return ApiError(405, message, code="method_not_allowed").response({"allow": allow})
+
+    return refuse
 
 
 def api_middleware(config: ApiConfig) -> list[Middleware]:

@@ -11,6 +11,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from core.errors import AppError, Conflict, ModelError, NotFound
+
 MAX_BODY = 4 * 1024 * 1024  # bytes: a request body beyond this is refused (413)
 
 _TYPES = {
@@ -49,6 +51,23 @@ class ApiError(Exception):
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def api_error(e: Exception) -> ApiError:
+    """The core's errors with their HTTP status: NotFound 404, Conflict 409 (with its code),
+    ModelError 503 (the model is not there), any other AppError 400; anything else 500."""
+    if isinstance(e, ApiError):
+        return e
+    text = str(e)
+    if isinstance(e, ModelError):
+        return ApiError(503, text, code=getattr(e, "code", None) or "model_not_available")
+    if isinstance(e, NotFound):
+        return ApiError(404, text)
+    if isinstance(e, Conflict):
+        return ApiError(409, text, code=e.code)
+    if isinstance(e, AppError):
+        return ApiError(400, text)
+    return ApiError(500, "The server failed; its log has details.")
 
 
 async def read_json(request: Request, max_bytes: int = MAX_BODY) -> dict[str, Any]:

@@ -28,21 +28,21 @@ saved (the service's Turn saves however a reply ends; core/api/stream.py stops i
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
 from core.api.config import ApiConfig
 from core.api.errors import ApiError, read_json
 from core.api.stream import EventStream, ThreadedPieces, run_unless_disconnected
 from core.chat.service import ChatService, Turn
-from core.engine.sampler import SamplingParams
-from core.errors import AppError, ModelError, StoreError
+from core.contracts import ROLES, Op, Role
+from core.errors import AppError, NotFound
 from core.roleplay.avatars import avatar_path
 from core.runtime import Runtime
 from core.store import MAX_MESSAGE, Character, ChatMessage, Conversation
@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 MAX_ID = 2**62  # larger ids cannot exist (SQLite integers), and would overflow a query
 MAX_LIST = 1000  # chats listed at most per request
 MAX_REPLY_TOKENS = 8192
-REPLY_ROLES = ("char", "narrator", "user")
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 # ------------------------------------------------------------------------------ shapes
@@ -163,35 +160,6 @@ def _int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
     return value
 
 
-def _api_error(e: AppError) -> ApiError:
-    """The service's and the store's errors, said with their status."""
-    text = str(e)
-    if isinstance(e, ModelError):
-        return ApiError(503, text, code="model_not_available")
-    if isinstance(e, StoreError) and text.startswith("There is no "):
-        return ApiError(404, text)
-    if isinstance(e, StoreError) and "chat changed" in text:
-        return ApiError(409, text, code="chat_changed")
-    return ApiError(400, text)
-
-
-def _handler(fn: Handler) -> Handler:
-    """Errors of a handler as API errors, never a traceback."""
-
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await fn(request)
-        except ApiError as e:
-            return e.response()
-        except AppError as e:
-            return _api_error(e).response()
-        except Exception:  # a bug: said as a server error, the traceback goes to the log
-            log.exception("API %s %s failed", request.method, request.url.path)
-            return ApiError(500, "The server failed; its log has details.").response()
-
-    return wrapped
-
-
 # ------------------------------------------------------------------------------ the endpoints
 class NativeApi:
     def __init__(self, config: ApiConfig) -> None:
@@ -209,20 +177,14 @@ class NativeApi:
     def _character(self, character_id: int) -> Character:
         c = self.rt.store.get_character(character_id)
         if c is None:
-            raise ApiError(404, f"There is no character with id {character_id}.")
+            raise NotFound(f"There is no character with id {character_id}.")
         return c
 
     def _chat(self, chat_id: int) -> Conversation:
         conv = self.rt.store.get_conversation(chat_id)
         if conv is None:
-            raise ApiError(404, f"There is no chat with id {chat_id}.")
+            raise NotFound(f"There is no chat with id {chat_id}.")
         return conv
-
-    def _message(self, message_id: int) -> ChatMessage:
-        m = self.rt.store.get_message(message_id)
-        if m is None:
-            raise ApiError(404, f"There is no message with id {message_id}.")
-        return m
 
     def _message_out(self, m: ChatMessage | None) -> dict[str, Any] | None:
         if m is None:
@@ -297,9 +259,7 @@ class NativeApi:
 
         def work() -> dict[str, Any]:
             self._character(character_id)
-            conv = self.svc.new_chat(character_id)
-            if title and title.strip():
-                conv = self.rt.store.rename_conversation(conv.id, title)  # type: ignore[arg-type]
+            conv = self.svc.new_chat(character_id, title=title)
             messages = self.rt.store.list_messages(conv.id)  # type: ignore[arg-type]
             return {
                 **chat_json(conv, len(messages)),
@@ -321,11 +281,7 @@ class NativeApi:
     async def delete_chat(self, request: Request) -> Response:
         chat_id = _id(request, "id", "chat")
 
-        def work() -> None:
-            self._chat(chat_id)
-            self.rt.store.delete_conversation(chat_id)
-
-        await run_in_threadpool(work)
+        await run_in_threadpool(self.svc.delete_chat, chat_id)
         return JSONResponse({"id": chat_id, "deleted": True})
 
     async def messages(self, request: Request) -> Response:
@@ -356,7 +312,7 @@ class NativeApi:
             if reply:
                 self._engine_ready()  # refused before the message is stored, not after
             msg = self.svc.send(chat_id, text, name=name)
-            turn = self._turn(chat_id, "new", params) if reply else None
+            turn = self._turn(chat_id, Op.NEW, params) if reply else None
             return message_json(msg, conv), turn
 
         sent, turn = await run_in_threadpool(work)
@@ -365,42 +321,21 @@ class NativeApi:
         return await self._answer(request, turn, {"user_message": sent}, stream)
 
     async def regenerate(self, request: Request) -> Response:
-        return await self._redo(request, "regen")
+        return await self._redo(request, Op.REGEN)
 
     async def continue_(self, request: Request) -> Response:
-        return await self._redo(request, "continue")
+        return await self._redo(request, Op.CONTINUE)
 
-    async def _redo(self, request: Request, op: str) -> Response:
+    async def _redo(self, request: Request, op: Op) -> Response:
         chat_id = _id(request, "id", "chat")
         body = await _optional_json(request)
         _fields(body, {"message_id", "stream", "max_tokens", "seed"})
         stream = _bool(body, "stream", False)
         target_id = _int(body, "message_id", 0, MAX_ID)
         params = self._overrides(body)
-        what = "regenerated" if op == "regen" else "continued"
 
         def work() -> Turn:
-            self._chat(chat_id)
-            messages = self.rt.store.list_messages(chat_id)
-            if not messages:
-                raise ApiError(409, f"The chat has no message to be {what}.", code="no_message")
-            last = messages[-1]
-            if target_id is not None and target_id != last.id:
-                raise ApiError(
-                    409,
-                    f"Only the last message (id {last.id}) can be {what}, not {target_id}.",
-                    param="message_id",
-                    code="not_last_message",
-                )
-            meta = last.meta or {}
-            written = not isinstance(meta.get("tokens"), int) and meta.get("stop") is None
-            if op == "regen" and last.role == "user" and written:
-                raise ApiError(
-                    409,
-                    "The last message was written by the user, not generated: it cannot be "
-                    "regenerated. Ask for a reply (POST /api/chats/{id}/reply) instead.",
-                    code="not_generated",
-                )
+            last = self.svc.redo_target(chat_id, op, target_id)
             self._engine_ready()
             return self._turn(chat_id, op, params, target_id=last.id)
 
@@ -411,9 +346,9 @@ class NativeApi:
         chat_id = _id(request, "id", "chat")
         body = await _optional_json(request)
         _fields(body, {"role", "name", "stream", "max_tokens", "seed"})
-        role = body.get("role", "char")
-        if role not in REPLY_ROLES:
-            raise ApiError(400, f"`role` must be one of {', '.join(REPLY_ROLES)}.", param="role")
+        role = body.get("role", Role.CHAR)
+        if role not in ROLES:
+            raise ApiError(400, f"`role` must be one of {', '.join(ROLES)}.", param="role")
         name = body.get("name", "")
         if not isinstance(name, str):
             raise ApiError(400, "`name` must be a string.", param="name")
@@ -423,7 +358,7 @@ class NativeApi:
         def work() -> Turn:
             self._chat(chat_id)
             self._engine_ready()
-            return self._turn(chat_id, "new", params, role=role, name=name.strip())
+            return self._turn(chat_id, Op.NEW, params, role=role, name=name.strip())
 
         turn = await run_in_threadpool(work)
         return await self._answer(request, turn, {}, stream)
@@ -436,7 +371,7 @@ class NativeApi:
         text = _text(body)
 
         def work() -> dict[str, Any] | None:
-            self._message(message_id)
+            self.svc.message(message_id)
             return self._message_out(self.svc.edit(message_id, text))
 
         return JSONResponse({"message": await run_in_threadpool(work)})
@@ -449,24 +384,15 @@ class NativeApi:
         index = int(raw)
 
         def work() -> dict[str, Any] | None:
-            m = self._message(message_id)
-            n = len(m.alternatives or [m.text])
-            if index >= n:
-                raise ApiError(
-                    404,
-                    f"Message {message_id} has {n} version(s), numbered from 0; there is no "
-                    f"version {index}.",
-                    param="index",
-                )
             return self._message_out(self.svc.choose_version(message_id, index))
 
         return JSONResponse({"message": await run_in_threadpool(work)})
 
-    async def delete_message(self, request: Request) -> Response:
+    async def remove_message(self, request: Request) -> Response:
         message_id = _id(request, "id", "message")
 
         def work() -> None:
-            self._message(message_id)
+            self.svc.message(message_id)
             self.svc.delete(message_id)
 
         await run_in_threadpool(work)
@@ -486,16 +412,13 @@ class NativeApi:
     def _turn(
         self,
         chat_id: int,
-        op: str,
+        op: Op,
         overrides: dict[str, int],
-        role: str = "char",
+        role: Role | str = Role.CHAR,
         name: str = "",
         target_id: int | None = None,
     ) -> Turn:
-        params: SamplingParams | None = None
-        if overrides:
-            base = self.svc.params(self._chat(chat_id))
-            params = SamplingParams.from_dict({**base.to_dict(), **overrides}).validated()
+        params = self.svc.params(self._chat(chat_id), **overrides) if overrides else None
         return self.svc.reply(chat_id, op, role=role, name=name, target_id=target_id, params=params)
 
     def _finished(self, turn: Turn) -> dict[str, Any]:
@@ -522,10 +445,7 @@ class NativeApi:
         if stream:  # the client's disconnect stops the reply (stream.py); the Turn saves it
             pieces = ThreadedPieces(turn, cancel=turn.cancel, name="api-reply")
             return EventStream(self._events(turn, pieces, first), on_close=pieces.stop, done=False)
-        try:
-            await run_unless_disconnected(request.receive, turn.consume, turn.cancel.set)
-        except AppError as e:
-            raise _api_error(e) from None
+        await run_unless_disconnected(request.receive, turn.consume, turn.cancel.set)
         out = await run_in_threadpool(self._finished, turn)
         if "error" in out:
             return JSONResponse({**first, **out}, status_code=500)
@@ -551,38 +471,21 @@ async def _optional_json(request: Request) -> dict[str, Any]:
     return await read_json(request)
 
 
-def routes(config: ApiConfig) -> list[BaseRoute]:
+def routes(config: ApiConfig) -> list[Route]:
     api = NativeApi(config)
-    table: list[tuple[str, Handler, list[str]]] = [
-        ("/api/characters", api.characters, ["GET"]),
-        ("/api/characters/{id}/avatar", api.avatar, ["GET"]),
-        ("/api/characters/{id}/chats", api.character_chats, ["GET"]),
-        ("/api/characters/{id}/chats", api.new_chat, ["POST"]),
-        ("/api/chats/{id}", api.chat, ["GET"]),
-        ("/api/chats/{id}", api.delete_chat, ["DELETE"]),
-        ("/api/chats/{id}/messages", api.messages, ["GET"]),
-        ("/api/chats/{id}/messages", api.post_message, ["POST"]),
-        ("/api/chats/{id}/regenerate", api.regenerate, ["POST"]),
-        ("/api/chats/{id}/continue", api.continue_, ["POST"]),
-        ("/api/chats/{id}/reply", api.reply, ["POST"]),
-        ("/api/messages/{id}", api.edit, ["PUT"]),
-        ("/api/messages/{id}", api.delete_message, ["DELETE"]),
-        ("/api/messages/{id}/versions/{index}", api.choose, ["POST"]),
+    return [
+        Route("/api/characters", api.characters, methods=["GET"]),
+        Route("/api/characters/{id}/avatar", api.avatar, methods=["GET"]),
+        Route("/api/characters/{id}/chats", api.character_chats, methods=["GET"]),
+        Route("/api/characters/{id}/chats", api.new_chat, methods=["POST"]),
+        Route("/api/chats/{id}", api.chat, methods=["GET"]),
+        Route("/api/chats/{id}", api.delete_chat, methods=["DELETE"]),
+        Route("/api/chats/{id}/messages", api.messages, methods=["GET"]),
+        Route("/api/chats/{id}/messages", api.post_message, methods=["POST"]),
+        Route("/api/chats/{id}/regenerate", api.regenerate, methods=["POST"]),
+        Route("/api/chats/{id}/continue", api.continue_, methods=["POST"]),
+        Route("/api/chats/{id}/reply", api.reply, methods=["POST"]),
+        Route("/api/messages/{id}", api.edit, methods=["PUT"]),
+        Route("/api/messages/{id}", api.remove_message, methods=["DELETE"]),
+        Route("/api/messages/{id}/versions/{index}", api.choose, methods=["POST"]),
     ]
-    out: list[BaseRoute] = [Route(p, _handler(fn), methods=m) for p, fn, m in table]
-    allowed: dict[str, list[str]] = {}
-    for path, _, methods in table:
-        allowed.setdefault(path, []).extend(methods)
-    for path, methods in allowed.items():  # another method on a known path: 405, not 404
-        others = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if m not in methods]
-        out.append(Route(path, _wrong_method(methods), methods=others))
-    return out
-
-
-def _wrong_method(methods: list[str]) -> Handler:
-    async def refuse(request: Request) -> Response:
-        return ApiError(
-            405, f"{request.url.path} takes {', '.join(methods)}, not {request.method}."
-        ).response(headers={"allow": ", ".join(methods)})
-
-    return refuse

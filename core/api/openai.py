@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 
 from core.api.config import ApiConfig
 from core.api.errors import ApiError, read_json
@@ -61,32 +61,14 @@ RECURRENT_CONTEXT = 1_048_576
 MAX_ACTIVE = 32
 
 
-def routes(config: ApiConfig) -> list[BaseRoute]:
+def routes(config: ApiConfig) -> list[Route]:
     api = OpenAIApi(config)
-    ours = [
+    return [
         Route("/v1/models", api.models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", api.model, methods=["GET"]),
         Route("/v1/chat/completions", api.chat_completions, methods=["POST"]),
         Route("/v1/completions", api.completions, methods=["POST"]),
     ]
-    # another method on one of these paths: a 405 that says which (not the API's 404)
-    others = {"GET", "POST", "PUT", "PATCH", "DELETE"}
-    wrong = [
-        Route(r.path, _wrong_method(sorted(r.methods or ())), methods=sorted(others - r.methods))
-        for r in ours
-        if r.methods
-    ]
-    return [*ours, *wrong]
-
-
-def _wrong_method(allowed: list[str]) -> Callable[[Request], Any]:
-    allow = ", ".join(m for m in allowed if m != "HEAD")
-
-    async def answer(request: Request) -> Response:
-        message = f"{request.url.path} takes {allow}, not {request.method}."
-        return ApiError(405, message, code="method_not_allowed").response({"allow": allow})
-
-    return answer
 
 
 # ---------------------------------------------------------------------------- the model
@@ -95,9 +77,7 @@ def context_length(engine: Engine | None) -> int:
     transformer GGUF."""
     if engine is None or engine.info.version is not None:
         return RECURRENT_CONTEXT
-    n_ctx = getattr(engine.raw_backend, "n_ctx", None)
-    recurrent = getattr(engine.raw_backend, "recurrent", False)
-    return RECURRENT_CONTEXT if recurrent or not n_ctx else int(n_ctx)
+    return engine.raw_backend.context_limit() or RECURRENT_CONTEXT
 
 
 def _model_entry(model_id: str, engine: Engine | None, created: int) -> dict[str, Any]:
@@ -306,13 +286,10 @@ class OpenAIApi:
         return body, engine, base
 
     async def chat_completions(self, request: Request) -> Response:
-        try:
-            body, engine, base = await self._prepare(request, chat=True)
-            gen = parse_generation(body, base, engine.info.n_vocab, engine.backend.eos_token())
-            chat = map_messages(body, gen.stops)
-            release = self._admit(gen.n)
-        except ApiError as e:
-            return e.response()
+        body, engine, base = await self._prepare(request, chat=True)
+        gen = parse_generation(body, base, engine.info.n_vocab, engine.backend.eos_token())
+        chat = map_messages(body, gen.stops)
+        release = self._admit(gen.n)
 
         def start(i: int, cancel: threading.Event) -> Reply:
             return engine.reply(
@@ -329,13 +306,10 @@ class OpenAIApi:
         return await _answer(request, run, gen, shape)
 
     async def completions(self, request: Request) -> Response:
-        try:
-            body, engine, base = await self._prepare(request, chat=False)
-            gen = parse_generation(body, base, engine.info.n_vocab, engine.backend.eos_token())
-            prompt = _prompt(body)
-            release = self._admit(gen.n)
-        except ApiError as e:
-            return e.response()
+        body, engine, base = await self._prepare(request, chat=False)
+        gen = parse_generation(body, base, engine.info.n_vocab, engine.backend.eos_token())
+        prompt = _prompt(body)
+        release = self._admit(gen.n)
 
         def start(i: int, cancel: threading.Event) -> Reply:
             return engine.complete(prompt, gen.params_for(i), gen.stops, cancel=cancel)

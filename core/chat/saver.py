@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from core.contracts import Op, ReplyMeta, Role, Stop
 from core.store import ChatMessage, Store
 from core.text import normalize
 
@@ -16,7 +17,8 @@ class ReplySaver:
     """Saves a reply while it is generated, so that a crash (kill -9, a power cut) loses at most
     its last couple of seconds.
 
-    `op` is "new" (a new message by `role`), "regen" or "continue" (a new version of `target`).
+    `op` is Op.NEW (a new message by `role`), Op.REGEN or Op.CONTINUE (a new version of
+    `target`).
     The first save, `every_s` seconds into the reply, creates the message or the version with
     meta stop "interrupted"; later saves rewrite it in place, and `finish` writes the final text
     with its real stop reason. A reply cut short by a crash is then a shorter stored message,
@@ -28,8 +30,8 @@ class ReplySaver:
         self,
         store: Store,
         conversation_id: int,
-        op: str,
-        role: str = "char",
+        op: Op | str,
+        role: Role | str = Role.CHAR,
         target: ChatMessage | None = None,
         meta: dict[str, Any] | None = None,
         name: str = "",
@@ -37,17 +39,18 @@ class ReplySaver:
         clock: Callable[[], float] = time.monotonic,
         character_id: int | None = None,
     ) -> None:
-        if op not in ("new", "regen", "continue") or (op != "new" and target is None):
+        op, role = Op(op), Role(role)
+        if op == Op.VERSIONS or (op != Op.NEW and target is None):
             raise ValueError(f"unknown reply operation {op!r} (or no message to change)")
         self.store, self.conversation_id, self.op, self.role = store, conversation_id, op, role
         self.name = name  # the speaker's name when it is not the role's default
         self.character_id = character_id  # a group chat's member who speaks (a new message)
         self.target = target
-        self.meta = {**(meta or {}), **({"continued": True} if op == "continue" else {})}
+        self.meta = {**(meta or {}), **({"continued": True} if op == Op.CONTINUE else {})}
         self.every_s = SAVE_EVERY_S if every_s is None else every_s
         self._clock = clock
         self._last = clock()
-        self._base = target.text if op == "continue" and target is not None else ""
+        self._base = target.text if op == Op.CONTINUE and target is not None else ""
         self._streamed = ""
         self.message: ChatMessage | None = None  # as last saved
         self._version = 0  # the version of `message` this reply writes
@@ -57,26 +60,26 @@ class ReplySaver:
         for piece in pieces:
             self._streamed += piece
             if self._clock() - self._last >= self.every_s:
-                self._save(normalize(self._base + self._streamed), {"stop": "interrupted"})
+                self._save(normalize(self._base + self._streamed), {"stop": Stop.INTERRUPTED})
                 self._last = self._clock()
             yield piece
 
     def finish(self, text: str, meta: dict[str, Any]) -> ChatMessage | None:
         """The final save (the engine's on_finish): `text` as stored and the reply's meta (for
         continue, `meta["tokens"]` counts the new tokens only). None when nothing was said."""
-        if self.op == "continue" and self.target is not None:
-            old = (self.target.meta or {}).get("tokens")
+        if self.op == Op.CONTINUE and self.target is not None:
+            old = ReplyMeta.from_dict(self.target.meta).tokens
             meta = {**meta, "tokens": int(old or 0) + int(meta.get("tokens") or 0)}
         self._save(text, meta)
         return self.message
 
     def _save(self, text: str, meta: dict[str, Any]) -> None:
-        if not text.strip() or (self.op == "continue" and text == self._base):
+        if not text.strip() or (self.op == Op.CONTINUE and text == self._base):
             return  # nothing said (yet)
         meta = {**self.meta, **meta}
         if self.message is not None:
             self.message = self.store.set_version(self.message.id, self._version, text, meta)
-        elif self.op == "new":
+        elif self.op == Op.NEW:
             self.message = self.store.add_message(
                 self.conversation_id,
                 self.role,

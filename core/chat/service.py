@@ -1,11 +1,18 @@
 """The chat service: every chat operation of every front end (the pages, the API).
 
-svc = runtime.current().chat
-conv = svc.new_chat(character_id)
-svc.send(conv.id, "Hello!")
-turn = svc.reply(conv.id)            # "new"; or op="regen" / "continue", role="narrator"
+chats = runtime.current().chat
+conv = chats.new_chat(character_id)
+chats.send(conv.id, "Hello!")
+turn = chats.reply(conv.id)          # Op.NEW; or Op.REGEN / Op.CONTINUE, role=Role.NARRATOR
 for piece in turn: ...               # streamed text; the reply is saved however it ends
 turn.message                         # the saved message (None when nothing was said)
+
+Every rule about a chat that a front end needs lives here, so the pages and the API never
+decide one by themselves: which message a regenerate or continue may work on (`redo_target`),
+whether a message was generated (`can_regenerate`), a chat's sampling with a request's
+overrides (`params`), warming a chat's state, renaming, deleting, group members and settings.
+Errors are `NotFound` (no such chat, message...) and `Conflict` (the chat changed, nothing to
+regenerate...): the API maps them to 404 and 409, the pages show their messages.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from core.chat.card_fields import before_text, expand_greetings
 from core.chat.context import conversation_context, prompt_messages, to_message
 from core.chat.prompt_view import PromptView, prompt_view
 from core.chat.saver import ReplySaver
+from core.contracts import Op, ReplyMeta, Role
 from core.engine.sampler import AUTO_PRESET, DEFAULT_PRESET, PRESETS, SamplingParams, model_preset
-from core.errors import ModelError, StoreError
+from core.errors import Conflict, ModelError, NotFound
 from core.prompt import CharacterContext, Message
 from core.roleplay.lore import fire_lore
 from core.store import ChatMessage, Conversation, Store
@@ -135,26 +143,30 @@ class ChatService:
         info = engine.info
         return model_preset(info.arch, info.backend, info.extra.get("sampling"))
 
-    def params(self, conv: Conversation | None) -> SamplingParams:
+    def params(self, conv: Conversation | None, **overrides: Any) -> SamplingParams:
         """A chat's sampling (the default preset's when it has none saved). A chat on the
         "auto" preset follows the loaded model: its saved seed, token limit and anything else
         the preset does not set are kept. Any other saved sampling (a preset or custom values
-        the user chose) is used as saved."""
+        the user chose) is used as saved. `overrides` (a request's max_tokens, seed...) replace
+        the saved values for one reply."""
         data = conv.sampling if conv is not None and conv.sampling else None
         data = data or self.preset_sampling(self.default_preset())
         saved = SamplingParams.from_dict(data)
         if data.get("preset") == AUTO_PRESET:
             family = self.model_params()
             saved = replace(saved, **{f: getattr(family, f) for f in _FAMILY_FIELDS})
+        if overrides:
+            saved = SamplingParams.from_dict({**saved.to_dict(), **overrides})
         return saved.validated()
 
     def set_sampling(self, conversation_id: int, values: dict[str, Any], preset: str) -> None:
         p = SamplingParams.from_dict(values).validated()
         self.store.update_conversation(conversation_id, sampling={"preset": preset, **p.to_dict()})
 
-    def new_chat(self, character_id: int) -> Conversation:
+    def new_chat(self, character_id: int, title: str | None = None) -> Conversation:
         """Start a chat with a character: the character's sampling preset (else the default
-        one), the user's name from Settings, the loaded model's name."""
+        one), the user's name from Settings, the loaded model's name; `title` if given (else
+        the store's default)."""
         store = self.store
         engine = self._engine()
         model = ""
@@ -170,13 +182,28 @@ class ChatService:
             user_name=user_name,
         )
         expand_greetings(store, conv)  # {{time}}, {{random::..}}...: once, stored as fed
+        if title and title.strip():
+            conv = store.rename_conversation(conv.id, title)  # type: ignore[arg-type]
         return conv
 
     def conversation(self, conversation_id: int) -> Conversation:
         conv = self.store.get_conversation(conversation_id)
         if conv is None:
-            raise StoreError(f"There is no conversation with id {conversation_id}.")
+            raise NotFound(f"There is no chat with id {conversation_id}.")
         return conv
+
+    def rename(self, conversation_id: int, title: str) -> Conversation:
+        return self.store.rename_conversation(conversation_id, title)
+
+    def delete_chat(self, conversation_id: int) -> None:
+        self.conversation(conversation_id)
+        self.store.delete_conversation(conversation_id)
+
+    def import_chat(self, data: bytes, character_id: int) -> Conversation:
+        """A SillyTavern JSONL chat (or this app's export) as a new chat of the character."""
+        from core.roleplay.chat_io import import_jsonl
+
+        return import_jsonl(self.store, data, character_id)
 
     # ------------------------------------------------------------------ messages
     def send(self, conversation_id: int, text: str, name: str = "") -> ChatMessage:
@@ -189,10 +216,23 @@ class ChatService:
     def delete(self, message_id: int) -> None:
         self.store.delete_message(message_id)
 
+    def message(self, message_id: int) -> ChatMessage:
+        m = self.store.get_message(message_id)
+        if m is None:
+            raise NotFound(f"There is no message with id {message_id}.")
+        return m
+
     def choose_version(self, message_id: int, index: int) -> ChatMessage:
+        m = self.message(message_id)
+        n = len(m.alternatives or [m.text])
+        if not 0 <= index < n:
+            raise NotFound(
+                f"Message {message_id} has {n} version(s), numbered from 0; there is no "
+                f"version {index}."
+            )
         return self.store.select_alternative(message_id, index)
 
-    def rewind(self, conversation_id: int, position: int) -> int:
+    def rewind_to(self, conversation_id: int, position: int) -> int:
         """Delete every message from `position` on; returns how many went."""
         return self.store.rewind(conversation_id, position)
 
@@ -202,6 +242,56 @@ class ChatService:
             conversation_context(self.store, conversation_id),
             prompt_messages(self.store, conversation_id),
         )
+
+    def warm_in_background(self, conversation_id: int) -> threading.Thread:
+        """`warm` on a thread of its own (a chat just opened): only a head start, so a failure
+        is dropped (the reply prefills whatever is missing)."""
+
+        def run() -> None:
+            try:
+                self.warm(conversation_id)
+            except Exception:
+                pass
+
+        # not a daemon: a prefill cut off by interpreter exit inside torch aborts the process
+        thread = threading.Thread(target=run, daemon=False, name=f"warm-{conversation_id}")
+        thread.start()
+        return thread
+
+    # ------------------------------------------------------------------ which message
+    @staticmethod
+    def can_regenerate(message: ChatMessage) -> bool:
+        """A regenerate makes sense for a message by a character or the narrator, and for a
+        user's line the model wrote; not for what the user typed."""
+        return message.role != Role.USER or ReplyMeta.from_dict(message.meta).generated
+
+    def redo_target(
+        self, conversation_id: int, op: Op, target_id: int | None = None
+    ) -> ChatMessage:
+        """The message a regenerate, continue or several versions work on: the chat's last
+        message. Conflict when the chat has none (code "no_message"), when `target_id` (the
+        message the user saw) is no longer the last one ("not_last_message"), and for a
+        regenerate of what the user typed ("not_generated")."""
+        op = Op(op)
+        what = "continued" if op == Op.CONTINUE else "regenerated"
+        self.conversation(conversation_id)
+        messages = self.store.list_messages(conversation_id)
+        if not messages:
+            raise Conflict(f"The chat has no message to be {what}.", "no_message")
+        last = messages[-1]
+        if target_id is not None and target_id != last.id:
+            raise Conflict(
+                f"Only the last message (id {last.id}) can be {what}, not {target_id}: the "
+                "chat changed.",
+                "not_last_message",
+            )
+        if op != Op.CONTINUE and not self.can_regenerate(last):
+            raise Conflict(
+                "The last message was written by the user, not generated: it cannot be "
+                "regenerated. Ask for a reply instead.",
+                "not_generated",
+            )
+        return last
 
     # ------------------------------------------------------------------ replies
     def before_reply(
@@ -228,8 +318,8 @@ class ChatService:
     def reply(
         self,
         conversation_id: int,
-        op: str = "new",
-        role: str = "char",
+        op: Op | str = Op.NEW,
+        role: Role | str = Role.CHAR,
         name: str = "",
         target_id: int | None = None,
         params: SamplingParams | None = None,
@@ -237,28 +327,34 @@ class ChatService:
         character_id: int | None = None,
         version_offset: int = 0,
     ) -> Turn:
-        """Start a reply: "new" (the next message, by `role`), "regen" (a new version of the
-        last message) or "continue" (the last message, made longer). `character_id`: the group
-        chat's member who speaks (a new message; see reply_as). `target_id`, when given,
-        must be the last message: a chat changed meanwhile is refused, not silently rewritten.
-        The returned Turn streams the text; nothing runs until it is iterated."""
+        """Start a reply: Op.NEW (the next message, by `role`), Op.REGEN (a new version of the
+        last message) or Op.CONTINUE (the last message, made longer). `character_id`: the
+        group chat's member who speaks (a new message; see reply_as). `target_id`, when given,
+        must be the last message: a chat changed meanwhile is refused (Conflict), not silently
+        rewritten. The returned Turn streams the text; nothing runs until it is iterated."""
+        try:
+            op, role = Op(op), Role(role)
+        except ValueError as e:
+            raise ValueError(f"unknown reply operation or speaker: {e}") from None
+        if op == Op.VERSIONS:
+            raise ValueError("several versions at once: use regenerate_versions")
         store = self.store
         engine = self.engine()
         conv = self.conversation(conversation_id)
-        if op not in ("new", "regen", "continue"):
-            raise ValueError(f"unknown reply operation {op!r}")
-        if role not in ("char", "narrator", "user"):
-            raise ValueError(f"unknown speaker {role!r}")
         messages = store.list_messages(conversation_id)
         target: ChatMessage | None = None
-        if op != "new":
+        if op.on_last:
             if not messages:
-                raise StoreError("The chat has no message to regenerate or continue.")
+                what = "continued" if op == Op.CONTINUE else "regenerated"
+                raise Conflict(f"The chat has no message to be {what}.", "no_message")
             target = messages[-1]
             if target_id is not None and target.id != target_id:
-                raise StoreError("The chat changed: that message is no longer the last one.")
+                raise Conflict(
+                    "The chat changed: that message is no longer the last one.",
+                    "not_last_message",
+                )
         history = [to_message(m) for m in messages]
-        if op == "regen":
+        if op == Op.REGEN:
             history = history[:-1]
         if target is not None:
             speaker = Message(target.role, "", target.name)  # type: ignore[arg-type]
@@ -266,13 +362,14 @@ class ChatService:
             speaker = Message(role, "", name)  # type: ignore[arg-type]
         ctx = conversation_context(store, conversation_id, speaker=speaker.name)
         extra: dict[str, Any] = {}
-        if op == "continue":
+        if op == Op.CONTINUE:
             speaker.before = history[-1].before  # the message keeps what was fed before it
-            if target is not None and "joined" in (target.meta or {}):
-                extra["joined"] = target.meta["joined"]  # a group's late member stays fed
+            joined = ReplyMeta.from_dict(target.meta if target else None).extra.get("joined")
+            if joined is not None:
+                extra["joined"] = joined  # a group's late member stays fed
         else:
             speaker.before, extra = self.before_reply(conv, ctx, history, speaker)
-            prior = messages[:-1] if op == "regen" else messages
+            prior = messages[:-1] if op == Op.REGEN else messages
             speaker.before, extra = groups.join_before(store, conv, prior, speaker.before, extra)
         if speaker.before:
             extra["before"] = speaker.before
@@ -302,10 +399,10 @@ class ChatService:
 
         params = params or self.params(conv)
         if params.seed is not None:  # the same place gives the same reply, the next one differs
-            version = len(target.alternatives or [target.text]) if op == "regen" and target else 0
+            version = len(target.alternatives or [target.text]) if op == Op.REGEN and target else 0
             version += version_offset  # the i-th of several versions asked for at once
             place = target.position if target is not None else _next_position(messages)
-            if op == "continue" and target is not None:
+            if op == Op.CONTINUE and target is not None:
                 version = target.chosen
             params = replace(params, seed=place_seed(params.seed, place, version, op))
         reply = engine.reply(
@@ -314,10 +411,10 @@ class ChatService:
             speaker,
             params,
             cancel=cancel,
-            continue_last=op == "continue",
+            continue_last=op == Op.CONTINUE,
             on_finish=on_finish,
         )
-        base = target.text if op == "continue" and target is not None else ""
+        base = target.text if op == Op.CONTINUE and target is not None else ""
         return Turn(reply, saver, cancel, done, box, base)
 
     # ------------------------------------------------------------------ what the model saw
@@ -359,13 +456,28 @@ class ChatService:
         who = groups.member(self.store, self.conversation(conversation_id), character_id)
         return self.reply(
             conversation_id,
-            "new",
-            role="char",
+            Op.NEW,
+            role=Role.CHAR,
             name=who.name,
             params=params,
             cancel=cancel,
             character_id=who.id,
         )
+
+    def add_member(self, conversation_id: int, character_id: int) -> Conversation:
+        """Add a character to a chat (a chat with one character becomes a group chat)."""
+        return self.store.add_group_member(conversation_id, character_id)
+
+    def remove_member(self, conversation_id: int, character_id: int) -> Conversation:
+        return self.store.remove_group_member(conversation_id, character_id)
+
+    def mute_member(self, conversation_id: int, character_id: int, muted: bool) -> Conversation:
+        return self.store.set_member_muted(conversation_id, character_id, muted)
+
+    def set_group(self, conversation_id: int, **settings: Any) -> Conversation:
+        """A group chat's settings: activation ("natural", "list", "manual"), allow_self,
+        auto_turns (checked by the store)."""
+        return self.store.update_group_settings(conversation_id, **settings)
 
     # ------------------------------------------------------------------ batched versions
     def regenerate_versions(
@@ -382,16 +494,14 @@ class ChatService:
         them in one batch."""
         if not 1 <= n <= MAX_VERSIONS:
             raise ValueError(f"between 1 and {MAX_VERSIONS} versions at once")
-        messages = self.store.list_messages(conversation_id)
-        if not messages:
-            raise StoreError("The chat has no message to regenerate or continue.")
+        last = self.redo_target(conversation_id, Op.VERSIONS)
         base = params or self.params(self.conversation(conversation_id))
         cancel = cancel or threading.Event()
         return [
             self.reply(
                 conversation_id,
-                "regen",
-                target_id=messages[-1].id,
+                Op.REGEN,
+                target_id=last.id,
                 params=base,
                 cancel=cancel,
                 version_offset=i,
@@ -426,7 +536,7 @@ def _next_position(messages: list[ChatMessage]) -> int:
     return messages[-1].position + 1 if messages else 0
 
 
-def place_seed(seed: int, position: int, version: int, op: str = "new") -> int:
+def place_seed(seed: int, position: int, version: int, op: Op | str = Op.NEW) -> int:
     """The seed of one reply: the chat's seed mixed with the reply's place (message position,
     version index, and whether it continues a message), so consecutive replies and regenerated
     versions draw different streams while the same place with the same seed gives the same

@@ -9,11 +9,10 @@ never change when messages are added after it: that is what lets the prefix stat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
+from core.contracts import Role
 from core.text import DEFAULT_CHAR, DEFAULT_USER, NARRATOR_NAME
-
-Role = Literal["user", "char", "narrator"]
 
 
 @dataclass

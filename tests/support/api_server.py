@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import uvicorn
-from starlette.applications import Starlette
 
 from core import runtime
-from core.api import ApiConfig, api_middleware, api_routes
+from core.api.app import build_app
+from core.api.config import ApiConfig
 from tests.support.server import free_port
 
 
@@ -29,7 +29,7 @@ def api_server(config: ApiConfig | None = None, timeout: float = 30.0) -> Iterat
     """The API on 127.0.0.1:<free port>; yields its base URL (without /v1)."""
     runtime.reset()
     config = config or ApiConfig()
-    app = Starlette(routes=api_routes(config), middleware=api_middleware(config))
+    app = build_app(config)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")

@@ -150,3 +150,59 @@ def test_the_checks_see_real_imports() -> None:
     assert "core.backends.base" in graph["core.engine.engine"]
     assert "core.store.store" in graph["core.store"]
     assert "core.prompt.chatml" in graph["core.backends.llama"]
+
+
+# --- the front ends hold no rules of the core ------------------------------------------------
+# Pages (and Home.py) and the HTTP API change data only through core's services (the chat
+# service, the character and lorebook services, the settings): a front end that wrote to the
+# store itself, or set the runtime's state, would carry a rule of the core that the other front
+# end then lacks. Read from the source, like the imports above.
+FRONT_ENDS = [REPO / "Home.py", *sorted((REPO / "pages").glob("*.py"))]
+FRONT_ENDS += sorted((CORE / "api").glob("*.py"))
+RUNTIME_STATE = {"unloaded", "failed", "override", "_loading", "_store", "_chat"}
+
+
+def store_write_methods() -> set[str]:
+    """The Store's public methods that write: every public method whose name does not say it
+    only reads (get_, list_, ...)."""
+    from core.store import Store
+
+    reads = ("get_", "list_", "unique_name", "user_name", "setting_str", "close")
+    return {
+        name
+        for name in dir(Store)
+        if not name.startswith("_")
+        and callable(getattr(Store, name))
+        and not name.startswith(reads)
+    }
+
+
+def test_the_store_write_list_is_real() -> None:
+    writes = store_write_methods()
+    assert {"create_character", "add_message", "set_setting", "delete_conversation"} <= writes
+    assert "list_messages" not in writes and "get_setting" not in writes
+
+
+def test_front_ends_never_write_to_the_store_or_set_runtime_state() -> None:
+    writes = store_write_methods()
+    wrong = []
+    for path in FRONT_ENDS:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            # a call or a reference (a callback passed to a button) of a Store write method
+            if isinstance(node, ast.Attribute) and node.attr in writes:
+                wrong.append(f"{path.relative_to(REPO)}:{node.lineno} uses .{node.attr}")
+            # an attribute of the runtime assigned, or a runtime dict cleared
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            if isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            for t in targets:
+                if isinstance(t, ast.Attribute) and t.attr in RUNTIME_STATE:
+                    wrong.append(f"{path.relative_to(REPO)}:{node.lineno} sets .{t.attr}")
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("clear", "pop", "update")
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr in RUNTIME_STATE
+            ):
+                wrong.append(f"{path.relative_to(REPO)}:{node.lineno} changes .{node.value.attr}")
+    assert not wrong, "\n".join(wrong)
