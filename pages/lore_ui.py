@@ -1,7 +1,8 @@
 """Not a page: the lorebook (World Info) parts of the Characters and Chat pages. The editor of
 the books (entries as a table with search, an add-an-entry form, book settings, import and
 export of World Info JSON), the books attached to a character and its card's own book, the books
-of a chat, and the entries that fired for a reply. The rules live in core/lore.py."""
+of a chat, and the entries that fired for a reply. The rules live in core/roleplay/lore/, and
+every change to a book goes through its LoreService; the store is only read here."""
 
 from __future__ import annotations
 
@@ -16,16 +17,13 @@ from core.roleplay.lore import (
     DEFAULT_BUDGET,
     LOGIC_NAMES,
     ROW_COLUMNS,
+    LoreService,
+    add_entry,
     apply_rows,
     entry_row,
     filter_entries,
     from_character_book,
-    new_entry,
-    next_uid,
     normalize_settings,
-    parse_world_info,
-    split_keys,
-    to_character_book,
     world_info_bytes,
     world_info_filename,
 )
@@ -121,15 +119,8 @@ def entries_editor(
             comment = st.text_input(T("lore_add_comment"), key=f"lore_add_comment_{key}")
             constant = st.checkbox(T("lore_add_constant"), key=f"lore_add_const_{key}")
             if st.form_submit_button(T("lore_add_entry"), icon=":material/add:"):
-                entry = new_entry(
-                    next_uid(entries),
-                    key=split_keys(keys),
-                    content=content,
-                    comment=comment,
-                    constant=constant,
-                )
                 try:
-                    save([*entries, entry])
+                    save(add_entry(entries, keys, content, comment, constant))
                 except AppError as e:
                     show_error(e)
                 else:
@@ -171,10 +162,7 @@ def _import_book(s: Store) -> None:
     if up is None:
         return
     try:
-        parsed = parse_world_info(up.getvalue(), up.name.rsplit(".", 1)[0])
-        book = s.create_lorebook(
-            parsed.name, parsed.entries, parsed.settings, parsed.description, unique=True
-        )
+        book = LoreService(s).import_file(up.getvalue(), up.name)
     except AppError as e:
         ss.lore_error_books = f"{T('err_import', file=up.name)} {e}"
     else:
@@ -185,7 +173,7 @@ def _import_book(s: Store) -> None:
 
 def _create_book(s: Store) -> None:
     try:
-        book = s.create_lorebook(ss.get("lore_new_name", ""))
+        book = LoreService(s).create(ss.get("lore_new_name", ""))
     except AppError as e:
         ss.lore_error_books = str(e)
     else:
@@ -196,7 +184,7 @@ def _create_book(s: Store) -> None:
 
 def _delete_book(s: Store, book_id: int, name: str) -> None:
     try:
-        s.delete_lorebook(book_id)
+        LoreService(s).delete(book_id)
     except AppError as e:
         ss.lore_error_books = str(e)
     else:
@@ -206,6 +194,7 @@ def _delete_book(s: Store, book_id: int, name: str) -> None:
 
 def lorebooks_panel(s: Store) -> None:
     """The lorebooks: pick, create, import; edit the one picked."""
+    lore = LoreService(s)
     _notices("books")
     books = s.list_lorebooks()
     with st.container(horizontal=True, vertical_alignment="bottom"):
@@ -238,7 +227,7 @@ def lorebooks_panel(s: Store) -> None:
         settings = _settings_fields(k, book.settings or {})
         if st.form_submit_button(T("save"), icon=":material/save:"):
             try:
-                s.update_lorebook(
+                lore.update(
                     book.id,
                     name=name,
                     description=description,
@@ -252,7 +241,7 @@ def lorebooks_panel(s: Store) -> None:
                 st.rerun()
 
     def save(entries: list[dict[str, Any]]) -> None:
-        s.update_lorebook(book.id, entries=entries)
+        lore.save_entries(book.id, entries)
         _flash(T("lore_saved", name=md_inline(book.name)))
 
     entries_editor(f"book{book.id}", list(book.entries or []), save)
@@ -281,22 +270,22 @@ def lorebooks_panel(s: Store) -> None:
 
 def character_lore(s: Store, ch: Character) -> None:
     """The books attached to a character, and its card's own book as a table."""
+    lore = LoreService(s)
     _notices(f"char{ch.id}")
     _attach_picker(
         s.list_lorebooks(),
         ch.lorebook_ids,
-        lambda ids: s.set_character_lorebooks(ch.id, ids),
+        lambda ids: lore.attach_to_character(ch.id, ids),
         "char",
         ch.id,
         T("lore_attached"),
     )
     own = ch.character_book if isinstance(ch.character_book, dict) else None
-    entries, settings = from_character_book(own)
+    entries = from_character_book(own)[0]
     with st.expander(T("lore_own_book", n=len(entries)), icon=":material/menu_book:"):
 
         def save(new: list[dict[str, Any]]) -> None:
-            book = to_character_book(new, settings, own or {"name": ch.name})
-            s.update_character(ch.id, {"character_book": book})
+            lore.save_character_book(ch.id, new)  # the card book's settings kept
             _flash(T("lore_saved", name=md_inline(ch.name)), f"char{ch.id}")
 
         entries_editor(f"char{ch.id}", entries, save)
@@ -306,20 +295,14 @@ def character_lore(s: Store, ch: Character) -> None:
                 key=f"lore_copy_{ch.id}",
                 icon=":material/content_copy:",
                 on_click=_copy_own_book,
-                args=(s, ch, entries, settings),
+                args=(s, ch),
             )
 
 
-def _copy_own_book(
-    s: Store, ch: Character, entries: list[dict[str, Any]], settings: dict[str, Any]
-) -> None:
+def _copy_own_book(s: Store, ch: Character) -> None:
     """The card's book as a lorebook of its own, to attach to other characters and chats."""
-    own = ch.character_book or {}
-    name = str(own.get("name") or "").strip() or ch.name
     try:
-        book = s.create_lorebook(
-            name, entries, settings, str(own.get("description") or ""), unique=True
-        )
+        book = LoreService(s).copy_character_book(ch.id)
     except AppError as e:
         ss[f"lore_error_char{ch.id}"] = str(e)
     else:
@@ -339,7 +322,7 @@ def chat_lorebooks(s: Store, conv: Conversation) -> None:
     _attach_picker(
         books,
         conv.lorebook_ids,
-        lambda ids: s.set_conversation_lorebooks(conv.id, ids),
+        lambda ids: LoreService(s).attach_to_chat(conv.id, ids),
         "chat",
         conv.id,
         T("lore_chat_books"),

@@ -17,6 +17,7 @@ from core.roleplay.lore import (
     Book,
     LoreError,
     activate,
+    add_entry,
     apply_rows,
     entry_row,
     export_world_info,
@@ -448,3 +449,19 @@ def test_table_edits_under_a_search_keep_the_hidden_entries() -> None:
     assert out[0] == entries[0] and out[2] == entries[2]
     # a row deleted from the shown ones deletes that entry only
     assert [e["uid"] for e in apply_rows(entries, [1], [])] == [0, 2]
+
+
+def test_the_add_form_appends_an_entry_with_the_next_uid() -> None:
+    entries = [new_entry(0, key=["dragon"], content="Dragons."), new_entry(4, key=["moon"])]
+    out = add_entry(entries, "castle, /tow(er|n)/i", "A castle.", "Castle", constant=True)
+    assert out[:2] == entries and len(entries) == 2  # the list given is left as it was
+    new = out[2]
+    assert (new["uid"], new["key"], new["content"], new["comment"], new["constant"]) == (
+        5,
+        ["castle", "/tow(er|n)/i"],
+        "A castle.",
+        "Castle",
+        True,
+    )
+    assert new["order"] == 100 and new["disable"] is False  # SillyTavern's defaults
+    assert add_entry([], "", "Text.")[0]["uid"] == 0

@@ -39,7 +39,8 @@ entries go in the chat's opening (`constant_lore`), which changes only when a bo
 
 Modules: entries.py (fields and defaults), formats.py (World Info files, V2 character books),
 activation.py (which entries fire: pure), books.py (a chat's books from the store, and what is
-fed), table.py (the editor's rows).
+fed), table.py (the editor's rows), service.py (LoreService: every change a front end makes to
+lorebooks and to the books a character or a chat uses).
 """
 
 from core.roleplay.lore.activation import Book, Fired, LoreResult, activate, estimate_tokens
@@ -82,7 +83,15 @@ from core.roleplay.lore.formats import (
     world_info_bytes,
     world_info_filename,
 )
-from core.roleplay.lore.table import ROW_COLUMNS, apply_rows, entry_row, filter_entries, split_keys
+from core.roleplay.lore.service import LoreService
+from core.roleplay.lore.table import (
+    ROW_COLUMNS,
+    add_entry,
+    apply_rows,
+    entry_row,
+    filter_entries,
+    split_keys,
+)
 
 __all__ = [
     "AND_ALL",
@@ -104,8 +113,10 @@ __all__ = [
     "Fired",
     "LoreError",
     "LoreResult",
+    "LoreService",
     "ParsedBook",
     "activate",
+    "add_entry",
     "apply_rows",
     "books_for_conversation",
     "character_book",

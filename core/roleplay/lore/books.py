@@ -11,14 +11,14 @@ from core.prompt import CharacterContext, Message
 from core.roleplay.lore.activation import Book, activate
 from core.roleplay.lore.formats import from_character_book
 from core.roleplay.macros import expand
-from core.store import Conversation, Lorebook, Store
+from core.store import Character, Conversation, Lorebook, Store
 
 # --- the books of a chat --------------------------------------------------------------------
 
 
-def character_book(character: Any) -> Book | None:
+def character_book(character: Character) -> Book | None:
     """A character's own book (the card's V2 character_book), or None."""
-    cb = getattr(character, "character_book", None)
+    cb = character.character_book
     if not isinstance(cb, dict):
         return None
     entries, settings = from_character_book(cb)
@@ -47,7 +47,7 @@ def books_for_conversation(store: Store, conv: Conversation) -> list[Book]:
                 seen.add(i)
                 out.append(_as_book(lb, source))
 
-    char_ids = [conv.character_id, *(getattr(conv, "members", None) or [])]
+    char_ids = [conv.character_id, *(conv.members or [])]
     for cid in dict.fromkeys(c for c in char_ids if isinstance(c, int)):
         ch = store.get_character(cid)
         if ch is None:
@@ -56,7 +56,7 @@ def books_for_conversation(store: Store, conv: Conversation) -> list[Book]:
         if own is not None:
             out.append(own)
         add_ids(ch.lorebook_ids, "attached")
-    add_ids(getattr(conv, "lorebook_ids", None) or [], "chat")
+    add_ids(conv.lorebook_ids or [], "chat")
     add_ids([lb.id for lb in store.list_lorebooks() if lb.is_global], "global")
     return out
 

@@ -47,7 +47,7 @@ def _load_json(data: bytes | str | dict[str, Any], what: str) -> Any:
 
 @dataclass
 class ParsedBook:
-    """A book read from a file, ready for `Store.create_lorebook`."""
+    """A book read from a file, ready to be stored (`LoreService.import_file`)."""
 
     name: str
     description: str

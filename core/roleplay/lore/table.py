@@ -114,6 +114,21 @@ def filter_entries(entries: Sequence[dict[str, Any]], query: str) -> list[dict[s
     return out
 
 
+def add_entry(
+    entries: Sequence[dict[str, Any]],
+    keys: str,
+    content: str,
+    comment: str = "",
+    constant: bool = False,
+) -> list[dict[str, Any]]:
+    """The entries and, at the end, a new one as the editor's add form makes it: `keys` as
+    typed ("a, b, /c,d/i", see split_keys), the next free uid. `entries` is left as it was."""
+    entry = new_entry(
+        next_uid(entries), key=split_keys(keys), content=content, comment=comment, constant=constant
+    )
+    return [*entries, entry]
+
+
 def apply_rows(
     entries: Sequence[dict[str, Any]], shown: Sequence[int], rows: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
