@@ -1,8 +1,10 @@
-"""Persistence: characters, conversations, messages and settings in one SQL database.
+"""Persistence: characters, conversations, messages, lorebooks and settings in one SQL database.
 
 `models` holds the SQLModel tables, `validation` what a value must be to be stored, `database`
 the engine and the Alembic migrations (`migrations/`, append-only), `store` the Store with one
-short transaction per method. The store knows nothing of models, prompts or card formats.
+short transaction per method: one facade composed of a mixin per aggregate (`characters`,
+`conversations`, `messages`, `groups`, `lorebooks`, `settings`) over `base` (the engine and
+its sessions). The store knows nothing of models, prompts or card formats.
 """
 
 from core.config import default_url
