@@ -4,13 +4,15 @@
 the engine and the Alembic migrations (`migrations/`, append-only), `store` the Store with one
 short transaction per method: one facade composed of a mixin per aggregate (`characters`,
 `conversations`, `messages`, `groups`, `lorebooks`, `settings`) over `base` (the engine and
-its sessions). The store knows nothing of models, prompts or card formats.
+its sessions). A missing row raises NotFound, data changed under the caller Conflict (both
+StoreErrors). The store knows nothing of models, prompts or card formats.
 """
 
 from core.config import default_url
-from core.errors import StoreError
+from core.errors import Conflict, NotFound, StoreError
 from core.store.database import db_revision, known_revisions, make_engine, upgrade_db
 from core.store.models import (
+    ROLES,
     AppSetting,
     Character,
     CharacterCreate,
@@ -18,6 +20,7 @@ from core.store.models import (
     ChatMessage,
     Conversation,
     Lorebook,
+    Role,
 )
 from core.store.store import Store, open_store
 from core.store.validation import (
@@ -34,13 +37,17 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_NAME",
     "MAX_TEXT",
+    "ROLES",
     "AppSetting",
     "Character",
     "CharacterCreate",
     "CharacterUpdate",
     "ChatMessage",
+    "Conflict",
     "Conversation",
     "Lorebook",
+    "NotFound",
+    "Role",
     "Store",
     "StoreError",
     "clean_name",

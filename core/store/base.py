@@ -1,6 +1,6 @@
 """The plumbing every part of the Store shares: the engine, one session per call (`_read`, and
 `_write`, which takes SQLite's write lock first with BEGIN IMMEDIATE), the lookup of a row that
-must exist (`_get`) and the touch of a chat's `updated_at`.
+must exist (`_get`, NotFound otherwise) and the touch of a chat's `updated_at`.
 
 Each aggregate of the store is a mixin over `StoreBase` in a module of its own (characters,
 conversations, groups, lorebooks, settings); `core.store.store.Store` composes them.
@@ -16,7 +16,7 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from core.errors import StoreError
+from core.errors import NotFound
 from core.store.database import IMMEDIATE, store_error
 from core.store.models import Conversation, utcnow
 
@@ -56,10 +56,10 @@ class StoreBase:
 
     @staticmethod
     def _get(s: Session, cls: type[T], id_: int | None, what: str) -> T:
-        """The row `id_` of table `cls`; StoreError ("There is no {what} with id N.") if none."""
+        """The row `id_` of table `cls`; NotFound ("There is no {what} with id N.") if none."""
         obj = s.get(cls, id_) if id_ is not None else None
         if obj is None:
-            raise StoreError(f"There is no {what} with id {id_}.")
+            raise NotFound(f"There is no {what} with id {id_}.")
         return obj
 
     @staticmethod

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import delete
 from sqlmodel import select
 
-from core.errors import StoreError
+from core.contracts import ROLES, Role
+from core.errors import NotFound, StoreError
 from core.store.base import StoreBase
 from core.store.groups import GROUP_DEFAULTS, MAX_GROUP, check_group
-from core.store.models import ROLES, Character, ChatMessage, Conversation, utcnow
+from core.store.models import Character, ChatMessage, Conversation, utcnow
 from core.store.validation import (
     MAX_MESSAGE,
     check_dict,
@@ -51,7 +52,7 @@ class ConversationsMixin(StoreBase):
         model = check_line(model, "The model name", 1000)
         character = self.get_character(character_id)
         if character is None:
-            raise StoreError(f"There is no character with id {character_id}.")
+            raise NotFound(f"There is no character with id {character_id}.")
         uname = self.user_name(user_name, character.user_name)
         if title is None or not title.strip():
             title = f"{character.name} {datetime.now():%Y-%m-%d %H:%M}"
@@ -60,7 +61,7 @@ class ConversationsMixin(StoreBase):
         greetings = [g for g in greetings if g.strip()]
         with self._write() as s:
             if s.get(Character, character_id) is None:
-                raise StoreError(f"There is no character with id {character_id}.")
+                raise NotFound(f"There is no character with id {character_id}.")
             conv = Conversation(
                 character_id=character_id,
                 character_name=character.name,
@@ -76,7 +77,7 @@ class ConversationsMixin(StoreBase):
                     ChatMessage(
                         conversation_id=conv.id,
                         position=0,
-                        role="char",
+                        role=Role.CHAR,
                         text=greetings[0],
                         alternatives=greetings,
                         chosen=0,
@@ -166,11 +167,11 @@ class ConversationsMixin(StoreBase):
             group = [s.get(Character, i) for i in ids]
             for i, c in zip(ids, group, strict=True):
                 if c is None:
-                    raise StoreError(f"There is no character with id {i}.")
+                    raise NotFound(f"There is no character with id {i}.")
             if group and group[0] is not None:
                 character_id, character_name = ids[0], group[0].name
             if character_id is not None and s.get(Character, character_id) is None:
-                raise StoreError(f"There is no character with id {character_id}.")
+                raise NotFound(f"There is no character with id {character_id}.")
             known = set(ids) | ({character_id} if character_id is not None else set())
             for row in rows:  # a speaker's id only where it is one of this chat's characters
                 if row.get("character_id") not in known:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import String, cast
 from sqlmodel import Session, select
 
-from core.errors import StoreError
+from core.contracts import Role
+from core.errors import NotFound, StoreError
 from core.store.base import StoreBase
 from core.store.models import Character, ChatMessage, Conversation, utcnow
 from core.store.validation import MAX_SHORT, check_dict, check_line
@@ -118,7 +119,7 @@ class GroupsMixin(StoreBase):
         members = [self.get_character(i) for i in ids]
         missing = [i for i, c in zip(ids, members, strict=True) if c is None]
         if missing:
-            raise StoreError(f"There is no character with id {missing[0]}.")
+            raise NotFound(f"There is no character with id {missing[0]}.")
         chars = [c for c in members if c is not None]
         first = chars[0]
         uname = self.user_name(user_name, first.user_name)
@@ -128,7 +129,7 @@ class GroupsMixin(StoreBase):
         with self._write() as s:
             for c in chars:
                 if s.get(Character, c.id) is None:
-                    raise StoreError(f"There is no character with id {c.id}.")
+                    raise NotFound(f"There is no character with id {c.id}.")
             conv = Conversation(
                 character_id=first.id,
                 character_name=first.name,
@@ -151,7 +152,7 @@ class GroupsMixin(StoreBase):
                     ChatMessage(
                         conversation_id=conv.id,
                         position=position,
-                        role="char",
+                        role=Role.CHAR,
                         name=c.name,
                         character_id=c.id,
                         text=greetings[0],
@@ -218,7 +219,7 @@ class GroupsMixin(StoreBase):
         unmute it."""
         conv = self.get_conversation(conversation_id)
         if conv is None:
-            raise StoreError(f"There is no conversation with id {conversation_id}.")
+            raise NotFound(f"There is no conversation with id {conversation_id}.")
         if character_id not in (conv.members or []):
             raise StoreError("That character is not in this chat.")
         ids = [i for i in (conv.group or {}).get("muted", []) if i != character_id]

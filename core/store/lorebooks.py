@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import select
 
-from core.errors import StoreError
+from core.errors import NotFound, StoreError
 from core.store.base import StoreBase
 from core.store.models import Character, Conversation, Lorebook, utcnow
 from core.store.validation import (
@@ -163,5 +163,5 @@ class LorebooksMixin(StoreBase):
             )
         missing = [i for i in ids if i not in found]
         if missing:
-            raise StoreError(f"There is no lorebook with id {missing[0]}.")
+            raise NotFound(f"There is no lorebook with id {missing[0]}.")
         return ids

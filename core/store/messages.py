@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import delete, func, update
 from sqlmodel import select
 
+from core.contracts import ROLES
 from core.errors import StoreError
 from core.store.base import StoreBase
-from core.store.models import ROLES, ChatMessage, Conversation, utcnow
+from core.store.models import ChatMessage, Conversation, utcnow
 from core.store.validation import MAX_ITEMS, MAX_MESSAGE, check_dict, check_name, check_text
 
 

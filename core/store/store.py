@@ -12,6 +12,8 @@ reader never sees half a write.
 `Store` is the one facade; its methods live by aggregate, one mixin a module: `characters`
 (and their avatar files, the user's name), `conversations`, `messages`, `groups` (group
 chats), `lorebooks` and `settings`, over the shared plumbing of `base` (engine, sessions).
+A row that does not exist raises `NotFound`, data that changed under the caller `Conflict`
+(both StoreErrors).
 """
 
 from __future__ import annotations
