@@ -3,7 +3,7 @@
 must exist (`_get`, NotFound otherwise) and the touch of a chat's `updated_at`.
 
 Each aggregate of the store is a mixin over `StoreBase` in a module of its own (characters,
-conversations, groups, lorebooks, settings); `core.store.store.Store` composes them.
+conversations, messages, groups, lorebooks, settings); `core.store.store.Store` composes them.
 """
 
 from __future__ import annotations
