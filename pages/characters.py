@@ -12,8 +12,8 @@ from core.chat import card_fields
 from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.prompt import substitute
-from core.roleplay.avatars import encode_avatar, remove_avatar_file, save_avatar
-from core.store import CharacterCreate, CharacterUpdate
+from core.roleplay.avatars import encode_avatar
+from core.roleplay.characters import CharacterService
 from pages import lore_ui
 from pages.ui_common import (
     T,
@@ -32,6 +32,7 @@ IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "gif", "bmp"]
 _SEPARATOR = re.compile(r"^\s*---\s*$", re.MULTILINE)
 
 s = store()
+characters_service = CharacterService(s)  # every change of a character goes through it
 ss = st.session_state
 
 st.title(T("nav_characters"))
@@ -69,7 +70,7 @@ def _edit(target: int | Literal["new"] | None) -> None:
 
 def _duplicate(char_id: int) -> None:
     try:
-        copy = s.duplicate_character(char_id)
+        copy = characters_service.duplicate(char_id)
     except AppError as e:
         ss.char_error = str(e)
     else:
@@ -79,7 +80,7 @@ def _duplicate(char_id: int) -> None:
 def _delete(char_id: int, name: str) -> None:
     chats = ss.get(f"del_chats_{char_id}", "keep")
     try:
-        s.delete_character(char_id, chats=chats)
+        characters_service.delete(char_id, chats=chats)
     except AppError as e:
         ss.char_error = str(e)
     else:
@@ -239,20 +240,14 @@ def render_editor(target: int | Literal["new"]) -> None:
             "creator_notes": creator_notes,
             "card_extra": _card_extra(ch, system_prompt=system, post_history_instructions=post),
         }
-        new_avatar = ""
-        try:
-            if upload is not None:
-                new_avatar = save_avatar(upload.getvalue())
-                values["avatar"] = new_avatar
-            elif remove_avatar:
-                values["avatar"] = ""
-            if ch is not None:
-                result = s.update_character(ch.id, CharacterUpdate(**values))
-            else:
-                result = s.create_character(CharacterCreate(**values))
+        try:  # the picture and the row together; a refused row leaves no new picture behind
+            result = characters_service.save(
+                ch.id if ch is not None else None,
+                values,
+                avatar=upload.getvalue() if upload is not None else None,
+                remove_avatar=remove_avatar,
+            )
         except AppError as e:
-            if new_avatar and not any(c.avatar == new_avatar for c in s.list_characters()):
-                remove_avatar_file(new_avatar)
             show_error(e)  # the form keeps what was typed
             return
         ss.char_edit = None
@@ -286,13 +281,11 @@ with st.expander(T("import_cards"), icon=":material/upload_file:"):
         key=f"card_upload_{gen}",
     )
     if files and st.button(T("import"), key="import_cards_btn", icon=":material/download_done:"):
-        from core.roleplay.cards import import_card
-
         ok: list[str] = []
         failed: list[str] = []
         for f in files:
             try:
-                ch = import_card(s, f.getvalue(), f.name)
+                ch = characters_service.import_card(f.getvalue(), f.name)
             except AppError as e:
                 failed.append(f"{T('err_import', file=md_inline(f.name))} {md_inline(str(e))}")
             else:

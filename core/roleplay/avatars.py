@@ -1,9 +1,10 @@
 """Avatar images: checked, re-encoded as plain PNG and stored under data_dir()/avatars.
 
 Each saved picture gets a new random file name (never anything a user typed), so a file just
-saved belongs to its caller alone: removing it again (`remove_avatar_file`) when the character
-is not created after all cannot hurt another character. Copies of a character share the file;
-`Store` deletes a file when no character uses it any more.
+saved belongs to its caller alone: removing it again when the character is not saved after all
+cannot hurt another character (core.roleplay.characters.CharacterService.save does so). Copies
+of a character share the file; the store deletes a file when no character uses it any more
+(`Store.collect_avatar`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,18 @@
-"""Persistence: characters, conversations, messages and settings in one SQL database.
+"""Persistence: characters, conversations, messages, lorebooks and settings in one SQL database.
 
 `models` holds the SQLModel tables, `validation` what a value must be to be stored, `database`
 the engine and the Alembic migrations (`migrations/`, append-only), `store` the Store with one
-short transaction per method. The store knows nothing of models, prompts or card formats.
+short transaction per method: one facade composed of a mixin per aggregate (`characters`,
+`conversations`, `messages`, `groups`, `lorebooks`, `settings`) over `base` (the engine and
+its sessions). A missing row raises NotFound, data changed under the caller Conflict (both
+StoreErrors). The store knows nothing of models, prompts or card formats.
 """
 
 from core.config import default_url
-from core.errors import StoreError
+from core.errors import Conflict, NotFound, StoreError
 from core.store.database import db_revision, known_revisions, make_engine, upgrade_db
 from core.store.models import (
+    ROLES,
     AppSetting,
     Character,
     CharacterCreate,
@@ -16,6 +20,7 @@ from core.store.models import (
     ChatMessage,
     Conversation,
     Lorebook,
+    Role,
 )
 from core.store.store import Store, open_store
 from core.store.validation import (
@@ -32,13 +37,17 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_NAME",
     "MAX_TEXT",
+    "ROLES",
     "AppSetting",
     "Character",
     "CharacterCreate",
     "CharacterUpdate",
     "ChatMessage",
+    "Conflict",
     "Conversation",
     "Lorebook",
+    "NotFound",
+    "Role",
     "Store",
     "StoreError",
     "clean_name",

@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLA
 from sqlalchemy.pool import StaticPool
 from sqlmodel import create_engine
 
-from core.errors import StoreError
+from core.errors import Conflict, StoreError
 from core.store.validation import json_dumps
 
 if TYPE_CHECKING:
@@ -33,9 +33,14 @@ _ALEMBIC = threading.RLock()
 
 
 def store_error(e: SQLAlchemyError) -> StoreError:
+    """The database's error said as a StoreError. A character's name refused by the database
+    itself is a Conflict: the store checks names first in the same transaction, so the name
+    was taken under it (by another writer, where the database lets two write at once)."""
     text = str(getattr(e, "orig", None) or e)
     if isinstance(e, IntegrityError) and "characters.name" in text:
-        return StoreError("A character with that name already exists. Choose another name.")
+        return Conflict(
+            "A character with that name already exists. Choose another name.", code="name_taken"
+        )
     if isinstance(e, OperationalError) and "locked" in text:
         return StoreError("The database is busy (another program is writing to it). Try again.")
     return StoreError(f"Database error: {text}")

@@ -11,13 +11,15 @@ needs a new revision there (a migration test compares the two).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import JSON, Index
 from sqlmodel import Field, SQLModel
 
-Role = Literal["user", "char", "narrator"]
-ROLES: tuple[str, ...] = ("user", "char", "narrator")
+# who a message is by: the contracts' words, importable from here as before (a message's `role`
+# column stays a plain str: a Role is one, and the table holds its value)
+from core.contracts import ROLES as ROLES
+from core.contracts import Role as Role
 
 
 def utcnow() -> datetime:
@@ -132,7 +134,7 @@ class ChatMessage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     conversation_id: int = Field(foreign_key="conversations.id")
     position: int  # 0, 1, 2, ... within the conversation
-    role: str  # "user" | "char" | "narrator"
+    role: str  # a Role: "user" | "char" | "narrator"
     name: str = ""  # speaker name; "" = the default for the role
     # which character spoke (group chats: whose name and avatar); None = the chat's character
     character_id: int | None = Field(default=None)

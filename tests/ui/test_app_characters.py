@@ -102,6 +102,39 @@ def test_a_broken_avatar_is_refused_with_a_message(app_env: Path) -> None:
     assert store().get_character(cid).avatar == ""
 
 
+def test_a_refused_save_leaves_no_picture_and_a_removed_one_goes(app_env: Path) -> None:
+    """The picture and the row are one save (CharacterService): a name that is taken refuses
+    both, and no file is left in avatars/; "remove picture" deletes the file."""
+    at = open_app(PAGE)
+    create_character(at, "Gil")
+    folder = app_env / "avatars"  # the bundled characters' pictures may be there already
+    before = set(folder.iterdir()) if folder.is_dir() else set()
+    at.button(key="new_character").click().run()
+    at.file_uploader(key="cf_new_avatar").set_value(("me.png", _png(), "image/png"))
+    at.run()
+    at.text_input(key="cf_new_name").input("Gil")
+    form_save(at).run()
+    check(at)
+    assert errors(at) and "already exists" in errors(at)[0]
+    assert (set(folder.iterdir()) if folder.is_dir() else set()) == before
+    # the same picture on the existing character, then removed again
+    cid = store().get_character_by_name("Gil").id
+    at.button(key=f"edit_{cid}").click().run()
+    at.file_uploader(key=f"cf_{cid}_avatar").set_value(("me.png", _png(), "image/png"))
+    at.run()
+    form_save(at).run()
+    check(at)
+    avatar = store().get_character(cid).avatar
+    assert avatar and (app_env / avatar).is_file()
+    at.button(key=f"edit_{cid}").click().run()
+    at.file_uploader(key=f"cf_{cid}_avatar").set_value(None)
+    at.run()
+    at.checkbox(key=f"cf_{cid}_remove_avatar").check()
+    form_save(at).run()
+    check(at)
+    assert store().get_character(cid).avatar == "" and not (app_env / avatar).exists()
+
+
 def test_duplicate_and_delete_keeping_chats(app_env: Path) -> None:
     at = open_app(PAGE)
     create_character(at, "Eve", greeting="Hi.")

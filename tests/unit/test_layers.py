@@ -37,6 +37,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     | {"core.roleplay.lore", "core.roleplay.macros"},
     "core.roleplay.cards": FOUNDATION | {"core.roleplay.avatars", "core.store"},
     "core.roleplay.chat_io": FOUNDATION | {"core.store"},
+    # CharacterService: the front ends' way to change characters (a picture and a row together)
+    "core.roleplay.characters": FOUNDATION
+    | {"core.roleplay.avatars", "core.roleplay.cards", "core.store"},
     "core.models": FOUNDATION | {"core.backends"},  # model files: .pth -> GGUF
     "core.runtime": FOUNDATION
     | {"core.cli_args", "core.store", "core.roleplay.cards", "core.engine", "core.backends"}

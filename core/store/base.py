@@ -1,0 +1,72 @@
+"""The plumbing every part of the Store shares: the engine, one session per call (`_read`, and
+`_write`, which takes SQLite's write lock first with BEGIN IMMEDIATE), the lookup of a row that
+must exist (`_get`, NotFound otherwise) and the touch of a chat's `updated_at`.
+
+Each aggregate of the store is a mixin over `StoreBase` in a module of its own (characters,
+conversations, messages, groups, lorebooks, settings); `core.store.store.Store` composes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import Engine, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from core.errors import NotFound
+from core.store.database import IMMEDIATE, store_error
+from core.store.models import Conversation, utcnow
+
+T = TypeVar("T")
+
+
+class StoreBase:
+    """An engine and the sessions over it. Every public method of the store is one short
+    transaction in its own session, so a store is safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                yield session
+        except SQLAlchemyError as e:
+            raise store_error(e) from e
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A write transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE)."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                if self._sqlite:
+                    session.connection(execution_options={IMMEDIATE: True})
+                yield session
+                session.commit()
+        except SQLAlchemyError as e:
+            raise store_error(e) from e
+
+    @staticmethod
+    def _get(s: Session, cls: type[T], id_: int | None, what: str) -> T:
+        """The row `id_` of table `cls`; NotFound ("There is no {what} with id N.") if none."""
+        obj = s.get(cls, id_) if id_ is not None else None
+        if obj is None:
+            raise NotFound(f"There is no {what} with id {id_}.")
+        return obj
+
+    @staticmethod
+    def _touch(s: Session, conversation_id: int) -> None:
+        """The chat changed now (its place in the list of chats)."""
+        s.exec(
+            update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(updated_at=utcnow())
+        )
