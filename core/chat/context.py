@@ -5,7 +5,7 @@ Messages; this module turns one into the other, so that neither knows of the oth
 from __future__ import annotations
 
 from core.chat.card_fields import expand_opening, system_prompt
-from core.errors import StoreError
+from core.errors import NotFound
 from core.prompt import CharacterContext, Message
 from core.prompt.roleplay import example_lines
 from core.roleplay.lore import with_constant_lore
@@ -35,7 +35,7 @@ def conversation_context(store: Store, conversation_id: int, speaker: str = "") 
     chat, `speaker` (the name of the member who replies) chooses the stop strings."""
     conv = store.get_conversation(conversation_id)
     if conv is None:
-        raise StoreError(f"There is no conversation with id {conversation_id}.")
+        raise NotFound(f"There is no conversation with id {conversation_id}.")
     character = store.get_character(conv.character_id)
     if conv.members:  # a group chat: one opening for all its members
         ctx = group_context(store, conv, speaker)

@@ -12,10 +12,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from core.errors import AppError
+from core.errors import AppError, NotFound
 from core.store import MAX_ITEMS, Store, StoreError
+from core.store.groups import MAX_GROUP
 from core.store.models import Character, ChatMessage, Conversation
-from core.store.store import MAX_GROUP
 from core.text import NARRATOR_NAME, loads_json
 
 MAX_CHAT_BYTES = 50 * 1024 * 1024
@@ -30,7 +30,7 @@ class ChatIOError(AppError):
 def _conversation(store: Store, conv_id: int) -> tuple[Conversation, list[ChatMessage]]:
     conv = store.get_conversation(conv_id)
     if conv is None:
-        raise StoreError(f"There is no conversation with id {conv_id}.")
+        raise NotFound(f"There is no conversation with id {conv_id}.")
     return conv, store.list_messages(conv_id)
 
 
@@ -175,7 +175,7 @@ def import_jsonl(store: Store, data: str | bytes, character_id: int | None) -> C
     char_name = _text(header.get("character_name"))
     character = store.get_character(character_id) if character_id is not None else None
     if character_id is not None and character is None:
-        raise StoreError(f"There is no character with id {character_id}.")
+        raise NotFound(f"There is no character with id {character_id}.")
     if character is None and char_name:
         character = store.get_character_by_name(char_name)
     if character is not None:

@@ -139,7 +139,7 @@ def test_talkativeness_is_read_from_the_card(ext, want) -> None:
 
 def test_the_store_accepts_exactly_the_modes_core_group_knows() -> None:
     from core.roleplay.group import ACTIVATIONS, DEFAULT_AUTO_TURNS, MAX_AUTO_TURNS
-    from core.store.store import GROUP_ACTIVATIONS, GROUP_DEFAULTS
+    from core.store.groups import GROUP_ACTIVATIONS, GROUP_DEFAULTS
 
     assert GROUP_ACTIVATIONS == ACTIVATIONS
     assert GROUP_DEFAULTS["auto_turns"] == DEFAULT_AUTO_TURNS and MAX_AUTO_TURNS == 50

@@ -34,7 +34,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.roleplay.lore": FOUNDATION | {"core.prompt", "core.store", "core.roleplay.macros"},
     "core.chat": FOUNDATION
     | {"core.prompt", "core.store", "core.engine", "core.roleplay.group"}
-    | {"core.roleplay.lore", "core.roleplay.macros"},
+    | {"core.roleplay.lore", "core.roleplay.macros", "core.roleplay.chat_io"},
     "core.roleplay.cards": FOUNDATION | {"core.roleplay.avatars", "core.store"},
     "core.roleplay.chat_io": FOUNDATION | {"core.store"},
     # CharacterService: the front ends' way to change characters (a picture and a row together)
