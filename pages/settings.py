@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from core.api import access as api_access
+from core import access as api_access
 from core.auth import hash_password
 from core.backends.loader import set_threads
 from core.backends.threads import default_threads, usable_cpus
@@ -346,7 +346,7 @@ if has_pw and st.button(T("remove_password"), key="remove_password", icon=":mate
     st.rerun()
 
 
-# --- API: keys and allowed origins (core/api/access.py; the guard is core/api/app.py) ----------
+# --- API: keys and allowed origins (core/access.py; the guard is core/api/app.py) --------------
 def _api_base_url() -> str:
     url = st.context.url or ""
     if "://" in url:

@@ -17,8 +17,8 @@ import httpx2 as httpx
 import pytest
 
 from core import runtime
+from core.access import create_key, revoke_key, save_origins
 from core.api import ApiConfig
-from core.api.access import create_key, revoke_key, save_origins
 from core.auth import hash_password
 from core.chat import ChatService
 from core.roleplay.avatars import avatar_path, save_avatar

@@ -38,6 +38,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.roleplay.cards": FOUNDATION | {"core.roleplay.avatars", "core.store"},
     "core.roleplay.chat_io": FOUNDATION | {"core.store"},
     "core.models": FOUNDATION | {"core.backends"},  # model files: .pth -> GGUF
+    # API keys and allowed origins: the settings that say who may use the API
+    "core.access": FOUNDATION | {"core.auth", "core.store"},
     "core.runtime": FOUNDATION
     | {"core.cli_args", "core.store", "core.roleplay.cards", "core.engine", "core.backends"}
     | {"core.chat"},

@@ -1,7 +1,9 @@
 """Who may use the API, as Settings manages it: API keys (the "api_keys" setting: records made
 by core.auth.new_api_key, the key itself is shown once and never stored) and the origins of web
 pages allowed to call the API from a browser (the "api_cors_origins" setting). The guard that
-applies them is core/api/app.py (through ApiConfig)."""
+applies them is core/api/app.py (through ApiConfig). Here, and not in the API package, because
+these write settings: the API only reads them.
+"""
 
 from __future__ import annotations
 
