@@ -7,6 +7,8 @@
     rt.state()                    # "ready", "loading", "failed", "unloaded" or "idle"
     rt.wait_engine()              # for a reply: the engine, once a load in progress ends
     rt.load()                     # load now (raises ModelError), or return the loaded one
+    rt.require_engine()           # for a reply: the engine, or ModelUnavailable saying why not
+    rt.retry()                    # forget an unload or a failure, and load in the background
 
 The server starts loading at once (`preload_lifespan`, st.App's lifespan in Home.py), and every
 page run asks again (`start_loading` returns at once when there is nothing to do), so pages draw
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.cli_args import cli_args, resolve_model_path
 from core.config import data_dir, default_url
-from core.errors import AppError, ModelError
+from core.errors import AppError, ModelError, ModelUnavailable
 
 if TYPE_CHECKING:
     from core.chat import ChatService
@@ -95,6 +97,7 @@ class ModelChoice:
         return Path(self.path).name if self.path else embedded
 
 
+UNLOADED = "The model was unloaded in Settings. Load it there, then try again."
 EngineKey = tuple[str, str, str, bool, bool, str]  # a choice's key and the data directory
 
 
@@ -273,6 +276,13 @@ class Runtime:
             self._loading = threading.Thread(target=run, name="model-load", daemon=False)
             self._loading.start()
 
+    def retry(self) -> None:
+        """Forget an unload on purpose and the failures of past loads (the current choice's
+        among them), and load the current choice in the background (a Load or retry button)."""
+        self.unloaded = False
+        self.failed.clear()
+        self.start_loading()
+
     def wait_loaded(self, timeout: float | None = None) -> Engine | None:
         thread = self._loading
         if thread is not None:
@@ -284,6 +294,35 @@ class Runtime:
         (started now when nothing loads it yet); None when it is unloaded or failed."""
         self.start_loading()
         return self.wait_loaded(timeout)
+
+    def require_engine(self) -> Engine:
+        """The engine for a reply: the loaded one, else the current choice loaded now (waiting
+        for a load in progress, or starting one). ModelUnavailable when there is none: code
+        "model_unloaded" when the user unloaded it on purpose, "model_not_loaded" when the
+        choice failed to load (before, and then it is not tried again until `retry`, or now)."""
+        engine = self.engine()
+        if engine is not None:
+            return engine
+        if self.unloaded:
+            raise ModelUnavailable(UNLOADED, "model_unloaded")
+        failure = self.failure()
+        if failure:
+            raise ModelUnavailable(
+                f"The model could not be loaded: {failure} Choose another in Settings.",
+                "model_not_loaded",
+            )
+        engine = self.wait_engine()
+        if engine is not None:
+            return engine
+        if self.unloaded:  # unloaded while it loaded
+            raise ModelUnavailable(UNLOADED, "model_unloaded")
+        failure = self.failure()
+        message = (
+            f"The model could not be loaded: {failure}"
+            if failure
+            else "The model could not be loaded."
+        )
+        raise ModelUnavailable(message, "model_not_loaded")
 
     def state(self) -> str:
         """ "ready", "loading", "failed" (see failure()), "unloaded" (on purpose) or "idle"."""

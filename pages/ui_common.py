@@ -29,7 +29,7 @@ from core import runtime
 from core.auth import LoginLimiter, Tries, hash_password, is_loopback
 from core.cli_args import cli_args
 from core.config import REPO_ROOT
-from core.errors import AppError
+from core.errors import AppError, ModelUnavailable
 from core.i18n import LANGS, t
 from core.roleplay.avatars import avatar_path
 from core.runtime import ModelChoice, Runtime
@@ -531,17 +531,20 @@ def refresh_while_loading() -> None:
 
 
 def wait_for_model() -> Engine | None:
-    """For a reply: the engine, waiting (with a note) while it loads; None, with the reason
-    shown, when it is unloaded or failed."""
+    """For a reply: the engine (Runtime.require_engine), waiting with a note while it loads;
+    None, with the reason shown, when it is unloaded or failed."""
     runtime_ = rt()
     engine = runtime_.engine()
     if engine is not None:
         return engine
     note = st.empty()
-    if runtime_.loading or not (runtime_.unloaded or runtime_.failure()):
+    if runtime_.state() in ("loading", "idle"):
         name = md_inline(choice_label(runtime_.choice()))
         note.info(T("reply_waits_load", name=name), icon=":material/hourglass_top:")
-    engine = runtime_.wait_engine()
+    try:
+        engine = runtime_.require_engine()
+    except ModelUnavailable:
+        engine = None
     note.empty()
     failed = runtime_.failure()
     if engine is None and failed:
@@ -552,10 +555,10 @@ def wait_for_model() -> Engine | None:
 def retry() -> None:
     """A Load/retry button's callback: forget an unload or a failure of the current choice and
     load it in the background (the page says that it loads)."""
-    runtime_ = rt()
-    runtime_.unloaded = False
-    runtime_.failed.clear()
-    start_model()
+    try:
+        rt().retry()
+    except AppError:
+        pass  # the store cannot be read: the page says so
 
 
 def unload_model() -> None:
