@@ -1,5 +1,6 @@
-"""The runtime's own rules, on a store in memory and a fake loader: a retry after an unload or a
-failure, and the readiness of a model for a reply (`require_engine` and its codes)."""
+"""The runtime's own rules, on a store in memory and a fake loader: the password in force
+(RP_PASSWORD wins, an unreadable setting stays shut), a retry after an unload or a failure,
+and the readiness of a model for a reply (`require_engine` and its codes)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from core import runtime
-from core.errors import ModelError, ModelUnavailable
+from core.auth import hash_password
+from core.errors import ModelError, ModelUnavailable, StoreError
 from core.runtime import Runtime
 from tests.support.memory_store import MemoryStore
 
@@ -52,6 +54,7 @@ def loader() -> Loader:
 def rt(
     tmp_path: Path, store: MemoryStore, loader: Loader, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Runtime]:
+    monkeypatch.delenv("RP_PASSWORD", raising=False)
     monkeypatch.setenv("RP_MODEL", "models/tiny.pth")
     r = Runtime(tmp_path)
     r._store = store  # type: ignore[assignment]
@@ -61,6 +64,23 @@ def rt(
         r._loading.join()
     with runtime._MODEL.lock:  # the process's one model slot: left empty for the next test
         runtime._release()
+
+
+def test_rp_password_wins_and_an_unreadable_setting_stays_shut(
+    rt: Runtime, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert rt.password_policy("127.0.0.1").open
+    saved = hash_password("saved")
+    store.values["password"] = saved
+    policy = rt.password_policy("127.0.0.1")
+    assert (policy.password, policy.source, policy.key_reasons) == (saved, "setting", ("password",))
+    store.broken = True
+    with pytest.raises(StoreError):  # never read as "no password"
+        rt.password_policy("127.0.0.1")
+    monkeypatch.setenv("RP_PASSWORD", "env-pass")  # wins, and needs no setting
+    policy = rt.password_policy("0.0.0.0")
+    assert (policy.password, policy.source) == ("env-pass", "env")
+    assert policy.key_reasons == ("env_password", "listen")
 
 
 def test_a_reply_loads_the_model_it_needs(rt: Runtime, loader: Loader) -> None:
