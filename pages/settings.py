@@ -3,8 +3,6 @@ the user's name and persona, password, data location, state cache."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -251,43 +249,27 @@ with st.expander(T("convert"), icon=":material/transform:"):
         icon=":material/transform:",
         disabled=not (src_path and dst and (replace or not dst.exists())),
     ):
-        from core.models.convert import convert
+        from core.models.convert import ConvertJob
 
-        progress = {"frac": 0.0, "msg": ""}
-        result: dict[str, Any] = {}
-        cancel = threading.Event()
-
-        def work() -> None:
-            try:
-                result["path"] = convert(
-                    src_path,
-                    dst,
-                    gtype,
-                    progress=lambda f, m: progress.update(frac=float(f), msg=str(m)),
-                    cancel=cancel,
-                    overwrite=replace,
-                )
-            except Exception as e:  # ModelError and anything unexpected: shown, not raised
-                result["error"] = e
-
-        worker = threading.Thread(target=work, daemon=True, name="convert")
-        bar = st.progress(0.0, text=T("converting"))
-        st.button(T("cancel"), key="convert_cancel", icon=":material/close:")  # click = rerun
-        worker.start()
         try:
-            while worker.is_alive():
-                frac = min(max(progress["frac"], 0.0), 1.0)
-                bar.progress(frac, text=f"{T('converting')} {frac:.0%} · {progress['msg']}")
-                time.sleep(0.25)
-        finally:  # the page went away or Cancel was clicked: stop and leave no file
-            if worker.is_alive():
-                cancel.set()
-                worker.join(timeout=60)
-        if "error" in result:
-            show_error(result["error"], "err_convert")
+            job = ConvertJob.start(src_path, dst, gtype, overwrite=replace)
+        except AppError as e:  # another session writes that file now
+            show_error(e, "err_convert")
         else:
-            bar.progress(1.0, text=T("converted", path=md_inline(str(result.get("path")))))
-            st.success(T("converted", path=md_inline(str(result.get("path")))))
+            bar = st.progress(0.0, text=T("converting"))
+            st.button(T("cancel"), key="convert_cancel", icon=":material/close:")  # = a rerun
+            try:
+                while not job.wait(0.25):
+                    frac, msg = job.progress()
+                    bar.progress(frac, text=f"{T('converting')} {frac:.0%} · {msg}")
+            finally:  # the page went away or Cancel was clicked: stop and leave no file
+                if not job.done:
+                    job.cancel(timeout=60)
+            if job.error is not None:
+                show_error(job.error, "err_convert")
+            else:
+                bar.progress(1.0, text=T("converted", path=md_inline(str(job.result))))
+                st.success(T("converted", path=md_inline(str(job.result))))
 
 # --- sampling default -----------------------------------------------------------------------
 st.subheader(T("sampling"), anchor=False)
