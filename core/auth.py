@@ -1,5 +1,6 @@
-"""Passwords: the stored hash, the constant-time check of a try, the limit on guessing, and
-whether the server can be reached from beyond this machine."""
+"""Passwords: the stored hash, the constant-time check of a try, the limit on guessing, whether
+the server can be reached from beyond this machine, and the one rule that says which password is
+in force and what it guards (`password_policy`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 _PBKDF2 = "pbkdf2_sha256"
 _ITERATIONS = 200_000
@@ -55,6 +57,64 @@ def is_loopback(address: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+PasswordSource = Literal["env", "setting", ""]
+KeyReason = Literal["env_password", "password", "listen"]
+
+
+@dataclass(frozen=True)
+class PasswordPolicy:
+    """Which password is in force and what it guards, decided by `password_policy` alone: the
+    pages' password gate, the API's key check and what Settings says of both read it here."""
+
+    # the password in force: $RP_PASSWORD as written, else the saved hash; "" (never in repr)
+    password: str = field(repr=False)
+    source: PasswordSource  # where it comes from: "env" ($RP_PASSWORD), "setting", "" (none)
+    local: bool  # the server listens on this machine only (is_loopback)
+    # why API requests need a key (empty: they do not): "env_password" ($RP_PASSWORD is set) or
+    # "password" (a password is saved in Settings), and "listen" (reachable from elsewhere)
+    key_reasons: tuple[KeyReason, ...]
+
+    @property
+    def keys_required(self) -> bool:
+        """API requests need `Authorization: Bearer KEY`."""
+        return bool(self.key_reasons)
+
+    @property
+    def open(self) -> bool:
+        """No password is asked: none is set and the server listens on this machine only."""
+        return not self.password and self.local
+
+    @property
+    def needs_first_password(self) -> bool:
+        """Nothing is set while the server listens beyond this machine: the gate stays shut
+        (it offers only to set a first password, with the setup code) until one is set."""
+        return not self.password and not self.local
+
+
+def password_policy(
+    env_password: str | None, saved_hash: object, listen_address: str | None
+) -> PasswordPolicy:
+    """The rule: $RP_PASSWORD (`env_password`) wins over the hash saved in Settings
+    (`saved_hash`, anything but non-empty text meaning none); API requests need a key when
+    either is set or when the server listens beyond this machine (`listen_address`,
+    Streamlit's server.address: see is_loopback). Pure: the caller reads the environment and
+    the setting (core.runtime.Runtime.password_policy), and stays shut when the setting cannot
+    be read."""
+    local = is_loopback(listen_address)
+    reasons: list[KeyReason] = []
+    password: str = ""
+    source: PasswordSource = ""
+    if env_password:
+        password, source = env_password, "env"
+        reasons.append("env_password")
+    elif isinstance(saved_hash, str) and saved_hash:
+        password, source = saved_hash, "setting"
+        reasons.append("password")
+    if not local:
+        reasons.append("listen")
+    return PasswordPolicy(password, source, local, tuple(reasons))
 
 
 @dataclass

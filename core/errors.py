@@ -11,6 +11,16 @@ class ModelError(AppError):
     """A model cannot be loaded or used: missing or bad file, unknown or unsupported strategy."""
 
 
+class ModelUnavailable(ModelError):
+    """No model can make a reply now; `code` says why, for API clients: "model_unloaded" (the
+    user unloaded it in Settings) or "model_not_loaded" (the model chosen could not be
+    loaded). The API answers 503."""
+
+    def __init__(self, message: str, code: str = "model_not_loaded") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class StoreError(AppError):
     """A database operation was refused or failed; the message says why."""
 

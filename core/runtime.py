@@ -7,6 +7,10 @@
     rt.state()                    # "ready", "loading", "failed", "unloaded" or "idle"
     rt.wait_engine()              # for a reply: the engine, once a load in progress ends
     rt.load()                     # load now (raises ModelError), or return the loaded one
+    rt.require_engine()           # for a reply: the engine, or ModelUnavailable saying why not
+    rt.retry()                    # forget an unload or a failure, and load in the background
+    rt.settings                   # the AppSettings (core/settings.py): typed, checked, applied
+    rt.password_policy(address)   # which password is in force and what it guards
 
 The server starts loading at once (`preload_lifespan`, st.App's lifespan in Home.py), and every
 page run asks again (`start_loading` returns at once when there is nothing to do), so pages draw
@@ -29,11 +33,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from core.auth import PasswordPolicy, password_policy
 from core.cli_args import cli_args, resolve_model_path
 from core.config import data_dir, default_url
-from core.errors import AppError, ModelError
+from core.errors import AppError, ModelError, ModelUnavailable
+from core.settings import AppSettings, ModelChoice
 
 if TYPE_CHECKING:
     from core.chat import ChatService
@@ -42,59 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = (
-    "cpu fp32",
-    "cpu bf16",
-    "cpu fp16",
-    "cuda fp16",
-    "cuda fp16i8",
-    "cuda fp16i8 *10 -> cuda fp16",
-    "cuda fp16i8 *10 -> cpu fp32",
-    "cuda bf16",
-)
-DEFAULT_STRATEGY = "cpu fp32"
-BACKENDS = ("auto", "rwkv", "llama")
-DEFAULT_CACHE_MEM_MB = 512
-DEFAULT_CACHE_DISK_MB = 2048
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    path: str = ""  # "" = the embedded default model
-    backend: str = "auto"  # "auto" | "rwkv" | "llama"
-    strategy: str = DEFAULT_STRATEGY  # rwkv strategy string
-    cuda_on: bool = False  # RWKV_CUDA_ON (rwkv back end)
-    jit_on: bool = True  # RWKV_JIT_ON (rwkv back end)
-
-    @property
-    def key(self) -> tuple[str, str, str, bool, bool]:
-        return (self.path, self.backend, self.strategy, self.cuda_on, self.jit_on)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "backend": self.backend,
-            "strategy": self.strategy,
-            "cuda_on": self.cuda_on,
-            "jit_on": self.jit_on,
-        }
-
-    @classmethod
-    def from_dict(cls, d: object) -> ModelChoice:
-        d = d if isinstance(d, dict) else {}
-        backend = d.get("backend") if d.get("backend") in BACKENDS else "auto"
-        return cls(
-            path=str(d.get("path") or ""),
-            backend=backend,
-            strategy=str(d.get("strategy") or DEFAULT_STRATEGY),
-            cuda_on=bool(d.get("cuda_on", False)),
-            jit_on=bool(d.get("jit_on", True)),
-        )
-
-    def label(self, embedded: str = "embedded") -> str:
-        return Path(self.path).name if self.path else embedded
-
-
+UNLOADED = "The model was unloaded in Settings. Load it there, then try again."
 EngineKey = tuple[str, str, str, bool, bool, str]  # a choice's key and the data directory
 
 
@@ -127,6 +81,7 @@ class Runtime:
         self._loading: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._chat: ChatService | None = None
+        self.settings = AppSettings(lambda: self.store, self.engine)
         self.started = time.monotonic()
 
     # ------------------------------------------------------------------ the store
@@ -151,12 +106,13 @@ class Runtime:
                 self._store.close()
             self._store = None
 
-    def setting(self, key: str, default: Any = None) -> Any:
-        try:
-            value = self.store.get_setting(key, default)
-        except AppError:
-            return default
-        return default if value is None else value
+    def password_policy(self, listen_address: str | None) -> PasswordPolicy:
+        """The password rule (core.auth.password_policy) for a server listening on
+        `listen_address`: $RP_PASSWORD, else the password saved in Settings. Raises the store's
+        AppError when the saved one is needed and cannot be read: callers stay shut."""
+        env = os.environ.get("RP_PASSWORD", "")
+        saved = "" if env else self.settings.password_hash()
+        return password_policy(env, saved, listen_address)
 
     @property
     def chat(self) -> ChatService:
@@ -173,8 +129,7 @@ class Runtime:
         if self.override is not None:
             return self.override
         cli, _ = cli_args()
-        saved = self.setting("model")
-        base = ModelChoice.from_dict(saved) if isinstance(saved, dict) else None
+        base = self.settings.model()
         if base is None:
             env = os.environ.get("RP_MODEL", "")
             base = ModelChoice(path=env, backend=os.environ.get("RP_BACKEND", "auto") or "auto")
@@ -193,12 +148,7 @@ class Runtime:
         self.override = choice
         self.unloaded = False
         self.failed.pop(self._key(choice), None)
-        self.store.set_setting("model", choice.to_dict())
-
-    def threads(self) -> int | None:
-        """The Threads setting; None (automatic) when unset or 0."""
-        value = self.setting("threads", 0)
-        return value if isinstance(value, int) and value > 0 else None
+        self.settings.set_model(choice)
 
     def _key(self, choice: ModelChoice) -> EngineKey:
         return (*choice.key, str(self.data))
@@ -273,6 +223,13 @@ class Runtime:
             self._loading = threading.Thread(target=run, name="model-load", daemon=False)
             self._loading.start()
 
+    def retry(self) -> None:
+        """Forget an unload on purpose and the failures of past loads (the current choice's
+        among them), and load the current choice in the background (a Load or retry button)."""
+        self.unloaded = False
+        self.failed.clear()
+        self.start_loading()
+
     def wait_loaded(self, timeout: float | None = None) -> Engine | None:
         thread = self._loading
         if thread is not None:
@@ -284,6 +241,26 @@ class Runtime:
         (started now when nothing loads it yet); None when it is unloaded or failed."""
         self.start_loading()
         return self.wait_loaded(timeout)
+
+    def require_engine(self) -> Engine:
+        """The engine for a reply: the loaded one, else the current choice loaded now (waiting
+        for a load in progress, or starting one). ModelUnavailable when there is none: code
+        "model_unloaded" when the user unloaded it on purpose, "model_not_loaded" when the
+        choice failed to load (before, and then it is not tried again until `retry`, or now)."""
+        engine = self.engine()
+        if engine is not None:
+            return engine
+        if self.unloaded:
+            raise ModelUnavailable(UNLOADED, "model_unloaded")
+        failure = self.failure()
+        if failure:
+            raise ModelUnavailable(_could_not_load(failure), "model_not_loaded")
+        engine = self.wait_engine()
+        if engine is not None:
+            return engine
+        if self.unloaded:  # unloaded while it loaded
+            raise ModelUnavailable(UNLOADED, "model_unloaded")
+        raise ModelUnavailable(_could_not_load(self.failure()), "model_not_loaded")
 
     def state(self) -> str:
         """ "ready", "loading", "failed" (see failure()), "unloaded" (on purpose) or "idle"."""
@@ -312,15 +289,10 @@ class Runtime:
             strategy=choice.strategy,
             cuda_on=choice.cuda_on,
             jit_on=choice.jit_on,
-            n_threads=self.threads(),
+            n_threads=self.settings.threads(),
         )
         engine = Engine(backend, cache_dir=self.data / "states")
-        mem = self.setting("cache_mem_mb", DEFAULT_CACHE_MEM_MB)
-        disk = self.setting("cache_disk_mb", DEFAULT_CACHE_DISK_MB)
-        try:
-            engine.set_cache_budget(float(mem), float(disk))
-        except (TypeError, ValueError):
-            pass
+        engine.set_cache_budget(*self.settings.cache_budget())
         return engine
 
 
@@ -357,6 +329,11 @@ def _after_load(rt: Runtime, then: Callable[[], object] | None) -> None:
             log.warning("after the model's load", exc_info=True)
     gc.collect()
     gc.freeze()
+
+
+def _could_not_load(failure: str | None) -> str:
+    reason = f" {failure}" if failure else ""
+    return f"The model could not be loaded:{reason} Choose another in Settings."
 
 
 def _release() -> None:

@@ -3,26 +3,22 @@ the user's name and persona, password, data location, state cache."""
 
 from __future__ import annotations
 
-import os
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from core.api import access as api_access
-from core.auth import hash_password
-from core.backends.loader import set_threads
+from core import access as api_access
 from core.backends.threads import default_threads, usable_cpus
 from core.config import MODELS_DIR, data_dir
 from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.i18n import LANG_NAMES, LANGS
-from core.runtime import (
+from core.settings import (
     BACKENDS,
-    DEFAULT_CACHE_DISK_MB,
-    DEFAULT_CACHE_MEM_MB,
+    MAX_CACHE_DISK_MB,
+    MAX_CACHE_MEM_MB,
     STRATEGIES,
     ModelChoice,
 )
@@ -33,25 +29,25 @@ from pages.ui_common import (
     choose_model,
     current_choice,
     database_url,
-    default_preset,
     lang,
     load_model,
     md_inline,
     model_notice,
     model_summary,
     page_guard,
+    password_policy,
     restore_controls,
+    rt,
     set_lang,
-    setting,
     show_error,
     store,
-    threads_setting,
     unload_model,
 )
 
 page_guard()
 
-s = store()
+store()  # a database that cannot be opened: its own page
+cfg = rt().settings  # every setting is read and written through it (core/settings.py)
 ss = st.session_state
 EMBEDDED = "__embedded__"
 OTHER = "__other__"
@@ -61,9 +57,11 @@ if ss.get("settings_flash"):
     st.success(ss.pop("settings_flash"), icon=":material/check_circle:")
 
 
-def _save(key: str, value: Any, flash: bool = True) -> None:
+def _save(change: Callable[..., object], *args: Any, flash: bool = True) -> None:
+    """A setting changed by a widget's callback: what went wrong, or the flash, is shown by
+    the run that follows."""
     try:
-        s.set_setting(key, value)
+        change(*args)
     except AppError as e:
         ss.settings_error = str(e)
     else:
@@ -78,7 +76,7 @@ if ss.get("settings_error"):
 # --- language ------------------------------------------------------------------------------------
 def _switch_language() -> None:
     set_lang(ss.set_language)  # this browser session only
-    _save("language", ss.set_language, flash=False)  # the default of new sessions
+    _save(cfg.set_language, ss.set_language, flash=False)  # the default of new sessions
 
 
 st.subheader(T("language"), anchor=False)
@@ -251,71 +249,54 @@ with st.expander(T("convert"), icon=":material/transform:"):
         icon=":material/transform:",
         disabled=not (src_path and dst and (replace or not dst.exists())),
     ):
-        from core.models.convert import convert
+        from core.models.convert import ConvertJob
 
-        progress = {"frac": 0.0, "msg": ""}
-        result: dict[str, Any] = {}
-        cancel = threading.Event()
-
-        def work() -> None:
-            try:
-                result["path"] = convert(
-                    src_path,
-                    dst,
-                    gtype,
-                    progress=lambda f, m: progress.update(frac=float(f), msg=str(m)),
-                    cancel=cancel,
-                    overwrite=replace,
-                )
-            except Exception as e:  # ModelError and anything unexpected: shown, not raised
-                result["error"] = e
-
-        worker = threading.Thread(target=work, daemon=True, name="convert")
-        bar = st.progress(0.0, text=T("converting"))
-        st.button(T("cancel"), key="convert_cancel", icon=":material/close:")  # click = rerun
-        worker.start()
         try:
-            while worker.is_alive():
-                frac = min(max(progress["frac"], 0.0), 1.0)
-                bar.progress(frac, text=f"{T('converting')} {frac:.0%} · {progress['msg']}")
-                time.sleep(0.25)
-        finally:  # the page went away or Cancel was clicked: stop and leave no file
-            if worker.is_alive():
-                cancel.set()
-                worker.join(timeout=60)
-        if "error" in result:
-            show_error(result["error"], "err_convert")
+            job = ConvertJob.start(src_path, dst, gtype, overwrite=replace)
+        except AppError as e:  # another session writes that file now
+            show_error(e, "err_convert")
         else:
-            bar.progress(1.0, text=T("converted", path=md_inline(str(result.get("path")))))
-            st.success(T("converted", path=md_inline(str(result.get("path")))))
+            bar = st.progress(0.0, text=T("converting"))
+            st.button(T("cancel"), key="convert_cancel", icon=":material/close:")  # = a rerun
+            try:
+                while not job.wait(0.25):
+                    frac, msg = job.progress()
+                    bar.progress(frac, text=f"{T('converting')} {frac:.0%} · {msg}")
+            finally:  # the page went away or Cancel was clicked: stop and leave no file
+                if not job.done:
+                    job.cancel(timeout=60)
+            if job.error is not None:
+                show_error(job.error, "err_convert")
+            else:
+                bar.progress(1.0, text=T("converted", path=md_inline(str(job.result))))
+                st.success(T("converted", path=md_inline(str(job.result))))
 
 # --- sampling default -----------------------------------------------------------------------
 st.subheader(T("sampling"), anchor=False)
 presets = list(PRESETS)
 if ss.get("set_preset") not in presets:
-    ss.set_preset = default_preset()
+    ss.set_preset = cfg.default_preset()
 st.selectbox(
     T("default_preset"),
     presets,
     key="set_preset",
     format_func=lambda n: T(f"preset_{n}"),
     help=T("default_preset_help"),
-    on_change=lambda: _save("default_preset", ss.set_preset),
+    on_change=lambda: _save(cfg.set_default_preset, ss.set_preset),
 )
 
 # --- you -------------------------------------------------------------------------------------
 st.subheader(T("about_you"), anchor=False)
 with st.form("user_form"):
     user_name = st.text_input(
-        T("f_your_name"), value=setting("user_name", ""), max_chars=100, help=T("f_your_name_help")
+        T("f_your_name"), value=cfg.user_name(), max_chars=100, help=T("f_your_name_help")
     )
     user_persona = st.text_area(
-        T("f_your_persona"), value=setting("user_persona", ""), help=T("f_your_persona_help")
+        T("f_your_persona"), value=cfg.user_persona(), help=T("f_your_persona_help")
     )
     if st.form_submit_button(T("save"), icon=":material/save:"):
         try:
-            s.set_setting("user_name", (user_name or "").strip())
-            s.set_setting("user_persona", user_persona or "")
+            cfg.set_user(user_name, user_persona)
         except AppError as e:
             show_error(e)
         else:
@@ -323,9 +304,13 @@ with st.form("user_form"):
 
 # --- password --------------------------------------------------------------------------------
 st.subheader(T("password"), anchor=False)
-if os.environ.get("RP_PASSWORD"):
+try:
+    policy, policy_error = password_policy(), None
+except AppError as e:  # the password setting cannot be read: said in the API's part
+    policy, policy_error = None, e
+if policy is not None and policy.source == "env":
     st.info(T("password_env"))
-has_pw = bool(setting("password", ""))
+has_pw = cfg.has_password()
 st.caption(T("password_is_set") if has_pw else T("password_not_set"))
 with st.form("password_form", clear_on_submit=True):
     pw1 = st.text_input(T("new_password"), type="password")
@@ -336,17 +321,17 @@ with st.form("password_form", clear_on_submit=True):
         elif pw1 != pw2:
             st.error(T("err_password_mismatch"))
         else:
-            _save("password", hash_password(pw1), flash=False)
+            _save(cfg.set_password, pw1, flash=False)
             ss.authenticated = True
             ss.settings_flash = T("password_saved")
             st.rerun()
 if has_pw and st.button(T("remove_password"), key="remove_password", icon=":material/lock_open:"):
-    _save("password", "", flash=False)
+    _save(cfg.remove_password, flash=False)
     ss.settings_flash = T("password_removed")
     st.rerun()
 
 
-# --- API: keys and allowed origins (core/api/access.py; the guard is core/api/app.py) ----------
+# --- API: keys and allowed origins (core/access.py; the guard is core/api/app.py) --------------
 def _api_base_url() -> str:
     url = st.context.url or ""
     if "://" in url:
@@ -369,11 +354,9 @@ def _api_problem(e: Exception) -> None:
 
 st.subheader(T("api"), anchor=False)
 st.caption(T("api_base", url=md_inline(_api_base_url())))
-try:
-    _why = api_access.key_required_reasons(st.get_option("server.address"), s)
-except AppError as e:
-    show_error(e)
-    _why = ["password"]  # the password setting cannot be read: the guard asks for keys too
+if policy_error is not None:
+    show_error(policy_error)
+_why = policy.key_reasons if policy is not None else ("password",)  # unreadable: locked too
 if _why:
     _reasons = {
         "env_password": T("api_why_env_password"),
@@ -389,7 +372,7 @@ with st.form("api_key_form", clear_on_submit=True):
     _key_name = st.text_input(T("api_key_name"), key="api_key_name", help=T("api_key_name_help"))
     if st.form_submit_button(T("api_create_key"), icon=":material/key:"):
         try:
-            _new_key, _record = api_access.create_key(s, _key_name)
+            _new_key, _record = cfg.create_api_key(_key_name)
         except (api_access.AccessError, AppError) as e:
             _api_problem(e)
         else:  # drawn in this run only: the next run no longer has it
@@ -401,14 +384,14 @@ if ss.get("api_flash"):
 
 def _revoke_key(key_id: str, name: str) -> None:
     try:
-        api_access.revoke_key(s, key_id)
+        cfg.revoke_api_key(key_id)
     except AppError as e:
         ss.settings_error = str(e)
     else:
         ss.api_flash = T("api_key_revoked", name=md_inline(name))
 
 
-_keys = api_access.list_keys(s)
+_keys = cfg.api_keys()
 if not _keys:
     st.caption(T("api_no_keys"))
 for _rec in _keys:
@@ -437,20 +420,20 @@ st.markdown(f"**{T('api_origins')}**")
 with st.form("api_origins_form"):
     _origins_text = st.text_area(
         T("api_origins"),
-        value="\n".join(api_access.allowed_origins(s)),
+        value="\n".join(cfg.api_origins()),
         key="api_origins",
         placeholder="http://localhost:8000",
         label_visibility="collapsed",
     )
     if st.form_submit_button(T("api_save_origins"), icon=":material/public:"):
         try:
-            _saved = api_access.save_origins(s, _origins_text)
+            _saved = cfg.set_api_origins(_origins_text)
         except (api_access.AccessError, AppError) as e:
             _api_problem(e)
         else:
             st.success(T("api_origins_saved", n=len(_saved)))
 st.caption(T("api_origins_help"))
-if "*" in api_access.allowed_origins(s):
+if "*" in cfg.api_origins():
     st.warning(T("api_origins_star"), icon=":material/warning:")
 
 # --- data and state cache --------------------------------------------------------------
@@ -479,28 +462,26 @@ if engine is not None:
                 misses=stats.get("misses", 0),
             )
         )
+mem_now, disk_now = cfg.cache_budget()
 with st.form("cache_form"):
     with st.container(horizontal=True):
         mem_mb = st.number_input(
             T("cache_mem_mb"),
             min_value=0,
-            max_value=1_000_000,
+            max_value=MAX_CACHE_MEM_MB,
             step=64,
-            value=int(setting("cache_mem_mb", DEFAULT_CACHE_MEM_MB)),
+            value=int(mem_now),
         )
         disk_mb = st.number_input(
             T("cache_disk_mb"),
             min_value=0,
-            max_value=10_000_000,
+            max_value=MAX_CACHE_DISK_MB,
             step=256,
-            value=int(setting("cache_disk_mb", DEFAULT_CACHE_DISK_MB)),
+            value=int(disk_now),
         )
     if st.form_submit_button(T("save"), icon=":material/save:"):
         try:
-            s.set_setting("cache_mem_mb", int(mem_mb))
-            s.set_setting("cache_disk_mb", int(disk_mb))
-            if engine is not None:
-                engine.set_cache_budget(float(mem_mb), float(disk_mb))
+            cfg.set_cache_budget(int(mem_mb), int(disk_mb))  # and to the loaded model's cache
         except AppError as e:
             show_error(e)
         else:
@@ -532,27 +513,15 @@ restore_controls("settings")
 
 # --- threads ---------------------------------------------------------------------------------
 st.subheader(T("threads"), anchor=False)
-
-
-def _apply_threads() -> None:
-    n = int(ss.set_threads)
-    _save("threads", n)
-    if engine is not None:  # at once, between two model calls
-        try:
-            set_threads(engine.raw_backend, n or None)
-        except AppError as e:
-            ss.settings_error = str(e)
-
-
 st.number_input(
     T("threads_count", n=default_threads()),
     min_value=0,
     max_value=usable_cpus(),
-    value=min(threads_setting() or 0, usable_cpus()),
+    value=min(cfg.threads() or 0, usable_cpus()),
     step=1,
     key="set_threads",
     help=T("threads_help"),
-    on_change=_apply_threads,
+    on_change=lambda: _save(cfg.set_threads, int(ss.set_threads)),  # and to the loaded model
 )
 if engine is not None and "threads" in engine.info.extra:
     st.caption(T("threads_in_use", n=engine.info.extra["threads"]))

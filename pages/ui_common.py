@@ -10,7 +10,6 @@ session keeps only ids in st.session_state, never ORM objects or engine handles.
 from __future__ import annotations
 
 import math
-import os
 import re
 import runpy
 import secrets
@@ -26,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from core import runtime
-from core.auth import LoginLimiter, Tries, hash_password, is_loopback
+from core.auth import LoginLimiter, PasswordPolicy, Tries, is_loopback
 from core.cli_args import cli_args
 from core.config import REPO_ROOT
-from core.errors import AppError
+from core.errors import AppError, ModelUnavailable
 from core.i18n import LANGS, t
 from core.roleplay.avatars import avatar_path
 from core.runtime import ModelChoice, Runtime
@@ -149,10 +148,6 @@ def restore_database(backup: Path) -> Path:
     return restore(database_url(), backup)
 
 
-def setting(key: str, default: Any = None) -> Any:
-    return rt().setting(key, default)
-
-
 def lang() -> str:
     """This browser session's interface language (see keep_lang)."""
     chosen = st.session_state.get("ui_lang")
@@ -173,8 +168,8 @@ def set_lang(code: str) -> None:
 
 
 def _default_lang() -> str:
-    value = setting("language")
-    if value in LANGS:
+    value = rt().settings.language()
+    if value is not None:
         return value
     cli, _ = cli_args()
     if cli.lang in LANGS:
@@ -285,14 +280,15 @@ def _placeholder(name: str) -> bytes:
 # --- password --------------------------------------------------------------------------------
 
 
-def required_password() -> str:
-    """$RP_PASSWORD, else the saved hash; "" when there is none. Raises when the setting cannot
-    be read: the gate then stays shut."""
-    env = os.environ.get("RP_PASSWORD", "")
-    if env:
-        return env
-    value = store().get_setting("password", "")
-    return value if isinstance(value, str) else ""
+def password_policy() -> PasswordPolicy:
+    """The password rule for this server (core.auth.password_policy: $RP_PASSWORD wins over the
+    saved password). Raises when the setting cannot be read: the gate then stays shut. A
+    database that cannot be opened at all gets its own page (and the run stops)."""
+    try:
+        return rt().password_policy(st.get_option("server.address"))
+    except AppError:
+        store()  # the database's page, when it is the database that cannot be opened
+        raise
 
 
 def listening_locally() -> bool:
@@ -306,7 +302,7 @@ def authenticated() -> bool:
     if st.session_state.get("authenticated"):
         return True
     try:
-        return not required_password() and listening_locally()
+        return password_policy().open
     except Exception:  # the setting cannot be read: locked (password_gate says why)
         return False
 
@@ -318,19 +314,19 @@ def password_gate() -> None:
     if st.session_state.get("authenticated"):
         return
     try:
-        stored = required_password()
+        policy = password_policy()
     except Exception as e:  # whatever broke the database, an unreadable gate stays shut
         st.title(T("app_title"))
         show_error(e, "err_password_unreadable")
         st.stop()
-    if not stored and listening_locally():
+    if policy.open:
         return
     st.title(T("app_title"))
-    if stored:
+    if policy.password:
         with st.form("login"):
             entered = st.text_input(T("password"), type="password", key="login_password")
             ok = st.form_submit_button(T("login"), type="primary")
-        if ok and _limited_check(entered or "", stored, "wrong_password"):
+        if ok and _limited_check(entered or "", policy.password, "wrong_password"):
             st.session_state.authenticated = True
             st.rerun()
     else:
@@ -384,7 +380,7 @@ def _first_password_form() -> None:
         st.error(T("err_password_mismatch"))
     elif _limited_check(code or "", secret, "wrong_setup_code"):
         try:
-            store().set_setting("password", hash_password(pw1))
+            rt().settings.set_password(pw1)
         except AppError as e:
             show_error(e)
         else:
@@ -531,17 +527,20 @@ def refresh_while_loading() -> None:
 
 
 def wait_for_model() -> Engine | None:
-    """For a reply: the engine, waiting (with a note) while it loads; None, with the reason
-    shown, when it is unloaded or failed."""
+    """For a reply: the engine (Runtime.require_engine), waiting with a note while it loads;
+    None, with the reason shown, when it is unloaded or failed."""
     runtime_ = rt()
     engine = runtime_.engine()
     if engine is not None:
         return engine
     note = st.empty()
-    if runtime_.loading or not (runtime_.unloaded or runtime_.failure()):
+    if runtime_.state() in ("loading", "idle"):
         name = md_inline(choice_label(runtime_.choice()))
         note.info(T("reply_waits_load", name=name), icon=":material/hourglass_top:")
-    engine = runtime_.wait_engine()
+    try:
+        engine = runtime_.require_engine()
+    except ModelUnavailable:
+        engine = None
     note.empty()
     failed = runtime_.failure()
     if engine is None and failed:
@@ -552,10 +551,10 @@ def wait_for_model() -> Engine | None:
 def retry() -> None:
     """A Load/retry button's callback: forget an unload or a failure of the current choice and
     load it in the background (the page says that it loads)."""
-    runtime_ = rt()
-    runtime_.unloaded = False
-    runtime_.failed.clear()
-    start_model()
+    try:
+        rt().retry()
+    except AppError:
+        pass  # the store cannot be read: the page says so
 
 
 def unload_model() -> None:
@@ -565,10 +564,6 @@ def unload_model() -> None:
 def choose_model(choice: ModelChoice) -> None:
     """Make `choice` the model of this process and save it as the setting."""
     rt().choose(choice)
-
-
-def threads_setting() -> int | None:
-    return rt().threads()
 
 
 def model_summary(engine: Engine) -> str:
@@ -593,10 +588,6 @@ def _human(n: float) -> str:
 
 
 # --- sampling ---------------------------------------------------------------------------------
-
-
-def default_preset() -> str:
-    return rt().chat.default_preset()
 
 
 def conversation_params(conv: Conversation | None) -> SamplingParams:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from core import runtime
-from core.auth import check_api_key, is_loopback
+from core.api.errors import ApiError
+from core.auth import check_api_key
+from core.errors import AppError
 
 
 @dataclass
@@ -20,14 +21,20 @@ class ApiConfig:
     runtime: Callable[[], runtime.Runtime] = field(default=runtime.current)
 
     def key_required(self) -> bool:
-        """A key is needed when a password is set or the server is reachable from elsewhere."""
-        if os.environ.get("RP_PASSWORD") or not is_loopback(self.listen_address()):
-            return True
-        return bool(self.runtime().setting("password", ""))
+        """A key is needed when a password is set or the server is reachable from elsewhere
+        (core.auth.password_policy, the pages' rule). When the password setting cannot be
+        read, nothing passes: 503 saying why."""
+        try:
+            return self.runtime().password_policy(self.listen_address()).keys_required
+        except AppError as e:
+            raise ApiError(
+                503,
+                f"The password setting cannot be read, so the API stays locked: {e}",
+                code="password_unreadable",
+            ) from None
 
     def allowed_origins(self) -> list[str]:
-        value = self.runtime().setting("api_cors_origins", [])
-        return [str(v).rstrip("/") for v in value] if isinstance(value, list) else []
+        return [origin.rstrip("/") for origin in self.runtime().settings.api_origins()]
 
     def key_ok(self, presented: str) -> bool:
-        return check_api_key(presented, self.runtime().setting("api_keys", []))
+        return check_api_key(presented, self.runtime().settings.api_keys())

@@ -11,7 +11,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core.errors import AppError, Conflict, ModelError, NotFound
+from core.errors import AppError, Conflict, ModelError, ModelUnavailable, NotFound
 
 MAX_BODY = 4 * 1024 * 1024  # bytes: a request body beyond this is refused (413)
 
@@ -59,8 +59,10 @@ def api_error(e: Exception) -> ApiError:
     if isinstance(e, ApiError):
         return e
     text = str(e)
+    if isinstance(e, ModelUnavailable):
+        return ApiError(503, text, code=e.code)
     if isinstance(e, ModelError):
-        return ApiError(503, text, code=getattr(e, "code", None) or "model_not_available")
+        return ApiError(503, text, code="model_not_available")
     if isinstance(e, NotFound):
         return ApiError(404, text)
     if isinstance(e, Conflict):

@@ -42,7 +42,7 @@ from core.api.errors import ApiError, read_json
 from core.api.stream import EventStream, ThreadedPieces, run_unless_disconnected
 from core.chat.service import ChatService, Turn
 from core.contracts import ROLES, Op, Role
-from core.errors import AppError, NotFound
+from core.errors import NotFound
 from core.roleplay.avatars import avatar_path
 from core.runtime import Runtime
 from core.store import MAX_MESSAGE, Character, ChatMessage, Conversation
@@ -191,32 +191,6 @@ class NativeApi:
             return None
         return message_json(m, self.rt.store.get_conversation(m.conversation_id))
 
-    def _engine_ready(self) -> None:
-        """Load the model chosen for the app if it is not loaded (the first reply waits); the
-        same rule and errors as the OpenAI-compatible endpoints."""
-        rt = self.rt
-        if rt.engine() is not None:
-            return
-        if rt.unloaded:
-            raise ApiError(
-                503,
-                "The model was unloaded in Settings. Load it there, then try again.",
-                code="model_unloaded",
-            )
-        failure = rt.failure()
-        if failure:
-            raise ApiError(
-                503,
-                f"The model could not be loaded: {failure} Choose another in Settings.",
-                code="model_not_loaded",
-            )
-        try:
-            rt.load()
-        except AppError as e:
-            raise ApiError(
-                503, f"The model could not be loaded: {e}", code="model_not_loaded"
-            ) from None
-
     # --- characters ---
     async def characters(self, request: Request) -> Response:
         base = str(request.base_url)
@@ -310,7 +284,7 @@ class NativeApi:
         def work() -> tuple[dict[str, Any], Turn | None]:
             conv = self._chat(chat_id)
             if reply:
-                self._engine_ready()  # refused before the message is stored, not after
+                self.rt.require_engine()  # refused before the message is stored, not after
             msg = self.svc.send(chat_id, text, name=name)
             turn = self._turn(chat_id, Op.NEW, params) if reply else None
             return message_json(msg, conv), turn
@@ -336,7 +310,7 @@ class NativeApi:
 
         def work() -> Turn:
             last = self.svc.redo_target(chat_id, op, target_id)
-            self._engine_ready()
+            self.rt.require_engine()
             return self._turn(chat_id, op, params, target_id=last.id)
 
         turn = await run_in_threadpool(work)
@@ -357,7 +331,7 @@ class NativeApi:
 
         def work() -> Turn:
             self._chat(chat_id)
-            self._engine_ready()
+            self.rt.require_engine()
             return self._turn(chat_id, Op.NEW, params, role=role, name=name.strip())
 
         turn = await run_in_threadpool(work)

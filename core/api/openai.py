@@ -95,29 +95,10 @@ def _model_entry(model_id: str, engine: Engine | None, created: int) -> dict[str
 
 
 def _ready(rt: Runtime) -> tuple[Engine, SamplingParams]:
-    """The loaded engine (loading it now if need be) and the sampling a request starts from
-    (the app's default preset; the request's fields override it). Blocking: call it in a
-    thread."""
-    engine = rt.engine()
-    if engine is None:
-        if rt.unloaded:
-            raise ApiError(
-                503,
-                "The model was unloaded in Settings. Load it there, then try again.",
-                code="model_unloaded",
-            )
-        failure = rt.failure()  # tried and failed: said again, not loaded on every request
-        if not failure:
-            try:
-                return rt.load(), rt.chat.params(None)
-            except AppError as e:
-                failure = str(e)
-        raise ApiError(
-            503,
-            f"The model could not be loaded: {failure} Choose another in Settings.",
-            code="model_not_loaded",
-        )
-    return engine, rt.chat.params(None)  # the app's default preset, as a new chat gets it
+    """The loaded engine (loading it now if need be: Runtime.require_engine, the one readiness
+    rule of every front end) and the sampling a request starts from (the app's default preset,
+    as a new chat gets it; the request's fields override it). Blocking: call it in a thread."""
+    return rt.require_engine(), rt.chat.params(None)
 
 
 # ---------------------------------------------------------------------------- alternatives
@@ -250,8 +231,8 @@ class OpenAIApi:
         def look() -> tuple[str, Engine | None]:
             rt = self.config.runtime()
             engine = rt.engine()
-            if engine is None and not rt.unloaded:
-                rt.start_loading()  # a client connecting is about to ask for replies
+            if engine is None:  # a client connecting is about to ask for replies
+                rt.start_loading()  # (not when unloaded on purpose, nor failed)
             label = model_name(engine) if engine is not None else rt.choice().label()
             return label, engine
 

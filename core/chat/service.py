@@ -32,7 +32,14 @@ from core.chat.context import conversation_context, prompt_messages, to_message
 from core.chat.prompt_view import PromptView, prompt_view
 from core.chat.saver import ReplySaver
 from core.contracts import Op, ReplyMeta, Role
-from core.engine.sampler import AUTO_PRESET, DEFAULT_PRESET, PRESETS, SamplingParams, model_preset
+from core.engine.sampler import (
+    AUTO_PRESET,
+    DEFAULT_PRESET,
+    PRESETS,
+    SamplingParams,
+    known_preset,
+    model_preset,
+)
 from core.errors import Conflict, ModelError, NotFound
 from core.prompt import CharacterContext, Message
 from core.roleplay.lore import fire_lore
@@ -124,8 +131,7 @@ class ChatService:
 
     # ------------------------------------------------------------------ chats and sampling
     def default_preset(self) -> str:
-        name = self.store.get_setting("default_preset", DEFAULT_PRESET)
-        return name if name in PRESETS else DEFAULT_PRESET
+        return known_preset(self.store.get_setting("default_preset", DEFAULT_PRESET))
 
     def preset_sampling(self, name: str) -> dict[str, Any]:
         if name == AUTO_PRESET:

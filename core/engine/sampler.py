@@ -129,6 +129,13 @@ PRESETS: dict[str, SamplingParams] = {
 }
 DEFAULT_PRESET = "auto"
 AUTO_PRESET = "auto"
+
+
+def known_preset(name: object) -> str:
+    """A saved preset name as used: the default one when it is not a preset (any more)."""
+    return name if isinstance(name, str) and name in PRESETS else DEFAULT_PRESET
+
+
 # keys of ModelInfo.extra["sampling"] (read from a GGUF's general.sampling.*) -> our fields
 _GGUF_SAMPLING = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p"}
 

@@ -7,6 +7,9 @@ vocabulary stored in the file (`tokenizer.ggml.model = "rwkv"`).
 
     python -m core.models.convert SRC.pth models/DST.gguf --type f16|q8_0|f32 [--force]
 
+`ConvertJob` runs one in a background thread for a page that starts it and polls it (progress,
+cancel, the result or the error); one job writes a given file at a time.
+
 The GGUF is written only inside the models folder, under a `.gguf` name, never in the data
 directory, and never over an existing file unless the caller says so (`overwrite=True`, the CLI's
 `--force`, the page's confirmation): a typed destination cannot destroy a chat database or a
@@ -29,6 +32,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import gguf
 import numpy as np
@@ -418,6 +422,95 @@ def convert(
         raise
     report(1.0, f"Wrote {dst_p.name}")
     return dst_p
+
+
+class ConvertJob:
+    """One conversion in a background thread, for a page that starts it and polls it:
+
+        job = ConvertJob.start(src, dst, "f16", overwrite=False)
+        while not job.wait(0.25):
+            fraction, message = job.progress()
+        job.result  # the GGUF written; or job.error, the ModelError (nothing was written)
+
+    `cancel()` stops it and waits for the thread (no file is left). One job per destination
+    file at a time: `start` refuses a second one while the first writes that file."""
+
+    _active: ClassVar[dict[Path, ConvertJob]] = {}  # destination -> the job writing it
+    _active_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self, src: Path, dst: Path, type: str, overwrite: bool, models_dir: Path | None
+    ) -> None:
+        self.src, self.dst, self.type = src, dst, type
+        self.overwrite, self.models_dir = overwrite, models_dir
+        self.result: Path | None = None
+        self.error: Exception | None = None
+        self._fraction, self._message = 0.0, ""
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="convert", daemon=True)
+
+    @classmethod
+    def start(
+        cls,
+        src: str | Path,
+        dst: str | Path,
+        type: str = "f16",
+        overwrite: bool = False,
+        models_dir: Path | None = None,
+    ) -> ConvertJob:
+        """Start converting `src` to `dst` (the arguments of `convert`). ModelError at once
+        when `dst` may not be written or another job is writing it."""
+        path = check_destination(dst, models_dir)
+        job = cls(Path(src).expanduser(), path, type, overwrite, models_dir)
+        with cls._active_lock:
+            if path in cls._active:
+                raise ModelError(
+                    f"{path.name} is being written by another conversion: wait for it to end, "
+                    "or cancel it."
+                )
+            cls._active[path] = job
+        job._thread.start()
+        return job
+
+    def _run(self) -> None:
+        try:
+            self.result = convert(
+                self.src,
+                self.dst,
+                self.type,
+                progress=self._report,
+                cancel=self._cancel,
+                overwrite=self.overwrite,
+                models_dir=self.models_dir,
+            )
+        except Exception as e:  # ModelError, and anything unexpected: kept for the caller
+            self.error = e
+        finally:
+            with self._active_lock:
+                if self._active.get(self.dst) is self:
+                    del self._active[self.dst]
+
+    def _report(self, fraction: float, message: str) -> None:
+        self._fraction, self._message = min(max(float(fraction), 0.0), 1.0), str(message)
+
+    def progress(self) -> tuple[float, str]:
+        """How far it is (0 to 1) and what it does now."""
+        return self._fraction, self._message
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait at most `timeout` seconds for the end; whether it has ended."""
+        self._thread.join(timeout)
+        return self.done
+
+    def cancel(self, timeout: float | None = 60) -> None:
+        """Stop the conversion (its error becomes ConversionCancelled) and wait at most
+        `timeout` seconds for the thread to end."""
+        self._cancel.set()
+        self._thread.join(timeout)
 
 
 def _arch(version: int) -> gguf.MODEL_ARCH:

@@ -17,7 +17,7 @@ import httpx2 as httpx
 import pytest
 
 from core import runtime
-from core.api.access import create_key, revoke_key, save_origins
+from core.access import create_key, revoke_key, save_origins
 from core.api.config import ApiConfig
 from core.auth import hash_password
 from core.chat import ChatService

@@ -15,7 +15,13 @@ import torch
 import core.models.convert as conv
 from core.backends.gguf_file import inspect_gguf
 from core.errors import ModelError
-from core.models.convert import ConversionCancelled, DestinationExists, convert, main
+from core.models.convert import (
+    ConversionCancelled,
+    ConvertJob,
+    DestinationExists,
+    convert,
+    main,
+)
 from tests.support import REPO
 
 
@@ -188,6 +194,46 @@ def test_cancel_and_failure_leave_nothing(tiny_models, models, monkeypatch) -> N
     with pytest.raises(ModelError, match="disk filled up"):
         convert(tiny_models(7), models / "x.gguf", "f16")
     assert _leftovers(models) == []
+
+
+def test_a_job_converts_in_the_background_with_its_progress(tiny_models, models) -> None:
+    job = ConvertJob.start(tiny_models(7), models / "job.gguf", "f16")
+    seen = []
+    while not job.wait(0.01):
+        seen.append(job.progress()[0])
+    assert job.error is None and job.result == models / "job.gguf"
+    assert job.progress() == (1.0, "Wrote job.gguf") and seen == sorted(seen)
+    assert inspect_gguf(job.result).arch == "rwkv7"
+    # a bad destination, or a bad source, is the job's ModelError: nothing is written
+    with pytest.raises(ModelError, match="only inside the models folder"):
+        ConvertJob.start(tiny_models(7), models.parent / "out.gguf")
+    job = ConvertJob.start(models / "missing.pth", models / "other.gguf")
+    assert job.wait(60) and isinstance(job.error, ModelError) and job.result is None
+    assert _leftovers(models) == ["job.gguf"]
+
+
+def test_one_job_a_file_and_a_cancelled_one_leaves_nothing(models, monkeypatch) -> None:
+    started = threading.Event()
+
+    def slow(src, dst, type, progress, cancel, overwrite, models_dir):  # noqa: ANN001, ANN202
+        progress(0.5, "Converting blk.0")
+        started.set()
+        assert cancel.wait(60)
+        raise ConversionCancelled("Conversion cancelled; no file was written.")
+
+    monkeypatch.setattr(conv, "convert", slow)
+    job = ConvertJob.start(models / "a.pth", models / "x.gguf")
+    assert started.wait(60) and not job.done
+    assert job.progress() == (0.5, "Converting blk.0")
+    with pytest.raises(ModelError, match="being written by another conversion"):
+        ConvertJob.start(models / "b.pth", models / "x.gguf")
+    other = ConvertJob.start(models / "b.pth", models / "y.gguf")  # another file: at once
+    job.cancel()
+    other.cancel()
+    assert job.done and isinstance(job.error, ConversionCancelled) and job.result is None
+    again = ConvertJob.start(models / "a.pth", models / "x.gguf")  # free again once it ended
+    again.cancel()
+    assert isinstance(again.error, ConversionCancelled)
 
 
 def test_cli_exit_codes(tiny_models, models, capsys, monkeypatch) -> None:

@@ -85,7 +85,7 @@ def test_api_keys_made_and_revoked_at_once_are_never_lost(data_dir: Path, monkey
     """Settings pages in several sessions (and two stores on one file, as two processes) make
     and revoke API keys at the same moment: every key made is kept, and every key revoked
     stays revoked (the list is read and written in one transaction)."""
-    from core.api.access import create_key, list_keys, revoke_key
+    from core.access import create_key, list_keys, revoke_key
 
     monkeypatch.delenv("RP_DB_URL", raising=False)
     stores = [open_test_store(), open_test_store()]

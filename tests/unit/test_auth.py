@@ -1,11 +1,19 @@
-"""The password limiter (a fake clock, no sleeping) and which server addresses count as
-reachable from this machine only."""
+"""The password limiter (a fake clock, no sleeping), which server addresses count as reachable
+from this machine only, and the password rule (which password is in force, what it guards)."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.auth import MAX_WAIT, LoginLimiter, Tries, Verdict, hash_password, is_loopback
+from core.auth import (
+    MAX_WAIT,
+    LoginLimiter,
+    Tries,
+    Verdict,
+    hash_password,
+    is_loopback,
+    password_policy,
+)
 
 
 class Clock:
@@ -85,3 +93,47 @@ def test_only_loopback_addresses_keep_the_server_on_this_machine(
     address: str | None, loopback: bool
 ) -> None:
     assert is_loopback(address) is loopback
+
+
+HASH = "pbkdf2_sha256$200000$c2FsdA==$ZGlnZXN0"  # a saved hash (its form is all that matters)
+
+
+@pytest.mark.parametrize(
+    ("env", "saved", "address", "password", "source", "reasons", "is_open", "first"),
+    [
+        # nothing set: open on this machine, shut until a first password beyond it
+        ("", "", "127.0.0.1", "", "", (), True, False),
+        (None, None, "localhost", "", "", (), True, False),
+        ("", "", "0.0.0.0", "", "", ("listen",), False, True),
+        ("", "", None, "", "", ("listen",), False, True),  # unset: every interface
+        # a saved password guards both, wherever the server listens
+        ("", HASH, "127.0.0.1", HASH, "setting", ("password",), False, False),
+        ("", HASH, "0.0.0.0", HASH, "setting", ("password", "listen"), False, False),
+        # RP_PASSWORD wins over the saved hash
+        ("env-pass", HASH, "127.0.0.1", "env-pass", "env", ("env_password",), False, False),
+        ("env-pass", "", "::", "env-pass", "env", ("env_password", "listen"), False, False),
+        # a setting that is not text (written by hand) is no password
+        ("", 1234, "127.0.0.1", "", "", (), True, False),
+        ("", ["x"], "192.168.1.5", "", "", ("listen",), False, True),
+    ],
+)
+def test_the_password_rule(
+    env: str | None,
+    saved: object,
+    address: str | None,
+    password: str,
+    source: str,
+    reasons: tuple[str, ...],
+    is_open: bool,
+    first: bool,
+) -> None:
+    policy = password_policy(env, saved, address)
+    assert policy.password == password and policy.source == source
+    assert policy.key_reasons == reasons and policy.keys_required is bool(reasons)
+    assert policy.local is is_loopback(address)
+    assert policy.open is is_open and policy.needs_first_password is first
+    assert not (policy.open and policy.keys_required)  # open means open to API calls too
+
+
+def test_the_password_in_force_is_never_in_the_policy_repr() -> None:
+    assert "env-pass" not in repr(password_policy("env-pass", "", "127.0.0.1"))

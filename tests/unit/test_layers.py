@@ -41,9 +41,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.roleplay.characters": FOUNDATION
     | {"core.roleplay.avatars", "core.roleplay.cards", "core.store"},
     "core.models": FOUNDATION | {"core.backends"},  # model files: .pth -> GGUF
+    # API keys and allowed origins: the settings that say who may use the API
+    "core.access": FOUNDATION | {"core.auth", "core.store"},
+    # the app's settings: typed, checked, and applied to the loaded model (threads, cache)
+    "core.settings": FOUNDATION
+    | {"core.auth", "core.i18n", "core.access", "core.store", "core.engine", "core.backends"},
     "core.runtime": FOUNDATION
     | {"core.cli_args", "core.store", "core.roleplay.cards", "core.engine", "core.backends"}
-    | {"core.chat"},
+    | {"core.chat", "core.auth", "core.settings"},
     # the HTTP API: a front end like the pages, on the runtime and the chat service
     "core.api": FOUNDATION
     | {"core.auth", "core.runtime", "core.chat", "core.engine", "core.prompt", "core.store"}

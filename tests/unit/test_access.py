@@ -1,11 +1,11 @@
-"""Allowed origins as Settings checks them (core/api/access.py): exactly what the API's guard
+"""Allowed origins as Settings checks them (core/access.py): exactly what the API's guard
 compares (scheme://host[:port], lower case, no trailing slash), and nothing else."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.api.access import AccessError, parse_origin, parse_origins
+from core.access import AccessError, parse_origin, parse_origins
 
 
 @pytest.mark.parametrize(

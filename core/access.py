@@ -1,16 +1,20 @@
 """Who may use the API, as Settings manages it: API keys (the "api_keys" setting: records made
 by core.auth.new_api_key, the key itself is shown once and never stored) and the origins of web
-pages allowed to call the API from a browser (the "api_cors_origins" setting). The guard that
-applies them is core/api/app.py (through ApiConfig)."""
+pages allowed to call the API from a browser (the "api_cors_origins" setting). Pages reach them
+through core.settings.AppSettings; the guard that applies them is core/api/app.py (through
+ApiConfig), and when a key is needed is core.auth.password_policy's to say. Here, and not in
+the API package, because these write settings: the API only reads them.
+"""
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.auth import is_loopback, new_api_key
-from core.store import Store
+from core.auth import new_api_key
+
+if TYPE_CHECKING:  # named in hints only: Settings imports this module with the page
+    from core.store import Store
 
 KEYS = "api_keys"
 ORIGINS = "api_cors_origins"
@@ -32,20 +36,6 @@ class AccessError(ValueError):
     def __init__(self, message: str, code: str = "", value: str = "") -> None:
         super().__init__(message)
         self.code, self.value = code, value
-
-
-def key_required_reasons(listen_address: str | None, store: Store) -> list[str]:
-    """Why API calls need a key now (empty: they do not): "env_password" (RP_PASSWORD is set),
-    "password" (a password is saved in Settings), "listen" (the server is reachable from other
-    machines). The same rule as ApiConfig.key_required."""
-    reasons: list[str] = []
-    if os.environ.get("RP_PASSWORD"):
-        reasons.append("env_password")
-    elif store.get_setting("password", ""):
-        reasons.append("password")
-    if not is_loopback(listen_address):
-        reasons.append("listen")
-    return reasons
 
 
 # ------------------------------------------------------------------------------ keys

@@ -1,0 +1,288 @@
+"""The app's settings, in one place: what the pages and the API read and change.
+
+    cfg = runtime.current().settings   # an AppSettings over the runtime's store and model
+    cfg.user_name(); cfg.set_user("Kai", "A wandering cartographer.")
+    cfg.set_threads(2)                 # saved, and applied to the loaded model at once
+
+Getters give the default when a setting is unset, of the wrong type, or cannot be read (the
+page that next uses the store says why), except `password_hash`, which raises: the password
+gate stays shut when it cannot read the password. Setters check their value (SettingError
+saying why), save it, and where the setting applies to the loaded model (threads, the state
+cache's budgets) apply it in the same call. API keys and allowed origins are core/access.py's
+rules, reached from here.
+
+Imports nothing heavy at its top: the runtime, which Home.py imports before the server
+answers, builds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.auth import hash_password
+from core.errors import AppError
+from core.i18n import LANGS
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+    from core.store import Store
+
+# the settings' keys in the store ("api_keys" and "api_cors_origins": core/access.py)
+USER_NAME = "user_name"
+USER_PERSONA = "user_persona"
+LANGUAGE = "language"
+DEFAULT_PRESET = "default_preset"
+PASSWORD = "password"
+MODEL = "model"
+THREADS = "threads"
+CACHE_MEM_MB = "cache_mem_mb"
+CACHE_DISK_MB = "cache_disk_mb"
+
+STRATEGIES = (
+    "cpu fp32",
+    "cpu bf16",
+    "cpu fp16",
+    "cuda fp16",
+    "cuda fp16i8",
+    "cuda fp16i8 *10 -> cuda fp16",
+    "cuda fp16i8 *10 -> cpu fp32",
+    "cuda bf16",
+)
+DEFAULT_STRATEGY = "cpu fp32"
+BACKENDS = ("auto", "rwkv", "llama")
+DEFAULT_CACHE_MEM_MB = 512
+DEFAULT_CACHE_DISK_MB = 2048
+MAX_CACHE_MEM_MB = 1_000_000
+MAX_CACHE_DISK_MB = 10_000_000
+MAX_USER_NAME = 100  # as a character's name (core.store.validation.MAX_NAME)
+
+
+class SettingError(AppError):
+    """A value a setting cannot take; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    path: str = ""  # "" = the embedded default model
+    backend: str = "auto"  # "auto" | "rwkv" | "llama"
+    strategy: str = DEFAULT_STRATEGY  # rwkv strategy string
+    cuda_on: bool = False  # RWKV_CUDA_ON (rwkv back end)
+    jit_on: bool = True  # RWKV_JIT_ON (rwkv back end)
+
+    @property
+    def key(self) -> tuple[str, str, str, bool, bool]:
+        return (self.path, self.backend, self.strategy, self.cuda_on, self.jit_on)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "backend": self.backend,
+            "strategy": self.strategy,
+            "cuda_on": self.cuda_on,
+            "jit_on": self.jit_on,
+        }
+
+    @classmethod
+    def from_dict(cls, d: object) -> ModelChoice:
+        d = d if isinstance(d, dict) else {}
+        backend = d.get("backend") if d.get("backend") in BACKENDS else "auto"
+        return cls(
+            path=str(d.get("path") or ""),
+            backend=backend,
+            strategy=str(d.get("strategy") or DEFAULT_STRATEGY),
+            cuda_on=bool(d.get("cuda_on", False)),
+            jit_on=bool(d.get("jit_on", True)),
+        )
+
+    def label(self, embedded: str = "embedded") -> str:
+        return Path(self.path).name if self.path else embedded
+
+
+def _number(value: object) -> bool:
+    """An int or a float, not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class AppSettings:
+    """The settings of one store. `engine()` gives the loaded model, or None (nothing to apply
+    a change to: the next load reads the setting)."""
+
+    def __init__(self, store: Callable[[], Store], engine: Callable[[], Engine | None]) -> None:
+        self._store = store
+        self._engine = engine
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A setting's value; `default` when it is unset (None) or cannot be read."""
+        try:
+            value = self._store().get_setting(key, default)
+        except AppError:
+            return default
+        return default if value is None else value
+
+    def _set(self, key: str, value: Any) -> None:
+        self._store().set_setting(key, value)
+
+    # ------------------------------------------------------------------ the user
+    def user_name(self) -> str:
+        value = self.get(USER_NAME, "")
+        return value if isinstance(value, str) else ""
+
+    def user_persona(self) -> str:
+        value = self.get(USER_PERSONA, "")
+        return value if isinstance(value, str) else ""
+
+    def set_user(self, name: str, persona: str) -> None:
+        """The user's name (outer spaces dropped; "" = the default name) and persona."""
+        name, persona = name or "", persona or ""
+        if not isinstance(name, str) or not isinstance(persona, str):
+            raise SettingError("Your name and persona must be text.")
+        name = name.strip()
+        if len(name) > MAX_USER_NAME:
+            raise SettingError(f"Your name is longer than {MAX_USER_NAME} characters.")
+        self._set(USER_NAME, name)
+        self._set(USER_PERSONA, persona)
+
+    # ------------------------------------------------------------------ language and sampling
+    def language(self) -> str | None:
+        """The interface language of new browser sessions; None when none was chosen."""
+        value = self.get(LANGUAGE)
+        return value if value in LANGS else None
+
+    def set_language(self, code: str) -> None:
+        if code not in LANGS:
+            raise SettingError(f"Unknown language {code!r}: choose one of {', '.join(LANGS)}.")
+        self._set(LANGUAGE, code)
+
+    def default_preset(self) -> str:
+        """The sampling preset of new chats (a name of core.engine.sampler.PRESETS)."""
+        from core.engine.sampler import DEFAULT_PRESET as DEFAULT
+        from core.engine.sampler import known_preset
+
+        return known_preset(self.get(DEFAULT_PRESET, DEFAULT))
+
+    def set_default_preset(self, name: str) -> None:
+        from core.engine.sampler import PRESETS
+
+        if name not in PRESETS:
+            raise SettingError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
+        self._set(DEFAULT_PRESET, name)
+
+    # ------------------------------------------------------------------ the password
+    def password_hash(self) -> str:
+        """The saved password's hash; "" when none is saved. Raises (the store's AppError) when
+        the setting cannot be read: the gate stays shut (Runtime.password_policy)."""
+        value = self._store().get_setting(PASSWORD, "")
+        return value if isinstance(value, str) else ""
+
+    def has_password(self) -> bool:
+        """A password is saved in Settings (False when it cannot be read)."""
+        try:
+            return bool(self.password_hash())
+        except AppError:
+            return False
+
+    def set_password(self, password: str) -> None:
+        """Save `password` (its hash: core.auth.hash_password), the app's from now on unless
+        $RP_PASSWORD is set."""
+        if not password:
+            raise SettingError("The password is empty.")
+        self._set(PASSWORD, hash_password(password))
+
+    def remove_password(self) -> None:
+        self._set(PASSWORD, "")
+
+    # ------------------------------------------------------------------ the model
+    def model(self) -> ModelChoice | None:
+        """The model saved as the app's choice; None when none was saved."""
+        value = self.get(MODEL)
+        return ModelChoice.from_dict(value) if isinstance(value, dict) else None
+
+    def set_model(self, choice: ModelChoice) -> None:
+        if not isinstance(choice, ModelChoice) or choice.backend not in BACKENDS:
+            raise SettingError(f"Not a model choice: {choice!r}.")
+        self._set(MODEL, choice.to_dict())
+
+    def threads(self) -> int | None:
+        """The threads a model computes with; None: automatic (unset or 0)."""
+        value = self.get(THREADS, 0)
+        return value if isinstance(value, int) and value > 0 else None
+
+    def set_threads(self, n: int) -> None:
+        """Save the thread count (0 = automatic) and give it to the loaded model at once,
+        between two of its calls."""
+        from core.backends.loader import set_threads
+        from core.backends.threads import usable_cpus
+
+        most = usable_cpus()
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= most:
+            raise SettingError(f"The thread count must be 0 (automatic) to {most}, not {n!r}.")
+        self._set(THREADS, n)
+        engine = self._engine()
+        if engine is not None:
+            set_threads(engine.raw_backend, n or None)
+
+    # ------------------------------------------------------------------ the state cache
+    def cache_budget(self) -> tuple[float, float]:
+        """The state cache's budgets in MB: (memory, disk)."""
+        mem = self.get(CACHE_MEM_MB, DEFAULT_CACHE_MEM_MB)
+        disk = self.get(CACHE_DISK_MB, DEFAULT_CACHE_DISK_MB)
+        return (
+            float(mem) if _number(mem) else float(DEFAULT_CACHE_MEM_MB),
+            float(disk) if _number(disk) else float(DEFAULT_CACHE_DISK_MB),
+        )
+
+    def set_cache_budget(self, mem_mb: int, disk_mb: int) -> None:
+        """Save the budgets and apply them to the loaded model's cache at once."""
+        for what, value, most in (
+            ("memory", mem_mb, MAX_CACHE_MEM_MB),
+            ("disk", disk_mb, MAX_CACHE_DISK_MB),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
+                raise SettingError(f"The {what} budget must be 0 to {most} MB, not {value!r}.")
+        self._set(CACHE_MEM_MB, mem_mb)
+        self._set(CACHE_DISK_MB, disk_mb)
+        engine = self._engine()
+        if engine is not None:
+            engine.set_cache_budget(float(mem_mb), float(disk_mb))
+
+    # ------------------------------------------------------------------ the API (core/access.py)
+    def api_keys(self) -> list[dict[str, Any]]:
+        """The API keys' records (id, name, shown prefix, created, hash), oldest first."""
+        from core import access
+
+        try:
+            return access.list_keys(self._store())
+        except AppError:
+            return []
+
+    def create_api_key(self, name: str) -> tuple[str, dict[str, Any]]:
+        """A new key: (the key, to be shown once; its saved record). access.AccessError when
+        the name is empty or there are too many keys."""
+        from core import access
+
+        return access.create_key(self._store(), name)
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """False when it was not there (already revoked)."""
+        from core import access
+
+        return access.revoke_key(self._store(), key_id)
+
+    def api_origins(self) -> list[str]:
+        """The origins of web pages allowed to call the API ("*": every one)."""
+        from core import access
+
+        try:
+            return access.allowed_origins(self._store())
+        except AppError:
+            return []
+
+    def set_api_origins(self, text: str) -> list[str]:
+        """Check and save the allowed origins (one a line, or separated by commas or spaces);
+        returns them as saved. access.AccessError on one that is not an origin."""
+        from core import access
+
+        return access.save_origins(self._store(), text)

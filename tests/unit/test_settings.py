@@ -1,0 +1,156 @@
+"""The app's settings (core/settings.py) over a store in memory: typed getters with their
+defaults, setters that check, save and apply to the loaded model (threads, cache budgets)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.access import AccessError
+from core.auth import check_api_key, check_password
+from core.backends.threads import usable_cpus
+from core.errors import StoreError
+from core.settings import (
+    DEFAULT_CACHE_DISK_MB,
+    DEFAULT_CACHE_MEM_MB,
+    AppSettings,
+    ModelChoice,
+    SettingError,
+)
+from tests.support.memory_store import MemoryStore
+
+
+class Backend:
+    def __init__(self) -> None:
+        self.threads: list[int | None] = []
+
+    def set_threads(self, n: int | None) -> None:
+        self.threads.append(n)
+
+
+class Engine:
+    """What the settings apply to: the cache's budgets, the back end's threads."""
+
+    def __init__(self) -> None:
+        self.raw_backend = Backend()
+        self.budgets: list[tuple[float, float]] = []
+
+    def set_cache_budget(self, mem_mb: float, disk_mb: float) -> None:
+        self.budgets.append((mem_mb, disk_mb))
+
+
+@pytest.fixture
+def store() -> MemoryStore:
+    return MemoryStore()
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine()
+
+
+@pytest.fixture
+def cfg(store: MemoryStore, engine: Engine) -> AppSettings:
+    return AppSettings(lambda: store, lambda: engine)  # type: ignore[arg-type, return-value]
+
+
+def test_getters_give_their_defaults_when_unset_wrong_or_unreadable(
+    cfg: AppSettings, store: MemoryStore
+) -> None:
+    for values in ({}, {k: ["junk"] for k in ("user_name", "language", "threads", "model")}):
+        store.values = {**values, "cache_mem_mb": "junk", "default_preset": "nope"}
+        assert cfg.user_name() == cfg.user_persona() == ""
+        assert cfg.language() is None and cfg.default_preset() == "auto"
+        assert cfg.threads() is None and cfg.model() is None
+        assert cfg.cache_budget() == (DEFAULT_CACHE_MEM_MB, DEFAULT_CACHE_DISK_MB)
+        assert cfg.api_keys() == [] and cfg.api_origins() == []
+        assert cfg.password_hash() == "" and not cfg.has_password()
+    store.broken = True
+    assert cfg.user_name() == "" and cfg.threads() is None and cfg.get("x", 7) == 7
+    assert not cfg.has_password()
+    with pytest.raises(StoreError):  # the gate must not read "no password" here
+        cfg.password_hash()
+
+
+def test_the_user_language_and_preset_are_checked_and_saved(
+    cfg: AppSettings, store: MemoryStore
+) -> None:
+    cfg.set_user("  Kai ", "A wandering cartographer.")
+    assert store.values["user_name"] == "Kai" == cfg.user_name()
+    assert cfg.user_persona() == "A wandering cartographer."
+    with pytest.raises(SettingError, match="longer than 100"):
+        cfg.set_user("K" * 101, "")
+    assert cfg.user_name() == "Kai"
+    cfg.set_language("zh")
+    assert cfg.language() == "zh"
+    cfg.set_default_preset("creative")
+    assert cfg.default_preset() == "creative"
+    for bad in (lambda: cfg.set_language("fr"), lambda: cfg.set_default_preset("wild")):
+        with pytest.raises(SettingError, match="Unknown"):
+            bad()
+    assert store.values == {
+        "user_name": "Kai",
+        "user_persona": "A wandering cartographer.",
+        "language": "zh",
+        "default_preset": "creative",
+    }
+
+
+def test_the_password_is_saved_hashed_and_removed(cfg: AppSettings, store: MemoryStore) -> None:
+    with pytest.raises(SettingError):
+        cfg.set_password("")
+    cfg.set_password("open sesame")
+    assert "open sesame" not in str(store.values)
+    assert check_password("open sesame", cfg.password_hash()) and cfg.has_password()
+    cfg.remove_password()
+    assert cfg.password_hash() == "" and not cfg.has_password()
+
+
+def test_the_model_choice_round_trips(cfg: AppSettings) -> None:
+    choice = ModelChoice(path="models/x.pth", backend="rwkv", strategy="cpu bf16", jit_on=False)
+    cfg.set_model(choice)
+    assert cfg.model() == choice
+    with pytest.raises(SettingError):
+        cfg.set_model(ModelChoice(backend="vllm"))
+
+
+def test_threads_are_saved_and_given_to_the_loaded_model(
+    cfg: AppSettings, store: MemoryStore, engine: Engine
+) -> None:
+    cfg.set_threads(1)
+    assert store.values["threads"] == 1 and cfg.threads() == 1
+    cfg.set_threads(0)  # automatic
+    assert cfg.threads() is None
+    assert engine.raw_backend.threads == [1, None]  # applied at once, on the model thread
+    for bad in (-1, usable_cpus() + 1, True, 1.5):
+        with pytest.raises(SettingError, match="thread count"):
+            cfg.set_threads(bad)  # type: ignore[arg-type]
+    assert store.values["threads"] == 0 and engine.raw_backend.threads == [1, None]
+    nothing_loaded = AppSettings(lambda: store, lambda: None)  # type: ignore[arg-type, return-value]
+    nothing_loaded.set_threads(1)  # saved: the next load reads it
+    assert cfg.threads() == 1 and engine.raw_backend.threads == [1, None]
+
+
+def test_cache_budgets_are_saved_and_applied(
+    cfg: AppSettings, store: MemoryStore, engine: Engine
+) -> None:
+    cfg.set_cache_budget(128, 512)
+    assert (store.values["cache_mem_mb"], store.values["cache_disk_mb"]) == (128, 512)
+    assert cfg.cache_budget() == (128.0, 512.0) and engine.budgets == [(128.0, 512.0)]
+    for mem, disk in ((-1, 512), (128, 10_000_001), (128.5, 512), (128, "512")):
+        with pytest.raises(SettingError, match="budget"):
+            cfg.set_cache_budget(mem, disk)  # type: ignore[arg-type]
+    assert cfg.cache_budget() == (128.0, 512.0) and len(engine.budgets) == 1
+
+
+def test_api_keys_and_origins_go_through_core_access(cfg: AppSettings) -> None:
+    key, record = cfg.create_api_key("SillyTavern")
+    assert [r["id"] for r in cfg.api_keys()] == [record["id"]]
+    assert check_api_key(key, cfg.api_keys())
+    with pytest.raises(AccessError):
+        cfg.create_api_key("  ")
+    assert cfg.revoke_api_key(record["id"]) and not cfg.revoke_api_key(record["id"])
+    assert cfg.set_api_origins("http://localhost:8000/ *") == ["http://localhost:8000", "*"]
+    assert cfg.api_origins() == ["http://localhost:8000", "*"]
+    with pytest.raises(AccessError):
+        cfg.set_api_origins("localhost:8000")
+    assert cfg.api_origins() == ["http://localhost:8000", "*"]
