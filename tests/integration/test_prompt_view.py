@@ -109,5 +109,5 @@ def test_the_command_line_prints_the_same_prompt(rt: Runtime, tiny_models: Any) 
         timeout=300,
     )
     assert missing.returncode == 1
-    assert "There is no conversation with id 4242." in missing.stderr
+    assert "There is no chat with id 4242." in missing.stderr
     assert "Traceback" not in missing.stderr

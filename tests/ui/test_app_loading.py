@@ -182,7 +182,8 @@ def test_a_model_that_fails_to_load_says_why_and_can_be_retried(
 SERVER_START = """
 import asyncio, gc, json, sys, threading
 import Home
-heavy = ("alembic", "pandas", "sqlalchemy", "numpy", "core.store", "core.engine", "core.api")
+# core.api itself is an empty package (the mount reads core.api.paths); the API is core.api.app
+heavy = ("alembic", "pandas", "sqlalchemy", "numpy", "core.store", "core.engine", "core.api.app")
 at_import = sorted(m for m in heavy if m in sys.modules)
 api_at_import = Home._api.built
 from core import runtime
