@@ -27,7 +27,12 @@ from sqlalchemy.exc import ArgumentError
 
 from core.config import data_dir
 from core.errors import StoreError
-from core.store.database import known_revisions
+from core.store.database import (
+    known_revisions,
+    revision_schema,
+    schema_differences,
+    sqlite_schema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +220,9 @@ def check_database(url: str) -> None:
 
 
 def check_backup(path: Path) -> None:
-    """A backup this app can open: a readable SQLite file at a revision it knows."""
+    """A backup this app can open: a readable SQLite file at a revision it knows, whose tables
+    and columns are the ones this app's migrations make at that revision (a file stamped with a
+    known revision by another program, or changed by hand, would break every page after it)."""
     if not path.is_file():
         raise StoreError(f"There is no backup {path.name}: choose another.")
     try:
@@ -223,6 +230,7 @@ def check_backup(path: Path) -> None:
         try:
             ok = con.execute("PRAGMA quick_check").fetchone()[0]
             revision = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            found = sqlite_schema(con)
         finally:
             con.close()
     except sqlite3.Error as e:
@@ -232,6 +240,13 @@ def check_backup(path: Path) -> None:
     if revision is None or revision[0] not in known_revisions():
         raise StoreError(
             f"The backup {path.name} was made by another version of the app: choose another."
+        )
+    differences = schema_differences(found, revision_schema(revision[0]))
+    if differences:
+        raise StoreError(
+            f"The backup {path.name} says it is at revision {revision[0]}, but its tables are "
+            f"not that revision's ({'; '.join(differences[:5])}). It was not made by this app "
+            "or was changed by hand: choose another."
         )
 
 

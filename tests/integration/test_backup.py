@@ -231,3 +231,61 @@ def test_a_temporary_file_left_by_a_killed_backup_is_removed_later(db: Path) -> 
     backup_now(url(db), DAY + timedelta(days=1))
     assert not any(p.exists() for p in left)
     assert [p.name for p in backup_dir().iterdir()] == [list_backups()[0].path.name]
+
+
+def _other_schema(path: Path, change: str) -> None:
+    """A copy of the app's database whose tables are not what its Alembic stamp says."""
+    con = sqlite3.connect(path)
+    if change == "a column missing":  # stamped with this version's revision, made by another
+        con.execute("ALTER TABLE characters DROP COLUMN personality")
+    elif change == "a table missing":
+        con.execute("DROP TABLE lorebooks")
+    elif change == "a table of another app":
+        con.execute("CREATE TABLE plugins (id INTEGER PRIMARY KEY, blob TEXT)")
+    elif change == "an older stamp on newer tables":  # 0002's stamp: 0003 would run again
+        con.execute("UPDATE alembic_version SET version_num = '0002'")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "a column missing",
+        "a table missing",
+        "a table of another app",
+        "an older stamp on newer tables",
+    ],
+)
+def test_a_backup_of_another_schema_is_refused_and_nothing_is_touched(
+    db: Path, change: str
+) -> None:
+    path = backup_dir() / "app-2026-12-01-120000.db"
+    backup_dir().mkdir(exist_ok=True)
+    path.write_bytes(backup_now(url(db), DAY).read_bytes())
+    _other_schema(path, change)
+    before = db.read_bytes()
+    n_backups = len(list_backups())
+    with pytest.raises(StoreError, match=r"backup .*(choose another)") as e:
+        restore(url(db), path)
+    assert "tables" in str(e.value)  # says what differs
+    assert db.read_bytes() == before
+    assert len(list_backups()) == n_backups
+    assert names(db) == ["Kept"]  # and the app's database still opens
+
+
+@pytest.mark.parametrize("upgraded", [False, True])
+def test_a_backup_at_an_older_revision_or_upgraded_from_one_is_restored(
+    db: Path, upgraded: bool
+) -> None:
+    from core.store import make_engine, upgrade_db
+
+    old = backup_dir() / "app-2026-12-01-120000.db"
+    backup_dir().mkdir(exist_ok=True)
+    engine = make_engine(url(old))
+    upgrade_db(engine, "0001")  # what the first version of the app made
+    engine.dispose()
+    if upgraded:  # then opened by this version: its columns added by migrations, in their order
+        open_store(url(old)).close()
+    restore(url(db), old)
+    assert names(db) == []  # opened (and upgraded) by this version
