@@ -9,7 +9,9 @@ The guard runs before every /v1/ and /api/ request:
 - errors are said in OpenAI's JSON error shape (core/api/errors.py): a route raises ApiError,
   or lets the core's errors through (NotFound, Conflict, ModelError, AppError), and one
   handler says them with their status (`api_error`); anything else is a 500 whose traceback
-  goes to the log.
+  goes to the log;
+- it fails closed: when what it checks against cannot be read (the password setting, the keys,
+  the origins: a damaged database), the request is refused with a 503 saying so.
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ class ApiGuard:
                     raise ApiError(401, "The API key is wrong or was revoked.", code="bad_api_key")
         except ApiError as e:
             await e.response(headers=cors)(scope, receive, send)
+            return
+        except Exception:  # the checks themselves failed: nothing passes unchecked
+            log.exception("API %s %s: the guard's checks failed", scope["method"], scope["path"])
+            error = ApiError(
+                503,
+                "The server cannot check this request now, so the API stays locked; its log "
+                "has details.",
+                code="guard_failed",
+            )
+            await error.response()(scope, receive, send)
             return
 
         started = False
