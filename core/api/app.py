@@ -1,7 +1,7 @@
 """The API's routes and its guard, mounted beside the pages by Home.py (`st.App`): one process,
 one model, one state cache, one database for the UI and every API client.
 
-The guard runs before every /v1/ and /api/ request:
+The guard runs before every /v1/ and /api/ request, after the Host check (core/hosts.py):
 - a cross-origin request (a web page of another site, through the user's browser) is refused
   unless its Origin is in the "api_cors_origins" setting;
 - when a password is set, or the server listens beyond this machine, the request needs
@@ -34,6 +34,7 @@ from core.api.openai import routes as openai_routes
 from core.api.paths import is_api_path
 from core.api.stream import sse
 from core.errors import AppError
+from core.hosts import HostGuard
 
 __all__ = ["ApiGuard", "api_middleware", "api_routes", "build_app", "sse"]  # sse: stream.py
 
@@ -195,4 +196,9 @@ def _wrong_method(methods: list[str]) -> Callable[[Request], Awaitable[Response]
 
 
 def api_middleware(config: ApiConfig) -> list[Middleware]:
-    return [Middleware(ApiGuard, config=config)]
+    """The Host check (core/hosts.py: DNS rebinding), then the guard. Home.py puts the same
+    Host check before everything it serves; here it keeps the API safe when served alone."""
+    hosts = Middleware(
+        HostGuard, listen_address=config.listen_address, password_set=config.password_set
+    )
+    return [hosts, Middleware(ApiGuard, config=config)]

@@ -35,6 +35,11 @@ class ApiConfig:
             log.exception("reading the password rule failed")
             raise _locked("The password setting", "password_unreadable", LOGGED) from None
 
+    def password_set(self) -> bool:
+        """A password is in force (core.hosts.HostGuard: any Host may then be served); raises
+        when the setting cannot be read."""
+        return bool(self.runtime().password_policy(self.listen_address()).password)
+
     def allowed_origins(self) -> list[str]:
         return [origin.rstrip("/") for origin in self.runtime().settings.api_origins()]
 

@@ -22,6 +22,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.contracts": set(),  # Role, Op, Stop, ReplyMeta: the words the layers share
     "core.i18n": set(),
     "core.auth": set(),
+    # which names (Host) the server answers to: DNS rebinding (Home.py, before the server answers)
+    "core.hosts": {"core.auth"},
     "core.roleplay.group": set(),  # who speaks next in a group chat: pure functions
     "core.cli_args": {"core.config"},
     "core.roleplay.avatars": FOUNDATION,
@@ -51,7 +53,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     | {"core.chat", "core.auth", "core.settings"},
     # the HTTP API: a front end like the pages, on the runtime and the chat service
     "core.api": FOUNDATION
-    | {"core.auth", "core.runtime", "core.chat", "core.engine", "core.prompt", "core.store"}
+    | {"core.auth", "core.hosts", "core.runtime", "core.chat", "core.engine", "core.prompt"}
+    | {"core.store"}
     | {"core.roleplay.avatars", "core.roleplay.cards", "core.roleplay.chat_io", "core.backends"},
     # the API as one route of the app's server, imported (lazily) before the API itself
     "core.api_mount": {"core.api"},
