@@ -91,16 +91,31 @@ else:  # imported by `streamlit run` to serve the UI and the API
     # nothing to warn about.
     _dg._use_warning_has_been_displayed = True
 
+    from starlette.middleware import Middleware
+
+    from core import runtime
+    from core.api.hosts import HostGuard
     from core.api_mount import ApiMount
     from core.runtime import preload_lifespan
+
+    def _listen_address() -> str | None:
+        return st.get_option("server.address")
+
+    def _password_set() -> bool:
+        """A password is in force (core.api.hosts: then any Host may be served); raises when the
+        setting cannot be read, and the Host guard then refuses."""
+        return bool(runtime.current().password_policy(_listen_address()).password)
 
     def _api_config() -> ApiConfig:
         from core.api.config import ApiConfig
 
-        return ApiConfig(listen_address=lambda: st.get_option("server.address"))
+        return ApiConfig(listen_address=_listen_address)
 
     # the API is built once the model has loaded (or by its first request): importing it before
     # the server answered made the first page 0.4-0.5 s later (core/api_mount.py)
     _api = ApiMount(_api_config)
     _lifespan = partial(preload_lifespan, after_load=_api.build)  # the model loads at start
-    app = st.App(__file__, routes=[_api], lifespan=_lifespan)
+    # before everything the server answers (pages, their websocket, the API, static files):
+    # without a password, only loopback names and server.address (core/api/hosts.py: DNS rebinding)
+    _hosts = Middleware(HostGuard, listen_address=_listen_address, password_set=_password_set)
+    app = st.App(__file__, routes=[_api], lifespan=_lifespan, middleware=[_hosts])

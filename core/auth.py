@@ -124,6 +124,7 @@ class Tries:
 
     wrong: int = 0
     not_before: float = 0.0
+    logged_in: bool = False  # this session once gave the right password
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,12 @@ class LoginLimiter:
     waits 1 s before its next try is looked at, then 2, 4, ... up to MAX_WAIT; and over all
     sessions together (a new session starts with no wait) at most `per_minute` tries a minute
     are checked. A try that comes too early is refused without hashing, so guessing can
-    neither go fast nor keep the CPU busy with PBKDF2. Thread-safe; `clock` is injectable."""
+    neither go fast nor keep the CPU busy with PBKDF2. Thread-safe; `clock` is injectable.
+
+    The shared limit would let anyone lock the owner out by using it up, so the owner's tries
+    skip it (and are not counted in it): those of a session on this machine (`local`: a
+    loopback client by a loopback name, core.api.hosts.local_request) and of a session that once
+    logged in. Their own wait after wrong tries in a row still applies."""
 
     def __init__(
         self, per_minute: int = PER_MINUTE, clock: Callable[[], float] = time.monotonic
@@ -148,20 +154,22 @@ class LoginLimiter:
         self._checked: deque[float] = deque()  # when the tries of the last minute were taken
         self._lock = threading.Lock()
 
-    def attempt(self, tries: Tries, entered: str, stored: str) -> Verdict:
+    def attempt(self, tries: Tries, entered: str, stored: str, local: bool = False) -> Verdict:
+        shared = not (local or tries.logged_in)  # the owner's tries skip the shared limit
         with self._lock:
             now = self.clock()
             while self._checked and now - self._checked[0] >= 60:
                 self._checked.popleft()
             wait = tries.not_before - now
-            if len(self._checked) >= self.per_minute:
+            if shared and len(self._checked) >= self.per_minute:
                 wait = max(wait, self._checked[0] + 60 - now)
             if wait > 0:
                 return Verdict(False, wait, checked=False)
-            self._checked.append(now)
+            if shared:
+                self._checked.append(now)
         if check_password(entered, stored):  # outside the lock: it takes a quarter second
             with self._lock:
-                tries.wrong, tries.not_before = 0, 0.0
+                tries.wrong, tries.not_before, tries.logged_in = 0, 0.0, True
             return Verdict(True)
         with self._lock:
             tries.wrong += 1

@@ -25,6 +25,11 @@ class StoreError(AppError):
     """A database operation was refused or failed; the message says why."""
 
 
+class StoreUnavailable(StoreError):
+    """The database cannot be used now, whatever was asked: busy (another program writes), the
+    disk is full, the file is damaged. Nothing was changed. The API answers 503."""
+
+
 class NotFound(StoreError):
     """What was asked for does not exist (any more): a character, chat, message, lorebook...
     The API answers 404."""

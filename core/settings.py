@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.auth import hash_password
-from core.errors import AppError
+from core.errors import AppError, StoreError
 from core.i18n import LANGS
 
 if TYPE_CHECKING:
@@ -175,7 +175,13 @@ class AppSettings:
         """The saved password's hash; "" when none is saved. Raises (the store's AppError) when
         the setting cannot be read: the gate stays shut (Runtime.password_policy)."""
         value = self._store().get_setting(PASSWORD, "")
-        return value if isinstance(value, str) else ""
+        if value is None or isinstance(value, str):
+            return value or ""
+        # not what set_password writes: a damaged row, which may have held a password
+        raise StoreError(
+            f"The saved password is not text but {type(value).__name__}: the database is "
+            "damaged. Restore a backup, or remove the password setting."
+        )
 
     def has_password(self) -> bool:
         """A password is saved in Settings (False when it cannot be read)."""
@@ -250,13 +256,20 @@ class AppSettings:
 
     # ------------------------------------------------------------------ the API (core/access.py)
     def api_keys(self) -> list[dict[str, Any]]:
-        """The API keys' records (id, name, shown prefix, created, hash), oldest first."""
-        from core import access
-
+        """The API keys' records (id, name, shown prefix, created, hash), oldest first; none
+        when they cannot be read (Settings lists them: the page that next uses the store says
+        why)."""
         try:
-            return access.list_keys(self._store())
+            return self.saved_api_keys()
         except AppError:
             return []
+
+    def saved_api_keys(self) -> list[dict[str, Any]]:
+        """The API keys' records, as api_keys, but raising (the store's AppError) when they
+        cannot be read: the API's key check must not take that for "no keys" (it stays shut)."""
+        from core import access
+
+        return access.list_keys(self._store())
 
     def create_api_key(self, name: str) -> tuple[str, dict[str, Any]]:
         """A new key: (the key, to be shown once; its saved record). access.AccessError when

@@ -13,6 +13,14 @@ DEFAULT_USER = "User"
 DEFAULT_CHAR = "Assistant"
 
 _NEWLINES = re.compile(r"\n\s*\n+")
+NAME_END = ":\uff1a"  # the colons (ASCII, full-width) that end a transcript's `Name:` header
+
+
+def bare_name(name: str) -> str:
+    """A speaker's name as the transcript's `Name:` headers and stop strings use it: without
+    outer spaces and trailing colons. "Bob:" would make the header "Bob::", and the model's
+    "\nBob:" would then not match the user's stop string "\nBob::"."""
+    return name.strip().rstrip(NAME_END + " \t").strip()
 
 
 def normalize(text: str) -> str:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from core import runtime
+from core.api.hosts import local_request
 from core.auth import LoginLimiter, PasswordPolicy, Tries, is_loopback
 from core.cli_args import cli_args
 from core.config import REPO_ROOT
@@ -334,6 +335,18 @@ def password_gate() -> None:
     st.stop()
 
 
+def local_session() -> bool:
+    """This browser session is on this machine, by a loopback name (core.api.hosts.local_request):
+    its password tries skip the limit of all sessions, which a guesser could use up. A page of
+    another site reaching the server through the browser (DNS rebinding) has its own name in
+    Host, so it is not one. st.context.ip_address is None for a loopback client (and for a
+    session without a browser, which has no Host either)."""
+    host = st.context.headers.get("host")
+    if not host:
+        return False
+    return local_request(host, st.context.ip_address or "127.0.0.1")
+
+
 @st.cache_resource(show_spinner=False)
 def login_limiter() -> LoginLimiter:
     """One for the process: its limit of tries a minute counts every session."""
@@ -343,7 +356,7 @@ def login_limiter() -> LoginLimiter:
 def _limited_check(entered: str, secret: str, wrong: str) -> bool:
     """One try through the limiter; when it fails, says why and how long to wait."""
     tries = st.session_state.setdefault("login_tries", Tries())
-    verdict = login_limiter().attempt(tries, entered, secret)
+    verdict = login_limiter().attempt(tries, entered, secret, local=local_session())
     wait = math.ceil(verdict.wait)
     if verdict.ok:
         return True

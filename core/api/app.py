@@ -1,7 +1,7 @@
 """The API's routes and its guard, mounted beside the pages by Home.py (`st.App`): one process,
 one model, one state cache, one database for the UI and every API client.
 
-The guard runs before every /v1/ and /api/ request:
+The guard runs before every /v1/ and /api/ request, after the Host check (core/api/hosts.py):
 - a cross-origin request (a web page of another site, through the user's browser) is refused
   unless its Origin is in the "api_cors_origins" setting;
 - when a password is set, or the server listens beyond this machine, the request needs
@@ -9,7 +9,9 @@ The guard runs before every /v1/ and /api/ request:
 - errors are said in OpenAI's JSON error shape (core/api/errors.py): a route raises ApiError,
   or lets the core's errors through (NotFound, Conflict, ModelError, AppError), and one
   handler says them with their status (`api_error`); anything else is a 500 whose traceback
-  goes to the log.
+  goes to the log;
+- it fails closed: when what it checks against cannot be read (the password setting, the keys,
+  the origins: a damaged database), the request is refused with a 503 saying so.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.api.config import ApiConfig
 from core.api.errors import ApiError, api_error
+from core.api.hosts import HostGuard
 from core.api.native import routes as native_routes
 from core.api.openai import routes as openai_routes
 from core.api.paths import is_api_path
@@ -100,6 +103,16 @@ class ApiGuard:
                     raise ApiError(401, "The API key is wrong or was revoked.", code="bad_api_key")
         except ApiError as e:
             await e.response(headers=cors)(scope, receive, send)
+            return
+        except Exception:  # the checks themselves failed: nothing passes unchecked
+            log.exception("API %s %s: the guard's checks failed", scope["method"], scope["path"])
+            error = ApiError(
+                503,
+                "The server cannot check this request now, so the API stays locked; its log "
+                "has details.",
+                code="guard_failed",
+            )
+            await error.response()(scope, receive, send)
             return
 
         started = False
@@ -183,4 +196,9 @@ def _wrong_method(methods: list[str]) -> Callable[[Request], Awaitable[Response]
 
 
 def api_middleware(config: ApiConfig) -> list[Middleware]:
-    return [Middleware(ApiGuard, config=config)]
+    """The Host check (core/api/hosts.py: DNS rebinding), then the guard. Home.py puts the same
+    Host check before everything it serves; here it keeps the API safe when served alone."""
+    hosts = Middleware(
+        HostGuard, listen_address=config.listen_address, password_set=config.password_set
+    )
+    return [hosts, Middleware(ApiGuard, config=config)]

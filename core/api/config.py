@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -9,6 +10,8 @@ from core import runtime
 from core.api.errors import ApiError
 from core.auth import check_api_key
 from core.errors import AppError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -23,18 +26,38 @@ class ApiConfig:
     def key_required(self) -> bool:
         """A key is needed when a password is set or the server is reachable from elsewhere
         (core.auth.password_policy, the pages' rule). When the password setting cannot be
-        read, nothing passes: 503 saying why."""
+        read, whatever the reason, nothing passes: 503 saying why."""
         try:
             return self.runtime().password_policy(self.listen_address()).keys_required
         except AppError as e:
-            raise ApiError(
-                503,
-                f"The password setting cannot be read, so the API stays locked: {e}",
-                code="password_unreadable",
-            ) from None
+            raise _locked("The password setting", "password_unreadable", str(e)) from None
+        except Exception:  # a bug or a failure we did not foresee: still shut, and logged
+            log.exception("reading the password rule failed")
+            raise _locked("The password setting", "password_unreadable", LOGGED) from None
+
+    def password_set(self) -> bool:
+        """A password is in force (core.api.hosts.HostGuard: any Host may then be served); raises
+        when the setting cannot be read."""
+        return bool(self.runtime().password_policy(self.listen_address()).password)
 
     def allowed_origins(self) -> list[str]:
         return [origin.rstrip("/") for origin in self.runtime().settings.api_origins()]
 
     def key_ok(self, presented: str) -> bool:
-        return check_api_key(presented, self.runtime().settings.api_keys())
+        """Whether `presented` is one of the saved keys. When the keys cannot be read, no key
+        is taken for wrong: 503 saying why (the server's fault, not the client's)."""
+        try:
+            records = self.runtime().settings.saved_api_keys()
+        except AppError as e:
+            raise _locked("The API keys", "api_keys_unreadable", str(e)) from None
+        except Exception:
+            log.exception("reading the API keys failed")
+            raise _locked("The API keys", "api_keys_unreadable", LOGGED) from None
+        return check_api_key(presented, records)
+
+
+LOGGED = "the server's log has details."
+
+
+def _locked(what: str, code: str, why: str) -> ApiError:
+    return ApiError(503, f"{what} cannot be read, so the API stays locked: {why}", code=code)

@@ -11,7 +11,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core.errors import AppError, Conflict, ModelError, ModelUnavailable, NotFound
+from core.errors import (
+    AppError,
+    Conflict,
+    ModelError,
+    ModelUnavailable,
+    NotFound,
+    StoreUnavailable,
+)
 
 MAX_BODY = 4 * 1024 * 1024  # bytes: a request body beyond this is refused (413)
 
@@ -55,7 +62,8 @@ class ApiError(Exception):
 
 def api_error(e: Exception) -> ApiError:
     """The core's errors with their HTTP status: NotFound 404, Conflict 409 (with its code),
-    ModelError 503 (the model is not there), any other AppError 400; anything else 500."""
+    ModelError 503 (the model is not there), StoreUnavailable 503 (the database cannot be used
+    now), any other AppError 400; anything else 500."""
     if isinstance(e, ApiError):
         return e
     text = str(e)
@@ -63,6 +71,8 @@ def api_error(e: Exception) -> ApiError:
         return ApiError(503, text, code=e.code)
     if isinstance(e, ModelError):
         return ApiError(503, text, code="model_not_available")
+    if isinstance(e, StoreUnavailable):
+        return ApiError(503, text, code="database_unavailable")
     if isinstance(e, NotFound):
         return ApiError(404, text)
     if isinstance(e, Conflict):

@@ -10,7 +10,7 @@ from core.prompt import CharacterContext, Message
 from core.prompt.roleplay import example_lines
 from core.roleplay.lore import with_constant_lore
 from core.store import Character, ChatMessage, Conversation, Store
-from core.text import DEFAULT_CHAR, normalize, substitute
+from core.text import DEFAULT_CHAR, bare_name, normalize, substitute
 
 
 def character_context(
@@ -112,7 +112,8 @@ def group_context(store: Store, conv: Conversation, speaker: str = "") -> Charac
     stops = list(me.stop_strings) if me is not None else []
     for c in members:
         if c.name != speaker:
-            stops += [f"\n{c.name}:", f"\n{c.name}\uff1a"]
+            name = bare_name(c.name)
+            stops += [f"\n{name}:", f"\n{name}\uff1a"]
     ctx.stop_strings = list(dict.fromkeys(stops))
     return ctx
 

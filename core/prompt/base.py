@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from core.contracts import Role
-from core.text import DEFAULT_CHAR, DEFAULT_USER, NARRATOR_NAME
+from core.text import DEFAULT_CHAR, DEFAULT_USER, NARRATOR_NAME, bare_name
 
 
 @dataclass
@@ -23,6 +23,9 @@ class Message:
     # text fed just before this message's header (lorebook entries that fired for it, the
     # card's post-history instructions), evaluated once and stored with the message
     before: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = _speaker(self.name, "")
 
 
 @dataclass
@@ -41,11 +44,32 @@ class CharacterContext:
     # (a card's system_prompt; an API request's leading system messages)
     system_prompt: str = ""
 
+    def __post_init__(self) -> None:
+        self.name = _speaker(self.name, DEFAULT_CHAR)
+        self.user_name = _speaker(self.user_name, DEFAULT_USER)
+
+
+def _speaker(name: str, default: str) -> str:
+    """A name as the transcript uses it (core.text.bare_name: "Bob:" is "Bob"); `default` when
+    nothing but colons was left of it."""
+    bare = bare_name(name)
+    return bare or (default if name.strip() else name)
+
 
 def speaker_name(msg: Message, ctx: CharacterContext) -> str:
     if msg.name:
         return msg.name
     return {"user": ctx.user_name, "char": ctx.name, "narrator": NARRATOR_NAME}[msg.role]
+
+
+def stop_names(msg: Message, ctx: CharacterContext, names: list[str]) -> list[str]:
+    """The speakers whose `Name:` line ends a reply by `msg`'s speaker: every other one, and the
+    other side's (the user's, or the character's for the user's own line) even when it is the
+    speaker's name too: a user named like the character must not get their lines written."""
+    me = speaker_name(msg, ctx)
+    other = ctx.name if msg.role == "user" else ctx.user_name
+    found = dict.fromkeys(bare_name(n) for n in [ctx.user_name, ctx.name, *names])
+    return [n for n in found if n and (n != me or n == other)]
 
 
 class PromptFormat(Protocol):

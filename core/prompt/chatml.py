@@ -21,7 +21,7 @@ contains "<|im_end|>" cannot end its turn early or forge another role.
 
 from __future__ import annotations
 
-from core.prompt.base import CharacterContext, Message, speaker_name
+from core.prompt.base import CharacterContext, Message, speaker_name, stop_names
 from core.prompt.roleplay import example_lines
 from core.text import DEFAULT_CHAR, DEFAULT_USER, normalize, substitute
 
@@ -112,10 +112,8 @@ class ChatMLFormat:
         return self._clean(text, ctx)
 
     def stop_strings(self, msg: Message, ctx: CharacterContext, names: list[str]) -> list[str]:
-        me = speaker_name(msg, ctx)
         stops = [IM_END, IM_START, *self.extra_stops]
-        for name in dict.fromkeys([ctx.user_name, ctx.name, *names]):
-            if name and name != me:
-                stops += [f"\n{name}:", f"\n{name}\uff1a"]
+        for name in stop_names(msg, ctx, names):
+            stops += [f"\n{name}:", f"\n{name}\uff1a"]
         stops += [s for s in ctx.stop_strings if s]
         return stops

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from core.prompt.base import CharacterContext, Message, speaker_name
+from core.prompt.base import CharacterContext, Message, speaker_name, stop_names
 from core.text import NARRATOR_NAME, normalize, substitute
 
 
@@ -52,11 +52,9 @@ class RoleplayFormat:
         return text + "\n\n" if text else ""
 
     def stop_strings(self, msg: Message, ctx: CharacterContext, names: list[str]) -> list[str]:
-        me = speaker_name(msg, ctx)
         stops = ["\n\n"]
-        for name in dict.fromkeys([ctx.user_name, ctx.name, NARRATOR_NAME, *names]):
-            if name and name != me:
-                stops += [f"\n{name}:", f"\n{name}\uff1a"]
+        for name in stop_names(msg, ctx, [NARRATOR_NAME, *names]):
+            stops += [f"\n{name}:", f"\n{name}\uff1a"]
         stops += [s for s in ctx.stop_strings if s]
         return stops
 

@@ -2,6 +2,8 @@
 
 `daily_backup` runs when the app opens its store: at most one copy a day, made with
 `VACUUM INTO` (a consistent, compact copy taken while the app runs), the newest `KEEP` kept.
+A copy is written under a temporary name and renamed once whole, so a crash midway leaves no
+half a backup under a backup's name (nor one that counts as the day's).
 `restore` never loses the current database silently: it is copied beside the backups first
 (`...-before-restore.db`), byte for byte when SQLite can no longer read it. Each function takes
 the database URL (as `open_store` does); close the Store before a restore, open it again after.
@@ -12,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +27,18 @@ from sqlalchemy.exc import ArgumentError
 
 from core.config import data_dir
 from core.errors import StoreError
-from core.store.database import known_revisions
+from core.store.database import (
+    known_revisions,
+    revision_schema,
+    schema_differences,
+    sqlite_schema,
+)
 
 log = logging.getLogger(__name__)
 
 KEEP = 7
+_PARTIAL = ".partial"  # a backup being written: ".app-....db.<random>.partial", then renamed
+STALE_S = 3600  # seconds after which such a file is one that a killed process left
 _NAME = re.compile(r"^app-(\d{4}-\d{2}-\d{2})-(\d{6})(-[a-z0-9-]+)?\.db$")
 _COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite's files beside a database
 
@@ -88,18 +99,75 @@ def _new_path(folder: Path, now: datetime, note: str = "") -> Path:
 
 
 def _vacuum_into(source: Path, dest: Path) -> None:
-    con = sqlite3.connect(source, timeout=15, isolation_level=None)
+    """A copy of `source` at `dest`, whole or not at all: SQLite writes it under a temporary
+    name (made 0600 before the first byte: a copy of the chats is as private as the database),
+    renamed to `dest` once it is complete and on disk. A process killed meanwhile leaves only
+    that temporary file, which no listing counts and a later backup removes."""
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{_PARTIAL}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
-        con.execute("VACUUM INTO ?", (str(dest),))
+        con = sqlite3.connect(source, timeout=15, isolation_level=None)
+        try:
+            con.execute("VACUUM INTO ?", (str(tmp),))  # into an empty file: allowed
+        finally:
+            con.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """The rename in `folder` on disk too (where the system allows a directory's fsync)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
-        con.close()
-    os.chmod(dest, 0o600)  # a copy of the chats: as private as the database
+        os.close(fd)
+
+
+def _whole(path: Path) -> bool:
+    """Whether `path` looks like a complete SQLite file, from its header alone (no need to read
+    it all): the magic string, and the database size the header gives (valid when its change
+    counter matches) equal to the file's. A copy cut short by a crash is not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 100 or not head.startswith(b"SQLite format 3\0"):
+        return False
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    return head[24:28] == head[92:96] and pages > 0 and pages * page_size == size
+
+
+def _remove_stale(folder: Path) -> None:
+    """The temporary files of backups that never finished (a process killed midway), once they
+    are old enough that no backup still running can be writing them."""
+    for p in folder.glob(f".app-*{_PARTIAL}") if folder.is_dir() else ():
+        try:
+            if time.time() - p.stat().st_mtime > STALE_S:
+                p.unlink()
+        except OSError:
+            pass
 
 
 def backup_now(url: str, now: datetime | None = None) -> Path:
     """Copy the database into data/backups/ now; keep the newest KEEP copies."""
     source = db_file(url)
     dest = _new_path(backup_dir(), now or datetime.now())
+    _remove_stale(dest.parent)
     try:
         _vacuum_into(source, dest)
     except sqlite3.Error as e:
@@ -118,8 +186,12 @@ def daily_backup(url: str, now: datetime | None = None) -> Path | None:
     it runs at every start, and a failed backup must not keep the app from starting."""
     now = now or datetime.now()
     try:
-        if any(b.made.date() == now.date() for b in list_backups()):
+        today = [b for b in list_backups() if b.made.date() == now.date()]
+        if any(_whole(b.path) for b in today):
             return None
+        for b in today:  # cut short by a crash (an older version wrote in place): worthless
+            if not b.note:
+                _remove(b.path)
         return backup_now(url, now)
     except (StoreError, OSError) as e:
         log.warning("daily backup skipped: %s", e)
@@ -148,7 +220,9 @@ def check_database(url: str) -> None:
 
 
 def check_backup(path: Path) -> None:
-    """A backup this app can open: a readable SQLite file at a revision it knows."""
+    """A backup this app can open: a readable SQLite file at a revision it knows, whose tables
+    and columns are the ones this app's migrations make at that revision (a file stamped with a
+    known revision by another program, or changed by hand, would break every page after it)."""
     if not path.is_file():
         raise StoreError(f"There is no backup {path.name}: choose another.")
     try:
@@ -156,6 +230,7 @@ def check_backup(path: Path) -> None:
         try:
             ok = con.execute("PRAGMA quick_check").fetchone()[0]
             revision = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            found = sqlite_schema(con)
         finally:
             con.close()
     except sqlite3.Error as e:
@@ -165,6 +240,13 @@ def check_backup(path: Path) -> None:
     if revision is None or revision[0] not in known_revisions():
         raise StoreError(
             f"The backup {path.name} was made by another version of the app: choose another."
+        )
+    differences = schema_differences(found, revision_schema(revision[0]))
+    if differences:
+        raise StoreError(
+            f"The backup {path.name} says it is at revision {revision[0]}, but its tables are "
+            f"not that revision's ({'; '.join(differences[:5])}). It was not made by this app "
+            "or was changed by hand: choose another."
         )
 
 

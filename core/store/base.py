@@ -8,6 +8,7 @@ conversations, messages, groups, lorebooks, settings); `core.store.store.Store` 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -16,11 +17,18 @@ from sqlalchemy import Engine, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from core.errors import NotFound
+from core.errors import NotFound, StoreError
 from core.store.database import IMMEDIATE, store_error
 from core.store.models import Conversation, utcnow
 
 T = TypeVar("T")
+
+
+def _not_json(e: json.JSONDecodeError) -> StoreError:
+    return StoreError(
+        f"The database holds a value that is not valid JSON ({e}): it is damaged. Restore a "
+        "backup (Settings, Backups)."
+    )
 
 
 class StoreBase:
@@ -41,6 +49,8 @@ class StoreBase:
                 yield session
         except SQLAlchemyError as e:
             raise store_error(e) from e
+        except json.JSONDecodeError as e:  # a JSON column's stored text: SQLite never checks it
+            raise _not_json(e) from e
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -53,6 +63,8 @@ class StoreBase:
                 session.commit()
         except SQLAlchemyError as e:
             raise store_error(e) from e
+        except json.JSONDecodeError as e:
+            raise _not_json(e) from e
 
     @staticmethod
     def _get(s: Session, cls: type[T], id_: int | None, what: str) -> T:

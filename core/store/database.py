@@ -7,16 +7,24 @@ the model's loading thread, while the browser loads the page."""
 
 from __future__ import annotations
 
+import functools
+import sqlite3
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event, inspect, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.pool import StaticPool
 from sqlmodel import create_engine
 
-from core.errors import Conflict, StoreError
+from core.errors import Conflict, StoreError, StoreUnavailable
 from core.store.validation import json_dumps
 
 if TYPE_CHECKING:
@@ -42,7 +50,15 @@ def store_error(e: SQLAlchemyError) -> StoreError:
             "A character with that name already exists. Choose another name.", code="name_taken"
         )
     if isinstance(e, OperationalError) and "locked" in text:
-        return StoreError("The database is busy (another program is writing to it). Try again.")
+        return StoreUnavailable(
+            "The database is busy (another program is writing to it). Try again."
+        )
+    if isinstance(e, OperationalError) and "full" in text:
+        return StoreUnavailable(
+            "The disk is full: nothing could be saved. Free some space, then try again."
+        )
+    if isinstance(e, OperationalError | DatabaseError) and not isinstance(e, IntegrityError):
+        return StoreUnavailable(f"Database error: {text}")
     return StoreError(f"Database error: {text}")
 
 
@@ -98,6 +114,66 @@ def known_revisions() -> list[str]:
     with _ALEMBIC:
         script = ScriptDirectory.from_config(alembic_config())
         return [s.revision for s in reversed(list(script.walk_revisions()))]
+
+
+# A schema as compared: each table's columns, by name, with their declared type, NOT NULL and
+# place in the primary key (SQLite's PRAGMA table_info); SQLite's and Alembic's own tables left
+# out. Column order is not compared: a column added by a migration comes last in an upgraded
+# file and may not in a new one.
+Schema = dict[str, dict[str, tuple[str, bool, int]]]
+
+
+def sqlite_schema(con: sqlite3.Connection) -> Schema:
+    """The tables and columns of the SQLite database open on `con`."""
+    tables = [
+        r[0]
+        for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name != 'alembic_version'"
+        )
+    ]
+    return {
+        t: {
+            col[1]: (str(col[2]).upper(), bool(col[3]), int(col[5]))
+            for col in con.execute("SELECT * FROM pragma_table_info(?)", (t,))
+        }
+        for t in tables
+    }
+
+
+@functools.cache
+def revision_schema(revision: str) -> Schema:
+    """The schema this app's migrations make at `revision` (built once, in memory)."""
+    engine = make_engine("sqlite://")
+    try:
+        upgrade_db(engine, revision)
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            return sqlite_schema(raw)
+    finally:
+        engine.dispose()
+
+
+def schema_differences(found: Schema, expected: Schema) -> list[str]:
+    """What differs between two schemas, said table by table (empty: they are the same)."""
+    out: list[str] = []
+    for t in sorted(expected.keys() - found.keys()):
+        out.append(f"table {t} is missing")
+    for t in sorted(found.keys() - expected.keys()):
+        out.append(f"table {t} is not this app's")
+    for t in sorted(found.keys() & expected.keys()):
+        have, want = found[t], expected[t]
+        missing = sorted(want.keys() - have.keys())
+        extra = sorted(have.keys() - want.keys())
+        changed = sorted(c for c in want.keys() & have.keys() if want[c] != have[c])
+        if missing:
+            out.append(f"table {t} lacks {', '.join(missing)}")
+        if extra:
+            out.append(f"table {t} has other columns ({', '.join(extra)})")
+        if changed:
+            out.append(f"table {t} defines {', '.join(changed)} otherwise")
+    return out
 
 
 def db_revision(engine: Engine) -> str | None:

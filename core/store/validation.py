@@ -10,6 +10,7 @@ from typing import Any
 
 from core.errors import StoreError
 from core.roleplay import avatars
+from core.text import bare_name
 
 # limits: each is checked with a message that says what is too long and by how much
 MAX_TEXT = 100_000  # characters in one text field (persona, scenario, greeting, example...)
@@ -47,12 +48,13 @@ _NAME_CONTROL = re.compile(
 
 def clean_name(name: str) -> str:
     """A name safe to show and to use anywhere: one line, no control characters, no path
-    separators (`/` and `\\` become `-`), no leading dots, runs of spaces collapsed."""
+    separators (`/` and `\\` become `-`), no leading dots, runs of spaces collapsed, no trailing
+    colons (a speaker's `Name:` header would read "Name::", core.text.bare_name)."""
     name = unicodedata.normalize("NFC", str(name))
     name = _NAME_CONTROL.sub(" ", name)
     name = name.replace("/", "-").replace("\\", "-")
     name = re.sub(r"\s+", " ", name).strip()
-    return name.lstrip(". ").strip()
+    return bare_name(name.lstrip(". "))
 
 
 def clean_text(text: str) -> str:

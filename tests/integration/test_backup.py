@@ -4,7 +4,10 @@ found at start, and restore, which keeps the database it replaces (also a damage
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from core.store.backup import (
     list_backups,
     restore,
 )
+from tests.support import REPO
 from tests.support.crash import damage
 
 DAY = datetime(2026, 12, 2, 9, 30, 0)
@@ -144,3 +148,144 @@ def test_two_backups_in_one_second_list_the_later_one_first(db: Path) -> None:
     for f in (first, second, third):  # file times can be equal: the names must decide
         os.utime(f, ns=(0, 0))
     assert [b.path for b in list_backups()] == [third, second, first]
+
+
+# A backup killed with SIGKILL in the middle of SQLite's VACUUM INTO: a progress handler on the
+# backup's connection holds it once a file has appeared in the backups folder (VACUUM INTO
+# creates its target at the start and fills it at the end), and says so; then it is killed.
+_KILLED_BACKUP = r"""
+import sqlite3, sys, threading
+from datetime import datetime
+from pathlib import Path
+from core.store.backup import daily_backup
+
+url, folder, day = sys.argv[1], Path(sys.argv[2]), datetime.fromisoformat(sys.argv[3])
+real = sqlite3.connect
+
+def connect(*args, **kwargs):
+    con = real(*args, **kwargs)
+    def hold():
+        if any(p.is_file() for p in folder.glob("*")):
+            print("holding", flush=True)
+            threading.Event().wait()
+        return 0
+    con.set_progress_handler(hold, 50)
+    return con
+
+sqlite3.connect = connect
+daily_backup(url, day)
+print("finished", flush=True)
+"""
+
+
+def _kill_mid_backup(db: Path, day: datetime) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_BACKUP, url(db), str(backup_dir()), day.isoformat()],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until the backup is held (or the child ended)
+        assert line == "holding\n", f"the backup was not held: {line!r} {proc.stderr.read()}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_a_backup_killed_midway_leaves_no_backup_and_nothing_readable(db: Path) -> None:
+    _kill_mid_backup(db, DAY)
+    left = [p for p in backup_dir().iterdir() if p.is_file()]
+    assert left, "the kill left nothing to look at: the test did not hold the backup"
+    for p in left:  # private from its first byte: it holds the chats
+        assert p.stat().st_mode & 0o077 == 0, f"{p.name} is {oct(p.stat().st_mode)}"
+    assert list_backups() == []  # a torn copy is not a backup, to list or to restore
+    made = daily_backup(url(db), DAY + timedelta(hours=1))  # nor that day's backup
+    assert made is not None and names(made) == ["Kept"]
+    assert [b.path for b in list_backups()] == [made]
+
+
+def test_a_torn_copy_from_before_is_not_that_days_backup(db: Path) -> None:
+    whole = backup_now(url(db), DAY)
+    torn = whole.with_name("app-2026-12-02-080000.db")  # as an older version left it
+    torn.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    made = daily_backup(url(db), DAY + timedelta(hours=1))
+    assert made is not None and names(made) == ["Kept"]
+    assert [b.path for b in list_backups()] == [made]  # the torn one is gone
+
+
+def test_a_temporary_file_left_by_a_killed_backup_is_removed_later(db: Path) -> None:
+    _kill_mid_backup(db, DAY)
+    left = [p for p in backup_dir().iterdir() if p.is_file()]
+    hours_ago = (DAY - timedelta(hours=2)).timestamp()
+    for p in left:
+        os.utime(p, (hours_ago, hours_ago))
+    backup_now(url(db), DAY + timedelta(days=1))
+    assert not any(p.exists() for p in left)
+    assert [p.name for p in backup_dir().iterdir()] == [list_backups()[0].path.name]
+
+
+def _other_schema(path: Path, change: str) -> None:
+    """A copy of the app's database whose tables are not what its Alembic stamp says."""
+    con = sqlite3.connect(path)
+    if change == "a column missing":  # stamped with this version's revision, made by another
+        con.execute("ALTER TABLE characters DROP COLUMN personality")
+    elif change == "a table missing":
+        con.execute("DROP TABLE lorebooks")
+    elif change == "a table of another app":
+        con.execute("CREATE TABLE plugins (id INTEGER PRIMARY KEY, blob TEXT)")
+    elif change == "an older stamp on newer tables":  # 0002's stamp: 0003 would run again
+        con.execute("UPDATE alembic_version SET version_num = '0002'")
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "a column missing",
+        "a table missing",
+        "a table of another app",
+        "an older stamp on newer tables",
+    ],
+)
+def test_a_backup_of_another_schema_is_refused_and_nothing_is_touched(
+    db: Path, change: str
+) -> None:
+    path = backup_dir() / "app-2026-12-01-120000.db"
+    backup_dir().mkdir(exist_ok=True)
+    path.write_bytes(backup_now(url(db), DAY).read_bytes())
+    _other_schema(path, change)
+    before = db.read_bytes()
+    n_backups = len(list_backups())
+    with pytest.raises(StoreError, match=r"backup .*(choose another)") as e:
+        restore(url(db), path)
+    assert "tables" in str(e.value)  # says what differs
+    assert db.read_bytes() == before
+    assert len(list_backups()) == n_backups
+    assert names(db) == ["Kept"]  # and the app's database still opens
+
+
+@pytest.mark.parametrize("upgraded", [False, True])
+def test_a_backup_at_an_older_revision_or_upgraded_from_one_is_restored(
+    db: Path, upgraded: bool
+) -> None:
+    from core.store import make_engine, upgrade_db
+
+    old = backup_dir() / "app-2026-12-01-120000.db"
+    backup_dir().mkdir(exist_ok=True)
+    engine = make_engine(url(old))
+    upgrade_db(engine, "0001")  # what the first version of the app made
+    engine.dispose()
+    if upgraded:  # then opened by this version: its columns added by migrations, in their order
+        open_store(url(old)).close()
+    restore(url(db), old)
+    assert names(db) == []  # opened (and upgraded) by this version

@@ -151,6 +151,22 @@ def test_new_sessions_cannot_get_round_the_limit(
     assert _log_in(late, "open sesame").session_state["authenticated"]
 
 
+def test_a_session_that_once_logged_in_is_not_locked_out(
+    app_env: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RP_PASSWORD", "open sesame")
+    owner = _log_in(open_app(), "open sesame")
+    assert owner.session_state["authenticated"]
+    for _ in range(9):  # a guesser uses up the tries of the minute (the owner's was one)
+        assert errors(_log_in(open_app(), "guess")) == ["Wrong password."]
+    late = _log_in(open_app(), "open sesame")
+    assert [w.value for w in late.warning] == ["Too many tries. Wait 60 s, then try again."]
+    owner.session_state["authenticated"] = False  # asked again (the page reloaded its state)
+    check(owner.run())
+    assert [t.label for t in owner.text_input] == ["Password"]
+    assert not _log_in(owner, "open sesame").warning and owner.session_state["authenticated"]
+
+
 def test_switching_the_language_changes_only_this_session(app_env: Path) -> None:
     mine = open_app("pages/settings.py")
     theirs = open_app()

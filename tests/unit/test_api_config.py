@@ -48,7 +48,22 @@ def test_an_unreadable_password_setting_lets_nothing_through(
     assert e.value.status == 503 and e.value.code == "password_unreadable"
     assert "cannot be read" in e.value.message and "no such table" in e.value.message
     config = _config(tmp_path, store)
-    assert config.allowed_origins() == [] and not config.key_ok("rp-anything")
+    assert config.allowed_origins() == []  # no origin allowed: refused, as it should
+    with pytest.raises(ApiError) as e:  # no key taken for wrong: the server cannot check it
+        config.key_ok("rp-anything")
+    assert e.value.status == 503 and e.value.code == "api_keys_unreadable"
+
+
+def test_a_saved_password_that_is_not_text_lets_nothing_through(
+    tmp_path: Path, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RP_PASSWORD", raising=False)
+    store.values["password"] = {"hash": "pbkdf2_sha256$1$x$y"}  # not what set_password writes
+    with pytest.raises(ApiError) as e:
+        _config(tmp_path, store).key_required()
+    assert e.value.status == 503 and "not text" in e.value.message
+    store.values["password"] = None  # nothing saved: no password
+    assert not _config(tmp_path, store).key_required()
 
 
 def test_keys_and_origins_are_those_saved_in_settings(tmp_path: Path, store: MemoryStore) -> None:

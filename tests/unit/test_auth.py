@@ -73,6 +73,44 @@ def test_new_sessions_share_a_limit_of_tries_a_minute() -> None:
     assert limiter.attempt(late, "right", stored).ok
 
 
+def _fill(limiter: LoginLimiter, clock: Clock, stored: str) -> None:
+    """A guesser's fresh sessions use up the tries of the minute."""
+    for _ in range(limiter.per_minute):
+        clock.now += 1
+        assert limiter.attempt(Tries(), "guess", stored).checked
+    assert not limiter.attempt(Tries(), "right", stored).checked  # the others now wait
+
+
+def test_the_owner_is_not_locked_out_by_the_limit_of_all_sessions() -> None:
+    clock = Clock()
+    limiter = LoginLimiter(per_minute=10, clock=clock)
+    stored = hash_password("right")
+    _fill(limiter, clock, stored)
+    # a session on this machine (by a loopback name, core.api.hosts.local_request) is checked
+    assert limiter.attempt(Tries(), "right", stored, local=True) == Verdict(True)
+    # and so is a session that once logged in, when it is asked again
+    owner = Tries()
+    clock.now += 60
+    assert limiter.attempt(owner, "right", stored).ok
+    clock.now += 60
+    _fill(limiter, clock, stored)
+    assert limiter.attempt(owner, "right", stored) == Verdict(True)
+    # their tries still wait after wrong ones in a row: only the shared limit is skipped
+    local = Tries()
+    waits = [limiter.attempt(local, "guess", stored, local=True).wait for _ in range(3)]
+    assert waits == [0, 0, 1]
+    assert not limiter.attempt(local, "right", stored, local=True).checked
+
+
+def test_exempt_tries_leave_the_shared_limit_to_the_others() -> None:
+    clock = Clock()
+    limiter = LoginLimiter(per_minute=10, clock=clock)
+    stored = hash_password("right")
+    for _ in range(12):  # the owner mistyping on this machine, each in a new session
+        limiter.attempt(Tries(), "guess", stored, local=True)
+    assert limiter.attempt(Tries(), "right", stored).ok  # not counted against anyone else
+
+
 @pytest.mark.parametrize(
     ("address", "loopback"),
     [

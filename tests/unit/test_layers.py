@@ -51,7 +51,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     | {"core.chat", "core.auth", "core.settings"},
     # the HTTP API: a front end like the pages, on the runtime and the chat service
     "core.api": FOUNDATION
-    | {"core.auth", "core.runtime", "core.chat", "core.engine", "core.prompt", "core.store"}
+    | {"core.auth", "core.runtime", "core.chat", "core.engine", "core.prompt"}
+    | {"core.store"}
     | {"core.roleplay.avatars", "core.roleplay.cards", "core.roleplay.chat_io", "core.backends"},
     # the API as one route of the app's server, imported (lazily) before the API itself
     "core.api_mount": {"core.api"},
