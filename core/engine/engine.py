@@ -338,13 +338,40 @@ class Engine:
         if st.problem:
             return f"{st.problem} This chat runs without it."
         if self.backend.wkv_shape() is None:
-            model = Path(self.info.path).name if self.info.path else "the embedded model"
             return (
-                f"The loaded model ({model}) is not an RWKV-5, 6 or 7 model, so it cannot start "
-                f"from {ctx.name}'s state file {st.name}: this chat runs without it."
+                self._no_wkv(f"{ctx.name}'s state file {st.name}") + " This chat runs without it."
             )
         self._start_checkpoint(st)  # checks the shape: a refusal is raised here, at once
         return ""
+
+    def state_file_fit(self, name: str, shape: tuple[int, int, int]) -> str:
+        """Why a state file of `shape` (layers, heads, head size) cannot start a chat with
+        this model, "" when it can (or the shape is not known: zeros): for the Characters
+        page, before any chat is opened."""
+        want = self.backend.wkv_shape()
+        if want is None:
+            return self._no_wkv(f"the state file {name}") + " Its chats run without it."
+        if 0 in shape or tuple(shape) == want:
+            return ""
+        return self._misfit(name, shape, want)
+
+    def _no_wkv(self, what: str) -> str:
+        model = Path(self.info.path).name if self.info.path else "the embedded model"
+        return (
+            f"The loaded model ({model}) is not an RWKV-5, 6 or 7 model, so it cannot start "
+            f"from {what}."
+        )
+
+    def _misfit(
+        self, name: str, got: tuple[int, int, int], want: tuple[int, int, int] | None
+    ) -> str:
+        model = Path(self.info.path).name if self.info.path else "the loaded model"
+        return (
+            f"The state file {name} was made for a model with {_shape_text(got)}; {model} has "
+            + (_shape_text(want) if want else "no RWKV state")
+            + ". Load the model it was tuned for, or remove the state file from the character "
+            "(Characters, Edit)."
+        )
 
     def _start_checkpoint(self, start: StartState) -> Checkpoint:
         """The state a chat with this state file starts from (made once, kept for the next)."""
@@ -366,14 +393,7 @@ class Engine:
         want = self.backend.wkv_shape()
         got = (len(wkv), int(wkv[0].shape[0]), int(wkv[0].shape[-1])) if wkv else (0, 0, 0)
         if want is None or got != want:
-            model = Path(self.info.path).name if self.info.path else "the loaded model"
-            raise ModelError(
-                f"The state file {start.name} was made for a model with {_shape_text(got)}; "
-                f"{model} has "
-                + (_shape_text(want) if want else "no RWKV state")
-                + ". Load the model it was tuned for, or remove the state file from the "
-                "character (Characters, Edit)."
-            )
+            raise ModelError(self._misfit(start.name, got, want))
         return self.backend.state_with_wkv(wkv)
 
     # ------------------------------------------------------------------ states

@@ -182,6 +182,10 @@ def test_a_file_of_another_shape_is_refused_with_both_shapes(
             eng.state_for(ctx, [], Message("char"))
         with pytest.raises(ModelError, match="layers of"):
             backend.state_with_wkv(arrays(state_file(*shape)))
+        # what the Characters page says of a file before any chat: the same sentence
+        assert eng.state_file_fit("big.pth", shape) == msg
+        assert eng.state_file_fit("big.pth", (2, 2, 64)) == ""
+        assert eng.state_file_fit("big.pth", (0, 0, 0)) == ""  # not known (an imported card)
 
 
 # --- cache keys -----------------------------------------------------------------------------------
@@ -272,6 +276,7 @@ def test_a_model_without_an_rwkv_state_runs_without_the_file_and_says_so(
     notice = eng.start_notice(ctx)
     assert "not an RWKV-5, 6 or 7 model" in notice and "fox.pth" in notice
     assert "runs without it" in notice
+    assert "run without it" in eng.state_file_fit("fox.pth", (2, 2, 64))
     hist = [Message("user", "hi")]
     a, _ = eng.state_for(ctx, hist, Message("char"))
     b, _ = eng.state_for(CTX, hist, Message("char"))
