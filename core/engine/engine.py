@@ -93,12 +93,6 @@ def version_seed(seed: int | None, i: int) -> int | None:
 
 
 RAW_LENGTHS = 512  # prompt lengths remembered for raw completions' prefix lookup
-START_STATES = 2  # states made from characters' state files, kept (a 7.2B model's is 35 MB)
-
-
-def _shape_text(shape: tuple[int, int, int]) -> str:
-    layers, heads, size = shape
-    return f"{layers} layers and {heads} heads of {size} (width {heads * size})"
 
 
 @dataclass
@@ -303,15 +297,25 @@ class Engine:
                 texts.append(fmt.note(speaker.before, ctx))
             texts.append(fmt.header(speaker, ctx))
         chunks: list[_Chunk] = []
-        start = self._start_of(ctx)
-        prev = self._root if start is None else self._start_root(start)
+        prev = self._root
         for text in texts:
             toks = self._tokens(text)
             prev = self._key(prev, text, toks)
             chunks.append(_Chunk(text, toks, prev))
+        start = self._start_of(ctx)
+        if start is not None:  # a chat from a state file: keys of its own (`_start_root`)
+            self._rekey(chunks, self._start_root(start))
         return _Prompt(chunks, boundaries, start)
 
     # ------------------------------------------------------------------ a character's state file
+    START_STATES = 2  # states made from characters' state files, kept (a 7.2B model's: 35 MB)
+
+    def _rekey(self, chunks: list[_Chunk], root: str) -> None:
+        """Chain the chunks' keys again from `root`."""
+        prev = root
+        for c in chunks:
+            prev = c.key = self._key(prev, c.text, c.tokens)
+
     def _start_of(self, ctx: CharacterContext) -> StartState | None:
         """The state file a chat with `ctx` starts from: None when it has none, or it cannot
         be used here (missing, damaged, or a model without an RWKV state: `start_notice`)."""
@@ -367,8 +371,8 @@ class Engine:
     ) -> str:
         model = Path(self.info.path).name if self.info.path else "the loaded model"
         return (
-            f"The state file {name} was made for a model with {_shape_text(got)}; {model} has "
-            + (_shape_text(want) if want else "no RWKV state")
+            f"The state file {name} was made for a model with {_shape(got)}; {model} has "
+            + (_shape(want) if want else "no RWKV state")
             + ". Load the model it was tuned for, or remove the state file from the character "
             "(Characters, Edit)."
         )
@@ -383,7 +387,7 @@ class Engine:
         cp = Checkpoint(np.zeros(0, np.float32), self._start_state(start), 0)
         with self._starts_lock:
             self._starts[start.sha256] = cp
-            while len(self._starts) > START_STATES:
+            while len(self._starts) > self.START_STATES:
                 self._starts.popitem(last=False)
         return cp
 
@@ -789,3 +793,9 @@ class Engine:
             self._advance(full)
             return
         self.cache.put(body.key, Checkpoint(logits, st, n), disk=True)
+
+
+def _shape(shape: tuple[int, int, int]) -> str:
+    """A state's shape in a message: "24 layers and 16 heads of 64 (width 1024)"."""
+    layers, heads, size = shape
+    return f"{layers} layers and {heads} heads of {size} (width {heads * size})"
