@@ -233,6 +233,26 @@ _S: dict[str, tuple[str, str]] = {
     "avatar_upload": ("Avatar (PNG, JPEG, WebP, GIF, BMP)", "头像（PNG、JPEG、WebP、GIF、BMP）"),
     "avatar_preview": ("new avatar", "新头像"),
     "remove_avatar": ("Remove the avatar", "删除头像"),
+    "state_file": ("RWKV state file", "RWKV 状态文件"),
+    "state_file_upload": (
+        "State file (.pth from RWKV state tuning, at most {mb} MB)",
+        "状态文件（RWKV state tuning 生成的 .pth，最大 {mb} MB）",
+    ),
+    "state_file_help": (
+        "The chat starts from this state instead of the model's own (RWKV-5, 6 and 7 models of "
+        "the same size only). A card export names the file and its sha256, without its bytes.",
+        "对话从这个状态开始，而不是模型自身的初始状态（仅限同样大小的 RWKV-5、6、7 模型）。"
+        "导出角色卡时只写文件名和 sha256，不含文件内容。",
+    ),
+    "state_file_current": (
+        "Current: {name}, {shape}, sha256 {sha}",
+        "当前：{name}，{shape}，sha256 {sha}",
+    ),
+    "state_file_none": (
+        "No state file: chats start from the model's state.",
+        "没有状态文件：对话从模型的初始状态开始。",
+    ),
+    "remove_state_file": ("Remove the state file", "删除状态文件"),
     "f_name": ("Name", "名字"),
     "f_description": ("Description / persona", "描述 / 人设"),
     "f_personality": ("Personality", "性格"),

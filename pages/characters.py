@@ -14,6 +14,7 @@ from core.errors import AppError
 from core.prompt import substitute
 from core.roleplay.avatars import encode_avatar
 from core.roleplay.characters import CharacterService
+from core.roleplay.state_files import MAX_STATE_FILE_BYTES, shape_text
 from pages import lore_ui
 from pages.ui_common import (
     T,
@@ -22,6 +23,7 @@ from pages.ui_common import (
     new_conversation,
     open_chat,
     page_guard,
+    rt,
     show_error,
     store,
 )
@@ -42,6 +44,8 @@ if ss.get("char_error"):
     st.error(f"{T('err_prefix')} {md_inline(ss.pop('char_error'))}", icon=":material/error:")
 for message in ss.pop("char_import_errors", None) or []:
     st.error(message, icon=":material/error:")
+for message in ss.pop("char_notes", None) or []:  # a state file a card names but did not bring
+    st.warning(md_inline(message), icon=":material/warning:")
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -214,6 +218,7 @@ def render_editor(target: int | Literal["new"]) -> None:
                     key=k + "creator_notes",
                     height=68,
                 )
+            state_upload, remove_state = _state_file_fields(ch, k)
             remove_avatar = False
             if ch is not None and ch.avatar:
                 remove_avatar = st.checkbox(T("remove_avatar"), key=k + "remove_avatar")
@@ -246,6 +251,12 @@ def render_editor(target: int | Literal["new"]) -> None:
                 values,
                 avatar=upload.getvalue() if upload is not None else None,
                 remove_avatar=remove_avatar,
+                state_file=(
+                    (state_upload.getvalue(), state_upload.name)
+                    if state_upload is not None
+                    else None
+                ),
+                remove_state_file=remove_state,
             )
         except AppError as e:
             show_error(e)  # the form keeps what was typed
@@ -253,6 +264,36 @@ def render_editor(target: int | Literal["new"]) -> None:
         ss.char_edit = None
         ss.char_flash = T("saved_character", name=md_inline(result.name))
         st.rerun()
+
+
+def _state_file_fields(ch: Any, k: str) -> tuple[Any, bool]:
+    """The character's RWKV state file in the form: what it has, a new one, or none."""
+    with st.expander(T("state_file"), icon=":material/memory:"):
+        ref, problem = characters_service.state_file(ch) if ch is not None else (None, "")
+        if ref is not None:
+            shape = shape_text(ref.layers, ref.heads, ref.head_size)
+            st.caption(
+                T("state_file_current", name=md_inline(ref.name), shape=shape, sha=ref.sha256[:12])
+            )
+            engine = rt().engine()  # the loaded model, if any: does the file fit it?
+            if engine is not None and not problem:
+                problem = engine.state_file_fit(ref.name, (ref.layers, ref.heads, ref.head_size))
+        elif not problem:
+            st.caption(T("state_file_none"))
+        if problem:
+            st.warning(md_inline(problem), icon=":material/warning:")
+        mb = MAX_STATE_FILE_BYTES // 2**20
+        state_upload = st.file_uploader(
+            T("state_file_upload", mb=mb),
+            type=["pth"],
+            key=k + "state_file",
+            help=T("state_file_help"),
+            max_upload_size=mb,
+        )
+        remove = False
+        if ref is not None or problem:
+            remove = st.checkbox(T("remove_state_file"), key=k + "remove_state_file")
+    return state_upload, remove
 
 
 # --- top: search, new, import -----------------------------------------------------------------
@@ -283,6 +324,7 @@ with st.expander(T("import_cards"), icon=":material/upload_file:"):
     if files and st.button(T("import"), key="import_cards_btn", icon=":material/download_done:"):
         ok: list[str] = []
         failed: list[str] = []
+        notes: list[str] = []
         for f in files:
             try:
                 ch = characters_service.import_card(f.getvalue(), f.name)
@@ -290,9 +332,13 @@ with st.expander(T("import_cards"), icon=":material/upload_file:"):
                 failed.append(f"{T('err_import', file=md_inline(f.name))} {md_inline(str(e))}")
             else:
                 ok.append(md_inline(ch.name))
+                _ref, problem = characters_service.state_file(ch)
+                if problem:  # imported all the same: the card names a file it cannot bring
+                    notes.append(problem)
         if ok:
             ss.char_flash = T("imported", names=", ".join(ok))
         ss.char_import_errors = failed
+        ss.char_notes = notes
         ss.card_upload_gen = gen + 1  # a fresh, empty uploader
         st.rerun()
 

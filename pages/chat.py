@@ -94,6 +94,8 @@ if conv is not None:
 if state.get("flash_error"):
     st.error(f"{T('err_prefix')} {md_inline(state.pop('flash_error'))}", icon=":material/error:")
 group_ui.show_flash()
+if state.get("reply_notice"):  # the last reply ran without the character's state file
+    st.info(md_inline(state.pop("reply_notice")), icon=":material/info:")
 
 # --- no chat open ------------------------------------------------------------------------------
 if conv is None:

@@ -96,6 +96,9 @@ def generate(
             else:
                 target_id = target.id if target is not None else None
                 turn = chats.reply(conv.id, op, role=role, target_id=target_id)
+            if turn.notice:  # the character's state file is not used (Engine.start_notice)
+                state.reply_notice = turn.notice  # shown again after the rerun below
+                st.info(md_inline(turn.notice), icon=":material/info:")
             source = _until_first(iter(turn), waiting)
             if op == Op.CONTINUE:  # show the old text, then what the model adds to it
                 source = _chain([turn.base_text], source)

@@ -67,6 +67,20 @@ def file_identity(path: Path, *extra: str) -> str:
     return h.hexdigest()[:32]
 
 
+def check_wkv(wkv: list[np.ndarray], shape: tuple[int, int, int] | None) -> None:
+    """ModelError unless `wkv` is one [heads, head size, head size] array a layer of `shape`
+    (layers, heads, head size), as `Backend.state_with_wkv` takes them."""
+    if shape is None:
+        raise ModelError("This model has no RWKV state for a state file to set.")
+    layers, heads, size = shape
+    if len(wkv) != layers or any(tuple(w.shape) != (heads, size, size) for w in wkv):
+        got = tuple(wkv[0].shape) if wkv else ()
+        raise ModelError(
+            f"The state has {len(wkv)} layers of {list(got)}; this model's state has {layers} "
+            f"layers of [{heads}, {size}, {size}]."
+        )
+
+
 class Backend(Protocol):
     """A loaded model. Every call runs on the one model thread (core/backends/model_thread.py),
     so a back end never sees two calls at once.
@@ -123,6 +137,18 @@ class Backend(Protocol):
     def state_to_bytes(self, state: State) -> bytes: ...
 
     def state_from_bytes(self, data: bytes) -> State: ...
+
+    def wkv_shape(self) -> tuple[int, int, int] | None:
+        """(layers, heads, head size) of the model's matrix-valued state (RWKV-5 to 7), the part
+        an RWKV state file sets; None where the model has none (a transformer, RWKV-4)."""
+        return None
+
+    def state_with_wkv(self, wkv: list[np.ndarray]) -> State:
+        """The state whose WKV matrices are `wkv` (per layer [heads, head size, head size] in
+        the layout of a state-tuning file, core/roleplay/state_files.py) and whose every other
+        part (token shifts) is zero: the start of a chat with a character's state file.
+        ModelError where the model has no such state or the shapes differ."""
+        raise ModelError("This model has no RWKV state for a state file to set.")
 
     def state_nbytes(self, state: State) -> int | None:
         """A state's size in bytes without serialising it, for back ends whose states grow

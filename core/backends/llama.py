@@ -42,7 +42,7 @@ import gguf
 import llama_cpp as L
 import numpy as np
 
-from core.backends.base import Backend, BatchItemError, ModelInfo, file_identity
+from core.backends.base import Backend, BatchItemError, ModelInfo, check_wkv, file_identity
 from core.backends.gguf_file import RWKV_ARCHS, GGUFSummary, check_gguf
 from core.backends.threads import resolve_threads, usable_cpus
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer, world_tokenizer
@@ -57,6 +57,12 @@ BatchItem = tuple[list[int], "LlamaState", bool]  # tokens, state, consume
 
 _STATE_MAGIC = b"LLST"
 _STATE_HEADER = struct.Struct("<4sI16sQ")  # magic, format version, identity, n_past
+# the end of a recurrent sequence's llama_state_seq bytes (llama-memory-recurrent.cpp,
+# state_write): cell count, then one cell's position and seq-id count, s_trans, n_layer; then
+# per layer (type, row size, the row) of the token shifts "r", then the same of the WKV "s"
+_SEQ_TAIL_HEAD = struct.Struct("<IiIII")
+_ROW_HEAD = struct.Struct("<iQ")
+WKV_ARCHS = ("rwkv6", "rwkv7")  # whose state a state file sets (hybrids: not known)
 
 # ---------------------------------------------------------------- llama.cpp process set-up
 _init_lock = threading.Lock()
@@ -112,6 +118,18 @@ class LlamaState:
     def __repr__(self) -> str:
         where = f"slot {self.slot}" if self.slot is not None else "bytes"
         return f"LlamaState(n_past={self.n_past}, {where})"
+
+
+@dataclass
+class _SeqLayout:
+    """A recurrent sequence's state bytes, and where its parts lie in them."""
+
+    template: bytes  # a state llama.cpp saved (one token fed)
+    pos_at: int  # offset of the cell's position
+    r_row: int  # bytes of a layer's token shifts (attention, then feed-forward)
+    s_row: int  # bytes of a layer's WKV matrices
+    r_at: list[int]  # offset of each layer's token shifts
+    s_at: list[int]  # offset of each layer's WKV matrices
 
 
 @dataclass
@@ -227,6 +245,9 @@ class LlamaBackend(Backend):
         self.chat_template = template if isinstance(template, str) else None
         self._special = self._find_specials()
         self._world = self._world_tokenizer(summary)
+        head_size = summary.get("{arch}.wkv.head_size") if arch in WKV_ARCHS else None
+        self._head_size = int(head_size) if isinstance(head_size, int) and head_size > 0 else 0
+        self._seq_layout: _SeqLayout | None = None  # found at the first state file (below)
         ftype = summary.get("general.file_type")
         try:
             type_name = gguf.LlamaFileType(ftype).name.split("_", 1)[1].lower()
@@ -416,6 +437,67 @@ class LlamaBackend(Backend):
 
     def initial_state(self) -> LlamaState:
         return self._initial
+
+    def wkv_shape(self) -> tuple[int, int, int] | None:
+        n_embd, size = self.info.n_embd, self._head_size
+        if not self.recurrent or not size or n_embd % size:
+            return None
+        return self.info.n_layer, n_embd // size, size
+
+    def state_with_wkv(self, wkv: list[np.ndarray]) -> LlamaState:
+        """A state-tuning file's state, written into llama.cpp's own bytes of a sequence: the
+        token shifts zero, each layer's WKV row the file's matrices (llama.cpp keeps RWKV-7's
+        as the file does, [head, value, key], and RWKV-6's as [head, key, value], like the
+        rwkv package). Fed from position 0, as a chat's first tokens are."""
+        check_wkv(wkv, self.wkv_shape())
+        with self._lock:
+            self._check_open()
+            layout = self._layout()
+            buf = bytearray(layout.template)
+            struct.pack_into("<i", buf, layout.pos_at, -1)  # no token fed yet
+            for at in layout.r_at:
+                buf[at : at + layout.r_row] = bytes(layout.r_row)
+            for at, w in zip(layout.s_at, wkv, strict=True):
+                m = np.asarray(w, dtype=np.float32)
+                if self.arch == "rwkv6":
+                    m = m.transpose(0, 2, 1)
+                buf[at : at + layout.s_row] = np.ascontiguousarray(m).tobytes()
+            return LlamaState(0, bytes(buf), owner=id(self))
+
+    def _layout(self) -> _SeqLayout:
+        """Where the parts of a sequence's state lie in its bytes, read once from a state that
+        llama.cpp made itself (one token fed) and checked field by field; bytes before the
+        cell count (this build's own header) are kept as they are."""
+        if self._seq_layout is not None:
+            return self._seq_layout
+        _, fed = self.forward([0], LlamaState(0, owner=id(self)))
+        data = bytes(self._data_of(fed))
+        layers, heads, size = self.wkv_shape() or (0, 0, 0)
+        r_row, s_row = 2 * self.info.n_embd * 4, heads * size * size * 4
+        tail = layers * (2 * _ROW_HEAD.size + r_row + s_row)
+        start = len(data) - tail - _SEQ_TAIL_HEAD.size
+        unknown = ModelError(
+            f"This llama.cpp (llama-cpp-python {L.__version__}) saves a sequence's state in a "
+            "layout this app does not know, so it cannot start a chat from a state file. Use "
+            "the model's .pth file (the rwkv back end) for this character."
+        )
+        if start < 0:
+            raise unknown
+        cells, _pos, n_seq, s_trans, n_layer = _SEQ_TAIL_HEAD.unpack_from(data, start)
+        if (cells, n_seq, s_trans, n_layer) != (1, 0, 0, layers):
+            raise unknown
+        at = start + _SEQ_TAIL_HEAD.size
+        found: dict[str, list[int]] = {"r": [], "s": []}
+        for part, row in (("r", r_row), ("s", s_row)):
+            for _ in range(layers):
+                gtype, size_row = _ROW_HEAD.unpack_from(data, at)
+                if gtype != 0 or size_row != row:  # GGML_TYPE_F32 rows of the expected size
+                    raise unknown
+                at += _ROW_HEAD.size
+                found[part].append(at)
+                at += row
+        self._seq_layout = _SeqLayout(data, start + 4, r_row, s_row, found["r"], found["s"])
+        return self._seq_layout
 
     def copy_state(self, state: LlamaState) -> LlamaState:
         """A detached copy, held as bytes (states never change, so this is for callers that

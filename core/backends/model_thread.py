@@ -100,7 +100,15 @@ class OnModelThread:
     cloned a state)."""
 
     _ROUTED = frozenset(
-        ("forward", "advance", "initial_state", "copy_state", "state_to_bytes", "state_from_bytes")
+        (
+            "forward",
+            "advance",
+            "initial_state",
+            "copy_state",
+            "state_to_bytes",
+            "state_from_bytes",
+            "state_with_wkv",
+        )
     )
 
     def __init__(self, inner: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.backends.base import Backend, BatchItemError, ModelInfo, file_identity
+from core.backends.base import Backend, BatchItemError, ModelInfo, check_wkv, file_identity
 from core.backends.rwkv7_batch import Rwkv7Batch
 from core.backends.threads import resolve_threads
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, world_tokenizer
@@ -296,6 +296,26 @@ class RwkvBackend(Backend):
 
     def initial_state(self) -> list[torch.Tensor]:
         return self.copy_state(self._zero)
+
+    def wkv_shape(self) -> tuple[int, int, int] | None:
+        if self.version == 4:  # RWKV-4's state has no matrices
+            return None
+        heads, size, _ = self._zero[1].shape
+        return self.info.n_layer, int(heads), int(size)
+
+    def state_with_wkv(self, wkv: list[np.ndarray]) -> list[torch.Tensor]:
+        """A state-tuning file's state: its [head, value, key] matrices are the package's RWKV-7
+        layout as they are; RWKV-5/6 states are [head, key, value], so they are transposed,
+        as the package does with a `time_state` merged into a model file."""
+        check_wkv(wkv, self.wkv_shape())
+        state = self.initial_state()
+        for i, w in enumerate(wkv):
+            t = torch.from_numpy(np.array(w, dtype=np.float32))
+            if self.version != 7:
+                t = t.transpose(1, 2)
+            ref = state[i * 3 + 1]
+            state[i * 3 + 1] = t.to(dtype=ref.dtype, device=ref.device).contiguous()
+        return state
 
     def copy_state(self, state: list[torch.Tensor]) -> list[torch.Tensor]:
         return [t.clone() for t in state]

@@ -4,10 +4,13 @@ Messages; this module turns one into the other, so that neither knows of the oth
 
 from __future__ import annotations
 
+from functools import partial
+
 from core.chat.card_fields import expand_opening, system_prompt
 from core.errors import NotFound
-from core.prompt import CharacterContext, Message
+from core.prompt import CharacterContext, Message, StartState
 from core.prompt.roleplay import example_lines
+from core.roleplay import state_files
 from core.roleplay.lore import with_constant_lore
 from core.store import Character, ChatMessage, Conversation, Store
 from core.text import DEFAULT_CHAR, bare_name, normalize, substitute
@@ -27,6 +30,28 @@ def character_context(
         user_persona=store.setting_str("user_persona"),
         stop_strings=list(character.stop_strings),
         system_prompt=system_prompt(character),  # the card's; {{original}} = the usual opening
+        start_state=start_state(character),
+    )
+
+
+def start_state(character: Character) -> StartState | None:
+    """The character's RWKV state file as the engine takes it (None when it has none). A file
+    that is not in the data folder, or a malformed reference, becomes a StartState with its
+    problem: the chat runs without it and says so (Engine.start_notice)."""
+    try:
+        ref = state_files.reference(character.extensions)
+    except state_files.StateFileError as e:
+        return StartState("state.pth", "", lambda: [], problem=str(e))
+    if ref is None:
+        return None
+    problem = ""
+    if not state_files.is_present(ref.sha256):
+        problem = (
+            f"{character.name}'s state file {ref.name} is not in this app's data folder (a card "
+            "imported without it?): upload it again in the character's form."
+        )
+    return StartState(
+        ref.name, ref.sha256, partial(state_files.load_state_file, ref), problem=problem
     )
 
 

@@ -55,6 +55,10 @@ class Turn:
     (see ReplySaver). `close()` ends it at once (a Stop click, a client that went away) and
     returns when what was said is saved."""
 
+    # a sentence for the front end to show beside the reply: the character's state file could
+    # not be used and the reply was made without it (Engine.start_notice); "" when all is well
+    notice: str = ""
+
     def __init__(
         self,
         reply: Reply,
@@ -367,6 +371,9 @@ class ChatService:
         else:
             speaker = Message(role, "", name)  # type: ignore[arg-type]
         ctx = conversation_context(store, conversation_id, speaker=speaker.name)
+        # the character's state file: refused here, before anything is saved, when it does not
+        # fit the model (ModelError); a notice when this model cannot use it
+        notice = engine.start_notice(ctx)
         extra: dict[str, Any] = {}
         if op == Op.CONTINUE:
             speaker.before = history[-1].before  # the message keeps what was fed before it
@@ -421,7 +428,9 @@ class ChatService:
             on_finish=on_finish,
         )
         base = target.text if op == Op.CONTINUE and target is not None else ""
-        return Turn(reply, saver, cancel, done, box, base)
+        turn = Turn(reply, saver, cancel, done, box, base)
+        turn.notice = notice
+        return turn
 
     # ------------------------------------------------------------------ what the model saw
     def prompt_view(self, conversation_id: int, message_id: int | None = None) -> PromptView:

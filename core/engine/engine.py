@@ -40,6 +40,7 @@ from core.prompt import (
     Message,
     PromptFormat,
     RoleplayFormat,
+    StartState,
     normalize,
     speaker_name,
 )
@@ -79,6 +80,7 @@ class _Chunk:
 class _Prompt:
     chunks: list[_Chunk]
     boundaries: list[int] = field(default_factory=list)  # chunk indexes that end a message
+    start: StartState | None = None  # fed from this state file's state, not the model's own
 
     @property
     def n_tokens(self) -> int:
@@ -174,6 +176,9 @@ class Engine:
         self._tok_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._key_cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._initial: Checkpoint | None = None
+        # the start of chats with a state file, by the file's sha256 (`_start_checkpoint`)
+        self._starts: OrderedDict[str, Checkpoint] = OrderedDict()
+        self._starts_lock = threading.Lock()
         self._token_bytes: Callable[[int], bytes] = backend.token_bytes  # no model thread needed
         self._banned_first = self._banned_at_start()  # at load time, not in the first reply
         # raw completions: checkpoints keyed by the exact token prefix, under their own root
@@ -297,7 +302,103 @@ class Engine:
             toks = self._tokens(text)
             prev = self._key(prev, text, toks)
             chunks.append(_Chunk(text, toks, prev))
-        return _Prompt(chunks, boundaries)
+        start = self._start_of(ctx)
+        if start is not None:  # a chat from a state file: keys of its own (`_start_root`)
+            self._rekey(chunks, self._start_root(start))
+        return _Prompt(chunks, boundaries, start)
+
+    # ------------------------------------------------------------------ a character's state file
+    START_STATES = 2  # states made from characters' state files, kept (a 7.2B model's: 35 MB)
+
+    def _rekey(self, chunks: list[_Chunk], root: str) -> None:
+        """Chain the chunks' keys again from `root`."""
+        prev = root
+        for c in chunks:
+            prev = c.key = self._key(prev, c.text, c.tokens)
+
+    def _start_of(self, ctx: CharacterContext) -> StartState | None:
+        """The state file a chat with `ctx` starts from: None when it has none, or it cannot
+        be used here (missing, damaged, or a model without an RWKV state: `start_notice`)."""
+        st = ctx.start_state
+        if st is None or st.problem or self.backend.wkv_shape() is None:
+            return None
+        return st
+
+    def _start_root(self, start: StartState) -> str:
+        """The root of every cache key of a chat that starts from `start`: the model's root
+        and the file's sha256, so chats with and without it (or with another) never share a
+        checkpoint."""
+        return root_key(f"{self.info.identity}\0{self.raw_backend.state_format}\0{start.sha256}")
+
+    def start_notice(self, ctx: CharacterContext) -> str:
+        """Empty when a chat with `ctx` starts as it says. When its character's state file cannot
+        be used here (a model without an RWKV state, such as a transformer or RWKV-4; a file
+        missing from the data folder or damaged), a sentence that says so: the chat then runs
+        from the model's own initial state. Raises ModelError when the file does not fit the
+        loaded model (its layers, heads or head size), and AppError when it cannot be read."""
+        st = ctx.start_state
+        if st is None:
+            return ""
+        if st.problem:
+            return f"{st.problem} This chat runs without it."
+        if self.backend.wkv_shape() is None:
+            return (
+                self._no_wkv(f"{ctx.name}'s state file {st.name}") + " This chat runs without it."
+            )
+        self._start_checkpoint(st)  # checks the shape: a refusal is raised here, at once
+        return ""
+
+    def state_file_fit(self, name: str, shape: tuple[int, int, int]) -> str:
+        """Why a state file of `shape` (layers, heads, head size) cannot start a chat with
+        this model, "" when it can (or the shape is not known: zeros): for the Characters
+        page, before any chat is opened."""
+        want = self.backend.wkv_shape()
+        if want is None:
+            return self._no_wkv(f"the state file {name}") + " Its chats run without it."
+        if 0 in shape or tuple(shape) == want:
+            return ""
+        return self._misfit(name, shape, want)
+
+    def _no_wkv(self, what: str) -> str:
+        model = Path(self.info.path).name if self.info.path else "the embedded model"
+        return (
+            f"The loaded model ({model}) is not an RWKV-5, 6 or 7 model, so it cannot start "
+            f"from {what}."
+        )
+
+    def _misfit(
+        self, name: str, got: tuple[int, int, int], want: tuple[int, int, int] | None
+    ) -> str:
+        model = Path(self.info.path).name if self.info.path else "the loaded model"
+        return (
+            f"The state file {name} was made for a model with {_shape(got)}; {model} has "
+            + (_shape(want) if want else "no RWKV state")
+            + ". Load the model it was tuned for, or remove the state file from the character "
+            "(Characters, Edit)."
+        )
+
+    def _start_checkpoint(self, start: StartState) -> Checkpoint:
+        """The state a chat with this state file starts from (made once, kept for the next)."""
+        with self._starts_lock:
+            hit = self._starts.get(start.sha256)
+            if hit is not None:
+                self._starts.move_to_end(start.sha256)
+                return hit
+        cp = Checkpoint(np.zeros(0, np.float32), self._start_state(start), 0)
+        with self._starts_lock:
+            self._starts[start.sha256] = cp
+            while len(self._starts) > self.START_STATES:
+                self._starts.popitem(last=False)
+        return cp
+
+    def _start_state(self, start: StartState) -> State:
+        """A fresh state from the state file, after checking that it fits this model."""
+        wkv = start.load()
+        want = self.backend.wkv_shape()
+        got = (len(wkv), int(wkv[0].shape[0]), int(wkv[0].shape[-1])) if wkv else (0, 0, 0)
+        if want is None or got != want:
+            raise ModelError(self._misfit(start.name, got, want))
+        return self.backend.state_with_wkv(wkv)
 
     # ------------------------------------------------------------------ states
     def _forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
@@ -305,7 +406,11 @@ class Engine:
         generations (a long prompt is fed in chunks between their steps)."""
         return self._batcher.forward(tokens, state)
 
-    def _initial_checkpoint(self) -> Checkpoint:
+    def _initial_checkpoint(self, start: StartState | None = None) -> Checkpoint:
+        """Where a prompt with nothing cached starts: the model's initial state, or the state
+        of the character's state file."""
+        if start is not None:
+            return self._start_checkpoint(start)
         if self._initial is None:
             self._initial = Checkpoint(np.zeros(0, np.float32), self.backend.initial_state(), 0)
         return self._initial
@@ -318,7 +423,7 @@ class Engine:
             cp = self.cache.get(prompt.chunks[i].key)
             if cp is not None:
                 return cp, i + 1
-        return self._initial_checkpoint(), 0
+        return self._initial_checkpoint(prompt.start), 0
 
     def _advance(
         self, prompt: _Prompt, upto: int | None = None, to_disk: bool = True
@@ -357,7 +462,7 @@ class Engine:
             self.cache.discard(prompt.chunks[done - 1].key)
             return self._advance(prompt, upto, to_disk)
         if done == end == 0:
-            return self._initial_checkpoint(), 0
+            return self._initial_checkpoint(prompt.start), 0
         return Checkpoint(logits, state, n), fed
 
     def warm(self, ctx: CharacterContext, history: list[Message]) -> None:
@@ -374,10 +479,13 @@ class Engine:
     def reference_state(
         self, ctx: CharacterContext, history: list[Message], speaker: Message
     ) -> tuple[np.ndarray, State]:
-        """The same, fed from the initial state in one go, without the cache."""
+        """The same, fed from the initial state (or the state file's) in one go, without the
+        cache."""
         prompt = self._build(ctx, history, speaker)
         tokens = [t for c in prompt.chunks for t in c.tokens]
-        return self._forward(tokens, self.backend.initial_state())
+        if prompt.start is None:
+            return self._forward(tokens, self.backend.initial_state())
+        return self._forward(tokens, self._start_state(prompt.start))
 
     def prompt_text(self, ctx: CharacterContext, history: list[Message], speaker: Message) -> str:
         return "".join(c.text for c in self._build(ctx, history, speaker).chunks)
@@ -685,3 +793,9 @@ class Engine:
             self._advance(full)
             return
         self.cache.put(body.key, Checkpoint(logits, st, n), disk=True)
+
+
+def _shape(shape: tuple[int, int, int]) -> str:
+    """A state's shape in a message: "24 layers and 16 heads of 64 (width 1024)"."""
+    layers, heads, size = shape
+    return f"{layers} layers and {heads} heads of {size} (width {heads * size})"

@@ -4,7 +4,14 @@
 (`Name: text` lines), `chatml` the format of GGUF chat models with a ChatML template.
 """
 
-from core.prompt.base import CharacterContext, Message, PromptFormat, Role, speaker_name
+from core.prompt.base import (
+    CharacterContext,
+    Message,
+    PromptFormat,
+    Role,
+    StartState,
+    speaker_name,
+)
 from core.prompt.chatml import ChatMLFormat
 from core.prompt.roleplay import RoleplayFormat
 from core.text import DEFAULT_CHAR, DEFAULT_USER, NARRATOR_NAME, normalize, substitute
@@ -19,6 +26,7 @@ __all__ = [
     "PromptFormat",
     "Role",
     "RoleplayFormat",
+    "StartState",
     "normalize",
     "speaker_name",
     "substitute",

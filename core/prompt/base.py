@@ -8,8 +8,9 @@ never change when messages are added after it: that is what lets the prefix stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.contracts import Role
 from core.text import DEFAULT_CHAR, DEFAULT_USER, NARRATOR_NAME, bare_name
@@ -28,6 +29,23 @@ class Message:
         self.name = _speaker(self.name, "")
 
 
+@dataclass(frozen=True)
+class StartState:
+    """A character's own starting state: an RWKV state file (the `time_state` tensors of RWKV
+    state tuning, core/roleplay/state_files.py). The chat is fed from it instead of the
+    model's initial state (its WKV matrices from the file, every other part zero), and its
+    sha256 is part of every cache key of such a chat (core/engine/engine.py)."""
+
+    name: str  # the file's name, for messages
+    sha256: str  # of the file's bytes
+    # the WKV state of each layer, [heads, head size, head size] float32 in the file's layout;
+    # called only when a chat needs the state (its cached checkpoints never do)
+    load: Callable[[], list[Any]] = field(compare=False)
+    # why the file cannot be used (missing from the data folder, damaged): the chat then runs
+    # without it, and says so
+    problem: str = ""
+
+
 @dataclass
 class CharacterContext:
     """What the engine needs to know of a character to open a chat."""
@@ -43,6 +61,7 @@ class CharacterContext:
     # replaces the opening's own text when set; "{{original}}" in it stands for that text
     # (a card's system_prompt; an API request's leading system messages)
     system_prompt: str = ""
+    start_state: StartState | None = None  # the character's RWKV state file, if it has one
 
     def __post_init__(self) -> None:
         self.name = _speaker(self.name, DEFAULT_CHAR)

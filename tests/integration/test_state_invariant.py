@@ -131,3 +131,16 @@ SMOL_TOL = 3.0
 @given(ops=st.lists(op, min_size=1, max_size=6))
 def test_state_invariant_on_the_embedded_transformer(smol, ops) -> None:
     check_invariant(smol, ops, tol=SMOL_TOL)
+
+
+def test_the_embedded_transformer_runs_a_state_file_character_without_the_file(smol) -> None:
+    """SmolLM2 has no RWKV state: the engine says so, and the chat keeps the invariant as the
+    same chat without the file (the same checkpoints)."""
+    from core.engine import Engine
+
+    with_file = CHARACTERS[-1]
+    assert with_file.start_state is not None
+    notice = Engine(smol).start_notice(with_file)
+    assert "not an RWKV-5, 6 or 7 model" in notice and "fox.pth" in notice, notice
+    ops = [("character", with_file), ("send", "hello", 1), ("character", CHARACTERS[0])]
+    check_invariant(smol, [*ops, ("send", "why?", 2)], tol=SMOL_TOL)

@@ -7,7 +7,8 @@ The token count is what sees a cache that silently loses states: a lost checkpoi
 back end refuses (`Engine._advance` discards it and feeds again), still ends in the right logits;
 only the count grows. `Expected` keeps what the cache holds as documented (docs/ARCHITECTURE.md,
 "The state cache"): in memory a checkpoint after every message fed and at the prompt's end, on
-disk the last message of a prefill and every reply; a restart keeps only the disk.
+disk the last message of a prefill and every reply; a restart keeps only the disk. A chat that
+starts from a character's state file has checkpoints of its own (`Chunks.start`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from core.prompt import CharacterContext, Message, PromptFormat
 from core.roleplay.lore import Book, activate, new_entry
 from core.store import Character
 from tests.support.required import in_ci
+from tests.support.state_file import start_state, state_file
 
 # the property tests' settings: CI runs them on a fixed seed, so a red build is reproducible
 PROPERTY = settings(
@@ -58,6 +60,9 @@ LORE = Book(
     ],
 )
 CHARACTERS.append(replace(CTX, persona=f"{CTX.persona}\n{activate([LORE], []).text(True)}"))
+# a character with an RWKV state file (of the tiny models' shape): its chat starts from the
+# file's state, with checkpoints of its own; a model without an RWKV state runs it without
+CHARACTERS.append(replace(CTX, start_state=start_state(state_file(seed=7), "fox.pth")))
 # a group chat (core/chat/context.py): one opening joining its members' cards, replies under
 # each member's name; a member who joined late has its card fed before the next reply, stored
 GROUP = joined_context(
@@ -102,7 +107,18 @@ op = st.one_of(
     st.tuples(st.just("versions"), st.integers(2, 3), SEED, st.integers(0, 2)),
 )
 
-Chunks = list[tuple[str, bool]]  # a prompt as the engine cuts it: (text, ends a message)
+
+class Chunks(list[tuple[str, bool]]):
+    """A prompt as the engine cuts it: (text, ends a message), and the state it is fed from:
+    the sha256 of the character's state file ("" for the model's own initial state)."""
+
+    def __init__(self, items: list[tuple[str, bool]], start: str = "") -> None:
+        super().__init__(items)
+        self.start = start
+
+    def key(self, k: int) -> tuple[str, ...]:
+        """What identifies the prefix of the first k chunks."""
+        return (self.start, *(t for t, _ in self[:k]))
 
 
 class Counted:
@@ -142,6 +158,7 @@ class Expected:
     fmt: PromptFormat
     tokenize: Callable[[str], list[int]]
     evicts: bool  # memory may have dropped some of `mem`
+    state_files: bool = True  # the model has an RWKV state, which a state file sets
     mem: set[tuple[str, ...]] = field(default_factory=set)
     disk: set[tuple[str, ...]] = field(default_factory=set)
 
@@ -151,7 +168,10 @@ class Expected:
         """The documented cut: opening, each message's header and body, the next speaker's
         header; for a continue, the last body left open and no header after it."""
         fmt = self.fmt
-        out = [(fmt.opening(ctx), True)] if fmt.opening(ctx) else []
+        st = ctx.start_state
+        usable = st is not None and not st.problem and self.state_files
+        out = Chunks([(fmt.opening(ctx), True)] if fmt.opening(ctx) else [])
+        out.start = st.sha256 if usable and st is not None else ""
         for i, m in enumerate(hist):
             if m.before:  # lore fed before the message (Message.before)
                 out.append((fmt.note(m.before, ctx), False))
@@ -171,8 +191,7 @@ class Expected:
 
     @staticmethod
     def _resume(chunks: Chunks, known: set[tuple[str, ...]]) -> int:
-        texts = tuple(t for t, _ in chunks)
-        return next((k for k in range(len(texts), 0, -1) if texts[:k] in known), 0)
+        return next((k for k in range(len(chunks), 0, -1) if chunks.key(k) in known), 0)
 
     def bounds(self, chunks: Chunks) -> tuple[int, int]:
         """Tokens the engine must feed for `chunks`: the fewest (every checkpoint it made is
@@ -196,17 +215,16 @@ class Expected:
             starts = [k for k in range(len(sizes) + 1) if sum(sizes[k:]) == tokens]
             assert starts, f"fed {tokens} tokens: not a suffix of the prompt's chunks {sizes}"
             first = first_disk = starts[0]
-        texts = tuple(t for t, _ in chunks)
         for i in range(first, len(chunks)):
             if chunks[i][1] or i == len(chunks) - 1:
-                self.mem.add(texts[: i + 1])
+                self.mem.add(chunks.key(i + 1))
         ends = [i for i, (_, boundary) in enumerate(chunks) if boundary]
         if to_disk and ends and ends[-1] >= first_disk:
-            self.disk.add(texts[: ends[-1] + 1])
+            self.disk.add(chunks.key(ends[-1] + 1))
 
     def reply_kept(self, chunks: Chunks) -> None:
         """A finished reply's checkpoint, rebuilt from its stored text: memory and disk."""
-        key = tuple(t for t, _ in chunks)
+        key = chunks.key(len(chunks))
         self.mem.add(key)
         self.disk.add(key)
 
@@ -225,7 +243,12 @@ def check_invariant(
     longer = 0
     try:
         eng = Engine(counted, cache_dir=cache_dir, **budget)
-        want = Expected(eng.format, backend.tokenize, evicts=mem_budget_mb is not None)
+        want = Expected(
+            eng.format,
+            backend.tokenize,
+            evicts=mem_budget_mb is not None,
+            state_files=backend.wkv_shape() is not None,
+        )
         ctx = CTX
         hist: list[Message] = [Message("char", "Welcome, {{user}}.")]
 

@@ -44,6 +44,10 @@ class FakeEngine:
         )
     )
 
+    def start_notice(self, ctx: Any) -> str:
+        """No state file in these chats: nothing to say (Engine.start_notice)."""
+        return ""
+
     def reply(
         self,
         ctx: Any,

@@ -26,6 +26,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.cli_args": {"core.config"},
     "core.roleplay.avatars": FOUNDATION,
     "core.roleplay.macros": FOUNDATION,  # {{time}}, {{random::a::b}}, {{roll:dN}}...: pure
+    # characters' RWKV state files: read, checked and stored (the engine gets their arrays)
+    "core.roleplay.state_files": FOUNDATION,
     "core.prompt": FOUNDATION,
     "core.backends": FOUNDATION | {"core.prompt"},
     "core.engine": FOUNDATION | {"core.prompt", "core.backends"},
@@ -34,12 +36,13 @@ MAY_IMPORT: dict[str, set[str]] = {
     "core.roleplay.lore": FOUNDATION | {"core.prompt", "core.store", "core.roleplay.macros"},
     "core.chat": FOUNDATION
     | {"core.prompt", "core.store", "core.engine", "core.roleplay.group"}
-    | {"core.roleplay.lore", "core.roleplay.macros", "core.roleplay.chat_io"},
+    | {"core.roleplay.lore", "core.roleplay.macros", "core.roleplay.chat_io"}
+    | {"core.roleplay.state_files"},
     "core.roleplay.cards": FOUNDATION | {"core.roleplay.avatars", "core.store"},
     "core.roleplay.chat_io": FOUNDATION | {"core.store"},
     # CharacterService: the front ends' way to change characters (a picture and a row together)
     "core.roleplay.characters": FOUNDATION
-    | {"core.roleplay.avatars", "core.roleplay.cards", "core.store"},
+    | {"core.roleplay.avatars", "core.roleplay.cards", "core.roleplay.state_files", "core.store"},
     "core.models": FOUNDATION | {"core.backends"},  # model files: .pth -> GGUF
     # API keys and allowed origins: the settings that say who may use the API
     "core.access": FOUNDATION | {"core.auth", "core.store"},
