@@ -376,29 +376,28 @@ def download_file(
         "digest": expected,
         "size": size,
     }
-    old = _read_record(record_path)
-    same = old.get("digest") == expected and old.get("size") == size and part.exists()
-    have = part.stat().st_size if same else 0
-    if have > size:
-        same, have = False, 0
-    if not same:
-        part.unlink(missing_ok=True)  # another version's bytes, or none: start over
-        _write_private(record_path, json.dumps(record))
-    need = size - have
-    free = _free_bytes(part.parent)
-    if free < need + SPARE_BYTES:
-        raise ModelError(
-            f"Not enough free disk space for {file.name}: it needs {fmt_bytes(need)} more "
-            f"(and {fmt_bytes(SPARE_BYTES)} to spare) in {dest.parent}, and "
-            f"{fmt_bytes(free)} are free. Nothing was downloaded."
-        )
     meter = _Meter()
-    with _locked(part) as f:
+    with _locked(part) as f:  # ours from here: the record and the bytes are read under the lock
+        old = _read_record(record_path)
         f.seek(0, os.SEEK_END)
-        have = f.tell()  # what is really there, now that it is ours
-        if have > size:
-            f.truncate(0)
+        have = f.tell()
+        if old.get("digest") != expected or old.get("size") != size or have > size:
+            f.truncate(0)  # another version's bytes, or none: start over
             have = 0
+            _write_private(record_path, json.dumps(record))
+        need = size - have
+        free = _free_bytes(part.parent)
+        if free < need + SPARE_BYTES:
+            if have == 0:  # nothing of ours to keep
+                part.unlink(missing_ok=True)
+                record_path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    part.parent.rmdir()
+            raise ModelError(
+                f"Not enough free disk space for {file.name}: it needs {fmt_bytes(need)} more "
+                f"(and {fmt_bytes(SPARE_BYTES)} to spare) in {dest.parent}, and "
+                f"{fmt_bytes(free)} are free. Nothing was downloaded."
+            )
         if have:
             report(Progress("checking", 0, have, resumed_from=have))
             hasher = _hash_prefix(
@@ -459,7 +458,7 @@ def download_file(
             )
         f.flush()
         os.fsync(f.fileno())
-    _move_into_place(part, dest, overwrite)
+        _move_into_place(part, dest, overwrite)  # still locked: no one else touches it now
     record_path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         part.parent.rmdir()  # only when empty

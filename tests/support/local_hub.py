@@ -13,10 +13,10 @@ It answers the routes the client uses, as the Hub does (huggingface_hub 2.5):
 - `GET`/`HEAD /lfs/{sha256}`: the bytes, with `Range` (206, `Content-Range`).
 
 Tests steer it: `hold_after` (send that many bytes of the next file transfer, then wait for
-`release`; `reached` is set when it waits), `stall_after` (send that many bytes, then nothing
-until the server closes), `corrupt_at` (flip the byte at that offset of what is served),
-`fail` (path -> HTTP status). It records every request (`requests`: method, path, Range) and the
-bytes it sent of each file transfer (`sent`).
+`release` and send the rest; `reached` is set when it waits), `stall_after` (send that many
+bytes, then nothing until the server closes), `corrupt_at` (flip the byte at that offset of
+what is served), `fail` (path -> HTTP status). It records every request (`requests`: method,
+path, Range) and the bytes it sent of each file transfer (`sent`).
 """
 
 from __future__ import annotations
@@ -257,18 +257,23 @@ class _Handler(BaseHTTPRequestHandler):
                 chunk = bytearray(data[pos : min(pos + _BLOCK, end + 1)])
                 if hub.corrupt_at is not None and pos <= hub.corrupt_at < pos + len(chunk):
                     chunk[hub.corrupt_at - pos] ^= 0xFF
-                limit = hub.hold_after if hub.hold_after is not None else hub.stall_after
-                if limit is not None and rec.sent + len(chunk) > limit:
-                    chunk = chunk[: max(0, limit - rec.sent)]
-                    self.wfile.write(chunk)
+                hold = hub.hold_after
+                if hold is not None and rec.sent + len(chunk) > hold:
+                    head = bytes(chunk[: max(0, hold - rec.sent)])
+                    self.wfile.write(head)
                     self.wfile.flush()
-                    rec.sent += len(chunk)
-                    if hub.hold_after is not None:
-                        hub.hold_after = None  # once
-                        hub.reached.set()
-                        hub.release.wait(120)
-                        self.close_connection = True
-                        return
+                    rec.sent += len(head)
+                    pos += len(head)
+                    chunk = chunk[len(head) :]
+                    hub.hold_after = None  # once; then the rest, as if nothing happened
+                    hub.reached.set()
+                    hub.release.wait(120)
+                stall = hub.stall_after
+                if stall is not None and rec.sent + len(chunk) > stall:
+                    head = bytes(chunk[: max(0, stall - rec.sent)])
+                    self.wfile.write(head)
+                    self.wfile.flush()
+                    rec.sent += len(head)
                     hub.reached.set()
                     hub.closing.wait(300)  # a stalled connection: nothing more, ever
                     self.close_connection = True
