@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from core.auth import hash_password
 from core.errors import AppError
 from core.i18n import LANGS
+from core.models.hub import DEFAULT_HUB
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -62,7 +63,6 @@ DEFAULT_CACHE_DISK_MB = 2048
 MAX_CACHE_MEM_MB = 1_000_000
 MAX_CACHE_DISK_MB = 10_000_000
 MAX_USER_NAME = 100  # as a character's name (core.store.validation.MAX_NAME)
-DEFAULT_HUB = "https://huggingface.co"
 
 
 class SettingError(AppError):

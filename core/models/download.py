@@ -509,6 +509,11 @@ class DownloadJob:
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-download", daemon=True)
 
+    @property
+    def key(self) -> str:
+        """A short stable id of its destination (widget keys)."""
+        return hashlib.sha1(str(self.dest).encode()).hexdigest()[:12]
+
     @classmethod
     def start(
         cls,
@@ -592,6 +597,15 @@ class DownloadJob:
         kept) and wait at most `timeout` seconds for the thread."""
         self._cancel.set()
         self._thread.join(timeout)
+
+    @classmethod
+    def reset(cls) -> None:
+        """Cancel every running job and forget them all (tests: a fresh process)."""
+        with cls._lock:
+            jobs = list(cls._jobs.values())
+            cls._jobs.clear()
+        for job in jobs:
+            job.cancel(timeout=30)
 
     def dismiss(self) -> None:
         """Forget an ended job (its result or error has been seen)."""

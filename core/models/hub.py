@@ -12,8 +12,8 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from core.errors import ModelError
-from core.settings import DEFAULT_HUB
 
+DEFAULT_HUB = "https://huggingface.co"
 METADATA_TIMEOUT_S = 15.0  # the API's listing and a file's HEAD; the body's reads: the library's
 
 _HUB_HOSTS = ("huggingface.co", "hf.co")

@@ -17,13 +17,19 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from core.settings import AppSettings
+from typing import Protocol
 
 _COPY_BYTES = 64 * 2**20  # larger than a CPU cache (per core complex), quick to allocate
 _REPEATS = 4
+
+
+class Bandwidths(Protocol):
+    """Where measured bandwidths are kept: the app's settings (core.settings.AppSettings)."""
+
+    def memory_bandwidth(self) -> float | None: ...
+    def set_memory_bandwidth(self, bytes_per_s: float) -> None: ...
+    def gpu_bandwidth(self) -> float | None: ...
+    def set_gpu_bandwidth(self, bytes_per_s: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ def measure_gpu_bandwidth(nbytes: int = 256 * 2**20, repeats: int = _REPEATS) ->
         return None
 
 
-def probe(settings: AppSettings | None = None, measure: bool = True) -> Machine:
+def probe(settings: Bandwidths | None = None, measure: bool = True) -> Machine:
     """This machine now. The bandwidths come from `settings` when measured before; else they
     are measured (`measure`) and saved there."""
     free, total = ram()

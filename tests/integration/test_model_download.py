@@ -39,7 +39,7 @@ from core.models.download import (
 )
 from core.models.hub import HubError
 from tests.support import REPO
-from tests.support.local_hub import HubFileSpec, LocalHub, local_hub
+from tests.support.local_hub import HubFileSpec, LocalHub, go_online, local_hub
 
 REPO_ID = "BlinkDL/rwkv7-g1"
 NAME = "rwkv7-g1a3-0.1b-20251015-ctx4096.pth"
@@ -50,12 +50,7 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tests' conftest sets HF_HUB_OFFLINE=1 so that nothing reaches the network by
-    mistake; these tests talk to a server on 127.0.0.1 on purpose."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    go_online(monkeypatch)  # these tests talk to a server on 127.0.0.1, on purpose
 
 
 @pytest.fixture

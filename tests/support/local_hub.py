@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _BLOCK = 256 * 1024
@@ -286,6 +287,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def go_online(monkeypatch: Any) -> None:
+    """The tests' conftest sets HF_HUB_OFFLINE=1 so that nothing reaches the network by mistake;
+    a test that talks to a LocalHub on 127.0.0.1 turns it off (for its subprocesses too)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+
 @contextmanager
 def local_hub() -> Iterator[LocalHub]:
     """A LocalHub serving on a free port of 127.0.0.1 until the block ends."""
@@ -300,6 +310,9 @@ def local_hub() -> Iterator[LocalHub]:
     try:
         yield hub
     finally:
+        from core.models.download import DownloadJob
+
+        DownloadJob.reset()  # a job of the test's must not outlive its server
         hub.closing.set()
         hub.release.set()
         server.shutdown()
