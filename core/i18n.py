@@ -184,7 +184,7 @@ _S: dict[str, tuple[str, str]] = {
     "hub_gpu": ("GPU memory free", "显存"),
     "hub_speed": ("about {n} tokens/s here", "在本机约每秒 {n} 个词元"),
     "hub_as_gguf": ("as a {type} GGUF", "（转换为 {type} GGUF 后）"),
-    "hub_downloading": ("downloading, {pct}", "下载中，{pct}"),
+    "hub_downloading": ("Downloading…", "下载中…"),
     "hub_paste": ("Any repository or file on the Hub", "Hub 上的任意仓库或文件"),
     "hub_paste_help": (
         "A repository id (owner/name), owner/name/file.pth, or the address of a repository or "
@@ -244,6 +244,7 @@ _S: dict[str, tuple[str, str]] = {
     "dl_verifying": ("Checking the SHA-256…", "正在核对 SHA-256…"),
     "dl_bytes": ("{done} of {total}", "{done} / {total}"),
     "dl_eta": ("{t} left", "还剩 {t}"),
+    "dl_waiting": ("waiting for data", "正在等待数据"),
     "dl_done": (
         "{name} is in the models folder (SHA-256 checked).",
         "{name} 已放进模型文件夹（已核对 SHA-256）。",

@@ -47,10 +47,11 @@ from pages.ui_common import (
     show_error,
 )
 
-# While a download or a conversion runs, the page that shows it updates its bars for up to
-# REFRESH_S seconds after drawing everything else, then runs again (a click meanwhile reruns it
-# at once). 0 turns it off (AppTest, whose run() would wait; tests run the page again).
-REFRESH_S = 5.0
+# While a download or a conversion runs, the page that shows it updates its bars (every 0.4 s)
+# for up to REFRESH_S seconds after drawing everything else, then runs again: at once when one
+# ends, and a click meanwhile reruns it at once too. 0 turns it off (AppTest, whose run() would
+# wait; tests run the page again).
+REFRESH_S = 30.0
 _RUN = threading.local()  # the bars drawn in this script run: (job, placeholder)
 ss = st.session_state
 
@@ -159,6 +160,8 @@ def _progress_text(p: Progress) -> str:
     parts = [T("dl_bytes", done=fmt_bytes(p.done), total=fmt_bytes(p.total))]
     if p.speed:
         parts.append(f"{fmt_bytes(p.speed)}/s")
+    elif p.speed == 0:
+        parts.append(T("dl_waiting"))
     if p.eta is not None:
         parts.append(T("dl_eta", t=_duration(p.eta)))
     return " · ".join(parts)
@@ -217,6 +220,7 @@ def _run_pending_load(where: str) -> None:
         return
     if load_model(choice, ui="status") is not None:
         ss[f"{where}_flash"] = T("model_ready", name=md_inline(choice_label(choice)))
+        ss.pop("set_model_src", None)  # Settings' file choice shows the new model
         st.rerun()
 
 
@@ -376,16 +380,16 @@ def _file_row(f: HubFile, m: Machine, rec: Recommendation, key: str) -> None:
                 args=(str(_in_models(f)),),
                 width="content",
             )
-        elif job is not None and not job.done:
-            st.caption(T("hub_downloading", pct=f"{job.progress().fraction:.0%}"), width="content")
-        else:
+        else:  # the same button while it downloads: it keeps its place, nothing is left over
+            running = job is not None and not job.done
             st.button(
-                T("get"),
+                T("hub_downloading") if running else T("get"),  # its bar is above
                 key=f"{key}_{f.key}_get",
-                icon=":material/download:",
+                icon=":material/downloading:" if running else ":material/download:",
                 type="primary" if rec.file == f else "secondary",
                 on_click=_start,
                 args=(f,),
+                disabled=running,
                 width="content",
             )
 
@@ -440,7 +444,10 @@ def catalog_section() -> None:
     _RUN.bars = []
     st.subheader(T("get_model"), anchor=False)
     st.caption(T("get_model_help"))
-    jobs_panel("settings")
+    # one container whether or not anything runs: what follows keeps its place when a download
+    # starts, so no element is left over, faded, while the page polls
+    with st.container():
+        jobs_panel("settings")
     cfg = rt().settings
     where = endpoint()
     with st.expander(T("hub_from", host=md_inline(host(where))), icon=":material/public:"):
@@ -500,7 +507,7 @@ def catalog_section() -> None:
         title = f"{label or T('hub_size_unknown')} · {count}"
         with st.expander(title, expanded=rec.file in group):
             for f in group:
-                _file_row(f, m, rec, f"hub_{label}")
+                _file_row(f, m, rec, f"hub_{label.replace('.', '_')}")
     st.text_input(
         T("hub_paste"),
         key="hub_paste_text",
@@ -531,15 +538,16 @@ def home_offer() -> None:
         return
     with st.container(border=True):
         st.markdown(f":material/info: {T('home_embedded')}")
-        jobs_panel("home")
+        with st.container():  # always there: the offer below keeps its place (see above)
+            jobs_panel("home")
+        offer, caption = st.empty(), st.empty()
         m = machine()
         rec = recommend(offline_files(load_catalog()), m)
         f, e = rec.file, rec.estimate
-        if f is not None and e is not None:
+        if f is not None and e is not None and DownloadJob.for_file(f) is None:  # else: above
             here = _in_models(f)
-            job = DownloadJob.for_file(f)
             if here is not None:
-                st.button(
+                offer.button(
                     T("load_named", name=md_inline(here.name)),
                     key="home_load_rwkv",
                     type="primary",
@@ -547,8 +555,8 @@ def home_offer() -> None:
                     on_click=_ask_load,
                     args=(str(here),),
                 )
-            elif job is None:
-                st.button(
+            else:
+                offer.button(
                     offer_label(e),
                     key="home_get_rwkv",
                     type="primary",
@@ -556,7 +564,7 @@ def home_offer() -> None:
                     on_click=_start,
                     args=(f,),
                 )
-                st.caption(why(rec) + " " + T("home_from", host=md_inline(host(endpoint()))))
+                caption.caption(why(rec) + " " + T("home_from", host=md_inline(host(endpoint()))))
         st.page_link(PAGE_SETTINGS, label=T("home_more_models"), icon=":material/settings:")
 
 

@@ -104,7 +104,7 @@ if engine is not None:
 try:
     from core.backends.loader import list_model_files
 
-    files = [str(p) for p in list_model_files()]
+    files = [str(p) for p in list_model_files(MODELS_DIR)]
 except Exception:  # the models folder cannot be read: still offer the other choices
     files = []
 choice = current_choice()

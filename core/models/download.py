@@ -247,11 +247,20 @@ class _Meter:
         while len(self.samples) > 2 and now - self.samples[0][0] > self.window:
             self.samples.popleft()
 
-    def speed(self) -> float | None:
-        if len(self.samples) < 2:
+    def speed(self, now: float | None = None) -> float | None:
+        """Bytes/s over the window up to `now` (default: the last sample): a transfer that has
+        stopped sending slows down to 0 as time passes without a new sample."""
+        if len(self.samples) < 2 and now is None:
             return None
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+        t1, b1 = self.samples[-1]
+        end = t1 if now is None else max(now, t1)
+        start = [(t, b) for t, b in self.samples if end - t <= self.window]
+        t0, b0 = start[0] if start and start[0][0] < end else self.samples[-1]
+        if end - t0 <= 0:
+            return None
+        if t0 == t1 and now is not None:  # nothing arrived within the window
+            return 0.0
+        return (b1 - b0) / (end - t0)
 
 
 @contextlib.contextmanager
@@ -506,6 +515,7 @@ class DownloadJob:
         self.started = time.time()
         self.ended: float | None = None
         self._progress = Progress("starting")
+        self._meter = _Meter()
         self._cancel = threading.Event()
         self._thread = threading.Thread(target=self._run, name="model-download", daemon=True)
 
@@ -578,10 +588,19 @@ class DownloadJob:
             self.ended = time.time()
 
     def _report(self, p: Progress) -> None:
+        if p.phase == "downloading":
+            self._meter.add(p.done)
         self._progress = p
 
     def progress(self) -> Progress:
-        return self._progress
+        """Where it is now; while bytes arrive, its speed and time left over the last seconds
+        (a transfer that stalled shows 0 bytes/s and no time left)."""
+        p = self._progress
+        if p.phase != "downloading" or not self._meter.samples:
+            return p
+        speed = self._meter.speed(time.monotonic())
+        eta = (p.total - p.done) / speed if speed and p.total else None
+        return replace(p, speed=speed, eta=eta)
 
     @property
     def done(self) -> bool:

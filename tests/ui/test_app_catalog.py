@@ -125,6 +125,8 @@ def test_settings_catalog_download_and_load_from_the_hub(
     engine = runtime.current().engine()
     assert engine is not None and engine.info.path == str(models / TINY)
     assert store().get_setting("model")["path"] == str(models / TINY)
+    assert any("is ready" in s.value for s in at.success)
+    assert at.selectbox(key="set_model_src").value == str(models / TINY)  # the page follows
 
 
 def test_home_offers_the_recommended_rwkv_model_offline(

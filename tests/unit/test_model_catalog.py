@@ -260,3 +260,13 @@ def test_nothing_fits_or_nothing_is_fast_enough_is_said() -> None:
     assert rec.file is None and "fits" in rec.why()
     slow = recommend(listing(), Machine(8 * GiB, 16 * GiB, 0.5 * GB))
     assert slow.file is None and slow.fastest is not None and "fastest" in slow.why()
+
+
+def test_a_stalled_transfer_shows_its_speed_falling_to_nothing() -> None:
+    from core.models.download import _Meter
+
+    m = _Meter(window=5.0)
+    m.samples.extend([(100.0, 0), (101.0, 10_000_000)])
+    assert m.speed() == 10_000_000  # while bytes arrive
+    assert m.speed(now=103.0) == 10_000_000 / 3  # nothing for 2 s: slower
+    assert m.speed(now=120.0) == 0.0  # nothing within the window: stalled
