@@ -128,6 +128,20 @@ def test_settings_catalog_download_and_load_from_the_hub(
     assert any("is ready" in s.value for s in at.success)
     assert at.selectbox(key="set_model_src").value == str(models / TINY)  # the page follows
 
+    # a .pth on a CPU: one click converts it to Q8_0 GGUF and loads that
+    conv = at.button(key=f"settings_job_{job.key}_conv_q8_0")
+    assert conv.label.startswith("Convert to Q8_0 and load (") and "MB on disk" in conv.label
+    conv.click().run()
+    check(at)
+    converting = at.session_state["hub_convert"]
+    assert converting.wait(120) and converting.error is None, converting.error
+    at.run()
+    check(at)
+    gguf = models / f"{Path(TINY).stem}-q8_0.gguf"
+    assert gguf.is_file() and (models / TINY).is_file()  # the .pth is kept
+    engine = runtime.current().engine()
+    assert engine is not None and engine.info.path == str(gguf) and engine.info.backend == "llama"
+
 
 def test_home_offers_the_recommended_rwkv_model_offline(
     app_env: Path, models: Path, made_up_machine: None, monkeypatch: pytest.MonkeyPatch
