@@ -95,6 +95,21 @@ def _shot(page: Any, name: str) -> None:
         page.screenshot(path=str(Path(extra) / name), full_page=True)
 
 
+def _phone_fits(browser: Any, url: str, path: str, key: str) -> None:
+    """On a 390 px phone the page is no wider than the screen."""
+    ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = ctx.new_page()
+        page.goto(url + path)
+        page.locator(f".st-key-{key}").wait_for(timeout=120_000)
+        wait_quiet(page)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 391, f"{path} is {width}px wide on a 390px screen"
+        _shot(page, f"catalog-phone-{path.strip('/') or 'home'}.png")
+    finally:
+        ctx.close()
+
+
 def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespace) -> None:
     hub: LocalHub = server.hub
     ctx = browser.new_context(viewport={"width": 1280, "height": 2000})
@@ -120,6 +135,7 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
         page.get_by_text("You are chatting with the built-in SmolLM2-135M").wait_for()
         wait_quiet(page)
         _shot(page, "catalog-home.png")
+        _phone_fits(browser, server.url, "/", "home_get_rwkv")
 
         # Settings: the stand-in Hub as the download endpoint, then the catalog
         page.goto(server.url + "/settings")
@@ -138,6 +154,7 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
         wait_quiet(page)
         page.get_by_text("Get an RWKV model").scroll_into_view_if_needed()
         _shot(page, "catalog-settings.png")
+        _phone_fits(browser, server.url, "/settings", "hub_look_up")  # the listing, kept
 
         # download: the server holds the transfer part-way, so the bar is seen moving
         hub.hold_after = 25 * 2**20
