@@ -233,13 +233,19 @@ def list_repo(
 def lookup(
     catalog: Catalog, endpoint: str, timeout: float = METADATA_TIMEOUT_S, workers: int = 4
 ) -> Listing:
-    """List every repository of the catalog on `endpoint` (a few at a time). Never raises."""
+    """List every repository of the catalog on `endpoint` (the first alone, then the rest a
+    few at a time). Never raises. When the first cannot reach the endpoint at all, the others
+    are not tried: offline, the answer comes after one attempt, not one per repository."""
     repos = [e.repo for e in catalog.repositories]
     if not repos:
         return Listing(endpoint, [])
+    first = list_repo(repos[0], endpoint, timeout=timeout)
+    if first.offline:
+        rest = [RepoListing(r, error=first.error, offline=True) for r in repos[1:]]
+        return Listing(endpoint, [first, *rest])
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(repos)))) as pool:
-        found = list(pool.map(lambda r: list_repo(r, endpoint, timeout=timeout), repos))
-    return Listing(endpoint, found)
+        found = list(pool.map(lambda r: list_repo(r, endpoint, timeout=timeout), repos[1:]))
+    return Listing(endpoint, [first, *found])
 
 
 # --------------------------------------------------------------------------- grouping

@@ -170,9 +170,18 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
         )
         _shot(page, "catalog-downloading.png")
         assert not (server.models / TINY).exists()  # still held: the picture shows the bar
+        # leaving the page does not stop it, and another page (another tab) shows the same one
+        other = ctx.new_page()
+        other.goto(server.url)
+        other.get_by_text(f"Downloading {TINY} from 127.0.0.1:{hub.port}").wait_for(timeout=60_000)
+        page.goto(server.url + "/characters")
+        page.goto(server.url + "/settings")
+        page.get_by_text(f"Downloading {TINY}").wait_for(timeout=60_000)
+        other.close()
+        assert len(hub.transfers()) == 1
         hub.release.set()
         page.get_by_text("is in the models folder").wait_for(timeout=120_000)
-        assert (server.models / TINY).is_file()
+        assert (server.models / TINY).is_file() and len(hub.transfers()) == 1
         assert page.get_by_text("Convert to Q8_0 and load").count() >= 1  # a .pth on a CPU
 
         # one click loads it

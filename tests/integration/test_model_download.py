@@ -107,9 +107,22 @@ def test_the_files_of_a_repository_with_size_and_sha256(hub: LocalHub, source: b
     assert f"/api/models/{REPO_ID}/revision/main" in [r.path for r in hub.requests]
 
 
-def test_no_network_is_one_line(online: None) -> None:
-    listing = lookup(Catalog((RepoEntry(REPO_ID), RepoEntry("a/b"))), "http://127.0.0.1:9")
-    assert listing.offline and not listing.files
+def test_no_network_is_one_line_after_one_attempt(
+    online: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.models.catalog as catalog
+
+    tried: list[str] = []
+    real = catalog.list_repo
+
+    def counted(repo: str, *args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        tried.append(repo)
+        return real(repo, *args, **kwargs)
+
+    monkeypatch.setattr(catalog, "list_repo", counted)
+    repos = (RepoEntry(REPO_ID), RepoEntry("a/b"), RepoEntry("c/d"))
+    listing = lookup(Catalog(repos), "http://127.0.0.1:9")
+    assert listing.offline and not listing.files and tried == [REPO_ID]
     assert listing.errors[0].startswith("Cannot reach 127.0.0.1:9")
 
 
