@@ -241,6 +241,20 @@ def test_a_partial_file_of_another_version_is_not_reused(
     assert hub.transfers()[0].range is None and hub.transfers()[0].sent == len(source)
 
 
+def test_a_server_that_ignores_the_range_still_gives_a_checked_file(
+    hub: LocalHub, models: Path, source: bytes
+) -> None:
+    part, record = partial_paths(models / NAME)
+    part.parent.mkdir()
+    part.write_bytes(source[:CHUNK])  # an earlier download's first chunk
+    digest = hashlib.sha256(source).hexdigest()
+    record.write_text('{"digest": "' + digest + f'", "size": {len(source)}}}')
+    hub.ignore_range = True
+    assert download_file(served(hub), hub.url).read_bytes() == source
+    t = hub.transfers()[0]
+    assert t.range == f"bytes={CHUNK}-" and t.status == 200 and t.sent == len(source)
+
+
 def test_a_corrupted_byte_is_refused_and_deleted(hub: LocalHub, models: Path) -> None:
     hub.corrupt_at = 12345
     with pytest.raises(ChecksumMismatch) as e:

@@ -15,7 +15,8 @@ It answers the routes the client uses, as the Hub does (huggingface_hub 2.5):
 Tests steer it: `hold_after` (send that many bytes of the next file transfer, then wait for
 `release` and send the rest; `reached` is set when it waits), `stall_after` (send that many
 bytes, then nothing until the server closes), `corrupt_at` (flip the byte at that offset of
-what is served), `fail` (path -> HTTP status). It records every request (`requests`: method,
+what is served), `ignore_range` (answer a range with the whole file), `fail` (path -> HTTP
+status). It records every request (`requests`: method,
 path, Range) and the bytes it sent of each file transfer (`sent`).
 """
 
@@ -75,6 +76,7 @@ class LocalHub:
     hold_after: int | None = None
     stall_after: int | None = None
     corrupt_at: int | None = None
+    ignore_range: bool = False  # answer 200 with the whole file, as some CDNs do
     requests: list[Served] = field(default_factory=list)
     reached: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -234,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
         start, end = 0, len(data) - 1
         rng = self.headers.get("Range")
         status = 200
-        if rng and rng.startswith("bytes="):
+        if rng and rng.startswith("bytes=") and not self.hub.ignore_range:
             a, _, b = rng[len("bytes=") :].partition("-")
             start = int(a) if a else 0
             end = int(b) if b else len(data) - 1
