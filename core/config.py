@@ -1,5 +1,5 @@
-"""Where things live: the repository, the models folder and the run-time data directory, which
-is private to the user who runs the app (0700, its files 0600)."""
+"""Where things live: the repository, the models folder (`models/`, or `$RP_MODELS_DIR`) and the
+run-time data directory, which is private to the user who runs the app (0700, its files 0600)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
-MODELS_DIR: Path = REPO_ROOT / "models"
+# $RP_MODELS_DIR moves it (read at import: a server or a test's subprocess sets it before)
+MODELS_DIR: Path = (
+    Path(os.environ["RP_MODELS_DIR"]).expanduser()
+    if os.environ.get("RP_MODELS_DIR")
+    else REPO_ROOT / "models"
+)
 BUNDLED_CHARACTERS_DIR: Path = REPO_ROOT / "data" / "characters"
 
 

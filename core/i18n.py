@@ -135,6 +135,141 @@ _S: dict[str, tuple[str, str]] = {
     "convert_start": ("Convert", "开始转换"),
     "converting": ("Converting…", "正在转换…"),
     "converted": ("Written: {path}", "已写入：{path}"),
+    # get an RWKV model: the catalog, downloads (pages/models_ui.py)
+    "get_model": ("Get an RWKV model", "获取 RWKV 模型"),
+    "get_model_help": (
+        "RWKV-7 files from the Hugging Face Hub (or a mirror), listed when you ask. Each row "
+        "says whether it fits in this machine's free memory and about how fast it would write "
+        "here. A download resumes where it stopped, is checked against its SHA-256, and goes "
+        "into the models folder.",
+        "来自 Hugging Face Hub（或镜像站）的 RWKV-7 模型文件，在你点击时列出。每一行说明它能否放进"
+        "本机的空闲内存，以及在这里大约每秒能写多少词元。下载中断后可从断点继续，下载完会核对 "
+        "SHA-256，然后放进模型文件夹。",
+    ),
+    "hub_from": ("Download from {host}", "下载来源：{host}"),
+    "hub_endpoint": (
+        "Hub address (empty: $HF_ENDPOINT, else huggingface.co)",
+        "Hub 地址（留空：使用 $HF_ENDPOINT，否则 huggingface.co）",
+    ),
+    "hub_endpoint_help": (
+        "Where model files are listed and downloaded from: the Hugging Face Hub, or a mirror "
+        "such as https://hf-mirror.com (users in China reach the Hub through mirrors). Your Hub "
+        "login is sent to huggingface.co only.",
+        "列出和下载模型文件的地址：Hugging Face Hub，或镜像站，例如 https://hf-mirror.com（中国用户"
+        "通常通过镜像访问）。你的 Hub 登录凭据只会发给 huggingface.co。",
+    ),
+    "hub_machine": ("This machine: {what}.", "本机：{what}。"),
+    "hub_machine_ram": ("{free} of RAM free", "空闲内存 {free}"),
+    "hub_machine_gpu": ("{name} with {free} free", "{name}，空闲显存 {free}"),
+    "hub_machine_bw": ("memory bandwidth {bw}/s (measured)", "内存带宽 {bw}/s（实测）"),
+    "hub_measure": ("Measure again", "重新测量"),
+    "hub_look_up": ("Look up the models on {host}", "在 {host} 上查找模型"),
+    "hub_refresh": ("Look up again", "重新查找"),
+    "hub_listed_ago": ("Listed on {host} {t} ago.", "{t}前从 {host} 列出。"),
+    "hub_known_only": (
+        "Not looked up yet: these are the files the app knows without the network.",
+        "尚未联网查找：下面是本应用不联网也知道的文件。",
+    ),
+    "hub_recommended": ("recommended", "推荐"),
+    "hub_recommended_here": ("Recommended here: {title}", "本机推荐：{title}"),
+    "hub_size_unknown": ("size not in the name", "名称中没有参数量"),
+    "hub_one_file": ("1 file", "1 个文件"),
+    "hub_n_files": ("{n} files", "{n} 个文件"),
+    "hub_fits": ("fits ({need} of {free} {where})", "放得下（需要 {need}，{where}空闲 {free}）"),
+    "hub_no_fit": (
+        "does not fit ({need}, {free} {where})",
+        "放不下（需要 {need}，{where}只剩 {free}）",
+    ),
+    "hub_ram": ("RAM free", "内存"),
+    "hub_gpu": ("GPU memory free", "显存"),
+    "hub_speed": ("about {n} tokens/s here", "在本机约每秒 {n} 个词元"),
+    "hub_as_gguf": ("as a {type} GGUF", "（转换为 {type} GGUF 后）"),
+    "hub_downloading": ("Downloading…", "下载中…"),
+    "hub_paste": ("Any repository or file on the Hub", "Hub 上的任意仓库或文件"),
+    "hub_paste_help": (
+        "A repository id (owner/name), owner/name/file.pth, or the address of a repository or "
+        "file on the Hub or a mirror.",
+        "仓库 ID（owner/name）、owner/name/file.pth，或 Hub / 镜像站上仓库或文件的地址。",
+    ),
+    "hub_paste_list": ("List its model files", "列出其中的模型文件"),
+    "hub_no_model_files": (
+        "{repo} has no .pth or .gguf file.",
+        "{repo} 中没有 .pth 或 .gguf 文件。",
+    ),
+    "get": ("Get", "下载"),
+    "dismiss": ("Dismiss", "关闭"),
+    "err_download": ("Could not download:", "无法下载："),
+    "rec_why": (
+        "The best quality that fits in free memory (it needs {need} of {free}) and writes at "
+        "about {n} tokens/s here (at least {min}).",
+        "能放进空闲内存（需要 {need}，空闲 {free}）、且在本机约每秒写 {n} 个词元（至少 {min} 个）的"
+        "最好模型。",
+    ),
+    "rec_why_convert": (
+        "That speed is as a {type} GGUF: the app offers the conversion after the download "
+        "({disk} more on disk).",
+        "这个速度是转换为 {type} GGUF 后的速度：下载完成后应用会提供转换（另占磁盘 {disk}）。",
+    ),
+    "rec_why_bigger_slow": (
+        "The {size} would write at about {n} tokens/s.",
+        "{size} 约每秒只能写 {n} 个词元。",
+    ),
+    "rec_why_bigger_big": ("The {size} would need {need}.", "{size} 需要 {need}。"),
+    "rec_none_fits": (
+        "No file of the catalog fits in this machine's free memory.",
+        "目录中没有能放进本机空闲内存的文件。",
+    ),
+    "rec_none_fast": (
+        "Nothing writes at {min} tokens/s here; the fastest that fits is {title} at about {n}.",
+        "本机上没有模型能达到每秒 {min} 个词元；放得下的最快模型是 {title}，约每秒 {n} 个。",
+    ),
+    "get_offer": (
+        "Get {title} ({size}, about {n} tokens/s here)",
+        "下载 {title}（{size}，在本机约每秒 {n} 个词元）",
+    ),
+    "home_embedded": (
+        "You are chatting with the built-in SmolLM2-135M, a small stand-in model that writes "
+        "poor Chinese. This app is made for RWKV-7 models.",
+        "你正在使用内置的 SmolLM2-135M：一个临时替代的小模型，中文写得不好。本应用是为 RWKV-7 "
+        "模型设计的。",
+    ),
+    "home_from": ("It downloads from {host}.", "从 {host} 下载。"),
+    "home_more_models": ("More models, a mirror: Settings", "更多模型、镜像设置：设置页"),
+    "dl_running": ("Downloading {name} from {host}", "正在从 {host} 下载 {name}"),
+    "dl_starting": ("Asking the server…", "正在询问服务器…"),
+    "dl_checking": (
+        "Checking {done} of the {total} already on disk…",
+        "正在核对磁盘上已有的 {total} 中的 {done}…",
+    ),
+    "dl_verifying": ("Checking the SHA-256…", "正在核对 SHA-256…"),
+    "dl_bytes": ("{done} of {total}", "{done} / {total}"),
+    "dl_eta": ("{t} left", "还剩 {t}"),
+    "dl_waiting": ("waiting for data", "正在等待数据"),
+    "dl_done": (
+        "{name} is in the models folder (SHA-256 checked).",
+        "{name} 已放进模型文件夹（已核对 SHA-256）。",
+    ),
+    "dl_cancelled": (
+        "Download of {name} cancelled; {kept} are kept for a resume.",
+        "已取消下载 {name}；已下载的 {kept} 保留，可继续下载。",
+    ),
+    "dl_resume": ("Resume", "继续下载"),
+    "dl_retry": ("Try again", "重试"),
+    "dl_discard": ("Delete the {kept} downloaded", "删除已下载的 {kept}"),
+    "dur_h": ("{h} h {m} min", "{h} 小时 {m} 分"),
+    "dur_m": ("{m} min {s} s", "{m} 分 {s} 秒"),
+    "dur_s": ("{s} s", "{s} 秒"),
+    "convert_offer_help": (
+        "On a CPU, llama.cpp runs it two to four times faster as a GGUF file (as this .pth: "
+        "about {n} tokens/s here).",
+        "在 CPU 上，转换为 GGUF 后由 llama.cpp 运行要快二到四倍（直接运行这个 .pth：在本机约每秒 "
+        "{n} 个词元）。",
+    ),
+    "convert_offer": (
+        "Convert to {type} and load ({disk} on disk, about {n} tokens/s)",
+        "转换为 {type} 并加载（占磁盘 {disk}，约每秒 {n} 个词元）",
+    ),
+    "converting_named": ("Converting to {name}…", "正在转换为 {name}…"),
     # home
     "characters": ("Characters", "角色"),
     "character": ("Character", "角色"),

@@ -17,6 +17,7 @@ answers, builds one.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from core.auth import hash_password
 from core.errors import AppError, StoreError
 from core.i18n import LANGS
+from core.models.hub import DEFAULT_HUB
 
 if TYPE_CHECKING:
     from core.engine import Engine
@@ -40,6 +42,9 @@ MODEL = "model"
 THREADS = "threads"
 CACHE_MEM_MB = "cache_mem_mb"
 CACHE_DISK_MB = "cache_disk_mb"
+HUB_ENDPOINT = "hub_endpoint"  # where model downloads come from ("" = $HF_ENDPOINT, else the Hub)
+MEM_BANDWIDTH = "memory_bandwidth"  # bytes/s, measured once (core/models/machine.py)
+GPU_BANDWIDTH = "gpu_bandwidth"  # bytes/s of the GPU's memory, measured once where there is one
 
 STRATEGIES = (
     "cpu fp32",
@@ -99,6 +104,21 @@ class ModelChoice:
 
     def label(self, embedded: str = "embedded") -> str:
         return Path(self.path).name if self.path else embedded
+
+
+def check_endpoint(url: str) -> str:
+    """`url` as an endpoint of the Hub's API (scheme and host, maybe a path; no trailing "/");
+    SettingError when it is not an http(s) address."""
+    from urllib.parse import urlsplit
+
+    url = (url or "").strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise SettingError(
+            f"{url!r} is not a web address: give one such as {DEFAULT_HUB} or a mirror's "
+            "(https://hf-mirror.com)."
+        )
+    return url
 
 
 def _number(value: object) -> bool:
@@ -253,6 +273,48 @@ class AppSettings:
         engine = self._engine()
         if engine is not None:
             engine.set_cache_budget(float(mem_mb), float(disk_mb))
+
+    # ------------------------------------------------------------------ downloads (core/models/)
+    def hub_endpoint_setting(self) -> str:
+        """The download endpoint saved in Settings; "" when none was (then $HF_ENDPOINT, else
+        the Hub: `hub_endpoint`)."""
+        value = self.get(HUB_ENDPOINT, "")
+        return value if isinstance(value, str) else ""
+
+    def hub_endpoint(self) -> str:
+        """Where model files are listed and downloaded from: the address saved in Settings, else
+        $HF_ENDPOINT (a mirror, as huggingface_hub reads it), else https://huggingface.co."""
+        saved = self.hub_endpoint_setting()
+        if saved:
+            return saved
+        env = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
+        return env or DEFAULT_HUB
+
+    def set_hub_endpoint(self, url: str) -> str:
+        """Save the download endpoint ("" = back to $HF_ENDPOINT or the Hub); returns it as
+        saved. SettingError when it is not an http(s) address."""
+        value = check_endpoint(url) if (url or "").strip() else ""
+        self._set(HUB_ENDPOINT, value)
+        return value
+
+    def memory_bandwidth(self) -> float | None:
+        """The memory bandwidth measured on this machine, bytes/s; None before it is measured."""
+        value = self.get(MEM_BANDWIDTH)
+        return float(value) if _number(value) and value > 0 else None
+
+    def set_memory_bandwidth(self, bytes_per_s: float) -> None:
+        if not _number(bytes_per_s) or not 0 < bytes_per_s < 1e14:
+            raise SettingError(f"Not a memory bandwidth: {bytes_per_s!r} bytes/s.")
+        self._set(MEM_BANDWIDTH, float(bytes_per_s))
+
+    def gpu_bandwidth(self) -> float | None:
+        value = self.get(GPU_BANDWIDTH)
+        return float(value) if _number(value) and value > 0 else None
+
+    def set_gpu_bandwidth(self, bytes_per_s: float) -> None:
+        if not _number(bytes_per_s) or not 0 < bytes_per_s < 1e15:
+            raise SettingError(f"Not a GPU memory bandwidth: {bytes_per_s!r} bytes/s.")
+        self._set(GPU_BANDWIDTH, float(bytes_per_s))
 
     # ------------------------------------------------------------------ the API (core/access.py)
     def api_keys(self) -> list[dict[str, Any]]:

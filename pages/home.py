@@ -1,11 +1,12 @@
-"""Home: the model in use, the characters (one click starts a chat) and recent chats."""
+"""Home: the model in use (with the embedded one, an offer of the recommended RWKV model), the
+characters (one click starts a chat) and recent chats."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from core.errors import AppError
-from pages import group_ui
+from pages import group_ui, models_ui
 from pages.ui_common import (
     PAGE_CHARACTERS,
     PAGE_SETTINGS,
@@ -46,6 +47,9 @@ with st.container(border=True):
                 on_click=retry,
             )
             st.page_link(PAGE_SETTINGS, label=T("choose_model"), icon=":material/settings:")
+
+models_ui.flash("home")
+models_ui.home_offer()  # the embedded model in use: say so, offer the recommended RWKV model
 
 s = store()
 
@@ -101,3 +105,5 @@ for conv in recent:
             st.caption(f"{md_inline(conv.character_name)} · {fmt_time(conv.updated_at)}")
         if st.button(T("resume"), key=f"home_resume_{conv.id}", icon=":material/replay:"):
             open_chat(conv.id)
+
+models_ui.poll()  # last: while a download shown above runs, its bar moves

@@ -1,5 +1,6 @@
-"""Settings: language, model (load/unload), .pth -> GGUF conversion, default sampling preset,
-the user's name and persona, password, data location, state cache."""
+"""Settings: language, model (load/unload), .pth -> GGUF conversion, getting an RWKV model from
+the Hub (pages/models_ui.py), default sampling preset, the user's name and persona, password,
+data location, state cache."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from core.settings import (
     ModelChoice,
 )
 from core.store.backup import KEEP, backup_dir, backup_now
+from pages import models_ui
 from pages.ui_common import (
     T,
     choice_label,
@@ -102,7 +104,7 @@ if engine is not None:
 try:
     from core.backends.loader import list_model_files
 
-    files = [str(p) for p in list_model_files()]
+    files = [str(p) for p in list_model_files(MODELS_DIR)]
 except Exception:  # the models folder cannot be read: still offer the other choices
     files = []
 choice = current_choice()
@@ -270,6 +272,9 @@ with st.expander(T("convert"), icon=":material/transform:"):
             else:
                 bar.progress(1.0, text=T("converted", path=md_inline(str(job.result))))
                 st.success(T("converted", path=md_inline(str(job.result))))
+
+# --- get an RWKV model: the catalog, downloads (pages/models_ui.py) ----------------------------
+models_ui.catalog_section()
 
 # --- sampling default -----------------------------------------------------------------------
 st.subheader(T("sampling"), anchor=False)
@@ -525,3 +530,5 @@ st.number_input(
 )
 if engine is not None and "threads" in engine.info.extra:
     st.caption(T("threads_in_use", n=engine.info.extra["threads"]))
+
+models_ui.poll()  # last: while a download or conversion shown above runs, its bar moves

@@ -3,7 +3,7 @@ trie tokenizer, 20x faster), bytes from the vocabulary file so that partial UTF-
 
 from __future__ import annotations
 
-import ast
+import codecs
 import functools
 from pathlib import Path
 
@@ -21,17 +21,42 @@ def _vocab_file() -> Path:
     return Path(spec.origin).parent / "rwkv_vocab_v20230424.txt"
 
 
+def _literal(text: str) -> bytes:
+    """A token of the vocabulary file, written there as a Python str or bytes literal, as UTF-8
+    bytes. Read without the `ast` module: CPython 3.11's ast fails ("SystemError: AST
+    constructor recursion depth mismatch") when two threads use it at once, and Streamlit parses
+    every page script with it while a model loads (or converts) on another thread."""
+    is_bytes = text[:1] in ("b", "B")
+    body = text[1:] if is_bytes else text
+    if len(body) < 2 or body[0] not in "'\"" or body[-1] != body[0]:
+        raise ValueError(f"not a string literal: {text[:40]!r}")
+    inner = body[1:-1]
+    if is_bytes:
+        return codecs.escape_decode(inner.encode("latin-1"))[0]
+    # non-Latin-1 characters become \u escapes first, so that one decoder reads every escape
+    decoded = codecs.decode(inner.encode("latin-1", "backslashreplace"), "unicode_escape")
+    return decoded.encode("utf-8")
+
+
+@functools.cache
+def vocab_entries() -> tuple[tuple[int, bytes], ...]:
+    """The World vocabulary file's (id, token bytes), in the file's order; read once."""
+    entries = []
+    with open(_vocab_file(), encoding="utf-8") as f:
+        for line in f:
+            idx = int(line[: line.index(" ")])
+            entries.append((idx, _literal(line[line.index(" ") : line.rindex(" ")].strip())))
+    return tuple(entries)
+
+
 class WorldTokenizer:
     """Encode text to World ids; decode ids to raw bytes (which may end mid-character)."""
 
     def __init__(self) -> None:
         self._enc = pyrwkv_tokenizer.RWKVTokenizer()
         table: list[bytes] = [b""] * WORLD_VOCAB_SIZE
-        with open(_vocab_file(), encoding="utf-8") as f:
-            for line in f:
-                idx = int(line[: line.index(" ")])
-                tok = ast.literal_eval(line[line.index(" ") : line.rindex(" ")].strip())
-                table[idx] = tok.encode("utf-8") if isinstance(tok, str) else tok
+        for idx, tok in vocab_entries():
+            table[idx] = tok
         self._bytes = table
 
     def encode(self, text: str) -> list[int]:

@@ -23,7 +23,6 @@ memory needed is about one tensor, not the whole model.
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import secrets
 import shutil
@@ -40,7 +39,7 @@ import torch
 
 from core import config
 from core.backends.rwkv import detect_version, read_weights
-from core.backends.tokenizer import WORLD_VOCAB_SIZE, _vocab_file
+from core.backends.tokenizer import WORLD_VOCAB_SIZE, vocab_entries
 from core.errors import ModelError
 
 TYPES = ("f32", "f16", "q8_0")
@@ -210,15 +209,15 @@ def _world_tokens(vocab_size: int) -> tuple[list[bytes], list[int]]:
     is written as the inside of its Python bytes literal, unused ids at the end are pads."""
     tokens: list[bytes] = [b"<s>"]
     types: list[int] = [gguf.TokenType.CONTROL]
-    with open(_vocab_file(), encoding="utf-8") as f:
-        for line in f:
-            idx = int(line[: line.index(" ")])
-            tok = ast.literal_eval(line[line.index(" ") : line.rindex(" ")].strip())
-            raw = tok.encode("utf-8") if isinstance(tok, str) else tok
-            if idx != len(tokens):
-                raise ModelError(f"The World vocabulary file is damaged near token {idx}.")
-            tokens.append(repr(raw)[2:-1].encode("utf-8"))
-            types.append(gguf.TokenType.NORMAL)
+    try:
+        entries = vocab_entries()  # read once per process, without the ast module
+    except (OSError, ValueError) as e:
+        raise ModelError(f"The World vocabulary file cannot be read: {e}") from e
+    for idx, raw in entries:
+        if idx != len(tokens):
+            raise ModelError(f"The World vocabulary file is damaged near token {idx}.")
+        tokens.append(repr(raw)[2:-1].encode("utf-8"))
+        types.append(gguf.TokenType.NORMAL)
     for i in range(1, vocab_size - len(tokens) + 1):
         tokens.append(f"[PAD{i}]".encode())
         types.append(gguf.TokenType.UNUSED)

@@ -52,12 +52,15 @@ def running_app(
     cwd: Path = REPO,
     host: str = "127.0.0.1",
     args: Sequence[str] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[SimpleNamespace]:
     """The app served on a free port with `data` as its data directory (no RP_* variable of the
-    caller's leaks in), until the block ends. Yields url, port and the process."""
+    caller's leaks in; `extra_env` adds some), until the block ends. Yields url, port and the
+    process."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RP_")}
     env["RP_DATA_DIR"] = str(data)
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "Home.py")]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     cmd += ["--server.runOnSave", "false", "--server.port", str(port), *args]

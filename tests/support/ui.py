@@ -18,11 +18,13 @@ def open_app(page: str | None = None, loaded: bool = True, **query: str) -> AppT
     """A new browser session on the app (optionally switched to `page`, e.g. "pages/chat.py").
     With `loaded` (the default) the model is loaded first, as when the session opens after the
     server's background load ended; tests of the page while it loads pass False."""
+    import pages.models_ui as models_ui
     import pages.ui_common as ui_common
 
     # a page that says the model loads runs itself again until it is ready: AppTest's run()
     # would wait for that; tests run the page again themselves (wait_model)
     ui_common.LOADING_REFRESH_S = 0
+    models_ui.REFRESH_S = 0  # likewise for a download's or a conversion's bar
     if loaded:
         wait_model()
     at = AppTest.from_file(HOME, default_timeout=TIMEOUT)

@@ -43,12 +43,14 @@ MAY_IMPORT: dict[str, set[str]] = {
     # CharacterService: the front ends' way to change characters (a picture and a row together)
     "core.roleplay.characters": FOUNDATION
     | {"core.roleplay.avatars", "core.roleplay.cards", "core.roleplay.state_files", "core.store"},
-    "core.models": FOUNDATION | {"core.backends"},  # model files: .pth -> GGUF
+    # model files: the catalog on the Hub, what fits, downloads, .pth -> GGUF
+    "core.models": FOUNDATION | {"core.backends"},
     # API keys and allowed origins: the settings that say who may use the API
     "core.access": FOUNDATION | {"core.auth", "core.store"},
     # the app's settings: typed, checked, and applied to the loaded model (threads, cache)
     "core.settings": FOUNDATION
-    | {"core.auth", "core.i18n", "core.access", "core.store", "core.engine", "core.backends"},
+    | {"core.auth", "core.i18n", "core.access", "core.store", "core.engine", "core.backends"}
+    | {"core.models"},  # the Hub's address, the default of the download endpoint
     "core.runtime": FOUNDATION
     | {"core.cli_args", "core.store", "core.roleplay.cards", "core.engine", "core.backends"}
     | {"core.chat", "core.auth", "core.settings"},

@@ -154,3 +154,34 @@ def test_api_keys_and_origins_go_through_core_access(cfg: AppSettings) -> None:
     with pytest.raises(AccessError):
         cfg.set_api_origins("localhost:8000")
     assert cfg.api_origins() == ["http://localhost:8000", "*"]
+
+
+def test_the_download_endpoint_setting_then_hf_endpoint_then_the_hub(
+    cfg: AppSettings, store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    assert cfg.hub_endpoint() == "https://huggingface.co" and cfg.hub_endpoint_setting() == ""
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.com/")
+    assert cfg.hub_endpoint() == "https://hf-mirror.com"  # huggingface_hub's own variable
+    assert cfg.set_hub_endpoint(" http://127.0.0.1:8765/ ") == "http://127.0.0.1:8765"
+    assert cfg.hub_endpoint() == "http://127.0.0.1:8765"  # the setting wins
+    for bad in ("hf-mirror.com", "ftp://x", "https://", "https://x/?a=1"):
+        with pytest.raises(SettingError):
+            cfg.set_hub_endpoint(bad)
+    assert cfg.hub_endpoint() == "http://127.0.0.1:8765"
+    cfg.set_hub_endpoint("")  # back to $HF_ENDPOINT
+    assert cfg.hub_endpoint() == "https://hf-mirror.com"
+    store.values["hub_endpoint"] = ["junk"]
+    assert cfg.hub_endpoint_setting() == ""
+
+
+def test_measured_bandwidths_are_kept(cfg: AppSettings, store: MemoryStore) -> None:
+    assert cfg.memory_bandwidth() is None and cfg.gpu_bandwidth() is None
+    cfg.set_memory_bandwidth(12.5e9)
+    cfg.set_gpu_bandwidth(9e11)
+    assert cfg.memory_bandwidth() == 12.5e9 and cfg.gpu_bandwidth() == 9e11
+    for bad in (0, -1, True, "fast"):
+        with pytest.raises(SettingError):
+            cfg.set_memory_bandwidth(bad)  # type: ignore[arg-type]
+    store.values["memory_bandwidth"] = "junk"
+    assert cfg.memory_bandwidth() is None

@@ -58,3 +58,63 @@ def test_half_characters_are_visible_as_bytes() -> None:
     if len(pieces) > 1:  # split across tokens: the first part alone is not valid UTF-8
         with pytest.raises(UnicodeDecodeError):
             pieces[0].decode("utf-8")
+
+
+def test_the_vocabulary_is_read_as_python_reads_its_literals_and_without_the_ast_module() -> None:
+    """The file's tokens are Python literals; ast.literal_eval reads them the same way, but
+    CPython 3.11's ast module breaks ("SystemError: AST constructor recursion depth mismatch")
+    when two threads use it at once, and Streamlit parses each page script with it while a
+    model loads on another thread. Here a thread parses scripts with ast, the garbage collector
+    running Python code in between, while the vocabulary is read: neither may fail."""
+    import ast
+    import gc
+    import threading
+
+    from core.backends import tokenizer
+
+    path = tokenizer._vocab_file()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    expected = []
+    for line in lines:
+        tok = ast.literal_eval(line[line.index(" ") : line.rindex(" ")].strip())
+        expected.append(
+            (int(line[: line.index(" ")]), tok.encode() if isinstance(tok, str) else tok)
+        )
+    tokenizer.vocab_entries.cache_clear()
+    assert tokenizer.vocab_entries() == tuple(expected)
+
+    class Garbage:
+        def __del__(self) -> None:
+            sum(range(10))
+
+    def churn(phase: str, _info: dict) -> None:
+        if phase == "start":
+            for _ in range(200):
+                Garbage()
+
+    source = (Path(__file__).resolve().parents[2] / "pages" / "settings.py").read_text()
+    failures: list[str] = []
+    done = threading.Event()
+
+    def pages() -> None:
+        while not done.is_set():
+            try:
+                ast.parse(source)
+            except SystemError as e:
+                failures.append(f"page: {e}")
+
+    gc.callbacks.append(churn)
+    parser = threading.Thread(target=pages)
+    parser.start()
+    try:
+        for _ in range(2):
+            tokenizer.vocab_entries.cache_clear()
+            try:
+                tokenizer.vocab_entries()
+            except SystemError as e:
+                failures.append(f"vocabulary: {e}")
+    finally:
+        done.set()
+        parser.join()
+        gc.callbacks.remove(churn)
+    assert not failures, failures[:3]
