@@ -165,22 +165,18 @@ if pending and Op(pending["op"]).on_last:
     except Conflict:
         pending = None  # the chat changed since the click
 if pending is None and conv.members:
-    pending = group_ui.auto_next(conv, len(messages))  # the auto mode's next turn, if it runs
+    pending = group_ui.auto_next(conv)  # the auto mode's next turn, if it goes on
 
-history(view, messages[:-1] if pending and Op(pending["op"]).on_last else messages, bool(pending))
-if not messages:
-    st.caption(T("empty_chat"))
-
-if pending:
-    op = Op(pending["op"])
-    if op == Op.NEW:
-        generate(
-            view, engine, op, role=pending.get("role", Role.CHAR), member=pending.get("member")
-        )
-    elif op == Op.VERSIONS:
-        versions_ui.generate_versions(conv.id, messages[-1])
-    else:
-        generate(view, engine, op, target=messages[-1])
+# the messages and the reply in one container, the controls after it: every control keeps its
+# place on the page (and its widget) from run to run, however many messages the chat has, and
+# is drawn before the reply streams, so "Stop auto mode" shows while a member speaks
+talk = st.container(key="talk")
+with talk:
+    redone = bool(pending) and Op(pending["op"]).on_last  # its message is drawn as it streams
+    history(view, messages[:-1] if redone else messages, bool(pending))
+    if not messages:
+        st.caption(T("empty_chat"))
+    reply_slot = st.container()
 
 
 # --- who speaks next -----------------------------------------------------------------------------
@@ -195,7 +191,6 @@ if conv.members:  # a group chat: a member, the narrator or nobody; the auto mod
         conv,
         characters,
         user_label,
-        len(messages),
         lambda op, **kw: queue(view, Op(op), **kw),
         view.can_reply,
     )
@@ -215,3 +210,17 @@ else:
             disabled=not view.can_reply,
             on_click=lambda: queue(view, Op.NEW, role=state.get("next_speaker", Role.CHAR.value)),
         )
+
+
+# --- the reply, last: it ends with a rerun that draws the chat with it ------------------------
+if pending:
+    with reply_slot:
+        op = Op(pending["op"])
+        if op == Op.NEW:
+            generate(
+                view, engine, op, role=pending.get("role", Role.CHAR), member=pending.get("member")
+            )
+        elif op == Op.VERSIONS:
+            versions_ui.generate_versions(conv.id, messages[-1])
+        else:
+            generate(view, engine, op, target=messages[-1])

@@ -88,7 +88,10 @@ def generate(
             waiting.info(T("waiting_model"), icon=":material/hourglass_top:")
         body = st.container(key="streaming")
         stop_slot = st.empty()  # a click reruns the script, which interrupts the stream
-        stop_slot.button(T("stop"), key="stop_gen", icon=":material/stop_circle:")
+        # Stop ends the group's auto mode too (its callback runs first in the click's rerun)
+        stop_slot.button(
+            T("stop"), key="stop_gen", icon=":material/stop_circle:", on_click=group_ui.stop_auto
+        )
         try:
             chats = rt().chat
             if member is not None:  # a group chat's member

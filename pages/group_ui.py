@@ -17,7 +17,7 @@ from core.store import Character, ChatMessage, Conversation
 from pages.ui_common import T, avatar_image, md_inline, open_chat, role_avatar, rt, show_error
 
 ss = st.session_state
-AUTO = "group_auto"  # session state: {"conv": id, "left": turns, "expect": message count}
+AUTO = "group_auto_mode"  # session state: the running auto mode (core.chat.AutoTalk)
 
 
 def _modes() -> dict[str, str]:
@@ -211,31 +211,41 @@ def after_send(conv: Conversation) -> dict[str, Any] | None:
     return _pending(conv, who)
 
 
-def auto_next(conv: Conversation, n_messages: int) -> dict[str, Any] | None:
-    """The next turn of the auto mode, while it runs: it ends when its turns are done, on a
-    Stop click, and when the chat did not grow by the last turn's reply (nothing said, an
-    error, a message deleted meanwhile)."""
+def auto_next(conv: Conversation) -> dict[str, Any] | None:
+    """The next turn of the auto mode, while it runs (the chat service says whether it goes on:
+    not after a Stop, when its turns are done, when the last turn's reply is missing...)."""
     auto = ss.get(AUTO)
-    if not auto or auto.get("conv") != conv.id:
-        return None
-    if ss.get("stop_gen") or auto["left"] <= 0 or n_messages != auto["expect"]:
-        ss.pop(AUTO, None)
+    if auto is None or auto.conversation_id != conv.id:
         return None
     try:
-        who = rt().chat.pick_speaker(conv.id, auto=True)
+        auto, who = rt().chat.auto_turn(auto)
     except AppError as e:
         ss.flash_error = str(e)
-        who = None
-    if who is None:
+        auto, who = None, None
+    if auto is None or who is None:
         ss.pop(AUTO, None)
         return None
-    ss[AUTO] = {**auto, "left": auto["left"] - 1, "expect": n_messages + 1}
+    ss[AUTO] = auto
     return _pending(conv, who)
 
 
-def _start_auto(conv: Conversation, n_messages: int) -> None:
-    turns = int((conv.group or {}).get("auto_turns") or 3)
-    ss[AUTO] = {"conv": conv.id, "left": turns, "expect": n_messages}
+def stop_auto() -> None:
+    """A callback (the reply's Stop, "Stop auto mode"): the auto mode ends; the click's rerun
+    has already stopped the reply being streamed."""
+    auto = ss.get(AUTO)
+    if auto is not None:
+        ss[AUTO] = auto.stop()
+
+
+def _toggle_auto(conv_id: int) -> None:
+    auto = ss.get(AUTO)
+    if auto is not None and auto.conversation_id == conv_id and not auto.stopped:
+        stop_auto()
+        return
+    try:
+        ss[AUTO] = rt().chat.start_auto(conv_id)
+    except AppError as e:
+        ss.flash_error = str(e)
     ss.editing = None
 
 
@@ -243,7 +253,6 @@ def next_controls(
     conv: Conversation,
     chars_by_id: dict[Any, Character],
     user_label: str,
-    n_messages: int,
     queue: Callable[..., None],
     can_reply: bool,
 ) -> None:
@@ -279,26 +288,24 @@ def next_controls(
             disabled=not can_reply,
             on_click=go,
         )
+    # one button, one key, whether the auto mode runs or not: the browser keeps a focused
+    # widget that a run replaced by another one (Streamlit's "retained" elements) and hides it
+    # once it loses the focus, which moved the page under the mouse of whoever clicked Stop
     auto = ss.get(AUTO)
-    if auto and auto.get("conv") == conv.id:
-        with st.container(horizontal=True, vertical_alignment="center"):
-            st.caption(T("group_auto_left", n=auto["left"]))
-            st.button(
-                T("group_auto_stop"),
-                key="group_auto_stop",
-                icon=":material/stop_circle:",
-                on_click=lambda: ss.pop(AUTO, None),
-            )
-    else:
-        turns = int((conv.group or {}).get("auto_turns") or 3)
+    running = auto is not None and auto.conversation_id == conv.id and not auto.stopped
+    turns = int((conv.group or {}).get("auto_turns") or 3)
+    with st.container(horizontal=True, vertical_alignment="center", key="group_auto_row"):
         st.button(
-            T("group_auto_start", n=turns),
-            key="group_auto_start",
-            icon=":material/autoplay:",
-            disabled=not can_reply,
-            on_click=_start_auto,
-            args=(conv, n_messages),
+            T("group_auto_stop") if running else T("group_auto_start", n=turns),
+            key="group_auto",
+            icon=":material/stop_circle:" if running else ":material/autoplay:",
+            type="primary" if running else "secondary",
+            disabled=not (can_reply or running),
+            on_click=_toggle_auto,
+            args=(conv.id,),
         )
+        if running:
+            st.caption(T("group_auto_left", n=auto.left))
 
 
 def show_flash() -> None:

@@ -216,9 +216,11 @@ class StreamText:
     apart are sent together: each send redraws the whole message in the browser, and a
     redraw per token takes CPU from the model on a small machine."""
 
-    def __init__(self, pieces: Iterable[str], interval: float = 0.05) -> None:
+    INTERVAL = 0.05  # seconds
+
+    def __init__(self, pieces: Iterable[str], interval: float | None = None) -> None:
         self._pieces = pieces
-        self._interval = interval
+        self._interval = self.INTERVAL if interval is None else interval
 
     def __iter__(self) -> Iterator[str]:
         held = ""

@@ -3,11 +3,13 @@ store and the engine; context.py turns stored chats into engine inputs, saver.py
 """
 
 from core.chat.context import character_context, conversation_context, prompt_messages
+from core.chat.groups import AutoTalk
 from core.chat.saver import SAVE_EVERY_S, ReplySaver
 from core.chat.service import ChatService, Turn, model_name
 
 __all__ = [
     "SAVE_EVERY_S",
+    "AutoTalk",
     "ChatService",
     "ReplySaver",
     "Turn",

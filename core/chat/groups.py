@@ -1,5 +1,6 @@
-"""Group chats on top of the store: who speaks next (core/group.py on the stored chat), and the
-card of a member who joined late, fed once before the next reply.
+"""Group chats on top of the store: who speaks next (core/group.py on the stored chat), the auto
+mode's turns (`AutoTalk`: when it goes on, when it ends), and the card of a member who joined
+late, fed once before the next reply.
 
 A member who joins a running chat does not change its opening (that would make the next reply
 feed the whole chat again): its card is fed as a note just before the next reply, stored with
@@ -10,6 +11,7 @@ later turn feeds it again in the same place and the state cache keeps working.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.chat.context import group_join_note, group_members
@@ -57,6 +59,51 @@ def pick_speaker(
     return group.next_speaker(
         mode, people, history, rng or random.Random(), bool(settings.get("allow_self"))
     )
+
+
+@dataclass(frozen=True)
+class AutoTalk:
+    """The auto mode of one group chat ("Let them talk"): the members speak one after another
+    for a number of turns. A front end keeps it between turns (the pages in the session's
+    state) and asks `next_auto_turn` before each one.
+
+    `left`: turns still to start. `expect`: how many messages the chat must hold for the next
+    turn to start, that is the count when the last turn began plus its reply. `stopped`: the
+    user stopped it (the reply's Stop or "Stop auto mode", at any turn)."""
+
+    conversation_id: int
+    left: int
+    expect: int
+    stopped: bool = False
+
+    def stop(self) -> AutoTalk:
+        return replace(self, stopped=True)
+
+
+def start_auto(store: Store, conv: Conversation) -> AutoTalk:
+    """The auto mode, about to start: the chat's number of turns, from its messages now."""
+    turns = int((conv.group or {}).get("auto_turns") or group.DEFAULT_AUTO_TURNS)
+    turns = max(1, min(group.MAX_AUTO_TURNS, turns))
+    assert conv.id is not None
+    return AutoTalk(conv.id, turns, len(store.list_messages(conv.id)))
+
+
+def next_auto_turn(
+    store: Store, conv: Conversation, auto: AutoTalk, rng: random.Random | None = None
+) -> tuple[AutoTalk | None, int | None]:
+    """The auto mode's next turn: (its state after this turn starts, the member who speaks),
+    or (None, None) when it is over. It ends when it was stopped, when its turns are done, when
+    the chat did not grow by the last turn's reply (nothing said, an error, a message deleted
+    or added meanwhile) and when nobody may speak (everyone muted...)."""
+    if auto.stopped or auto.left <= 0 or auto.conversation_id != conv.id:
+        return None, None
+    n = len(store.list_messages(conv.id))  # type: ignore[arg-type]
+    if n != auto.expect:
+        return None, None
+    who = pick_speaker(store, conv, rng, auto=True)
+    if who is None:
+        return None, None
+    return replace(auto, left=auto.left - 1, expect=n + 1), who
 
 
 def member(store: Store, conv: Conversation, character_id: int) -> group.Member:

@@ -460,6 +460,18 @@ class ChatService:
         (manual mode outside the auto mode, everyone muted...)."""
         return groups.pick_speaker(self.store, self.conversation(conversation_id), rng, auto)
 
+    def start_auto(self, conversation_id: int) -> groups.AutoTalk:
+        """The auto mode of a group chat, about to start (its first turn: `auto_turn`)."""
+        return groups.start_auto(self.store, self.conversation(conversation_id))
+
+    def auto_turn(
+        self, auto: groups.AutoTalk, rng: random.Random | None = None
+    ) -> tuple[groups.AutoTalk | None, int | None]:
+        """The auto mode's next turn: its new state and the member who speaks, or (None, None)
+        when it is over (stopped, its turns done, the chat changed, nobody may speak)."""
+        conv = self.conversation(auto.conversation_id)
+        return groups.next_auto_turn(self.store, conv, auto, rng)
+
     def reply_as(
         self,
         conversation_id: int,

@@ -103,3 +103,73 @@ def form_save(at: AppTest) -> Any:
         if b.key and b.key.startswith("FormSubmitter:cf_") and b.label in ("Save", "保存"):
             return b.click()
     raise AssertionError("no Save button of the character form")
+
+
+def click_during_reply(monkeypatch: Any, key: str, reply: int = 1) -> list[str]:
+    """Make a click on the button `key` land while the page streams its `reply`-th reply from
+    now on (1: the next one), as it does in a browser: the click's rerun request reaches the
+    running script after the reply's first piece was shown; the script stops at its next
+    write (st.write_stream) and runs again with the button clicked, its on_click first.
+    AppTest cannot click while a script runs; this is that click, made from the script's own
+    thread with the widget id the button has in this run (so a button the page did not draw
+    during the reply cannot be clicked). Every piece is sent to the page as it comes (no
+    batching), so the reply's next piece, if it has one, is where the click interrupts it.
+    Returns the pieces the page streamed, all replies together; the hook is removed after the
+    click."""
+    from streamlit.proto.WidgetStates_pb2 import WidgetStates
+    from streamlit.runtime.scriptrunner import RerunData, get_script_run_ctx
+
+    from core.engine import Engine
+    from pages.ui_common import StreamText
+
+    monkeypatch.setattr(StreamText, "INTERVAL", 0.0)
+
+    real_reply = Engine.reply
+    started = [0]
+    shown: list[str] = []
+
+    def click() -> None:
+        ctx = get_script_run_ctx()
+        assert ctx is not None, "not in a script run"
+        widget_id = ctx.session_state._state._key_id_mapper.get_id_from_key(key, None)
+        assert widget_id is not None, f"no button {key!r} on the page while the reply streams"
+        states = WidgetStates()
+        clicked = states.widgets.add()
+        clicked.id, clicked.trigger_value = widget_id, True
+        ctx.script_requests.request_rerun(
+            RerunData(
+                query_string=ctx.query_string,
+                widget_states=states,
+                page_script_hash=ctx.page_script_hash,
+            )
+        )
+
+    def reply_with_click(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started[0] += 1
+        this = started[0]
+        inner = real_reply(self, *args, **kwargs)
+
+        class Clicked:
+            result = property(lambda _: inner.result)
+
+            def __iter__(self) -> Any:
+                it = iter(inner)
+                try:
+                    for piece in it:
+                        shown.append(piece)
+                        yield piece
+                        if this == reply:
+                            monkeypatch.setattr(Engine, "reply", real_reply)
+                            click()
+                finally:
+                    it.close()
+
+            def close(self) -> None:
+                close = getattr(inner, "close", None)
+                if close is not None:
+                    close()
+
+        return Clicked()
+
+    monkeypatch.setattr(Engine, "reply", reply_with_click)
+    return shown

@@ -7,7 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.support.ui import SMALL_REPLY, check, errors, follow, open_app, store
+import pytest
+
+from tests.support.ui import (
+    SMALL_REPLY,
+    check,
+    click_during_reply,
+    errors,
+    follow,
+    open_app,
+    store,
+)
 
 CHAT = "pages/chat.py"
 NAMES = ("Ada", "Ben", "Cyra")
@@ -109,12 +119,12 @@ def test_a_group_of_three_talks_in_the_page(app_env: Path) -> None:
     # the auto mode: two turns by members, then it ends by itself
     at.number_input(key=f"group_turns_{cid}").set_value(2).run()
     n = len(store().list_messages(cid))
-    at.button(key="group_auto_start").click().run()
+    at.button(key="group_auto").click().run()
     check(at)
     msgs = store().list_messages(cid)
     assert len(msgs) == n + 2 and {m.role for m in msgs[n:]} == {"char"}
     assert all(m.character_id in (ada, ben, cyra) for m in msgs[n:])
-    assert at.button(key="group_auto_start")  # over: the start button is back
+    assert at.button(key="group_auto").label == "Let them talk (2 turns)"  # over
 
     # a fourth character joins mid-chat; the next reply is hers when picked
     at.selectbox(key=f"group_add_{cid}").set_value(dee).run()
@@ -142,11 +152,46 @@ def test_the_auto_mode_ends_when_nobody_may_speak(app_env: Path) -> None:
     for member in (ada, ben, cyra):
         at.button(key=f"group_mute_{member}").click().run()
     n = len(store().list_messages(cid))
-    at.button(key="group_auto_start").click().run()
+    at.button(key="group_auto").click().run()
     check(at)
     assert len(store().list_messages(cid)) == n
-    assert at.button(key="group_auto_start") and not at.get("button_group_auto_stop")
+    assert at.button(key="group_auto").label.startswith("Let them talk")
     # a muted member still speaks when the user picks it
     at.radio(key="group_next").set_value(ben).run()
     at.button(key="generate_next").click().run()
     assert store().list_messages(cid)[-1].name == "Ben"
+
+
+@pytest.mark.parametrize(
+    ("turn", "button"),
+    [(1, "stop_gen"), (2, "stop_gen"), (3, "stop_gen"), (2, "group_auto")],
+    ids=["stop-turn-1", "stop-turn-2", "stop-last-turn", "stop-auto-mode-turn-2"],
+)
+def test_stop_ends_the_auto_mode_at_any_turn(
+    app_env: Path, monkeypatch: pytest.MonkeyPatch, turn: int, button: str
+) -> None:
+    """Issue 23: Stop clicked during the auto mode's second turn was ignored. A click on the
+    reply's Stop, or on "Stop auto mode" (shown while a member speaks), during turn 1, 2 or the
+    last of 3 stops that reply (kept as far as it went, marked stopped) and the auto mode."""
+    ada, ben, cyra, _ = _cast()
+    at = open_app()
+    cid = _start_group(at, [ada, ben, cyra])
+    at.number_input(key=f"group_turns_{cid}").set_value(3).run()
+    at.number_input(key=f"samp_{cid}_seed").set_value(1).run()  # the same replies every run
+    n = len(store().list_messages(cid))
+    shown = click_during_reply(monkeypatch, button, reply=turn)
+    at.button(key="group_auto").click().run()
+    check(at)
+    assert shown, "no reply streamed"
+    msgs = store().list_messages(cid)[n:]
+    # the turns before the click ended by themselves; the one clicked is the last, stopped
+    assert len(msgs) == turn, [(m.name, m.meta.get("stop")) for m in msgs]
+    assert all(m.meta["stop"] not in ("closed", "cancel") for m in msgs[:-1])
+    assert msgs[-1].meta["stop"] in ("closed", "cancel"), msgs[-1].meta
+    assert msgs[-1].character_id in (ada, ben, cyra)
+    assert any("stopped" in c.value for c in at.caption)
+    # over: the button says "Let them talk" again, and nothing runs on a later run
+    assert at.button(key="group_auto").label == "Let them talk (3 turns)"
+    at.run()
+    check(at)
+    assert len(store().list_messages(cid)) == n + turn

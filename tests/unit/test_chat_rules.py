@@ -231,3 +231,68 @@ def test_reply_meta_reads_what_the_store_keeps() -> None:
     assert not ReplyMeta.from_dict({"tokens": True}).generated  # a bool is not a count
     assert ReplyMeta.from_dict({"stop": "interrupted"}).generated  # saved mid-reply
     assert ReplyMeta.from_dict(None) == ReplyMeta()
+
+
+def _group(store: Store, chats: ChatService, turns: int = 3) -> tuple[int, list[int]]:
+    ids = [
+        store.create_character({"name": n, "greetings": [f"{n} here."]}).id for n in ("Ada", "Ben")
+    ]
+    conv = chats.new_group_chat(ids)  # type: ignore[arg-type]
+    chats.set_group(conv.id, activation="list", auto_turns=turns)  # type: ignore[arg-type]
+    return conv.id, ids  # type: ignore[return-value]
+
+
+def test_the_auto_mode_goes_on_while_each_turn_adds_its_reply(
+    store: Store, chats: ChatService
+) -> None:
+    cid, (ada, ben) = _group(store, chats, turns=3)
+    auto = chats.start_auto(cid)
+    spoke = []
+    for _ in range(5):
+        auto, who = chats.auto_turn(auto)
+        if auto is None:
+            break
+        assert who is not None
+        spoke.append(who)
+        chats.reply_as(cid, who).consume()
+    assert spoke == [ada, ben, ada]  # three turns, in turn, then over
+    assert auto is None
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3])
+def test_a_stop_ends_the_auto_mode_at_any_turn(
+    store: Store, chats: ChatService, stop_at: int
+) -> None:
+    cid, _ = _group(store, chats, turns=3)
+    auto = chats.start_auto(cid)
+    turns = 0
+    while True:
+        step, who = chats.auto_turn(auto)
+        if step is None:
+            break
+        auto, turns = step, turns + 1
+        chats.reply_as(cid, who).consume()  # type: ignore[arg-type]
+        if turns == stop_at:
+            auto = auto.stop()  # the Stop click, whether the reply ended or was cut
+    assert turns == stop_at
+    assert chats.auto_turn(auto) == (None, None)
+
+
+def test_the_auto_mode_ends_when_the_chat_did_not_grow_or_changed(
+    store: Store, chats: ChatService
+) -> None:
+    cid, _ = _group(store, chats, turns=5)
+    auto, who = chats.auto_turn(chats.start_auto(cid))
+    assert auto is not None and who is not None
+    # the turn's reply said nothing (stopped at once, an error): the next turn does not start
+    assert chats.auto_turn(auto) == (None, None)
+    # a message the user added meanwhile ends it too (their message is a turn of theirs)
+    auto, who = chats.auto_turn(chats.start_auto(cid))
+    assert auto is not None
+    chats.reply_as(cid, who).consume()  # type: ignore[arg-type]
+    chats.send(cid, "Wait!")
+    assert chats.auto_turn(auto) == (None, None)
+    # everyone muted: nobody may speak
+    for member in store.get_conversation(cid).members:
+        chats.mute_member(cid, member, True)
+    assert chats.auto_turn(chats.start_auto(cid)) == (None, None)
