@@ -6,6 +6,9 @@
 A missing key or language falls back to English, then to the key itself, so a slip never breaks
 a page; tests/unit/test_i18n.py checks that every key has both languages with the same fields.
 Error messages from core/ stay in English; pages put a translated prefix before them.
+
+Plurals: a text with forms separated by "|" ("{n} token|{n} tokens") picks one by its field
+`n`: the first for n == 1, the second otherwise (`plural`). Chinese has one form.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ _S: dict[str, tuple[str, str]] = {
     "load_named": ("Load {name}", "加载 {name}"),
     "unload": ("Unload", "卸载"),
     "choose_model": ("Choose a model in Settings", "在设置中选择模型"),
-    "n_layers": ("{n} layers", "{n} 层"),
+    "n_layers": ("{n} layer|{n} layers", "{n} 层"),
     "n_params": ("{n} parameters", "{n} 参数"),
     "model_file": ("Model file", "模型文件"),
     "model_file_help": (
@@ -325,11 +328,25 @@ _S: dict[str, tuple[str, str]] = {
     "edit_message": ("Message", "消息"),
     "more_actions": ("More", "更多"),
     "delete_message": ("Delete this message", "删除这条消息"),
-    "rewind_here": ("Rewind to here (delete the later messages)", "回退到这里（删除之后的消息）"),
+    "delete_version": ("Delete this version", "删除这个版本"),
+    "undo": ("Undo", "撤销"),
+    "undo_delete": ("Deleted a message.", "已删除一条消息。"),
+    "undo_rewind": (
+        "Rewound: removed {n} message.|Rewound: removed {n} messages.",
+        "已回退：移除了 {n} 条消息。",
+    ),
+    "undo_version": ("Deleted a version of the message.", "已删除这条消息的一个版本。"),
+    "undo_done_delete": ("The message is back.", "消息已恢复。"),
+    "undo_done_rewind": (
+        "{n} message is back.|{n} messages are back.",
+        "{n} 条消息已恢复。",
+    ),
+    "undo_done_version": ("The version is back.", "版本已恢复。"),
+    "rewind_here": ("Rewind to here (remove the later messages)", "回退到这里（移除之后的消息）"),
     "prev_version": ("Previous version", "上一个版本"),
     "next_version": ("Next version", "下一个版本"),
     "show_earlier": ("Show earlier messages ({n} hidden)", "显示更早的消息（隐藏了 {n} 条）"),
-    "meta_tokens": ("{n} tokens", "{n} 个词元"),
+    "meta_tokens": ("{n} token|{n} tokens", "{n} 个词元"),
     "meta_speed": ("{v} tokens/s", "{v} 词元/秒"),
     "meta_stopped": ("stopped", "已停止"),
     "meta_length": ("cut at the token limit", "达到长度上限"),
@@ -534,7 +551,10 @@ _S: dict[str, tuple[str, str]] = {
         "模型计算使用的 CPU 线程数。自动值会为浏览器和其他程序留出核心：占满所有核心的模型，"
         "一旦有别的程序需要核心，就会慢上许多倍。",
     ),
-    "threads_in_use": ("The model computes with {n} threads.", "模型正在使用 {n} 个线程。"),
+    "threads_in_use": (
+        "The model computes with {n} thread.|The model computes with {n} threads.",
+        "模型正在使用 {n} 个线程。",
+    ),
     "meta_interrupted": ("interrupted", "已中断"),
     # --- api: keys and allowed origins (Settings)
     "api": ("API", "API"),
@@ -643,7 +663,7 @@ _S: dict[str, tuple[str, str]] = {
     "lore_import": ("Import a World Info file (.json)", "导入 World Info 文件（.json）"),
     "lore_import_btn": ("Import", "导入"),
     "lore_imported": (
-        "Imported the lorebook {name} ({n} entries).",
+        "Imported the lorebook {name} ({n} entry).|Imported the lorebook {name} ({n} entries).",
         "已导入世界书 {name}（{n} 个条目）。",
     ),
     "lore_created": ("Created the lorebook {name}.", "已新建世界书 {name}。"),
@@ -696,14 +716,17 @@ _S: dict[str, tuple[str, str]] = {
         "the chat again.",
         "更改世界书的常驻条目会改变对话开头：下一次回复会重新读取整个对话。",
     ),
-    "lore_own_book": ("The card's own lorebook ({n} entries)", "角色卡自带的世界书（{n} 个条目）"),
+    "lore_own_book": (
+        "The card's own lorebook ({n} entry)|The card's own lorebook ({n} entries)",
+        "角色卡自带的世界书（{n} 个条目）",
+    ),
     "lore_copy_own": ("Copy to the lorebooks", "复制到世界书列表"),
     "lore_copied": (
         "Copied as the lorebook {name}: attach it to other characters or chats.",
         "已复制为世界书 {name}：可以把它用于其他角色或对话。",
     ),
     "lore_chat_books": ("Lorebooks of this chat", "本对话的世界书"),
-    "lore_fired": ("Lore: {n} entries", "世界书：{n} 个条目"),
+    "lore_fired": ("Lore: {n} entry|Lore: {n} entries", "世界书：{n} 个条目"),
     "lore_fired_entry": ("{title} — {book}", "{title} — {book}"),
     "lore_errors": ("Skipped keys: {text}", "已跳过的关键词：{text}"),
     # --- group chats
@@ -722,9 +745,15 @@ _S: dict[str, tuple[str, str]] = {
     "group_mode_manual": ("Manual (you choose)", "手动（由你选择）"),
     "group_allow_self": ("A character may answer itself", "角色可以接着自己的话说"),
     "group_auto_turns": ("Turns in auto mode", "自动模式的轮数"),
-    "group_auto_start": ("Let them talk ({n} turns)", "让他们聊（{n} 轮）"),
+    "group_auto_start": (
+        "Let them talk ({n} turn)|Let them talk ({n} turns)",
+        "让他们聊（{n} 轮）",
+    ),
     "group_auto_stop": ("Stop auto mode", "停止自动模式"),
-    "group_auto_left": ("Auto mode: {n} turns left", "自动模式：还剩 {n} 轮"),
+    "group_auto_left": (
+        "Auto mode: {n} turn left|Auto mode: {n} turns left",
+        "自动模式：还剩 {n} 轮",
+    ),
     "group_mute": ("Mute {name}", "将 {name} 静音"),
     "group_unmute": ("Unmute {name}", "取消 {name} 的静音"),
     "group_muted": ("{name} (muted)", "{name}（已静音）"),
@@ -762,13 +791,26 @@ _S: dict[str, tuple[str, str]] = {
 STRINGS: dict[str, dict[str, str]] = {k: dict(zip(LANGS, v, strict=True)) for k, v in _S.items()}
 
 
+def plural(text: str, n: Any) -> str:
+    """The form of `text` ("one|other") for the count `n`; a text with one form as it is."""
+    if "|" not in text:
+        return text
+    one, _, other = text.partition("|")
+    try:
+        return one if float(n) == 1 else other
+    except (TypeError, ValueError):
+        return other
+
+
 def t(key: str, lang: str = DEFAULT_LANG, **fmt: Any) -> str:
-    """The text of `key` in `lang` ("en" or "zh"), with `{fields}` filled from `fmt`."""
+    """The text of `key` in `lang` ("en" or "zh"), with `{fields}` filled from `fmt` (its
+    plural form chosen by `n`)."""
     entry = STRINGS.get(key)
     if entry is None:
         text = key
     else:
         text = entry.get(lang) or entry[DEFAULT_LANG]
+    text = plural(text, fmt.get("n"))
     if fmt:
         try:
             text = text.format(**fmt)

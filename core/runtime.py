@@ -96,6 +96,10 @@ class Runtime:
                 check_database(self.db_url)  # damage is named at start, not met later
                 opened = open_app_store(self.db_url)
                 daily_backup(self.db_url)
+                try:  # what was removed over a day ago (kept for an undo) goes for good now,
+                    opened.compact_removals()  # after the day's backup, which still holds it
+                except AppError:
+                    log.warning("compacting removed messages", exc_info=True)
                 self._store = opened
             return self._store
 

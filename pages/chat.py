@@ -20,7 +20,7 @@ from core.contracts import Op, Role
 from core.errors import AppError, Conflict
 from core.prompt import NARRATOR_NAME
 from pages import chat_sidebar, group_ui, versions_ui
-from pages.chat_history import OpenChat, history, queue
+from pages.chat_history import OpenChat, history, queue, undo_bar
 from pages.chat_reply import generate, wait_for_previous_run
 from pages.ui_common import (
     PAGE_CHARACTERS,
@@ -148,6 +148,7 @@ if prompt:
     except AppError as e:
         show_error(e)
     else:
+        state.pop("undo", None)  # a new message: the last removal is kept, no longer offered
         nxt = state.get("next_speaker", Role.CHAR.value)
         if conv.members:  # a group chat: the member its setting chooses (or the user picks)
             state.pending = group_ui.after_send(conv)
@@ -177,6 +178,7 @@ with talk:
     if not messages:
         st.caption(T("empty_chat"))
     reply_slot = st.container()
+undo_bar(conv.id)  # what the last delete or rewind removed, with Undo
 
 
 # --- who speaks next -----------------------------------------------------------------------------

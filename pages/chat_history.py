@@ -1,7 +1,9 @@
 """Not a page: the Chat page's messages. Each message with its speaker and avatar, its meta line
 (tokens, speed, how it stopped), its versions, and its actions: regenerate, ×3, continue, edit,
-delete, rewind, "what the model saw". The actions are button callbacks: they change the chat
-through the chat service, or queue a reply (`queue`) that the page runs after drawing."""
+delete, delete this version, rewind, "what the model saw". The actions are button callbacks:
+they change the chat through the chat service, or queue a reply (`queue`) that the page runs
+after drawing. What a delete, a version's delete or a rewind removed is kept: the page says what
+went, with an Undo (`undo_bar`), until the next removal or message."""
 
 from __future__ import annotations
 
@@ -72,14 +74,62 @@ def _choose(msg_id: int, index: int) -> None:
     _act(rt().chat.choose_version, msg_id, index)
 
 
-def _delete(msg_id: int) -> None:
-    _act(rt().chat.delete, msg_id)
+def _removed(fn: Any, *args: Any) -> None:
+    """A removal (delete, a version's delete, rewind): done, and offered for an undo."""
     state.editing = None
+    try:
+        removed = fn(*args)
+    except AppError as e:
+        state.flash_error = str(e)
+        return
+    if removed.token:
+        state.undo = {"token": removed.token, "conv": removed.conversation_id}
+        state.undo |= {"kind": removed.kind, "n": removed.messages}
+
+
+def _delete(msg_id: int) -> None:
+    _removed(rt().chat.delete, msg_id)
+
+
+def _delete_version(msg_id: int, index: int) -> None:
+    _removed(rt().chat.delete_version, msg_id, index)
 
 
 def _rewind(conversation_id: int, position: int) -> None:
-    _act(rt().chat.rewind_to, conversation_id, position)
-    state.editing = None
+    _removed(rt().chat.rewind_to, conversation_id, position)
+
+
+def _undo() -> None:
+    undo = state.get("undo")
+    if not undo or undo.get("done"):
+        return
+    try:
+        back = rt().chat.undo(undo["token"])
+    except AppError as e:
+        state.flash_error = str(e)
+        state.pop("undo", None)
+    else:
+        state.undo = {**undo, "done": True, "n": back.messages}
+
+
+def undo_bar(conversation_id: int) -> None:
+    """What the last removal in this chat took away, with Undo; once undone, that it is back
+    (the button stays, disabled: a clicked button the next run would not draw stays in the
+    browser while it has the focus, and moves the page when it loses it). Shown until the
+    next removal, a message sent, or another chat; always one container, so that the controls
+    after it keep their place."""
+    undo = state.get("undo")
+    with st.container(key="undo_bar"):
+        if not undo or undo.get("conv") != conversation_id:
+            return
+        with st.container(horizontal=True, vertical_alignment="center"):
+            done = bool(undo.get("done"))
+            what = f"undo_done_{undo['kind']}" if done else f"undo_{undo['kind']}"
+            icon = ":material/check_circle:" if done else ":material/delete:"
+            st.success(T(what, n=undo["n"]), icon=icon)
+            st.button(
+                T("undo"), key="undo_btn", icon=":material/undo:", on_click=_undo, disabled=done
+            )
 
 
 def _start_edit(msg_id: int) -> None:
@@ -140,6 +190,14 @@ def message(chat: OpenChat, msg: ChatMessage, is_last: bool) -> None:
             )
             with st.popover(":material/more_horiz:", help=T("more_actions"), type="tertiary"):
                 prompt_ui.menu_button(msg)
+                if len(msg.alternatives or []) > 1:  # one swipe, as SillyTavern deletes it
+                    st.button(
+                        T("delete_version"),
+                        key=f"delver_{msg.id}",
+                        icon=":material/layers_clear:",
+                        on_click=_delete_version,
+                        args=(msg.id, msg.chosen),
+                    )
                 st.button(
                     T("delete_message"),
                     key=f"del_{msg.id}",

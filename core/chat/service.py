@@ -43,7 +43,7 @@ from core.engine.sampler import (
 from core.errors import Conflict, ModelError, NotFound
 from core.prompt import CharacterContext, Message
 from core.roleplay.lore import fire_lore
-from core.store import ChatMessage, Conversation, Store
+from core.store import ChatMessage, Conversation, Removed, Store
 
 if TYPE_CHECKING:
     from core.engine import Engine, Reply, ReplyResult
@@ -223,8 +223,22 @@ class ChatService:
     def edit(self, message_id: int, text: str) -> ChatMessage:
         return self.store.edit_message(message_id, text)
 
-    def delete(self, message_id: int) -> None:
-        self.store.delete_message(message_id)
+    def delete(self, message_id: int) -> Removed:
+        """Remove a message (the later ones move up); `undo(removed.token)` puts it back until
+        the next compaction (core.store.removals)."""
+        return self.store.delete_message(message_id)
+
+    def delete_version(self, message_id: int, index: int) -> Removed:
+        """Remove one version (0-based) of a message that has several, as SillyTavern deletes a
+        swipe; Conflict "only_version" for its only one. Undone by `undo`."""
+        return self.store.remove_version(message_id, index)
+
+    def undo(self, token: str) -> Removed:
+        """Put back what a delete, rewind or version removal took away (its `token`): the
+        messages at their places, with their versions; a version at its index. NotFound when
+        it was undone already or deleted for good (compaction). The state cache needs nothing:
+        the same text makes the same keys, so its checkpoints are found again if still held."""
+        return self.store.undo_removal(token)
 
     def message(self, message_id: int) -> ChatMessage:
         m = self.store.get_message(message_id)
@@ -242,8 +256,9 @@ class ChatService:
             )
         return self.store.select_alternative(message_id, index)
 
-    def rewind_to(self, conversation_id: int, position: int) -> int:
-        """Delete every message from `position` on; returns how many went."""
+    def rewind_to(self, conversation_id: int, position: int) -> Removed:
+        """Remove every message from `position` on (`.messages`: how many went); `undo` puts
+        them back."""
         return self.store.rewind(conversation_id, position)
 
     def warm(self, conversation_id: int) -> None:

@@ -20,8 +20,10 @@ from core.store.models import (
     ChatMessage,
     Conversation,
     Lorebook,
+    Removal,
     Role,
 )
+from core.store.removals import UNDO_KEEP, Removed
 from core.store.store import Store, open_store
 from core.store.validation import (
     MAX_ITEMS,
@@ -37,6 +39,7 @@ __all__ = [
     "MAX_MESSAGE",
     "MAX_NAME",
     "MAX_TEXT",
+    "UNDO_KEEP",
     "ROLES",
     "AppSetting",
     "Character",
@@ -47,6 +50,8 @@ __all__ = [
     "Conversation",
     "Lorebook",
     "NotFound",
+    "Removal",
+    "Removed",
     "Role",
     "Store",
     "StoreError",

@@ -27,6 +27,7 @@ from core.store.models import (
     Conversation,
     utcnow,
 )
+from core.store.removals import delete_removals
 from core.store.validation import MAX_NAME, clean_name, validate_character
 from core.text import DEFAULT_USER
 
@@ -167,6 +168,7 @@ class CharactersMixin(StoreBase):
             if chats == "delete":
                 conv_ids = select(Conversation.id).where(Conversation.character_id == character_id)
                 s.exec(delete(ChatMessage).where(ChatMessage.conversation_id.in_(conv_ids)))
+                delete_removals(s, conv_ids)
                 s.exec(delete(Conversation).where(Conversation.character_id == character_id))
             else:
                 s.exec(

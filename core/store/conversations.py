@@ -16,6 +16,7 @@ from core.errors import NotFound, StoreError
 from core.store.base import StoreBase
 from core.store.groups import GROUP_DEFAULTS, MAX_GROUP, check_group
 from core.store.models import Character, ChatMessage, Conversation, utcnow
+from core.store.removals import delete_removals
 from core.store.validation import (
     MAX_MESSAGE,
     check_dict,
@@ -135,6 +136,7 @@ class ConversationsMixin(StoreBase):
         with self._write() as s:
             conv = self._get(s, Conversation, conversation_id, "conversation")
             s.exec(delete(ChatMessage).where(ChatMessage.conversation_id == conversation_id))
+            delete_removals(s, [conversation_id])
             s.delete(conv)
 
     def import_conversation(

@@ -1,10 +1,11 @@
 """The messages of a conversation: list and read them, append one, edit it, add and pick its
-versions (alternatives: regenerated replies, swipes), rewrite a version as a reply grows,
-delete one, and rewind a chat to a position.
+versions (alternatives: regenerated replies, swipes), rewrite a version as a reply grows.
+Deleting, rewinding and removing a version keep what they removed for an undo: removals.py.
 
 A message's `text` is always `alternatives[chosen]` and `meta` that version's `alt_meta`;
 every change of `text` clears its `tokens`. Each change of a message touches its chat's
-`updated_at`.
+`updated_at`. A removed message (`removal_id` set) is skipped by every read here, and cannot
+be changed: it is not found.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, func, update
-from sqlmodel import select
+from sqlalchemy import func
+from sqlmodel import Session, col, select
 
 from core.contracts import ROLES
-from core.errors import StoreError
+from core.errors import NotFound, StoreError
 from core.store.base import StoreBase
 from core.store.models import ChatMessage, Conversation, utcnow
 from core.store.validation import MAX_ITEMS, MAX_MESSAGE, check_dict, check_name, check_text
@@ -33,20 +34,23 @@ def _set_at(items: list[Any], index: int, value: Any, length: int) -> list[Any]:
 
 class MessagesMixin(StoreBase):
     """list_messages, get_message, add_message, edit_message, add_alternative, set_version,
-    select_alternative, delete_message, rewind."""
+    select_alternative."""
 
     def list_messages(self, conversation_id: int) -> list[ChatMessage]:
+        """The chat's messages in order (not those removed and kept for an undo)."""
         stmt = (
             select(ChatMessage)
-            .where(ChatMessage.conversation_id == conversation_id)
+            .where(ChatMessage.conversation_id == conversation_id, live())
             .order_by(ChatMessage.position, ChatMessage.id)
         )
         with self._read() as s:
             return list(s.exec(stmt).all())
 
     def get_message(self, message_id: int) -> ChatMessage | None:
+        """The message, or None (also when it was removed)."""
         with self._read() as s:
-            return s.get(ChatMessage, message_id)
+            msg = s.get(ChatMessage, message_id)
+            return msg if msg is not None and msg.removal_id is None else None
 
     def add_message(
         self,
@@ -68,7 +72,7 @@ class MessagesMixin(StoreBase):
             conv = self._get(s, Conversation, conversation_id, "conversation")
             last = s.exec(
                 select(func.max(ChatMessage.position)).where(
-                    ChatMessage.conversation_id == conversation_id
+                    ChatMessage.conversation_id == conversation_id, live()
                 )
             ).one()
             now = utcnow()
@@ -171,7 +175,7 @@ class MessagesMixin(StoreBase):
         touch: bool = True,
     ) -> ChatMessage:
         with self._write() as s:
-            msg = self._get(s, ChatMessage, message_id, "message")
+            msg = self._live_message(s, message_id)
             change(msg)
             if clear_tokens:
                 msg.tokens = None
@@ -185,29 +189,13 @@ class MessagesMixin(StoreBase):
             s.add(msg)
         return msg
 
-    def delete_message(self, message_id: int) -> None:
-        """Delete one message; those after it move up one position."""
-        with self._write() as s:
-            msg = self._get(s, ChatMessage, message_id, "message")
-            cid, pos = msg.conversation_id, msg.position
-            s.delete(msg)
-            s.flush()
-            s.exec(
-                update(ChatMessage)
-                .where(ChatMessage.conversation_id == cid, ChatMessage.position > pos)
-                .values(position=ChatMessage.position - 1)
-            )
-            self._touch(s, cid)
+    def _live_message(self, s: Session, message_id: int) -> ChatMessage:
+        msg = self._get(s, ChatMessage, message_id, "message")
+        if msg.removal_id is not None:
+            raise NotFound(f"There is no message with id {message_id}.")
+        return msg
 
-    def rewind(self, conversation_id: int, position: int) -> int:
-        """Delete the messages at `position` and after; returns how many were deleted."""
-        with self._write() as s:
-            self._get(s, Conversation, conversation_id, "conversation")
-            result = s.exec(
-                delete(ChatMessage).where(
-                    ChatMessage.conversation_id == conversation_id,
-                    ChatMessage.position >= position,
-                )
-            )
-            self._touch(s, conversation_id)
-            return int(result.rowcount or 0)
+
+def live() -> Any:
+    """The condition of a message not removed (for a query's where)."""
+    return col(ChatMessage.removal_id).is_(None)

@@ -148,6 +148,25 @@ class ChatMessage(SQLModel, table=True):
     meta: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # of the chosen version
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    # removed (deleted, rewound) but kept for an undo until the next compaction: every read of
+    # a chat's messages skips such a row; `position` is then where it goes back
+    # (no foreign key: SQLite adds one only by copying the table; the store keeps them paired)
+    removal_id: int | None = Field(default=None, index=True)
+
+
+class Removal(SQLModel, table=True):
+    """What one delete, rewind or "delete this version" removed, kept for an undo (`token`)
+    until the next compaction. The removed messages point at it (`ChatMessage.removal_id`); a
+    removed version is kept here whole (`data`: message_id, index, text, meta, chosen)."""
+
+    __tablename__ = "removals"
+
+    id: int | None = Field(default=None, primary_key=True)  # also the order of removals
+    token: str = Field(unique=True, index=True)
+    conversation_id: int = Field(foreign_key="conversations.id", index=True)
+    kind: str  # "delete", "rewind", "version"
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 # --- lorebooks ------------------------------------------------------------------------------

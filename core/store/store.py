@@ -10,8 +10,9 @@ write transaction starts with BEGIN IMMEDIATE: two writers queue instead of fail
 reader never sees half a write.
 
 `Store` is the one facade; its methods live by aggregate, one mixin a module: `characters`
-(and their avatar files, the user's name), `conversations`, `messages`, `groups` (group
-chats), `lorebooks` and `settings`, over the shared plumbing of `base` (engine, sessions).
+(and their avatar files, the user's name), `conversations`, `messages`, `removals` (what a delete,
+rewind or version removal keeps for an undo), `groups` (group chats), `lorebooks` and
+`settings`, over the shared plumbing of `base` (engine, sessions).
 A row that does not exist raises `NotFound`, data that changed under the caller `Conflict`
 (both StoreErrors).
 """
@@ -26,6 +27,7 @@ from core.store.database import make_engine, upgrade_db
 from core.store.groups import GROUP_ACTIVATIONS, GROUP_DEFAULTS, MAX_GROUP, GroupsMixin
 from core.store.lorebooks import MAX_LORE_ENTRIES, LorebooksMixin
 from core.store.messages import MessagesMixin
+from core.store.removals import UNDO_KEEP, RemovalsMixin, Removed
 from core.store.settings import SettingsMixin
 
 # the limits and defaults of the aggregates, importable from here as before
@@ -34,6 +36,8 @@ __all__ = [
     "GROUP_DEFAULTS",
     "MAX_GROUP",
     "MAX_LORE_ENTRIES",
+    "UNDO_KEEP",
+    "Removed",
     "Store",
     "open_store",
 ]
@@ -43,6 +47,7 @@ class Store(
     CharactersMixin,
     ConversationsMixin,
     MessagesMixin,
+    RemovalsMixin,
     GroupsMixin,
     LorebooksMixin,
     SettingsMixin,

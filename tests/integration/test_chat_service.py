@@ -178,7 +178,7 @@ def test_edit_delete_rewind(rt: Runtime) -> None:
     assert rt.chat.edit(a.id, "ONE").text == "ONE"
     rt.chat.delete(a.id)
     assert [m.text for m in rt.store.list_messages(conv.id)] == ["Hello there.", "two", "three"]
-    assert rt.chat.rewind_to(conv.id, 2) == 1
+    assert rt.chat.rewind_to(conv.id, 2).messages == 1
     assert [m.text for m in rt.store.list_messages(conv.id)] == ["Hello there.", "two"]
 
 

@@ -473,7 +473,7 @@ def test_messages_add_edit_alternatives_delete_rewind(store: Store):
     assert [m.position for m in left] == [0, 1, 2, 3, 4]
     assert store.add_message(conv.id, "user", "six").position == 5
 
-    assert store.rewind(conv.id, 2) == 4
+    assert store.rewind(conv.id, 2).messages == 4
     assert [m.text for m in store.list_messages(conv.id)] == ["one", "deux!"]
     assert store.add_message(conv.id, "char", "again").position == 2
     assert [(m.role, m.text) for m in chat.prompt_messages(store, conv.id)][-1] == ("char", "again")

@@ -1,5 +1,6 @@
 """The state invariant as a property (docs/ARCHITECTURE.md, "The state invariant"): after any
-sequence of send, regenerate, edit, delete the last k messages, stop mid-reply, continue, a
+sequence of send, regenerate, edit, delete the last k messages or one in the middle, undo such a
+removal, stop mid-reply, continue, a
 narrator's or another named character's message (written or generated), an edited character and
 reopen, the state the engine would use for the next reply gives the same logits as feeding the
 stored transcript from scratch, and it was reached feeding only the tokens the cache lacks.
@@ -62,6 +63,27 @@ def test_the_small_budget_does_evict(rwkv7_backend) -> None:
         ("delete", 2),
     ]
     assert check_invariant(rwkv7_backend, ops, mem_budget_mb=EVICTING_MB) > 0
+
+
+def test_an_undo_finds_the_checkpoints_of_what_it_puts_back(rwkv7_backend) -> None:
+    """Issue 23's undo: messages removed and put back render the same tokens, so the cache's
+    checkpoints of the chat as it was are found again (check_invariant counts the tokens fed:
+    after each undo only what the cache cannot hold, here nothing of the restored messages)."""
+    ops = [
+        ("send", "hello", 1),
+        ("send", "the cat", 2),
+        ("send", "why?", 3),
+        ("delete", 3),
+        ("undo",),
+        ("cut", 2),
+        ("send", "ok", 4),
+        ("undo",),
+        ("reopen",),
+        ("cut", 1),
+        ("undo",),
+    ]
+    check_invariant(rwkv7_backend, ops)
+    check_invariant(rwkv7_backend, ops, mem_budget_mb=EVICTING_MB)
 
 
 def test_lore_fed_before_replies_keeps_the_invariant(rwkv7_backend) -> None:

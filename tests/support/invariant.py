@@ -93,6 +93,10 @@ op = st.one_of(
     st.tuples(st.just("regenerate"), SEED),
     st.tuples(st.just("edit"), st.integers(0, 50), st.sampled_from(WORDS)),
     st.tuples(st.just("delete"), st.integers(1, 3)),
+    # one message removed from the middle; an undo puts back the latest removal (a delete or a
+    # cut) at its place: the same text, so the same checkpoint keys (core/store/removals.py)
+    st.tuples(st.just("cut"), st.integers(0, 50)),
+    st.tuples(st.just("undo")),
     st.tuples(st.just("stop"), st.sampled_from(WORDS), st.integers(1, 4)),
     st.tuples(st.just("reopen")),
     st.tuples(st.just("continue"), SEED),
@@ -251,6 +255,7 @@ def check_invariant(
         )
         ctx = CTX
         hist: list[Message] = [Message("char", "Welcome, {{user}}.")]
+        removed: list[tuple[int, list[Message]]] = []  # what an undo puts back, latest last
 
         def check_fed(what: str, tokens: int, bounds: tuple[int, int]) -> None:
             nonlocal longer
@@ -313,7 +318,16 @@ def check_invariant(
             elif kind == "edit" and hist:
                 hist[o[1] % len(hist)].text = o[2]
             elif kind == "delete":
-                del hist[max(0, len(hist) - o[1]) :]
+                at = max(0, len(hist) - o[1])
+                if hist[at:]:
+                    removed.append((at, hist[at:]))
+                del hist[at:]
+            elif kind == "cut" and hist:
+                at = o[1] % len(hist)
+                removed.append((at, [hist.pop(at)]))
+            elif kind == "undo" and removed:  # back at its place; what came since moves down
+                at, back = removed.pop()
+                hist[at:at] = back
             elif kind == "stop":
                 hist.append(Message("user", o[1]))
                 reply(Message("char"), 1234, max_tokens=12, cancel_after=o[2])

@@ -239,6 +239,60 @@ def test_delete_and_rewind(app_env: Path) -> None:
     assert [m.id for m in _msgs(conv_id)] == [msgs[0].id]
 
 
+def _undo_shown(at: Any) -> str:
+    return " ".join(s.value for s in at.success)
+
+
+def test_delete_rewind_and_a_version_come_back_with_undo(app_env: Path) -> None:
+    """Issue 23, "one click destroys": each removal says what it did and offers Undo, which
+    puts back the messages with all their versions."""
+    at = open_app()
+    conv_id = _start(at)
+    _say(at, "one")
+    reply = _msgs(conv_id)[-1]
+    for _ in range(2):  # the reply gets three versions
+        at.button(key=f"regen_{reply.id}").click().run()
+        check(at)
+    _say(at, "two")
+    before = [(m.id, m.position, m.text, m.alternatives, m.chosen) for m in _msgs(conv_id)]
+    assert len(before[2][3]) == 3
+
+    def now() -> list[Any]:
+        return [(m.id, m.position, m.text, m.alternatives, m.chosen) for m in _msgs(conv_id)]
+
+    # delete the reply with its three versions: gone, said, and back with Undo
+    at.button(key=f"del_{reply.id}").click().run()
+    check(at)
+    assert reply.id not in [m[0] for m in now()]
+    assert "Deleted a message." in _undo_shown(at)
+    at.button(key="undo_btn").click().run()
+    check(at)
+    assert now() == before
+    assert "The message is back." in _undo_shown(at) and at.button(key="undo_btn").disabled
+    # rewind to the greeting, then Undo
+    first = before[0][0]
+    at.button(key=f"rewind_{first}").click().run()
+    check(at)
+    assert [m[0] for m in now()] == [first]
+    assert "Rewound: removed 4 messages." in _undo_shown(at)
+    at.button(key="undo_btn").click().run()
+    assert now() == before and "4 messages are back." in _undo_shown(at)
+    # one version of the reply: the one shown goes, the others stay; Undo puts it back
+    shown = store().get_message(reply.id)
+    at.button(key=f"delver_{reply.id}").click().run()
+    check(at)
+    left = store().get_message(reply.id)
+    assert len(left.alternatives) == 2 and shown.text not in left.alternatives
+    assert "Deleted a version of the message." in _undo_shown(at)
+    at.button(key="undo_btn").click().run()
+    assert now() == before
+    # a message sent: the offer goes (what was removed is still kept until compaction)
+    at.button(key=f"del_{before[-1][0]}").click().run()
+    _say(at, "three")
+    assert not at.get("button") or "undo_btn" not in [b.key for b in at.button]
+    assert _undo_shown(at) == ""
+
+
 def test_rename_delete_and_switch_chats(app_env: Path) -> None:
     at = open_app()
     first = _start(at)

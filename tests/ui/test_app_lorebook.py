@@ -143,5 +143,5 @@ def test_fired_entries_are_listed_under_the_reply(app_env: Path) -> None:
     reply = s.list_messages(conv.id)[-1]
     assert reply.role == "char" and reply.meta["before"] == "Built in 1887."
     labels = [e.label for e in at.expander]
-    assert "Lore: 1 entries" in labels
+    assert "Lore: 1 entry" in labels
     assert any("Tower — Harbour" in m.value for m in at.markdown)

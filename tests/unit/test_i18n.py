@@ -24,7 +24,7 @@ def test_every_string_in_both_languages_with_same_fields() -> None:
         assert set(entry) == set(LANGS), key
         for lang in LANGS:
             assert entry[lang].strip(), (key, lang)
-        assert _fields(entry["en"]) == _fields(entry["zh"]), key
+        assert _fields(entry["en"].split("|")[-1]) == _fields(entry["zh"]), key
 
 
 def test_every_key_used_by_the_pages_exists() -> None:
@@ -171,3 +171,22 @@ def test_password_hash_round_trip() -> None:
     assert not check_password("s3cret!", h)
     assert check_password("plain", "plain") and not check_password("x", "plain")
     assert not check_password("x", "pbkdf2_sha256$broken")
+
+
+def test_plurals_pick_their_form_by_n_in_english_and_chinese_has_one() -> None:
+    from core.i18n import plural
+
+    assert t("meta_tokens", "en", n=1) == "1 token"
+    assert t("meta_tokens", "en", n=0) == "0 tokens"
+    assert t("meta_tokens", "en", n=2) == "2 tokens"
+    assert t("lore_fired", "en", n=1) == "Lore: 1 entry"
+    assert t("threads_in_use", "en", n=1) == "The model computes with 1 thread."
+    assert t("meta_tokens", "zh", n=1) == "1 个词元"
+    assert plural("a|b", None) == "b" and plural("plain", 1) == "plain"
+    for key, entry in STRINGS.items():
+        assert "|" not in entry["zh"], key
+        forms = entry["en"].split("|")
+        assert len(forms) <= 2, key
+        if len(forms) == 2:  # each form says the same thing: the same fields, n among them
+            assert _fields(forms[0]) == _fields(forms[1]) == _fields(entry["zh"]), key
+            assert "n" in _fields(forms[0]), key
