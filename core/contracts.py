@@ -23,6 +23,11 @@ class Role(StrEnum):
 
 ROLES: tuple[str, ...] = tuple(Role)  # ("user", "char", "narrator")
 
+# the setting (app_settings key) that makes "continue" add a new version of the message instead
+# of extending the version shown (SillyTavern's way, the default): read by the chat service,
+# set through core.settings.AppSettings
+CONTINUE_NEW_VERSION = "continue_new_version"
+
 
 class Op(StrEnum):
     """What a reply does to the chat."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.auth import hash_password
+from core.contracts import CONTINUE_NEW_VERSION as _CONTINUE_NEW_VERSION
 from core.errors import AppError, StoreError
 from core.i18n import LANGS
 from core.models.hub import DEFAULT_HUB
@@ -45,6 +46,9 @@ CACHE_DISK_MB = "cache_disk_mb"
 HUB_ENDPOINT = "hub_endpoint"  # where model downloads come from ("" = $HF_ENDPOINT, else the Hub)
 MEM_BANDWIDTH = "memory_bandwidth"  # bytes/s, measured once (core/models/machine.py)
 GPU_BANDWIDTH = "gpu_bandwidth"  # bytes/s of the GPU's memory, measured once where there is one
+# "continue" adds a new version instead of extending the one shown (the key is the chat
+# service's too, hence its home in core.contracts)
+CONTINUE_NEW_VERSION = _CONTINUE_NEW_VERSION
 
 STRATEGIES = (
     "cpu fp32",
@@ -189,6 +193,16 @@ class AppSettings:
         if name not in PRESETS:
             raise SettingError(f"Unknown preset {name!r}: choose one of {', '.join(PRESETS)}.")
         self._set(DEFAULT_PRESET, name)
+
+    def continue_new_version(self) -> bool:
+        """Whether "continue" adds a new version of the message (the app's old way) instead of
+        extending the version shown (the default, as SillyTavern does)."""
+        return self.get(CONTINUE_NEW_VERSION, False) is True
+
+    def set_continue_new_version(self, on: bool) -> None:
+        if not isinstance(on, bool):
+            raise SettingError("Say yes or no: whether continue adds a new version.")
+        self._set(CONTINUE_NEW_VERSION, on)
 
     # ------------------------------------------------------------------ the password
     def password_hash(self) -> str:

@@ -17,13 +17,15 @@ class ReplySaver:
     """Saves a reply while it is generated, so that a crash (kill -9, a power cut) loses at most
     its last couple of seconds.
 
-    `op` is Op.NEW (a new message by `role`), Op.REGEN or Op.CONTINUE (a new version of
-    `target`).
-    The first save, `every_s` seconds into the reply, creates the message or the version with
-    meta stop "interrupted"; later saves rewrite it in place, and `finish` writes the final text
-    with its real stop reason. A reply cut short by a crash is then a shorter stored message,
-    shown as interrupted. The engine rebuilds a reply's checkpoint from the stored text, so the
-    state invariant holds for it like for any other message.
+    `op` is Op.NEW (a new message by `role`), Op.REGEN (a new version of `target`) or
+    Op.CONTINUE: the version of `target` shown, made longer in place (as SillyTavern's continue
+    does), or with `new_version` a new version holding the longer text (the app's old way).
+    The first save, `every_s` seconds into the reply, creates the message or the version (or
+    rewrites the version continued) with meta stop "interrupted"; later saves rewrite it in
+    place, and `finish` writes the final text with its real stop reason. A reply cut short by
+    a crash is then a shorter stored message, shown as interrupted. The engine rebuilds a
+    reply's checkpoint from the stored text, so the state invariant holds for it like for any
+    other message.
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class ReplySaver:
         every_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         character_id: int | None = None,
+        new_version: bool = False,
     ) -> None:
         op, role = Op(op), Role(role)
         if op == Op.VERSIONS or (op != Op.NEW and target is None):
@@ -46,6 +49,7 @@ class ReplySaver:
         self.name = name  # the speaker's name when it is not the role's default
         self.character_id = character_id  # a group chat's member who speaks (a new message)
         self.target = target
+        self.new_version = new_version  # continue: a new version instead of the one shown
         self.meta = {**(meta or {}), **({"continued": True} if op == Op.CONTINUE else {})}
         self.every_s = SAVE_EVERY_S if every_s is None else every_s
         self._clock = clock
@@ -79,6 +83,10 @@ class ReplySaver:
         meta = {**self.meta, **meta}
         if self.message is not None:
             self.message = self.store.set_version(self.message.id, self._version, text, meta)
+        elif self.op == Op.CONTINUE and not self.new_version:
+            assert self.target is not None  # the version shown, longer: rewritten in place
+            self._version = self.target.chosen
+            self.message = self.store.set_version(self.target.id, self._version, text, meta)
         elif self.op == Op.NEW:
             self.message = self.store.add_message(
                 self.conversation_id,

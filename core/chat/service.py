@@ -31,7 +31,7 @@ from core.chat.card_fields import before_text, expand_greetings
 from core.chat.context import conversation_context, prompt_messages, to_message
 from core.chat.prompt_view import PromptView, prompt_view
 from core.chat.saver import ReplySaver
-from core.contracts import Op, ReplyMeta, Role
+from core.contracts import CONTINUE_NEW_VERSION, Op, ReplyMeta, Role
 from core.engine.sampler import (
     AUTO_PRESET,
     DEFAULT_PRESET,
@@ -319,6 +319,10 @@ class ChatService:
         return last
 
     # ------------------------------------------------------------------ replies
+    def continue_adds_version(self) -> bool:
+        """The setting: "continue" adds a new version instead of extending the one shown."""
+        return self.store.get_setting(CONTINUE_NEW_VERSION, False) is True
+
     def before_reply(
         self,
         conv: Conversation,
@@ -353,7 +357,8 @@ class ChatService:
         version_offset: int = 0,
     ) -> Turn:
         """Start a reply: Op.NEW (the next message, by `role`), Op.REGEN (a new version of the
-        last message) or Op.CONTINUE (the last message, made longer). `character_id`: the
+        last message) or Op.CONTINUE (the last message's version shown, made longer in place;
+        a new version instead with the setting `continue_adds_version`). `character_id`: the
         group chat's member who speaks (a new message; see reply_as). `target_id`, when given,
         must be the last message: a chat changed meanwhile is refused (Conflict), not silently
         rewritten. The returned Turn streams the text; nothing runs until it is iterated."""
@@ -413,6 +418,7 @@ class ChatService:
             meta={"model": model_name(engine), **extra},
             name=name if target is None else "",
             character_id=character_id if target is None else None,
+            new_version=op == Op.CONTINUE and self.continue_adds_version(),
         )
 
         def on_finish(res: ReplyResult) -> None:  # in the thread that reads the reply

@@ -84,15 +84,29 @@ def test_regenerate_and_continue_write_one_new_version_in_place(chat: tuple[Stor
     assert msg.alternatives == ["The old reply", "A new one"] and msg.text == "A new one"
     assert [m["stop"] for m in msg.alt_meta] == ["stop", "eos"]
 
+    # continue makes the version shown longer, in place (as SillyTavern's continue does)
     cont = ReplySaver(store, conv_id, "continue", target=msg, every_s=0.0, clock=clock)
     list(cont.track([" and", " more"]))
     partial = store.get_message(old.id)
-    assert partial.text == "A new one and more" and len(partial.alternatives) == 3
+    assert partial.text == "A new one and more" and len(partial.alternatives) == 2
     assert partial.meta == {"continued": True, "stop": "interrupted"}
     cont.finish("A new one and more.", {"tokens": 3, "stop": "stop"})
     msg = store.get_message(old.id)
-    assert msg.alternatives[1:] == ["A new one", "A new one and more."]
+    assert msg.alternatives == ["The old reply", "A new one and more."] and msg.chosen == 1
     assert msg.meta == {"continued": True, "tokens": 2 + 3, "stop": "stop"}
+    assert msg.alt_meta[0]["stop"] == "stop"  # the other version is untouched
+
+    # the old way, a setting: a new version holds the longer text, the one continued stays
+    cont = ReplySaver(
+        store, conv_id, "continue", target=msg, every_s=0.0, clock=clock, new_version=True
+    )
+    list(cont.track([" Again"]))
+    partial = store.get_message(old.id)
+    assert partial.text == "A new one and more. Again" and len(partial.alternatives) == 3
+    cont.finish("A new one and more. Again", {"tokens": 1, "stop": "stop"})
+    msg = store.get_message(old.id)
+    assert msg.alternatives[1:] == ["A new one and more.", "A new one and more. Again"]
+    assert msg.chosen == 2 and msg.meta["tokens"] == 5 + 1
 
 
 def test_nothing_is_saved_before_something_is_said(chat: tuple[Store, int]) -> None:

@@ -108,7 +108,10 @@ def test_three_turns_regenerate_pick_edit_continue_and_reopen(app_env: Path) -> 
     check(at)
     m = store().get_message(last.id)
     assert m.text.startswith("Edited reply, and then")
-    assert m.alternatives[m.chosen] == m.text and "Edited reply, and then" in m.alternatives
+    # the version shown is made longer in place (as in SillyTavern): no version is added
+    versions = store().get_message(last.id).alternatives
+    assert m.alternatives[m.chosen] == m.text and len(m.alternatives) == len(versions)
+    assert "Edited reply, and then" not in m.alternatives
     assert m.meta.get("continued") is True
     assert len(_msgs(conv_id)) == 7
 

@@ -95,6 +95,6 @@ def test_a_reply_cut_by_a_crash_shows_as_interrupted_and_continues(
     at.button(key=f"cont_{msg.id}").click().run()
     check(at)
     done = store().get_message(msg.id)
-    assert done.text == text + more and done.alternatives == [text, text + more]
+    assert done.text == text + more and done.alternatives == [text + more]  # made longer
     assert done.meta["stop"] == "length" and done.meta["continued"]
     assert not any(c.value == "interrupted" for c in at.caption)

@@ -18,7 +18,7 @@ from core.backends.base import ModelInfo
 from core.chat import ChatService
 from core.contracts import Op, ReplyMeta, Role
 from core.engine.engine import Reply, ReplyResult
-from core.errors import Conflict, ModelError, NotFound
+from core.errors import AppError, Conflict, ModelError, NotFound
 from core.store import Store
 from tests.support.db_fixtures import open_test_store
 
@@ -191,6 +191,28 @@ def test_continue_extends_the_last_message(store: Store, chats: ChatService) -> 
     longer = turn.consume().message
     assert longer is not None and longer.text == "Hello there. Hello there."
     assert ReplyMeta.from_dict(longer.meta).continued
+    assert longer.id == msg.id and longer.alternatives == [longer.text]  # in place
+
+
+def test_continue_adds_a_version_when_the_setting_says_so(store: Store, chats: ChatService) -> None:
+    from core.settings import AppSettings
+
+    cid = _chat(store, chats)
+    msg = chats.reply(cid).consume().message
+    assert msg is not None
+    settings = AppSettings(lambda: store, lambda: None)
+    assert settings.continue_new_version() is False and not chats.continue_adds_version()
+    settings.set_continue_new_version(True)
+    assert chats.continue_adds_version()
+    longer = chats.reply(cid, Op.CONTINUE, target_id=msg.id).consume().message
+    assert longer is not None
+    assert longer.alternatives == ["Hello there.", "Hello there. Hello there."]
+    assert longer.chosen == 1
+    settings.set_continue_new_version(False)
+    again = chats.reply(cid, Op.CONTINUE, target_id=msg.id).consume().message
+    assert again is not None and len(again.alternatives) == 2  # extended in place
+    with pytest.raises(AppError):
+        settings.set_continue_new_version("yes")  # type: ignore[arg-type]
 
 
 def test_a_requests_overrides_change_one_reply_not_the_chat(
