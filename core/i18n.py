@@ -330,6 +330,10 @@ _S: dict[str, tuple[str, str]] = {
     "delete_message": ("Delete this message", "删除这条消息"),
     "delete_version": ("Delete this version", "删除这个版本"),
     "undo": ("Undo", "撤销"),
+    "chat_imported": (
+        "Imported the chat {title} ({n} message).|Imported the chat {title} ({n} messages).",
+        "已导入对话 {title}（{n} 条消息）。",
+    ),
     "undo_delete": ("Deleted a message.", "已删除一条消息。"),
     "undo_rewind": (
         "Rewound: removed {n} message.|Rewound: removed {n} messages.",
@@ -512,6 +516,16 @@ _S: dict[str, tuple[str, str]] = {
     ),
     "backup_now": ("Back up now", "立即备份"),
     "backup_made": ("Backup written: {name}", "已写入备份：{name}"),
+    "continue_new_version": (
+        "Continue adds a new version",
+        "“继续”时新增一个版本",
+    ),
+    "continue_new_version_help": (
+        "Off (the default, as in SillyTavern): continue makes the version shown longer. On: it "
+        "keeps that version and adds the longer text as a new one.",
+        "关闭（默认，与 SillyTavern 相同）：“继续”会加长当前显示的版本。开启：保留该版本，"
+        "把加长后的文字作为新版本添加。",
+    ),
     "no_backups": ("There is no backup yet.", "还没有备份。"),
     "backup_choose": ("Backup", "备份"),
     "backup_label": ("{when} · {size} MB · {name}", "{when} · {size} MB · {name}"),

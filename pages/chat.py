@@ -96,6 +96,8 @@ if state.get("flash_error"):
 group_ui.show_flash()
 if state.get("reply_notice"):  # the last reply ran without the character's state file
     st.info(md_inline(state.pop("reply_notice")), icon=":material/info:")
+if state.get("toast"):  # what the last action did (an import...), once
+    st.toast(state.pop("toast"), icon=":material/check_circle:")
 
 # --- no chat open ------------------------------------------------------------------------------
 if conv is None:

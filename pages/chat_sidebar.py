@@ -140,16 +140,21 @@ def chat_actions(conv: Conversation) -> None:
 
 
 def import_chat(character: Character) -> None:
-    """A SillyTavern JSONL file as a new chat of the character."""
+    """A SillyTavern JSONL file as a new chat of the character: opened, said, and the uploader
+    emptied (a new key each time: Streamlit keeps an uploader's file otherwise)."""
     with st.expander(T("import_chat"), icon=":material/upload:"):
-        up = st.file_uploader(T("import_chat_file"), type=["jsonl"], key="import_chat_up")
+        key = f"import_chat_up_{state.get('import_chat_n', 0)}"
+        up = st.file_uploader(T("import_chat_file"), type=["jsonl"], key=key)
         if up is not None and st.button(T("import"), key="import_chat_btn"):
             try:
                 imported = rt().chat.import_chat(up.getvalue(), character.id)
             except AppError as e:
                 show_error(e)
             else:
+                n = len(rt().store.list_messages(imported.id))  # type: ignore[arg-type]
                 state.conv_id = imported.id
+                state.import_chat_n = state.get("import_chat_n", 0) + 1
+                state.toast = T("chat_imported", title=md_inline(imported.title), n=n)
                 st.rerun()
 
 

@@ -110,6 +110,23 @@ def database_problem(err: AppError) -> None:
         st.info(T("db_problem_no_restore"))
 
 
+def backup_controls(key: str) -> None:
+    """ "Back up now", then the restore controls. A backup made is said where it happens (a
+    toast: the page's message at its top is out of sight down here) and is the one the list
+    selects to restore."""
+    from core.store.backup import backup_now
+
+    if st.button(T("backup_now"), key="backup_now", icon=":material/backup:"):
+        try:
+            made = backup_now(database_url())
+        except AppError as e:
+            show_error(e)
+        else:
+            st.toast(T("backup_made", name=md_inline(made.name)), icon=":material/check_circle:")
+            st.session_state[f"{key}_backup"] = made.name  # before the list is drawn
+    restore_controls(key)
+
+
 def restore_controls(key: str) -> None:
     """Choose a backup and restore it, after a confirmation."""
     from core.store.backup import list_backups

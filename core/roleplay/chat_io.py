@@ -16,6 +16,7 @@ from core.errors import AppError, NotFound
 from core.store import MAX_ITEMS, Store, StoreError
 from core.store.groups import MAX_GROUP
 from core.store.models import Character, ChatMessage, Conversation
+from core.store.validation import MAX_SHORT
 from core.text import NARRATOR_NAME, loads_json
 
 MAX_CHAT_BYTES = 50 * 1024 * 1024
@@ -183,7 +184,9 @@ def import_jsonl(store: Store, data: str | bytes, character_id: int | None) -> C
     members = _members(store, ours.get("members"), character)
     if members:
         char_name = members[0].name
-    title = _text(ours.get("title")) or f"{char_name or 'Chat'} (imported)"
+    # a title of its own beside the chat it came from (the app's export carries its title)
+    title = _text(ours.get("title")) or char_name or "Chat"
+    title = f"{' '.join(title.split())[: MAX_SHORT - len(IMPORTED)]}{IMPORTED}"
     user_name = _text(header.get("user_name"))
     defaults = {"char": {char_name, _text(header.get("character_name"))}, "user": {user_name}}
     by_name = {c.name: c.id for c in members}
@@ -206,6 +209,9 @@ def import_jsonl(store: Store, data: str | bytes, character_id: int | None) -> C
         )
     except StoreError as e:
         raise ChatIOError(f"The chat cannot be imported: {e}") from None
+
+
+IMPORTED = " (imported)"  # after an imported chat's title
 
 
 def _members(store: Store, names: Any, chosen: Character | None) -> list[Character]:

@@ -66,7 +66,7 @@ def test_jsonl_round_trip(store: Store):
     assert new.id != conv.id
     assert new.character_id == conv.character_id and new.character_name == "Mira"
     assert (new.title, new.user_name, new.model, new.sampling) == (
-        conv.title,
+        f"{conv.title} (imported)",  # told apart from the chat it came from
         "Sam",
         "tiny.pth",
         {"t": 1},
@@ -219,3 +219,10 @@ def test_a_huge_number_or_a_lone_surrogate_in_a_chat(store: Store):
         import_jsonl(store, _HEADER + '\n{"mes": "a", "swipe_id": ' + _BIG_INT + "}", None)
     conv = import_jsonl(store, _HEADER + '\n{"mes": "half \\ud83d!"}', None)
     assert [m.text for m in store.list_messages(conv.id)] == ["half \ufffd!"]
+
+
+def test_an_imported_chat_has_a_title_of_its_own_even_a_long_one(store: Store):
+    conv = chat(store)
+    store.rename_conversation(conv.id, "A" * 200)  # the longest title there is
+    new = import_jsonl(store, export_jsonl(store, conv.id), None)
+    assert new.title.endswith("A (imported)") and len(new.title) == 200

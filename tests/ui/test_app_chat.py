@@ -448,6 +448,7 @@ def test_a_second_session_is_told_that_the_model_is_busy(app_env: Path, monkeypa
 
 def test_export_and_import_a_chat(app_env: Path) -> None:
     from core.roleplay.chat_io import export_jsonl
+    from pages.ui_common import md_inline
 
     at = open_app()
     conv_id = _start(at)
@@ -455,7 +456,7 @@ def test_export_and_import_a_chat(app_env: Path) -> None:
     data = export_jsonl(store(), conv_id)
     dl = [d.proto.id for d in at.get("download_button")]
     assert any(f"dl_md_{conv_id}" in i for i in dl) and any(f"dl_jsonl_{conv_id}" in i for i in dl)
-    at.file_uploader(key="import_chat_up").set_value(
+    at.file_uploader(key="import_chat_up_0").set_value(
         ("chat.jsonl", data.encode(), "application/jsonl")
     )
     at.run()
@@ -466,9 +467,21 @@ def test_export_and_import_a_chat(app_env: Path) -> None:
     new = next(c for c in convs if c.id != conv_id)
     assert at.session_state["conv_id"] == new.id
     assert "remember the blue door" in chat_texts(at)
+    # said, under a title of its own, and the uploader is empty again
+    old_title = store().get_conversation(conv_id).title
+    assert new.title == f"{old_title} (imported)"
+    n = len(store().list_messages(new.id))
+    assert [t.value for t in at.toast] == [
+        f"Imported the chat {md_inline(new.title)} ({n} messages)."
+    ]
+    assert not at.get("file_uploader") or all(
+        u.key != "import_chat_up_0" for u in at.get("file_uploader")
+    )
+    assert at.file_uploader(key="import_chat_up_1").value is None
     # a broken file is refused with a message
-    at.file_uploader(key="import_chat_up").set_value(("bad.jsonl", b"{oops", "application/jsonl"))
+    at.file_uploader(key="import_chat_up_1").set_value(("bad.jsonl", b"{oops", "application/jsonl"))
     at.run()
     at.button(key="import_chat_btn").click().run()
     check(at)
     assert errors(at) and errors(at)[0].startswith("Could not do that:")
+

@@ -39,7 +39,7 @@ def test_a_chat_file_that_cannot_be_read_is_refused_in_the_page(app_env: Path) -
     conv = s.create_conversation(ch.id)
     at = open_app("pages/chat.py", chat=str(conv.id))
     bad = b'{"user_name": "u"}\n{"mes": "a", "swipe_id": ' + HUGE + b"}"
-    at.file_uploader(key="import_chat_up").set_value(("big.jsonl", bad, "application/jsonl"))
+    at.file_uploader(key="import_chat_up_0").set_value(("big.jsonl", bad, "application/jsonl"))
     at.run()
     at.button(key="import_chat_btn").click().run()
     check(at)
