@@ -23,14 +23,14 @@ from core.settings import (
     STRATEGIES,
     ModelChoice,
 )
-from core.store.backup import KEEP, backup_dir, backup_now
+from core.store.backup import KEEP, backup_dir
 from pages import models_ui
 from pages.ui_common import (
     T,
+    backup_controls,
     choice_label,
     choose_model,
     current_choice,
-    database_url,
     lang,
     load_model,
     md_inline,
@@ -38,7 +38,6 @@ from pages.ui_common import (
     model_summary,
     page_guard,
     password_policy,
-    restore_controls,
     rt,
     set_lang,
     show_error,
@@ -289,6 +288,13 @@ st.selectbox(
     help=T("default_preset_help"),
     on_change=lambda: _save(cfg.set_default_preset, ss.set_preset),
 )
+st.checkbox(
+    T("continue_new_version"),
+    value=cfg.continue_new_version(),
+    key="set_continue_new_version",
+    help=T("continue_new_version_help"),
+    on_change=lambda: _save(cfg.set_continue_new_version, bool(ss.set_continue_new_version)),
+)
 
 # --- you -------------------------------------------------------------------------------------
 st.subheader(T("about_you"), anchor=False)
@@ -506,15 +512,7 @@ if st.button(
 # --- backups ---------------------------------------------------------------------------------
 st.subheader(T("backups"), anchor=False)
 st.caption(T("backups_help", folder=md_inline(str(backup_dir())), n=KEEP))
-if st.button(T("backup_now"), key="backup_now", icon=":material/backup:"):
-    try:
-        made = backup_now(database_url())
-    except AppError as e:
-        show_error(e)
-    else:
-        ss.settings_flash = T("backup_made", name=md_inline(made.name))
-        st.rerun()
-restore_controls("settings")
+backup_controls("settings")  # "Back up now" (said, and selected below) and the restore
 
 # --- threads ---------------------------------------------------------------------------------
 st.subheader(T("threads"), anchor=False)

@@ -75,7 +75,9 @@ def test_back_up_now_and_restore_in_settings(app_env: Path) -> None:
     at.button(key="backup_now").click().run()
     check(at)
     made = list_backups()[0].path
-    assert any(f"Backup written: {made.name}" in x.value.replace("\\", "") for x in at.success)
+    # said where it happened (a toast), and the new copy is the one selected to restore
+    assert [x.value.replace("\\", "") for x in at.toast] == [f"Backup written: {made.name}"]
+    assert at.selectbox(key="settings_backup").value == made.name
     s.create_character({"name": "After the backup"})
     s.close()
     assert {"After the backup", "Before"} <= set(character_names(at))

@@ -485,3 +485,23 @@ def test_export_and_import_a_chat(app_env: Path) -> None:
     check(at)
     assert errors(at) and errors(at)[0].startswith("Could not do that:")
 
+
+def test_continue_extends_the_version_unless_settings_say_add_one(app_env: Path) -> None:
+    at = open_app()
+    conv_id = _start(at)
+    _say(at, "Tell me more")
+    last = _msgs(conv_id)[-1]
+    at.button(key=f"cont_{last.id}").click().run()
+    check(at)
+    longer = store().get_message(last.id)
+    assert longer.alternatives == [longer.text] and longer.text.startswith(last.text)
+    # Settings: continue adds a new version (the old way)
+    at.switch_page("pages/settings.py").run()
+    at.checkbox(key="set_continue_new_version").check().run()
+    check(at)
+    at.switch_page(CHAT).run()
+    at.button(key=f"cont_{last.id}").click().run()
+    check(at)
+    again = store().get_message(last.id)
+    assert again.alternatives[0] == longer.text and len(again.alternatives) == 2
+    assert again.chosen == 1 and again.text.startswith(longer.text)
