@@ -91,6 +91,10 @@ _S: dict[str, tuple[str, str]] = {
     "unload": ("Unload", "卸载"),
     "choose_model": ("Choose a model in Settings", "在设置中选择模型"),
     "n_layers": ("{n} layer|{n} layers", "{n} 层"),
+    "default_user": ("User", "用户"),  # the user's name in a new chat when none is set
+    "runs_llama": ("llama.cpp, GGUF {kind}", "llama.cpp，GGUF {kind}"),
+    "runs_rwkv": ("rwkv package (PyTorch), {strategy}", "rwkv 包（PyTorch），{strategy}"),
+    "runs_threads": (", {n} thread|, {n} threads", "，{n} 个线程"),
     "n_params": ("{n} parameters", "{n} 参数"),
     "model_file": ("Model file", "模型文件"),
     "model_file_help": (
@@ -477,7 +481,7 @@ _S: dict[str, tuple[str, str]] = {
     "f_your_name": ("Your name", "你的名字"),
     "f_your_name_help": (
         'Used in chats whose character sets no user name. Empty: "User".',
-        '用于角色未指定用户名字的对话。留空则为 "User"。',
+        "用于角色未指定用户名字的对话。留空则为“用户”。",
     ),
     "f_your_persona": ("About you (persona)", "关于你（人设）"),
     "f_your_persona_help": (

@@ -46,7 +46,9 @@ def new_group_form(characters: list[Character]) -> None:
                 st.warning(T("group_need_two"))
                 return
             try:
-                conv = rt().chat.new_group_chat([int(i) for i in picked])
+                conv = rt().chat.new_group_chat(
+                    [int(i) for i in picked], default_user=T("default_user")
+                )
             except AppError as e:
                 show_error(e)
             else:

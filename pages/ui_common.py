@@ -181,8 +181,19 @@ def keep_lang() -> None:
 
 
 def set_lang(code: str) -> None:
-    """This session's language; the caller saves it as the default of new sessions."""
-    st.session_state.ui_lang = code
+    """This session's language; the caller saves it as the default of new sessions (a widget
+    callback). The browser keeps showing a select box's chosen option by the label it had: a
+    box whose labels are translated would go on showing the old language's label until the
+    page is reloaded. So the values that are options (text: a box's option, a radio's) are set
+    again: the next run sends each one anew, with its label in the new language. (Buttons,
+    uploaders and the like hold no text and cannot be set.)"""
+    ss = st.session_state
+    if ss.get("ui_lang") != code:
+        for key in list(ss.keys()):
+            value = ss[key]
+            if isinstance(value, str) and key != "chat_input":
+                ss[key] = value
+    ss.ui_lang = code
 
 
 def _default_lang() -> str:
@@ -599,7 +610,9 @@ def choose_model(choice: ModelChoice) -> None:
 
 
 def model_summary(engine: Engine) -> str:
-    """One line about the loaded model (plain text)."""
+    """One line about the loaded model (plain text): its file, architecture, size, and what
+    runs it, in the page's language (each back end says its own: the rwkv package its strategy,
+    llama.cpp the file's type; never the other one's settings)."""
     info = engine.info
     name = Path(info.path).name if info.path else T("embedded_model")
     parts = [name, info.arch]
@@ -607,9 +620,32 @@ def model_summary(engine: Engine) -> str:
         parts.append(T("n_layers", n=info.n_layer))
     if info.n_params:
         parts.append(T("n_params", n=_human(info.n_params)))
-    strategy = str(info.strategy or "")
-    parts.append(strategy if info.backend in strategy else f"{info.backend} · {strategy}")
+    parts.append(runs_on(info))
     return " · ".join(str(p) for p in parts if p)
+
+
+def rwkv_options_apply(choice: ModelChoice) -> bool:
+    """Whether the rwkv package's options (strategy, cuda_on, jit_on) apply to a model choice:
+    they do only when the rwkv package runs it (a .gguf file and the embedded model run on
+    llama.cpp), so Settings shows them only then."""
+    from core.backends.loader import resolve_backend
+
+    try:
+        return resolve_backend(Path(choice.path) if choice.path else None, choice.backend) == "rwkv"
+    except AppError:
+        return True  # an unknown back end: show everything, the load says what is wrong
+
+
+def runs_on(info: Any) -> str:
+    """What computes the model: "llama.cpp, GGUF Q4_1, 1 thread" / "rwkv package (PyTorch),
+    cpu fp32, 2 threads"."""
+    threads = info.extra.get("threads")
+    if info.backend == "llama":
+        kind = str(info.extra.get("file_type") or "").upper()
+        text = T("runs_llama", kind=kind or "?")
+    else:
+        text = T("runs_rwkv", strategy=info.strategy)
+    return text + (T("runs_threads", n=threads) if threads else "")
 
 
 def _human(n: float) -> str:
@@ -627,7 +663,9 @@ def conversation_params(conv: Conversation | None) -> SamplingParams:
 
 
 def new_conversation(character_id: int) -> Conversation:
-    return rt().chat.new_chat(character_id)
+    """A new chat with the character; with no name given for the user, the page's word for
+    "User" (in Chinese, 用户: what the chat then shows is what the model reads)."""
+    return rt().chat.new_chat(character_id, default_user=T("default_user"))
 
 
 def open_chat(conv_id: int) -> None:

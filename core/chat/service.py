@@ -173,10 +173,13 @@ class ChatService:
         p = SamplingParams.from_dict(values).validated()
         self.store.update_conversation(conversation_id, sampling={"preset": preset, **p.to_dict()})
 
-    def new_chat(self, character_id: int, title: str | None = None) -> Conversation:
+    def new_chat(
+        self, character_id: int, title: str | None = None, default_user: str | None = None
+    ) -> Conversation:
         """Start a chat with a character: the character's sampling preset (else the default
-        one), the user's name from Settings, the loaded model's name; `title` if given (else
-        the store's default)."""
+        one), the user's name from Settings (else the character's, else `default_user`: the
+        front end's word for "User" in its language), the loaded model's name; `title` if given
+        (else the store's default)."""
         store = self.store
         engine = self._engine()
         model = ""
@@ -184,7 +187,7 @@ class ChatService:
             model = model_name(engine)
         character = store.get_character(character_id)
         preset = (character.sampling_preset if character is not None else "") or ""
-        user_name = store.get_setting("user_name", "") or None
+        user_name = self._user_name(character, default_user)
         conv = store.create_conversation(
             character_id,
             model=model,
@@ -195,6 +198,14 @@ class ChatService:
         if title and title.strip():
             conv = store.rename_conversation(conv.id, title)  # type: ignore[arg-type]
         return conv
+
+    def _user_name(self, character: Any, default_user: str | None) -> str | None:
+        """The user's name in a new chat: the one saved in Settings, else the character's
+        (the store picks it), else `default_user` (None: the store's default, "User")."""
+        saved = self.store.get_setting("user_name", "") or None
+        if saved or (character is not None and character.user_name):
+            return saved
+        return default_user or None
 
     def conversation(self, conversation_id: int) -> Conversation:
         conv = self.store.get_conversation(conversation_id)
@@ -459,8 +470,11 @@ class ChatService:
         return prompt_view(self.store, self.engine(), conversation_id, message_id)
 
     # ------------------------------------------------------------------ group chats
-    def new_group_chat(self, character_ids: list[int]) -> Conversation:
-        """Start a chat with two or more characters (the first one's sampling preset)."""
+    def new_group_chat(
+        self, character_ids: list[int], default_user: str | None = None
+    ) -> Conversation:
+        """Start a chat with two or more characters (the first one's sampling preset; the
+        user's name as in `new_chat`)."""
         store = self.store
         engine = self._engine()
         first = store.get_character(character_ids[0]) if character_ids else None
@@ -469,7 +483,7 @@ class ChatService:
             character_ids,
             model=model_name(engine) if engine is not None else "",
             sampling=self.preset_sampling(preset if preset in PRESETS else self.default_preset()),
-            user_name=store.get_setting("user_name", "") or None,
+            user_name=self._user_name(first, default_user),
         )
         expand_greetings(store, conv)  # {{time}}, {{random::..}}...: once, stored as fed
         return conv
