@@ -396,7 +396,7 @@ _S: dict[str, tuple[str, str]] = {
     "state_file": ("RWKV state file", "RWKV 状态文件"),
     "state_file_upload": (
         "State file (.pth from RWKV state tuning, at most {mb} MB)",
-        "状态文件（RWKV state tuning 生成的 .pth，最大 {mb} MB）",
+        "状态文件（RWKV 状态微调生成的 .pth，最大 {mb} MB）",
     ),
     "state_file_help": (
         "The chat starts from this state instead of the model's own (RWKV-5, 6 and 7 models of "

@@ -31,7 +31,8 @@ PROPER = {
     "English",  # the language's own name in the language picker
     "Top", "Min",  # sampling's "Top P", "Top K", "Min P": the parameters' names
     "WebP", "JPEG", "PNG", "GIF", "BMP", "JSON", "JSONL", "API", "CPU", "GPU", "CUDA", "JIT",
-    "MB", "GB", "URL", "ChatML",
+    "MB", "GB", "URL", "ChatML", "SHA", "ID",
+    "Hugging", "Face", "Hub", "BlinkDL",  # where models come from, and their maker
     "localhost", "scheme", "host", "port",  # the form of an allowed origin: scheme://host[:port]
     "rwkv", "llama", "cpu", "cuda", "fp", "bf",  # back ends, architectures, rwkv strategies
 }  # fmt: skip
@@ -45,6 +46,10 @@ CODE = [
     r"\b\w*[_\d]\w*\b",  # identifiers and versions: cuda_on, fp32, rwkv7, q4_1, V2, 17.2M
     r"\bRP_[A-Z_]+\b",  # environment variables
     r"\brp-[\w-]+",  # an API key's first letters
+    r"\$\w+",  # environment variables: $HF_ENDPOINT
+    r"\b[\w.-]+/[\w./-]+",  # a model's repository and file: BlinkDL/rwkv7-g1, owner/name
+    r"\b[\w-]+\.(?:co|com|org|io)\b",  # domains: huggingface.co
+    r":\w+\[",  # Markdown's colour directives: :gray[...]
 ]
 _CODE = re.compile("|".join(CODE))
 _WORD = re.compile(r"[A-Za-z]{2,}")
