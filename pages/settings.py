@@ -39,6 +39,7 @@ from pages.ui_common import (
     page_guard,
     password_policy,
     rt,
+    rwkv_options_apply,
     set_lang,
     show_error,
     store,
@@ -150,6 +151,13 @@ if ss.set_model_src == OTHER:
         key="set_model_path",
         placeholder="/path/to/model.pth",
     )
+chosen_path = (
+    ""
+    if ss.set_model_src == EMBEDDED
+    else other_path.strip()
+    if ss.set_model_src == OTHER
+    else ss.set_model_src
+)
 with st.container(horizontal=True):
     backend = st.selectbox(
         T("backend"),
@@ -158,18 +166,24 @@ with st.container(horizontal=True):
         format_func=lambda b: T(f"backend_{b}"),
         key="set_backend",
     )
-    strategy = st.selectbox(
-        T("strategy"),
-        list(dict.fromkeys([choice.strategy, *STRATEGIES])),
-        key="set_strategy",
-        accept_new_options=True,
-        help=T("strategy_help"),
-    )
-with st.container(horizontal=True):
-    cuda_on = st.checkbox(
-        "cuda_on", value=choice.cuda_on, key="set_cuda_on", help=T("cuda_on_help")
-    )
-    jit_on = st.checkbox("jit_on", value=choice.jit_on, key="set_jit_on", help=T("jit_on_help"))
+    # the rwkv package's options, only where it runs the model (not for llama.cpp)
+    rwkv_options = rwkv_options_apply(ModelChoice(path=chosen_path, backend=backend))
+    strategy = choice.strategy
+    if rwkv_options:
+        strategy = st.selectbox(
+            T("strategy"),
+            list(dict.fromkeys([choice.strategy, *STRATEGIES])),
+            key="set_strategy",
+            accept_new_options=True,
+            help=T("strategy_help"),
+        )
+cuda_on, jit_on = choice.cuda_on, choice.jit_on
+if rwkv_options:
+    with st.container(horizontal=True):
+        cuda_on = st.checkbox(
+            "cuda_on", value=choice.cuda_on, key="set_cuda_on", help=T("cuda_on_help")
+        )
+        jit_on = st.checkbox("jit_on", value=choice.jit_on, key="set_jit_on", help=T("jit_on_help"))
 
 with st.container(horizontal=True):
     load_clicked = st.button(

@@ -220,7 +220,16 @@ def test_on_llama_cpp_the_model_line_says_what_runs(
     line = next(t.value for t in at.text if ".gguf" in t.value)
     assert re.search(r" · llama\.cpp，GGUF F32，\d+ 个线程$", line), line
     assert "cpu" not in line and not latin_words(line), line
-    # the rule Settings asks before showing the rwkv package's options
+    # Settings shows the rwkv package's options only where it runs the model
+    at.switch_page("pages/settings.py").run()
+    check(at)
+    keys = {w.key for w in [*at.selectbox, *at.checkbox]}
+    assert not keys & {"set_strategy", "set_cuda_on", "set_jit_on"}, keys
+    assert "cpu fp32" not in [o for b in at.selectbox for o in b.options]
+    at.selectbox(key="set_backend").set_value("rwkv").run()  # the user asks for the package
+    assert {"set_strategy", "set_cuda_on", "set_jit_on"} <= {
+        w.key for w in [*at.selectbox, *at.checkbox]
+    }
     assert not rwkv_options_apply(ModelChoice(path=str(gguf)))
     assert not rwkv_options_apply(ModelChoice(path=""))  # the embedded model: llama.cpp
     assert rwkv_options_apply(ModelChoice(path=str(tiny_model)))
