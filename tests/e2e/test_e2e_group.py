@@ -10,7 +10,6 @@ under CI=true it fails instead."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.server import app_store, embedded_app, wait_for, wait_quiet
+from tests.support.server import app_store, embedded_app, settle, track_runs, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 LOCAL = ("http://localhost", "ws://localhost", "http://127.0.0.1", "ws://127.0.0.1")
@@ -51,11 +50,12 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
+    track_runs(page)
     external: list[str] = []
     page.on("request", lambda r: None if r.url.startswith(LOCAL) else external.append(r.url))
 
-    def idle(quiet: float = 0.6) -> None:
-        wait_quiet(page, quiet)
+    def idle() -> None:
+        settle(page)
 
     def click(key: str) -> None:
         page.locator(f".st-key-{key} button").first.click()
@@ -68,18 +68,15 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
         idle()
 
     def reply_after(act: Any, first: bool = False) -> None:
-        """Do `act` (a send, a click) and wait for the reply it starts to end. The Stop button
-        shows while a reply streams, but a short one can come and go between two looks of a
-        loaded machine: a reply saved after `act` counts too."""
+        """Do `act` (a send, a click) and wait for the reply it starts to end: saved with its
+        stop reason (read from the database, so a reply too short for the Stop button to be
+        seen counts too), and the page's runs over."""
         before = s.list_messages(conv.id)[-1].id
         act()
-        deadline = time.time() + (180 if first else 60)
-        stop = page.locator(".st-key-stop_gen")
-        while not stop.count() and not ((r := last_reply()) and r.id != before):
-            assert time.time() < deadline, page.inner_text("body")[-1500:]
-            time.sleep(0.2)
-        page.wait_for_selector(".st-key-stop_gen", state="detached", timeout=240_000)
+        reply = wait_for(lambda: (r := last_reply()) and r.id != before and r, 300)
+        assert reply, page.inner_text("body")[-1500:]
         idle()
+        assert page.locator(".st-key-stop_gen").count() == 0
 
     def last_reply() -> Any:
         last = s.list_messages(conv.id)[-1]
@@ -154,13 +151,13 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
     # wait past the reply's end); the click event goes to the button itself instead
     page.locator(".st-key-stop_gen button").first.dispatch_event("click")
     page.wait_for_selector(".st-key-group_auto_start", timeout=60_000)
-    idle(2.0)
+    idle()
     msgs = s.list_messages(conv.id)
     # of its 3 turns, the one Stop cut (kept if it had said something), or one that ended just
     # as Stop was clicked, is the last: nothing after it, the auto mode is over
     assert n <= len(msgs) <= n + 2, [m.name for m in msgs[n:]]
     assert {m.name for m in msgs[n:]} <= {"Ada", "Ben"}  # Cyra is muted
-    idle(2.0)
+    idle()
     assert len(s.list_messages(conv.id)) == len(msgs)
 
     shot = tmp_path / "group-chat.png"
