@@ -27,7 +27,7 @@ LEVELS = ("unit", "integration", "ui", "e2e")
 
 hypothesis_settings.register_profile("ci", derandomize=False, database=None, print_blob=True)
 hypothesis_settings.register_profile("replay", derandomize=True, database=None)
-_SEED_KEY = pytest.StashKey[int | None]()
+_SEED_KEY = pytest.StashKey[tuple[object, str] | None]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,18 +38,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
     seed = config.getoption("hypothesis_seed", None)
     profile = config.getoption("hypothesis_profile", None)
+    how = "given"
     if in_ci() and seed is None and profile is None:
         hypothesis_settings.load_profile("ci")
-        seed = secrets.randbelow(2**32)
+        seed, how = secrets.randbelow(2**32), "a fresh one each CI run"
         core.global_force_seed = seed
-    config.stash[_SEED_KEY] = int(seed) if seed is not None and str(seed).isdigit() else None
+    config.stash[_SEED_KEY] = (seed, how) if seed is not None else None
 
 
 def _seed_line(config: pytest.Config) -> str | None:
-    seed = config.stash.get(_SEED_KEY, None)
-    if seed is None:
+    got = config.stash.get(_SEED_KEY, None)
+    if got is None:
         return None
-    return f"hypothesis seed {seed} (a fresh one each CI run; replay: --hypothesis-seed={seed})"
+    seed, how = got
+    return f"hypothesis seed {seed} ({how}; replay: --hypothesis-seed={seed})"
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
