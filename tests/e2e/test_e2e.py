@@ -2,9 +2,9 @@
 (Playwright, /usr/bin/chromium), with the embedded default model (SmolLM2-135M through
 llama.cpp): a real model, real streaming.
 
-Desktop (1280 px): create a character in the form, chat three turns watching each reply grow,
-regenerate, stop a reply with the Stop button, check that HTML in a message stays text, reload
-the page and resume the chat, resume it again from Home. Phone (390 px): the chat works and
+Desktop (1280 px): create a character in the form, chat three turns, regenerate, watch a reply
+grow and stop it with the Stop button, check that HTML in a message stays text, reload the page
+and resume the chat, resume it again from Home. Phone (390 px): the chat works and
 nothing is wider than the screen. Two browser sessions chat at once: each sees only its own chat,
 the second is told that it waits for the model. No request leaves localhost.
 
@@ -141,10 +141,6 @@ class Page:
                                                           characterData: true});
             }"""
         )
-
-    def growth(self) -> list[int]:
-        lens = self.page.evaluate("window.__lens || []")
-        return sorted(set(lens))
 
     def streamed(self) -> str:
         return self.page.evaluate("window.__streamed || ''")
