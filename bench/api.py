@@ -18,9 +18,14 @@ The client behaves like SillyTavern's Chat Completion source "Custom (OpenAI-com
 request body its server forwards (messages with the default prompt order: main prompt, card
 fields, example dialogue as system messages named example_user / example_assistant, "[Start a new
 Chat]", the greeting, then the chat; `logit_bias: {}`, penalties, `stream: true`), the whole
-transcript every turn, and the assistant's reply appended as the server returned it. Time to
-first token (TTFT) = from sending the request to the first SSE chunk with non-empty
-`delta.content`.
+transcript every turn. Time to first token (TTFT) = from sending the request to the first SSE
+chunk with non-empty `delta.content`.
+
+Both servers get the same transcript: the user lines and the assistant's replies are fixed in
+advance (REPLIES, not what each server answered, which would make the two chats differ), so
+every request to one server is the same request to the other. Both servers run at once and take
+turns request by request (which one goes first alternates), so both meet the same spells of
+load from other work; the peer's `--n_ctx` is sized for the longest prompt.
 
 Prints ONE JSON object:
 - api_ttft_growth: median TTFT of the last 3 turns / median of the first 3 (one chat alone;
@@ -31,11 +36,14 @@ Prints ONE JSON object:
   median of 3 repeats.
 - api_interleaved_growth: two chats A and B taking turns (A1 B1 A2 B2 ...): the same ratio over
   both chats' TTFTs (goal <= 1.2).
-- peer_api_ttft_growth, peer_api_regen_ttft_s, peer_api_interleaved_growth: the same against
-  llama-cpp-python's server.
+- api_prompt_tokens_turn1 / _last: the prompt of turn 1 and of turn N in tokens, as the server
+  counts them (`usage`, asked once more after the timed turns): the same messages, each server's
+  own prompt format and tokenizer; `api_cached_tokens_last`: of turn N's, those our app
+  restored from its state cache.
+- peer_api_*: the same against llama-cpp-python's server.
 - regen_speedup: peer_api_regen_ttft_s / api_regen_ttft_s (goal >= 20).
-- per-turn TTFT lists, prompt sizes in tokens where the server reports `usage`, and the setup.
-Every figure was measured on whatever else the machine was running at the time.
+- per-turn TTFT lists, and the setup. Every figure was measured on whatever else the machine
+  was running at the time.
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +103,17 @@ USER_LINES = [
     "coast by your shortest road, and where could we sleep safely?",
     "I pull out my grandfather's compass and set it beside your map. It always points a little "
     "wrong near the hills. Do you know why that happens there?",
+]
+# the assistant's side of the transcript, fixed in advance and the same for both servers (about
+# 20-30 tokens each, a little more than a reply of MAX_TOKENS would be); the turn's number
+# makes each unique
+REPLIES = [
+    "*{c} smiles and points at the map.* The bridge still stands, though its planks are loose.",
+    "Those crosses mark old wells. *She lowers her voice.* Two of them are dry, one is not.",
+    "They are kind, if you bring salt. *{c} sips the soup.* They trade fish for it at dawn.",
+    "I saw them twice. *She shrugs.* Marsh gas, the scholars say. The fishermen disagree.",
+    "Four days by the cliff road. We can sleep at the lighthouse; the keeper owes me a favour.",
+    "*{c} taps the compass.* Iron in the hills. Every needle bends there, even mine.",
 ]
 MAX_TOKENS = 16
 START_S = 300  # a server's start-up (and the first model load) on a loaded machine
@@ -223,10 +242,10 @@ def _write_threads_setting(data: Path, threads: int) -> None:
             store.close()
 
 
-def peer_server(model: Path, threads: int, log: Path) -> Server:
+def peer_server(model: Path, threads: int, log: Path, n_ctx: int = 16384) -> Server:
     env = dict(os.environ)
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model)]
-    cmd += ["--host", "127.0.0.1", "--port", "{port}", "--n_ctx", "16384"]
+    cmd += ["--host", "127.0.0.1", "--port", "{port}", "--n_ctx", str(n_ctx)]
     cmd += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     cmd += ["--chat_format", "chatml"]
     return Server("llama-cpp-python's server", cmd, env, log, "/v1/models")
@@ -327,21 +346,22 @@ class Chat:
             "logit_bias": {},
         }
 
-    def send(self, base: str) -> Result:
-        """The next user turn, then the reply as the server gave it joins the transcript."""
-        self.history.append({"role": "user", "content": self.user_line()})
-        res = stream_chat(base, self.body())
-        self.history.append({"role": "assistant", "content": res.text})
-        self.turn += 1
-        return res
+    def reply(self) -> str:
+        line = REPLIES[self.turn % len(REPLIES)].format(c=CHAR)
+        return f"({self.tag}{self.turn + 1}) {line}"
 
-    def regenerate(self, base: str) -> Result:
-        """The last request again (SillyTavern drops the last reply and resends)."""
-        last = self.history.pop()
-        try:
-            return stream_chat(base, self.body())
-        finally:
-            self.history.append(last)
+    def ask(self) -> None:
+        """The next user turn joins the transcript."""
+        self.history.append({"role": "user", "content": self.user_line()})
+
+    def answered(self) -> None:
+        """The turn's fixed reply joins the transcript (whatever a server answered)."""
+        self.history.append({"role": "assistant", "content": self.reply()})
+        self.turn += 1
+
+    def without_last_reply(self) -> dict[str, Any]:
+        """The last turn's request again (SillyTavern drops the last reply and resends)."""
+        return {**self.body(), "messages": self.body()["messages"][:-1]}
 
 
 def prompt_usage(base: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -368,41 +388,84 @@ def growth(ttfts: list[float]) -> float:
     return round(tail / head, 3) if head > 0 else float("nan")
 
 
-def measure(base: str, turns: int, max_tokens: int) -> dict[str, Any]:
-    """One chat for `turns` turns, its regenerate, then two new chats taking turns."""
-    mid = model_id(base)
-    warm = Chat("W", mid, max_tokens)  # loads the model, first-use tables
-    warm.send(base)
-    warm.send(base)
+def in_turns(bases: dict[str, str], k: int) -> list[tuple[str, str]]:
+    """The servers in the order of the k-th request: which goes first alternates."""
+    items = list(bases.items())
+    return items if k % 2 == 0 else items[::-1]
 
-    alone = Chat("A", mid, max_tokens)
-    res = [alone.send(base) for _ in range(turns)]
-    ttfts = [r.ttft_s for r in res]
-    regens = [alone.regenerate(base) for _ in range(3)]
-    alone.history.pop()
-    usage = prompt_usage(base, alone.body())
 
-    b, c = Chat("B", mid, max_tokens), Chat("C", mid, max_tokens)
-    inter_b: list[float] = []
-    inter_c: list[float] = []
+def measure(bases: dict[str, str], turns: int, max_tokens: int) -> dict[str, dict[str, Any]]:
+    """One chat for `turns` turns, its regenerate, then two new chats taking turns: every
+    request sent to each server, the servers taking turns request by request."""
+    ids = {name: model_id(base) for name, base in bases.items()}
+    out: dict[str, dict[str, Any]] = {name: {} for name in bases}
+    k = 0
+
+    def each(chat: Chat, body: dict[str, Any] | None = None) -> dict[str, Result]:
+        """The chat's current request to every server, in turn."""
+        nonlocal k
+        got: dict[str, Result] = {}
+        for name, base in in_turns(bases, k):
+            got[name] = stream_chat(base, {**(body or chat.body()), "model": ids[name]})
+        k += 1
+        return got
+
+    warm = Chat("W", "", max_tokens)  # loads the model, first-use tables
+    for _ in range(2):
+        warm.ask()
+        each(warm)
+        warm.answered()
+
+    alone = Chat("A", "", max_tokens)
+    ttfts: dict[str, list[float]] = {name: [] for name in bases}
+    empty = dict.fromkeys(bases, 0)
+    first_body: dict[str, Any] = {}
     for _ in range(turns):
-        inter_b.append(b.send(base).ttft_s)
-        inter_c.append(c.send(base).ttft_s)
-    # both chats' TTFT per turn (their median), so the ratio reads like the single chat's
-    inter = [statistics.median(pair) for pair in zip(inter_b, inter_c, strict=True)]
-    return {
-        "ttft_growth": growth(ttfts),
-        "regen_ttft_s": round(statistics.median(r.ttft_s for r in regens), 4),
-        "interleaved_growth": growth(inter),
-        "ttft_first_s": round(ttfts[0], 4),
-        "ttft_last_s": round(ttfts[-1], 4),
-        "ttft_s": [round(t, 4) for t in ttfts],
-        "regen_ttft_runs_s": [round(r.ttft_s, 4) for r in regens],
-        "interleaved_ttft_s": [round(t, 4) for t in inter],
-        "prompt_tokens_last": usage.get("prompt_tokens"),
-        "regen_cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
-        "empty_replies": sum(1 for r in res if not r.text),
-    }
+        alone.ask()
+        if not first_body:
+            first_body = alone.body()
+        for name, r in each(alone).items():
+            ttfts[name].append(r.ttft_s)
+            empty[name] += not r.text
+        alone.answered()
+    regen_body = alone.without_last_reply()
+    regens: dict[str, list[float]] = {name: [] for name in bases}
+    for _ in range(3):
+        for name, r in each(alone, regen_body).items():
+            regens[name].append(r.ttft_s)
+    usage_first = {n: prompt_usage(b, {**first_body, "model": ids[n]}) for n, b in bases.items()}
+    usage_last = {n: prompt_usage(b, {**regen_body, "model": ids[n]}) for n, b in bases.items()}
+
+    b, c = Chat("B", "", max_tokens), Chat("C", "", max_tokens)
+    inter: dict[str, list[float]] = {name: [] for name in bases}
+    for _ in range(turns):
+        row: dict[str, list[float]] = {name: [] for name in bases}
+        for chat in (b, c):
+            chat.ask()
+            for name, r in each(chat).items():
+                row[name].append(r.ttft_s)
+            chat.answered()
+        for name in bases:  # both chats' TTFT per turn (their median), read like the single's
+            inter[name].append(statistics.median(row[name]))
+
+    for name in bases:
+        t = ttfts[name]
+        last = usage_last[name]
+        out[name] = {
+            "ttft_growth": growth(t),
+            "regen_ttft_s": round(statistics.median(regens[name]), 4),
+            "interleaved_growth": growth(inter[name]),
+            "ttft_first_s": round(t[0], 4),
+            "ttft_last_s": round(t[-1], 4),
+            "ttft_s": [round(x, 4) for x in t],
+            "regen_ttft_runs_s": [round(x, 4) for x in regens[name]],
+            "interleaved_ttft_s": [round(x, 4) for x in inter[name]],
+            "prompt_tokens_turn1": usage_first[name].get("prompt_tokens"),
+            "prompt_tokens_last": last.get("prompt_tokens"),
+            "cached_tokens_last": (last.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            "empty_replies": empty[name],
+        }
+    return out
 
 
 def main() -> int:
@@ -417,24 +480,27 @@ def main() -> int:
         "threads": threads,
         "ours_served_by": "streamlit run Home.py (st.App: pages and /v1 on one port)",
         "peer_served_by": "python -m llama_cpp.server --chat_format chatml",
+        "transcript": "the same user lines and fixed replies for both servers",
+        "order": "both servers up at once, taking turns request by request",
         "ttft": "first SSE chunk with non-empty delta.content",
         "growth": "median TTFT of the last 3 turns / median of the first 3",
     }
-    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp, ExitStack() as stack:
         logs = Path(args.keep_logs) if args.keep_logs else Path(tmp)
         logs.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
+        bases: dict[str, str] = {}
         if not args.skip_ours:
             data = Path(tmp) / "data"
             data.mkdir()
-            with serving(our_server(model, data, threads, logs / "ours.log")) as srv:
-                ours = measure(srv.base, args.turns, args.max_tokens)
-            out.update({f"api_{k}": v for k, v in ours.items()})
+            srv = stack.enter_context(serving(our_server(model, data, threads, logs / "o.log")))
+            bases["api"] = srv.base
         if not args.skip_peer:
-            with serving(peer_server(model, threads, logs / "peer.log")) as srv:
-                peer = measure(srv.base, args.turns, args.max_tokens)
-            out.update({f"peer_api_{k}": v for k, v in peer.items()})
-        if not args.skip_ours and not args.skip_peer and out["api_regen_ttft_s"] > 0:
+            srv = stack.enter_context(serving(peer_server(model, threads, logs / "peer.log")))
+            bases["peer_api"] = srv.base
+        for name, figures in measure(bases, args.turns, args.max_tokens).items():
+            out.update({f"{name}_{k}": v for k, v in figures.items()})
+        if "api" in bases and "peer_api" in bases and out["api_regen_ttft_s"] > 0:
             out["regen_speedup"] = round(out["peer_api_regen_ttft_s"] / out["api_regen_ttft_s"], 2)
         out["wall_s"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out))

@@ -15,7 +15,7 @@ Prints one JSON object with a section per model:
   browser sessions or API clients) over one chat alone;
 - `per_chat_ratio_2`: each chat's own tokens/s with two running, over one alone;
 - `swipes3_ratio`: time for three versions of one reply at once over one version, each time
-  per token of the longest version (`swipesN_s`, `swipesN_tokens`): on random weights every
+  per forward pass of the longest version (`swipesN_s`, `swipesN_passes`): on random weights every
   version runs to its cap, but the embedded model's versions end where they end, and three
   versions take as long as their longest;
 - `batch_vs_bare`: our loop's aggregate at 4 chats over a bare batched decode of 4 sequences
@@ -25,10 +25,13 @@ Prints one JSON object with a section per model:
   the rwkv package the batched step (core/backends/rwkv7_batch.py) called directly, its
   one-sequence figure the package's own forward (what a chat alone runs);
 - `bare_agg_ratio_4`: the ceiling over the bare loop of one sequence.
-Every figure is the best of `--rounds` runs after a short warm-up run (WARM_TOKENS tokens a
-reply); the configurations take turns within a round, so each meets the same spells of load
-from other work on the machine. Prompts are cached by the warm-up: the figures are decode
-speeds, from a reply's first token to its last. The checkpoint a reply leaves (its closed form
+Tokens are counted per forward pass: a reply of n tokens takes n - 1 passes (its first token
+is sampled from the cached prompt's logits, with no pass), so our loops' rates are passes a
+second, as the bare loops' are (one token per sequence per pass). Every figure is the best of
+`--rounds` runs after a short warm-up run (WARM_TOKENS tokens a reply); the configurations take
+turns within a round, so each meets the same spells of load from other work on the machine.
+Prompts are cached by the warm-up: the figures are decode speeds, from a reply's first token to
+its last. The checkpoint a reply leaves (its closed form
 fed after it ends, when the sampled tokens are not exactly the stored text's: on these random
 weights, half the replies, 40 tokens each) is made on the model thread after the reply, as in
 the app while its user reads and types: each run waits for the last run's (`Engine.settle`)
@@ -86,8 +89,15 @@ def _params(tokens: int, seed: int) -> SamplingParams:
     )
 
 
+def passes(new_tokens: int) -> int:
+    """Forward passes of a reply of `new_tokens` tokens: its first comes from the prompt's
+    logits (cached by the warm-up), each later one from a pass over the token before it."""
+    return max(0, new_tokens - 1)
+
+
 def chats_at_once(engine: Engine, k: int, tokens: int) -> dict[str, float]:
-    """k chats replying at once, one thread each: total and per-chat tokens/s."""
+    """k chats replying at once, one thread each: total and per-chat tokens/s, counting a
+    token per forward pass of each chat (`passes`)."""
     engine.settle()  # the last run's reply checkpoints are made before the clock starts
     replies = [
         engine.reply(ctx, hist, Message("char"), _params(tokens, 100 + i))
@@ -99,7 +109,7 @@ def chats_at_once(engine: Engine, k: int, tokens: int) -> dict[str, float]:
 
     def run(i: int) -> None:
         start.wait()
-        done[i] = replies[i].consume().new_tokens
+        done[i] = passes(replies[i].consume().new_tokens)
         ends[i] = time.perf_counter()
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(k)]
@@ -116,13 +126,14 @@ def chats_at_once(engine: Engine, k: int, tokens: int) -> dict[str, float]:
 
 def versions_s(engine: Engine, n: int, tokens: int) -> dict[str, float]:
     """n versions of one reply at once (prompt cached): seconds, and the longest version's
-    tokens (a real model's versions end at different lengths; the time is the longest's)."""
+    forward passes (a real model's versions end at different lengths; the time is the
+    longest's)."""
     ctx, hist = CHATS[0]
     engine.settle()
     t0 = time.perf_counter()
     res = consume_together(engine.reply_versions(ctx, hist, Message("char"), _params(tokens, 7), n))
     seconds = time.perf_counter() - t0
-    longest = max(1, *(r.new_tokens for r in res))
+    longest = max(1, *(passes(r.new_tokens) for r in res))
     # "agg" orders results in `best`: fewer seconds a token of the longest version is better
     return {"agg": -seconds / longest, "s": seconds, "longest": float(longest)}
 
@@ -246,7 +257,7 @@ def measure(backend: Backend, tokens: int, rounds: int, ks: tuple[int, ...]) -> 
         out["per_chat_ratio_2"] = round(r["chats_2"]["per_chat"] / alone, 3)
     for n in (1, 3):
         out[f"swipes{n}_s"] = round(r[f"versions_{n}"]["s"], 3)
-        out[f"swipes{n}_tokens"] = int(r[f"versions_{n}"]["longest"])
+        out[f"swipes{n}_passes"] = int(r[f"versions_{n}"]["longest"])
     out["swipes3_ratio"] = round(r["versions_3"]["agg"] / r["versions_1"]["agg"], 3)
     if "bare_4" in r and "chats_4" in r:
         out["bare_tok_s_1"] = round(r["bare_1"]["agg"], 2)

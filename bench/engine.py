@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -186,35 +187,56 @@ def bytes_read_per_token(path: Path) -> tuple[int, list[str]]:
     return total, skip
 
 
-def read_bandwidth_gbs(threads: int, mib: int = 512) -> float:
-    """Memory read bandwidth with as many threads as the model uses, best of 5 after a warm-up.
-    A decode step reads its weights and writes almost nothing, on all of the model's threads:
-    so each thread here sums its own slice of one array (numpy releases the GIL in the sum).
-    A single thread copying would measure one core's share of the bandwidth, half of it in
-    writes."""
+READERS = {  # ways to read every byte of an array, each cheap per byte
+    "sum": lambda a: np.add.reduce(a),
+    "max": lambda a: np.maximum.reduce(a),
+    "or64": lambda a: np.bitwise_or.reduce(a.view(np.uint64)),
+}
+
+
+def read_bandwidth_gbs(threads: int, mib: int = 512) -> tuple[float, str]:
+    """Memory read bandwidth with as many threads as the model uses: the best of 5 reads after
+    a warm-up, over several reading kernels (the best kernel counts: one that computes more
+    per byte than the memory delivers would measure itself, not the memory, and made the bound
+    look lower than what llama.cpp reached). A decode step reads its weights and writes almost
+    nothing, on all of the model's threads: so each thread reads its own slice of one array
+    (numpy releases the GIL in its reductions). Returns (GB/s, the kernel)."""
     a = np.ones(mib << 18, np.float32)
     parts = np.array_split(a, threads)
-    best = 0.0
+    best, how = 0.0, ""
     with ThreadPoolExecutor(threads) as pool:
-        for _ in range(6):
-            t0 = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = max(best, a.nbytes / (time.perf_counter() - t0))
-    return best / 1e9
+        for name, read in READERS.items():
+            for _ in range(6):
+                t0 = time.perf_counter()
+                list(pool.map(read, parts))
+                rate = a.nbytes / (time.perf_counter() - t0)
+                if rate > best:
+                    best, how = rate, name
+    return best / 1e9, how
 
 
-def measure_bound(path: Path, bare_tok_s: float, threads: int) -> dict[str, Any]:
-    """The bare llama.cpp loop against the rate at which memory can deliver the weights."""
+def measure_bound(
+    path: Path, bare: Callable[[], float], threads: int, rounds: int
+) -> dict[str, Any]:
+    """The bare llama.cpp loop against the rate at which memory can deliver the weights, both
+    measured in turn (`rounds` times each, the best counts), so that both meet the same load."""
     per_token, skipped = bytes_read_per_token(path)
-    bw = read_bandwidth_gbs(threads)
+    bw, kernel, bare_best = 0.0, "", 0.0
+    for _ in range(rounds):
+        rate, how = read_bandwidth_gbs(threads)
+        if rate > bw:
+            bw, kernel = rate, how
+        bare_best = max(bare_best, bare())
     bound = bw * 1e9 / per_token
     return {
         "bandwidth_gbs": round(bw, 2),
+        "bandwidth_kernel": kernel,
         "bandwidth_threads": threads,
         "weight_bytes_per_token": per_token,
         "weights_not_read_per_token": skipped,
         "bound_tok_s": round(bound, 2),
-        "bound_ratio": round(bare_tok_s / bound, 3),
+        "bound_bare_decode_tok_s": round(bare_best, 2),
+        "bound_ratio": round(bare_best / bound, 3),
     }
 
 
@@ -407,7 +429,8 @@ def measure_resume(
         restarted.flush()
     turn1, resume = statistics.median(turn1s), statistics.median(resumes)
     engine.flush()
-    nxt = Message("user", USER.format(tag="B", n=turns + 1))
+    # a tag no other chat of this run used, so that neither prompt is in the cache already
+    nxt = Message("user", USER.format(tag="Z", n=turns + 1))
     restarted = Engine(backend, cache_dir=cache_dir)
     return {
         "resume_ttft_s": round(resume, 4),
@@ -416,7 +439,7 @@ def measure_resume(
         "resume_breakdown": {
             "resume": prefill_breakdown(restarted, backend, [*hist, nxt], cache_dir),
             "turn1": prefill_breakdown(
-                engine, backend, [GREETING, Message("user", USER.format(tag="B", n=1))], None
+                engine, backend, [GREETING, Message("user", USER.format(tag="Z", n=1))], None
             ),
         },
     }
@@ -435,7 +458,8 @@ def prefill_breakdown(
     cp, done = engine._restore(prompt)
     t2 = time.perf_counter()
     rest = [t for chunk in prompt.chunks[done:] for t in chunk.tokens]
-    on_model_thread(backend.forward, rest, cp.state)
+    if rest:
+        on_model_thread(backend.forward, rest, cp.state)
     t3 = time.perf_counter()
     out: dict[str, Any] = {
         "build_s": round(t1 - t0, 4),
@@ -466,29 +490,84 @@ def prefill_breakdown(
     return out
 
 
+def drop_from_page_cache(paths: list[Path]) -> None:
+    """Ask the kernel to drop the files' pages from its page cache (posix_fadvise DONTNEED), as
+    after a reboot or once other work has pushed them out. Only clean pages go: the state
+    cache fsyncs its files, and the engine has been flushed before."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def resident_fraction(paths: list[Path]) -> float | None:
+    """The fraction of the files' pages in the page cache (mincore over a mapping of each),
+    None where it cannot be read."""
+    import ctypes
+    import mmap
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+    total = resident = 0
+    for path in paths:
+        size = path.stat().st_size
+        if not size:
+            continue
+        n = (size + page - 1) // page
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)  # nothing touched
+            try:
+                buf = ctypes.c_char.from_buffer(mm)
+                vec = (ctypes.c_ubyte * n)()
+                rc = libc.mincore(ctypes.c_void_p(ctypes.addressof(buf)), size, vec)
+                del buf
+                if rc != 0:
+                    return None
+                resident += sum(v & 1 for v in vec)
+                total += n
+            finally:
+                mm.close()
+    return resident / total if total else None
+
+
 def measure_restart(
     engine: Engine, model: Path, args: argparse.Namespace, cache_dir: Path, hist: list[Message]
 ) -> dict[str, Any]:
     """A real restart: a new process loads the model (as the app does, warm-up included) and
     resumes the long chat from the checkpoints on disk; its time to first token (not its load
-    time) over a turn 1 measured just before in this warm process. `restart_ratio_no_warm_up`:
-    the same without the rwkv back end's warm-up at load (what a restart cost before it)."""
+    time) over a turn 1 measured just before in this warm process.
+    - `restart`: the checkpoints as this run left them, in the page cache (a warm restart: the
+      app closed and opened again at once);
+    - `cold_restart`: the checkpoint files dropped from the page cache first (posix_fadvise
+      DONTNEED), so the resume reads them from the disk, as after a reboot;
+      `cold_restart_resident` is the fraction of their pages still cached after the drop
+      (mincore: 0 when the drop worked), `checkpoint_files_bytes` what there was to read;
+    - `restart_no_warm_up` (rwkv): without the back end's warm-up at load (what a restart
+      cost before it)."""
     import subprocess
 
     turns = len(hist) // 2
     out: dict[str, Any] = {}
-    variants = [("restart", False)] + (
-        [("restart_no_warm_up", True)] if args.backend == "rwkv" else []
-    )
-    for name, no_warm_up in variants:
-        turn1s, restarts = [], []
+    variants = [("restart", False, False), ("cold_restart", False, True)]
+    if args.backend == "rwkv":
+        variants.append(("restart_no_warm_up", True, False))
+    files = sorted(cache_dir.glob("*.state"))
+    out["checkpoint_files_bytes"] = sum(f.stat().st_size for f in files)
+    for name, no_warm_up, cold in variants:
+        turn1s, restarts, resident = [], [], []
         for i in range(args.rounds):
             engine.flush()
             engine.warm(CTX, [GREETING])
-            user = Message("user", USER.format(tag=f"M{name[-2:]}", n=i + 1))
+            user = Message("user", USER.format(tag=f"M{name[:2]}{name[-2:]}", n=i + 1))
             turn1s.append(ttft(engine, [GREETING, user])[0])
             engine.flush()
-            nxt = USER.format(tag=f"P{name[-2:]}", n=turns + 1 + i)
+            nxt = USER.format(tag=f"P{name[:2]}{name[-2:]}", n=turns + 1 + i)
             spec = {
                 "model": str(model),
                 "backend": args.backend,
@@ -500,6 +579,12 @@ def measure_restart(
             }
             spec_path = cache_dir.parent / "resume-child.json"
             spec_path.write_text(json.dumps(spec))
+            if cold:
+                files = sorted(cache_dir.glob("*.state"))
+                drop_from_page_cache(files)
+                frac = resident_fraction(files)
+                if frac is not None:
+                    resident.append(frac)
             run = subprocess.run(
                 [sys.executable, __file__, "--resume-child", str(spec_path)],
                 capture_output=True,
@@ -511,6 +596,8 @@ def measure_restart(
         out[f"{name}_ttft_s"] = round(restart, 4)
         out[f"{name}_turn1_ttft_s"] = round(turn1, 4)
         out[f"{name}_ratio"] = round(restart / turn1, 3)
+        if cold and resident:
+            out[f"{name}_resident"] = round(max(resident), 4)
     return out
 
 
@@ -552,11 +639,20 @@ def main() -> int:
         "n_embd": info.n_embd,
         "params": info.n_params,
         "threads": info.extra["threads"],
+        "turns": args.turns,
+        "rounds": args.rounds,
     }
     out.update(measure_decode(backend, engine, args.decode_steps, args.rounds))
     out["sample_ms"] = round(sample_ms(info.n_vocab), 3)
     if info.backend == "llama":
-        out.update(measure_bound(model, out["llama_bare_decode_tok_s"], out["threads"]))
+        out.update(
+            measure_bound(
+                model,
+                lambda: on_model_thread(bare_decode_tok_s, backend, args.decode_steps),
+                out["threads"],
+                args.rounds,
+            )
+        )
     chat, hist = measure_chat(engine, args.turns)
     out.update(chat)
     out.update(measure_regen(engine, hist, out["decode_step_s"]))

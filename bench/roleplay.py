@@ -17,8 +17,17 @@ Narrator replies alike):
 - `clean_ending_pct`: the reply ended by itself (stop reason "stop" or "eos", not the token
   limit, not empty) and its text ends with a sentence-ending character: one of
   . ! ? … ~ * " ' ” ’ ) ] 」 』 ） 。 ！ ？ ～ (after trailing whitespace).
-- `user_line_pct`: some line of the reply starts (after spaces, `*`, `(` or quotes) with the
-  user's name followed by ":" or "：", i.e. the reply writes the user's part.
+- `user_line_attempt_pct`: the model started to write the user's line: the reply ended at the
+  stop string of the user's name (`\nName:` or `\nName：`; the reply's start counts as a line
+  start). Read from the stop string that ended the reply, before trimming: the stop scanner
+  cuts that line, so the text saved never shows it.
+- `user_line_pct`: what reached the user after trimming: some line of the saved reply starts
+  (after spaces, `*`, `(` or quotes) with the user's name followed by ":" or "：". The stop
+  scanner makes this 0 unless the name comes after something else on a line's start (`*`, a
+  quote), so read it with `user_line_attempt_pct`.
+- `turn_marker_stop_pct`: the reply ended at a prompt-format marker (ChatML's `<|im_start|>`,
+  `<|im_end|>` or `<|endoftext|>` written as text): the model opened a new turn, whoever's.
+- `stops`: how many replies each stop string ended (the user's name written `{user}`).
 - `empty_pct`: nothing was kept (the saved text is empty after stripping).
 - `length_cut_pct`: the reply hit `max_tokens` (stop reason "length").
 - `repeat_opening_pct`: the reply's first 16 characters (whitespace collapsed, case folded; the
@@ -43,6 +52,7 @@ import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +84,7 @@ ZH_TURNS = [
 ]
 NARRATOR_AFTER = 5  # a Narrator line after this many user turns
 
+TURN_MARKERS = {"<|im_start|>", "<|im_end|>", "<|endoftext|>"}
 END_CHARS = set(".!?…~*\"'”’)]」』）。！？～")
 OPENING_N = 16
 
@@ -181,6 +192,8 @@ def main() -> None:
                 res = turn.result
                 kept = turn.message.text if turn.message is not None else ""
                 stop = res.stop_reason if res is not None else "error"
+                # the stop string that ended it: what the model tried to write next
+                tried = (res.stop_string or "") if res is not None and stop == "stop" else ""
                 op = opening(kept)
                 repeat = len(op) >= 4 and any(op == o for o in openings)
                 if kept.strip():
@@ -189,6 +202,9 @@ def main() -> None:
                     "role": role,
                     "clean": clean_ending(kept, stop),
                     "user_line": user_line(kept, user),
+                    "user_line_attempt": tried in (f"\n{user}:", f"\n{user}："),
+                    "turn_marker": tried.strip() in TURN_MARKERS,
+                    "stop_string": tried.replace(user, "{user}") if tried else None,
                     "empty": not kept.strip(),
                     "length": stop == "length",
                     "repeat": repeat,
@@ -210,12 +226,16 @@ def main() -> None:
     narr = [r for r in rows if r["role"] == "narrator"]
     out: dict[str, Any] = {
         "clean_ending_pct": pct(sum(r["clean"] for r in rows), n),
+        "user_line_attempt_pct": pct(sum(r["user_line_attempt"] for r in rows), n),
         "user_line_pct": pct(sum(r["user_line"] for r in rows), n),
+        "turn_marker_stop_pct": pct(sum(r["turn_marker"] for r in rows), n),
         "empty_pct": pct(sum(r["empty"] for r in rows), n),
         "length_cut_pct": pct(sum(r["length"] for r in rows), n),
         "repeat_opening_pct": pct(sum(r["repeat"] for r in rows), n),
         "template_leak_pct": pct(sum(r["leak"] for r in rows), n),
         "narrator_template_leak_pct": pct(sum(r["leak"] for r in narr), len(narr)),
+        "stops": dict(Counter(r["stop_string"] for r in rows if r["stop_string"]).most_common()),
+        "preset": args.preset or "the model's own",
         "replies": n,
         "narrator_replies": len(narr),
         "characters": [c.name for c in characters],

@@ -3,6 +3,7 @@ is the default thread count (core/backends/threads.py) safe when another program
 
     python bench/threads.py                      # RWKV-7 0.1B shape: llama.cpp f16 and rwkv fp32
     python bench/threads.py --backends llama --tokens 128
+    python bench/threads.py --backends embedded  # the embedded model (SmolLM2 Q4_1, llama.cpp)
 
 The busy process (`while True: pass`) is started and killed by the bench. Each figure is the
 best of `--rounds` runs, alone and busy interleaved, so that load from other programs in one
@@ -79,7 +80,9 @@ def measure(backend: Any, counts: list[int], args: argparse.Namespace) -> dict[s
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--backends", nargs="+", choices=("llama", "rwkv"), default=["llama", "rwkv"])
+    ap.add_argument(
+        "--backends", nargs="+", choices=("llama", "rwkv", "embedded"), default=["llama", "rwkv"]
+    )
     ap.add_argument("--shape", default="0.1b")
     ap.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"))
     ap.add_argument("--strategy", default="cpu fp32")
@@ -96,11 +99,15 @@ def main() -> int:
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
     for kind in args.backends:
-        build_args = argparse.Namespace(
-            model=None, shape=args.shape, backend=kind, gguf_type=args.gguf_type
-        )
-        backend = load_backend(build_model(build_args), kind, args.strategy)
-        label = f"llama.cpp {args.gguf_type}" if kind == "llama" else f"rwkv {args.strategy}"
+        if kind == "embedded":  # the app's default model, no path: the embedded one
+            backend = load_backend(None, "llama")
+            label = "embedded"
+        else:
+            build_args = argparse.Namespace(
+                model=None, shape=args.shape, backend=kind, gguf_type=args.gguf_type
+            )
+            backend = load_backend(build_model(build_args), kind, args.strategy)
+            label = f"llama.cpp {args.gguf_type}" if kind == "llama" else f"rwkv {args.strategy}"
         out[label] = measure(backend, counts, args)
         on_model_thread(backend.close)
     out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -11,7 +11,8 @@ directory) for a reply in its own chat, reads the streamed pieces one by one as
 `st.write_stream` does, and the reply is saved as it grows and when it ends (each round adds a
 version of the same message, so every round decodes from the same prompt). The script times
 one session alone, then both at once (started together), and prints one JSON object: tokens
-per second of each session and of both together against one alone.
+per second of each session and of both together against one alone, a token counted per
+forward pass (a reply of n tokens takes n - 1 passes: its first comes from the prompt's logits).
 
 On llama.cpp, and on the rwkv back end with an RWKV-7 model (core/backends/rwkv7_batch.py), the
 two replies' decode steps run in one batched forward pass (core/engine/batch.py):
@@ -108,10 +109,11 @@ class Sessions:
         wall = time.perf_counter() - t0
         res = turn.result
         assert res is not None
+        passes = max(0, res.new_tokens - 1)  # the first token needs no pass (bench/batch.py)
         return {
-            "tokens": res.new_tokens,
+            "tokens": passes,
             "seconds": round(wall, 3),
-            "tok_s": round(res.new_tokens / wall, 2) if wall > 0 else 0.0,
+            "tok_s": round(passes / wall, 2) if wall > 0 else 0.0,
             "decode_tok_s": round(res.tok_s, 2),
             "ttft_s": round(res.ttft_s, 3),
             "stop": res.stop_reason,

@@ -3,18 +3,65 @@ layout, real World vocabulary) and a private data directory for every test.
 
 Each test is marked with its level, the folder it lives in (unit, integration, ui, e2e), so
 `-m "not e2e"` or `-m unit` select by level.
+
+Hypothesis: under CI=true every run draws a fresh seed and prints it in the header (and again
+at the end when a test failed), so CI explores new examples each run and a red build replays
+with `--hypothesis-seed=SEED`. Off CI Hypothesis draws its own and keeps failing examples in
+.hypothesis/; `--hypothesis-profile=replay` runs every property test on its fixed,
+derandomized examples.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 pytest.register_assert_rewrite("tests.support")
 
 LEVELS = ("unit", "integration", "ui", "e2e")
+
+
+hypothesis_settings.register_profile("ci", derandomize=False, database=None, print_blob=True)
+hypothesis_settings.register_profile("replay", derandomize=True, database=None)
+_SEED_KEY = pytest.StashKey[tuple[object, str] | None]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under CI=true, a fresh Hypothesis seed for the run (unless one or a profile is given)."""
+    from hypothesis import core
+
+    from tests.support.required import in_ci
+
+    seed = config.getoption("hypothesis_seed", None)
+    profile = config.getoption("hypothesis_profile", None)
+    how = "given"
+    if in_ci() and seed is None and profile is None:
+        hypothesis_settings.load_profile("ci")
+        seed, how = secrets.randbelow(2**32), "a fresh one each CI run"
+        core.global_force_seed = seed
+    config.stash[_SEED_KEY] = (seed, how) if seed is not None else None
+
+
+def _seed_line(config: pytest.Config) -> str | None:
+    got = config.stash.get(_SEED_KEY, None)
+    if got is None:
+        return None
+    seed, how = got
+    return f"hypothesis seed {seed} ({how}; replay: --hypothesis-seed={seed})"
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return _seed_line(config)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    line = _seed_line(config)
+    if line and exitstatus != 0:
+        terminalreporter.write_line(line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -24,8 +24,9 @@ from tests.support.server import (
     embedded_app,
     ended_reply,
     playwright_api,
+    settle,
+    track_runs,
     wait_for,
-    wait_quiet,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -128,10 +129,11 @@ def test_api_chat_and_browser_chat_at_once(server: SimpleNamespace, client: open
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            track_runs(page)
             page.goto(f"{server.url}/chat?chat={conv.id}")
             box = page.locator("[data-testid=stChatInputTextArea]")
             box.wait_for(timeout=120_000)
-            wait_quiet(page)
+            settle(page)
 
             stream = client.chat.completions.create(
                 model=model,
@@ -165,7 +167,7 @@ def test_api_chat_and_browser_chat_at_once(server: SimpleNamespace, client: open
             stream.close()  # the client goes away: the server stops that generation
 
             page.wait_for_selector(".st-key-stop_gen", state="detached", timeout=120_000)
-            wait_quiet(page)
+            settle(page)
             page_text = "\n".join(
                 page.locator("[data-testid=stChatMessageContent]").all_inner_texts()
             )

@@ -24,7 +24,14 @@ from core.models.catalog import HubFile, load_catalog
 from core.models.names import parse
 from tests.support import REPO
 from tests.support.local_hub import HubFileSpec, LocalHub, local_hub
-from tests.support.server import app_store, ended_reply, running_app, wait_for, wait_quiet
+from tests.support.server import (
+    app_store,
+    ended_reply,
+    running_app,
+    settle,
+    track_runs,
+    wait_for,
+)
 
 ARTIFACTS = REPO / "artifacts"
 REPO_ID = "BlinkDL/rwkv7-g1"
@@ -100,9 +107,10 @@ def _phone_fits(browser: Any, url: str, path: str, key: str) -> None:
     ctx = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     try:
         page = ctx.new_page()
+        track_runs(page)
         page.goto(url + path)
         page.locator(f".st-key-{key}").wait_for(timeout=120_000)
-        wait_quiet(page)
+        settle(page)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 391, f"{path} is {width}px wide on a 390px screen"
         _shot(page, f"catalog-phone-{path.strip('/') or 'home'}.png")
@@ -114,6 +122,7 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
     hub: LocalHub = server.hub
     ctx = browser.new_context(viewport={"width": 1280, "height": 2000})
     page = ctx.new_page()
+    track_runs(page)
     external: list[str] = []
     page.on(
         "request",
@@ -133,7 +142,7 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
         label = offer.inner_text()
         assert "Get RWKV-7 " in label and label.endswith("tokens/s here)"), label
         page.get_by_text("You are chatting with the built-in SmolLM2-135M").wait_for()
-        wait_quiet(page)
+        settle(page)
         _shot(page, "catalog-home.png")
         _phone_fits(browser, server.url, "/", "home_get_rwkv")
 
@@ -143,7 +152,7 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
         field = page.locator(".st-key-hub_endpoint_text input")
         field.fill(hub.url)
         field.press("Enter")
-        wait_quiet(page)
+        settle(page)
         page.locator(".st-key-hub_endpoint_save button").click()
         page.get_by_text(f"Download from 127.0.0.1:{hub.port}").wait_for(timeout=60_000)
         page.locator(".st-key-hub_look_up button").click()
@@ -151,7 +160,7 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
         page.locator("summary", has_text="0.1B ·").click()
         get = page.locator(f".st-key-hub_0_1B_{HubFile(REPO_ID, TINY).key}_get button")
         get.wait_for()
-        wait_quiet(page)
+        settle(page)
         page.get_by_text("Get an RWKV model").scroll_into_view_if_needed()
         _shot(page, "catalog-settings.png")
         _phone_fits(browser, server.url, "/settings", "hub_look_up")  # the listing, kept
@@ -172,6 +181,7 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
         assert not (server.models / TINY).exists()  # still held: the picture shows the bar
         # leaving the page does not stop it, and another page (another tab) shows the same one
         other = ctx.new_page()
+        track_runs(other)
         other.goto(server.url)
         other.get_by_text(f"Downloading {TINY} from 127.0.0.1:{hub.port}").wait_for(timeout=60_000)
         page.goto(server.url + "/characters")
@@ -204,7 +214,7 @@ def test_get_an_rwkv_model_load_it_and_chat(browser: Any, server: SimpleNamespac
         reply = wait_for(lambda: ended_reply(app_store(server), conv_id), 240)
         assert reply is not None and reply.role == "char", reply
         assert reply.meta.get("model") == TINY or TINY in str(reply.meta), reply.meta
-        wait_quiet(page)
+        settle(page)
         _shot(page, "catalog-chat.png")
         settings = app_store(server).get_setting("model")
         assert settings["path"] == str(dest)

@@ -12,7 +12,6 @@ under CI=true it fails instead."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support import REPO
-from tests.support.server import app_store, embedded_app, wait_for, wait_quiet
+from tests.support.server import app_store, embedded_app, settle, track_runs, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 LOCAL = ("http://localhost", "ws://localhost", "http://127.0.0.1", "ws://127.0.0.1")
@@ -54,11 +53,12 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
+    track_runs(page)
     external: list[str] = []
     page.on("request", lambda r: None if r.url.startswith(LOCAL) else external.append(r.url))
 
-    def idle(quiet: float = 0.6) -> None:
-        wait_quiet(page, quiet)
+    def idle() -> None:
+        settle(page)
 
     def click(key: str) -> None:
         page.locator(f".st-key-{key} button").first.click()
@@ -71,18 +71,15 @@ def test_a_group_chat_of_three_in_the_browser(browser: Any, server: Any, tmp_pat
         idle()
 
     def reply_after(act: Any, first: bool = False) -> None:
-        """Do `act` (a send, a click) and wait for the reply it starts to end. The Stop button
-        shows while a reply streams, but a short one can come and go between two looks of a
-        loaded machine: a reply saved after `act` counts too."""
+        """Do `act` (a send, a click) and wait for the reply it starts to end: saved with its
+        stop reason (read from the database, so a reply too short for the Stop button to be
+        seen counts too), and the page's runs over."""
         before = s.list_messages(conv.id)[-1].id
         act()
-        deadline = time.time() + (180 if first else 60)
-        stop = page.locator(".st-key-stop_gen")
-        while not stop.count() and not ((r := last_reply()) and r.id != before):
-            assert time.time() < deadline, page.inner_text("body")[-1500:]
-            time.sleep(0.2)
-        page.wait_for_selector(".st-key-stop_gen", state="detached", timeout=240_000)
+        reply = wait_for(lambda: (r := last_reply()) and r.id != before and r, 300)
+        assert reply, page.inner_text("body")[-1500:]
         idle()
+        assert page.locator(".st-key-stop_gen").count() == 0
 
     def last_reply() -> Any:
         last = s.list_messages(conv.id)[-1]
@@ -191,12 +188,13 @@ def test_stop_ends_the_auto_mode_at_any_turn(
 
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
+    track_runs(page)
     external: list[str] = []
     page.on("request", lambda r: None if r.url.startswith(LOCAL) else external.append(r.url))
     page.goto(f"{server.url}/chat?chat={conv.id}")
     auto = page.locator(".st-key-group_auto button")
     auto.filter(has_text="Let them talk").wait_for(timeout=180_000)
-    wait_quiet(page, 0.6)
+    settle(page)
     auto.click()  # a real click: the button keeps the focus, as a user's does
 
     # the turn to stop is streaming: its message under the member's name, with text in it
@@ -217,13 +215,13 @@ def test_stop_ends_the_auto_mode_at_any_turn(
     # a real mouse click (press and release), on the button shown now
     page.locator(f".st-key-{button}[data-stale=false] button").click(timeout=30_000)
     auto.filter(has_text="Let them talk").wait_for(timeout=60_000)
-    wait_quiet(page, 2.0)
+    settle(page)
     msgs = s.list_messages(conv.id)[n:]
     assert [m.name for m in msgs] == names[:turn], [(m.name, m.meta.get("stop")) for m in msgs]
     assert all(m.meta.get("stop") == "stop" for m in msgs[:-1]), [m.meta for m in msgs]
     assert msgs[-1].meta.get("stop") in ("closed", "cancel"), msgs[-1].meta
     page.locator("text=stopped").last.wait_for()
-    wait_quiet(page, 2.0)
+    settle(page)
     assert len(s.list_messages(conv.id)) == n + turn  # nothing ran after the Stop
 
     shot = f"group-auto-stopped-turn-{turn}-{button}.png"

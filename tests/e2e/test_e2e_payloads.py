@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.server import running_app, wait_quiet
+from tests.support.server import running_app, settle, track_runs
 
 LOCAL = ("http://127.0.0.1:", "ws://127.0.0.1:", "http://localhost:", "ws://localhost:")
 
@@ -97,6 +97,7 @@ class Tab:
         self.ctx = browser.new_context(viewport={"width": 1280, "height": 4000})
         self.ctx.route("**/*", self._route)
         self.page = self.ctx.new_page()
+        track_runs(self.page)
         self.page.on("dialog", self._dialog)
         self.url = url
         self.outside: list[str] = []
@@ -118,8 +119,8 @@ class Tab:
         self.page.wait_for_selector(ready, timeout=120_000)
         self.idle()
 
-    def idle(self, quiet: float = 0.6) -> None:
-        wait_quiet(self.page, quiet)
+    def idle(self) -> None:
+        settle(self.page)
 
     def click(self, selector: str) -> None:
         self.page.locator(selector).first.click()

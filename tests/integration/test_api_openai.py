@@ -25,6 +25,7 @@ from core.chat import model_name
 from core.engine import Engine
 from core.engine.sampler import SamplingParams
 from core.prompt import Message
+from core.text import normalize
 from tests.support.api_server import api_server
 from tests.support.required import unavailable
 
@@ -165,6 +166,36 @@ def test_stop_strings_end_the_completion(api: str) -> None:
     )
     assert cut.choices[0].finish_reason == "stop"
     assert cut.choices[0].text == text[: text.index(stop)].rstrip()
+
+
+def test_a_clients_stop_strings_end_a_chat_reply(api: str) -> None:
+    """Chat completions honour the client's `stop` as completions do: a string from the middle
+    of the free reply cuts the reply there, with finish_reason "stop". The user messages have no
+    name, so the app's own stops are those of "User" and none of them is the client's."""
+    chat = [
+        {"role": "system", "content": "Rex is a fox who lives in the snow."},
+        {"role": "assistant", "content": "Hello there."},
+        {"role": "user", "content": "Hello, Rex! Tell me about the snow."},
+    ]
+    body = {"messages": chat, "max_tokens": 16, "seed": 5, "temperature": 1}
+    url = api + "/v1/chat/completions"
+    free = httpx.post(url, json=body, timeout=WAIT_S).json()["choices"][0]
+    text = free["message"]["content"]
+    assert free["finish_reason"] == "length" and len(text) > 6, free
+    # a stop from the middle of the reply, with no space in it (the reply is normalised)
+    at = next(i for i in range(3, len(text) - 1) if not text[i : i + 2].isspace())
+    stop = text[at : at + 2].strip() or text[at]
+    for stream in (False, True):
+        r = httpx.post(url, json={**body, "stop": [stop], "stream": stream}, timeout=WAIT_S)
+        if stream:
+            events = [json.loads(e) for e in sse_events(r.text)[:-1]]
+            cut = "".join(e["choices"][0]["delta"].get("content") or "" for e in events)
+            finish = events[-1]["choices"][0]["finish_reason"]
+        else:
+            cut, finish = (r.json()["choices"][0][k] for k in ("message", "finish_reason"))
+            cut = cut["content"]
+        assert finish == "stop", (stream, stop, text, cut)
+        assert cut == normalize(text[: text.index(stop)]), (stream, stop, text, cut)
 
 
 def test_logit_bias_steers_the_reply(api: str) -> None:
@@ -435,6 +466,12 @@ def test_keys_when_a_password_is_set(api: str, monkeypatch: pytest.MonkeyPatch) 
     key, record = new_api_key("SillyTavern")
     runtime.current().store.set_setting("api_keys", [record])
     assert httpx.get(url, headers={"authorization": f"Bearer {key}"}).status_code == 200
+    assert httpx.get(url, headers={"authorization": f"bearer  {key}"}).status_code == 200
+    # the right key under another scheme, or under none, is refused
+    for auth in (f"Basic {key}", f"Token {key}", f"Bearerx {key}", key, f"{key} Bearer"):
+        r = httpx.get(url, headers={"authorization": auth})
+        assert r.status_code == 401, (auth[:12], r.status_code)
+        assert _error(r, 401)["code"] == "missing_api_key"
     with pytest.raises(openai.AuthenticationError):
         client(api, "sk-wrong").models.list()
     r = client(api, key).completions.create(model="m", prompt="Hi", max_tokens=2)

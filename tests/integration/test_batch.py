@@ -58,7 +58,10 @@ def _alone(engine: Engine, i: int, seed: int, **kw: Any) -> tuple[str, int]:
 
 
 def _together(engine: Engine, calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run the calls in threads, their first passes held back until all have asked."""
+    """Run the calls in threads, their first passes held back until all have asked. The cache
+    is cleared first: each reply's prompt is fed again, so its first call is a job in the
+    batcher (a cached prompt's first call is its first token's sampling, outside it)."""
+    engine.clear_cache()
     held = HeldModel(engine, len(calls))
     out: list[Any] = [None] * len(calls)
 
@@ -77,7 +80,6 @@ def _together(engine: Engine, calls: list[Callable[[], Any]]) -> list[Any]:
 def test_replies_in_a_batch_equal_the_same_replies_alone(engine) -> None:
     seeds = [3, 4, 5, 6]
     alone = [_alone(engine, i, s) for i, s in enumerate(seeds)]
-    engine.clear_cache()  # each prompt is fed again, in the batch
     before = engine._batcher.batched
     together = _together(
         engine, [lambda i=i, s=s: _alone(engine, i, s) for i, s in enumerate(seeds)]
@@ -208,13 +210,15 @@ def test_replies_in_wide_passes_equal_the_same_replies_alone(gguf_path, monkeypa
 
 
 def test_a_reply_joins_and_another_leaves_mid_batch(engine) -> None:
+    """B joins while A decodes, and shares A's passes: the model is held until B's prompt and
+    A's next step both wait, so they run in one pass; B ends (6 tokens) before A does; C joins
+    later. Each reply is the one made alone."""
     long_alone = _alone(engine, 0, 11, max_tokens=30)
     short_alone = _alone(engine, 1, 12, max_tokens=6)
     late_alone = _alone(engine, 2, 13, max_tokens=10)
+    engine.clear_cache()  # B's prompt is fed again: its first job in the batcher
     ctx, hist = CHATS[0]
     a = engine.reply(ctx, hist, Message("char"), _params(11, max_tokens=30))
-    pieces = []
-    it = iter(a)
     out: dict[str, Any] = {}
     joined = threading.Thread(
         target=lambda: out.setdefault("b", _alone(engine, 1, 12, max_tokens=6))
@@ -222,39 +226,63 @@ def test_a_reply_joins_and_another_leaves_mid_batch(engine) -> None:
     late = threading.Thread(
         target=lambda: out.setdefault("c", _alone(engine, 2, 13, max_tokens=10))
     )
-    for k, piece in enumerate(it):
-        pieces.append(piece)
-        if k == 2:
-            joined.start()  # joins while A decodes, and ends (6 tokens) before A does
+    shared = None
+    for k, _piece in enumerate(a):
+        if k == 2:  # A waits here, between two of its steps
+            held = HeldModel(engine, 2)
+            before = engine._batcher.batched
+            joined.start()
+            held.wait_queued(1)  # B asks for its first pass while the model is held
+            # A's next step (taken when this loop asks for the next piece) is the second job
+            releaser = threading.Thread(target=held.release_when_queued)
+            releaser.start()
+        if k == 3:
+            releaser.join()
+            shared = engine._batcher.batched - before
         if k == 8:
             late.start()
     joined.join(60)
     late.join(60)
     res = a.result
+    assert shared is not None and shared >= 2  # B's first pass carried A's step
     assert (res.text, res.new_tokens) == long_alone
     assert out["b"] == short_alone and out["c"] == late_alone
     assert not engine._batcher._streams  # every generation left the batch
 
 
 def test_cancel_leaves_the_batch_at_once(engine) -> None:
+    """A is cancelled while B, in the batch beside it, waits between two of its steps: A's
+    stream leaves at once and B's stays; B then goes on to the reply it makes alone."""
     other_alone = _alone(engine, 1, 21, max_tokens=20)
     ctx, hist = CHATS[0]
     cancel = threading.Event()
     a = engine.reply(ctx, hist, Message("char"), _params(20, max_tokens=200), cancel=cancel)
     it = iter(a)
     next(it)
+    b_in, b_go = threading.Event(), threading.Event()
     out: dict[str, Any] = {}
-    b = threading.Thread(target=lambda: out.setdefault("b", _alone(engine, 1, 21, max_tokens=20)))
+
+    def run_b() -> None:
+        ctx_b, hist_b = CHATS[1]
+        reply = engine.reply(ctx_b, hist_b, Message("char"), _params(21, max_tokens=20))
+        for _ in reply:  # B's stream is open from its first piece on
+            b_in.set()
+            b_go.wait()
+        b_in.set()
+        res = reply.result
+        out["b"] = (res.text, res.new_tokens)
+
+    b = threading.Thread(target=run_b)
     b.start()
-    n_before = None
-    for k, _ in enumerate(it):
-        if k == 3:
-            stream_count = len(engine._batcher._streams)
-            cancel.set()
-            n_before = k
+    assert b_in.wait(120), "B never produced a piece"
+    assert "b" not in out, "B ended before its first piece was shown"
+    assert len(engine._batcher._streams) == 2  # A's and B's
+    cancel.set()
+    rest = list(it)
     res = a.result
-    assert n_before is not None and res.stop_reason == "cancel"
-    assert stream_count >= 1
+    assert res.stop_reason == "cancel" and rest == []
+    assert len(engine._batcher._streams) == 1  # A left; B, still paused, stays
+    b_go.set()
     b.join(60)
     assert out["b"] == other_alone
     assert not engine._batcher._streams

@@ -6,6 +6,7 @@ The first test fails when the model is missing; the others then skip (fail under
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from core.engine.sampler import SamplingParams
 from core.errors import ModelError
 from core.prompt import CharacterContext, Message
 from core.prompt.chatml import IM_END, IM_START, ChatMLFormat, defuse
+from core.text import normalize
 from tests.support.required import unavailable
 
 MIA = CharacterContext(
@@ -89,29 +91,89 @@ def test_chatml_prompt_shape(smol) -> None:
     assert "helpful assistant" in plain
 
 
-def _greedy(b: LlamaBackend, tokens: list[int], n: int) -> list[int]:
-    logits, st = b.forward(tokens, b.initial_state())
-    out: list[int] = []
-    for _ in range(n):
-        t = int(np.argmax(logits))
-        if t == b.eos_token():
-            break
-        out.append(t)
-        logits, st = b.forward([t], st)
-    return out
+QUESTION = Message("user", "What is the capital of France?")
 
 
-def test_a_chatml_prompt_generates_text(smol) -> None:
-    fmt = smol.prompt_format()
-    msg = Message("user", "What is the capital of France?")
-    prompt = (
-        fmt.opening(CharacterContext())
-        + fmt.header(msg, CharacterContext())
-        + fmt.body(msg.text, msg, CharacterContext())
-        + fmt.header(Message("char", ""), CharacterContext())
+def _question_prompt(fmt: ChatMLFormat) -> str:
+    ctx = CharacterContext()
+    return (
+        fmt.opening(ctx)
+        + fmt.header(QUESTION, ctx)
+        + fmt.body(QUESTION.text, QUESTION, ctx)
+        + fmt.header(Message("char", ""), ctx)
     )
-    text = smol.detokenize(_greedy(smol, smol.tokenize(prompt), 30)).decode("utf-8", "replace")
-    assert "Paris" in text
+
+
+# What a tiny quantized model writes is not the code's to guarantee: llama.cpp is built for the
+# CPU it runs on and picks kernels by its features, and greedy text from this model differed
+# between machines (one wrote "Paris", a 2-core AMD EPYC with AVX2 and no AVX-512 "La femme de
+# France, le Grand Croix, ..."). These tests assert the prompt's tokens, that text decodes, the
+# engine's loop against the same back end's own forward, and knowledge only as a top-5 rank.
+
+
+def test_a_chatml_prompt_is_the_tokens_of_its_parts(smol) -> None:
+    prompt = _question_prompt(smol.prompt_format())
+    toks = smol.tokenize(prompt)
+    im_start, im_end = smol.tokenize(IM_START)[0], smol.tokenize(IM_END)[0]
+    # the same ids as llama.cpp's own parsing of special tokens (the prompt has only markers)
+    assert toks == smol.tokenize(prompt, special=True)
+    assert toks.count(im_start) == 3 and toks.count(im_end) == 2
+    head = smol.tokenize("assistant\n")  # the prompt ends with the reply's header
+    assert toks[0] == im_start and toks[-len(head) - 1 :] == [im_start, *head]
+    # the question is plain text between its markers
+    question = smol.tokenize("user\n" + QUESTION.text)
+    at = toks.index(im_start, 1) + 1
+    assert toks[at : at + len(question)] == question and toks[at + len(question)] == im_end
+    assert smol.detokenize(toks).decode() == prompt
+
+
+def test_greedy_replies_are_the_back_ends_own_greedy_steps() -> None:
+    """The engine's reply at temperature 0 (its sampler, stop scanner, batcher, banned first
+    tokens) is the greedy continuation of the back end's own forward steps from the same prompt
+    state, token for token; and it decodes as UTF-8, whatever it says."""
+    from core.engine import Engine
+
+    # a back end of its own: the states this engine keeps would change where the other tests'
+    # states lie in the shared one's KV cache, and with it their logits (by up to ~0.3)
+    path = embedded_model_path()
+    if path is None:
+        unavailable(missing_message())
+    own = LlamaBackend(path)
+    engine = Engine(own, cache_dir=None)
+    ctx, hist = CharacterContext(), [QUESTION]
+    logits, state = engine.state_for(ctx, hist, Message("char"))
+    ref: list[int] = []
+    for _ in range(30):
+        t = int(np.argmax(logits))
+        if t == own.eos_token():
+            break
+        ref.append(t)
+        logits, state = own.forward([t], state)
+    assert ref, "the model ended its turn before a first token"
+    raw = own.detokenize(ref)
+    codecs.getincrementaldecoder("utf-8")().decode(raw, final=False)  # raises on bad UTF-8
+    greedy = SamplingParams(
+        temperature=0.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0, max_tokens=30
+    )
+    res = engine.reply(ctx, hist, Message("char"), greedy).consume()
+    assert res.text.strip() and res.fed_tokens == 0  # from the state above, in the cache
+    want = normalize(raw.decode("utf-8", "replace"))
+    if res.stop_reason in ("length", "eos"):
+        assert res.new_tokens == len(ref) + (res.stop_reason == "eos")
+        assert res.text == want
+    else:  # a stop string cut it (another speaker's line, a marker's text)
+        assert res.stop_reason == "stop" and want.startswith(res.text)
+    engine.close()
+
+
+def test_the_model_ranks_paris_in_its_top_5(smol) -> None:
+    """What the model knows, as a rank rather than a text: after "The capital of France is"
+    in its answer, " Paris" is among the first token's top 5 (here the top one, 3.8 above the
+    next)."""
+    prompt = _question_prompt(smol.prompt_format()) + "The capital of France is"
+    logits, _ = smol.forward(smol.tokenize(prompt), smol.initial_state())
+    top5 = [smol.detokenize([int(t)]).decode("utf-8", "replace") for t in np.argsort(-logits)[:5]]
+    assert " Paris" in top5, top5
 
 
 def test_kv_states_are_exact_values(smol) -> None:
@@ -176,19 +238,19 @@ def test_three_turn_chat_and_regenerate_through_the_engine(smol, tmp_path: Path)
         shown = "".join(reply)
         res = reply.result
         assert res.text.strip() and shown.strip()
-        assert res.stop_reason in ("eos", "stop"), res
-        assert not any(
-            line.lstrip().startswith(("Tom:", IM_START)) for line in res.text.split("\n")
-        )
+        assert res.stop_reason in ("eos", "stop", "length"), res
+        # the user's lines are stops (the reply's start counts as a line start)
+        assert not any(line.startswith(("Tom:", IM_START)) for line in res.text.split("\n"))
         assert IM_END not in res.text
         if len(history) > 1:
             assert res.fed_tokens < res.prompt_tokens  # the earlier turns came from the cache
         history.append(Message("char", res.text))
     first = history.pop()
-    again = engine.reply(MIA, history, Message("char"), replace(params, seed=2))
-    res = again.consume()
-    assert res.text.strip() and res.text != first.text
-    assert res.fed_tokens == 0  # regenerate starts from the very same cached state
+    # regenerate starts from the very same cached state: with the same seed, the same reply
+    same = engine.reply(MIA, history, Message("char"), params).consume()
+    assert (same.text, same.fed_tokens) == (first.text, 0)
+    again = engine.reply(MIA, history, Message("char"), replace(params, seed=2)).consume()
+    assert again.text.strip() and again.fed_tokens == 0
 
 
 def test_a_real_gguf_cut_in_half_is_refused(smol, tmp_path: Path) -> None:

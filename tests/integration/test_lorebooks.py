@@ -6,7 +6,6 @@ from scratch."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +27,10 @@ from core.roleplay.lore import (
 )
 from core.runtime import Runtime
 from core.store import Store
+from tests.support import FIXTURES
 from tests.support.db_fixtures import card_png, v2_card
 
-SERAPHINA = Path(__file__).resolve().parents[3] / "shared/fixtures/cards/default_Seraphina.png"
+SERAPHINA = FIXTURES / "cards" / "default_Seraphina.png"
 SHORT = {"max_tokens": 5, "seed": 3, "temperature": 1.0, "top_p": 0.9}
 
 
@@ -122,7 +122,6 @@ def test_a_cards_own_book_fires_on_its_keys(store: Store) -> None:
     assert activate([book], ["the tower", "港口"]).fired == []
 
 
-@pytest.mark.skipif(not SERAPHINA.is_file(), reason="../shared/fixtures is absent")
 def test_seraphina_lorebook_fires_on_its_keys(store: Store) -> None:
     ch = import_card(store, SERAPHINA.read_bytes(), SERAPHINA.name)
     book = character_book(ch)

@@ -4,4 +4,4 @@ AppTest helpers and the state-invariant check. Tests import it as `from tests.su
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]  # the repository's root
-SHARED = REPO.parent / "shared"  # ../shared beside the checkout, where it exists
+FIXTURES = REPO / "tests" / "fixtures"  # cards and characters made by others (README there)

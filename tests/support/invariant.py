@@ -32,13 +32,12 @@ from core.engine.sampler import SamplingParams
 from core.prompt import CharacterContext, Message, PromptFormat
 from core.roleplay.lore import Book, activate, new_entry
 from core.store import Character
-from tests.support.required import in_ci
 from tests.support.state_file import start_state, state_file
 
-# the property tests' settings: CI runs them on a fixed seed, so a red build is reproducible
+# the property tests' settings; the seed comes from the run (tests/conftest.py: a fresh one
+# each CI run, printed in the header, or --hypothesis-seed / the "replay" profile to replay)
 PROPERTY = settings(
     deadline=None,
-    derandomize=in_ci(),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 

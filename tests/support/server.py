@@ -131,16 +131,107 @@ def wait_for(fn: Any, timeout: float) -> Any:
         time.sleep(0.2)
 
 
-def wait_quiet(page: Any, quiet: float = 0.6) -> None:
-    """Wait until the page has not changed for `quiet` seconds: the script run is over."""
-    page.evaluate(
-        """(quiet) => new Promise(resolve => {
-            let timer = setTimeout(done, quiet * 1000);
-            const obs = new MutationObserver(() => {
-                clearTimeout(timer); timer = setTimeout(done, quiet * 1000); });
-            function done() { obs.disconnect(); resolve(); }
-            obs.observe(document.body, {subtree: true, childList: true,
-                                        characterData: true, attributes: true});
-        })""",
-        quiet,
+SETTLE_S = 300  # a bound for a page's run chain on a loaded machine (a reply included), never timed
+
+
+class ScriptRuns:
+    """The script runs of one browser page, read from its Streamlit websocket with Streamlit's
+    own protobufs: rerun requests the page sent (a click, an input, a page load), runs the
+    server started (`new_session`), and run chains that ended (`script_finished`, except a run
+    stopped to run again: a callback, `st.rerun()`, a newer input). A new websocket (a reload,
+    another page) starts the count afresh."""
+
+    def __init__(self, page: Any) -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        self._back, self._fwd = BackMsg, ForwardMsg
+        self.page = page
+        self.ws: Any = None
+        self._reset()
+        page.on("websocket", self._on_websocket)
+
+    def _reset(self) -> None:
+        self.requested = 0  # rerun requests sent
+        self.served = 0  # of them, those sent before the last run started
+        self.running = False  # a run chain is under way
+        self.ended = 0  # run chains ended
+
+    def _on_websocket(self, ws: Any) -> None:
+        if "/_stcore/stream" not in ws.url:
+            return
+        self.ws = ws
+        self._reset()
+        ws.on("framesent", lambda payload: self._sent(ws, payload))
+        ws.on("framereceived", lambda payload: self._received(ws, payload))
+        ws.on("close", lambda _ws: self._closed(ws))
+
+    def _closed(self, ws: Any) -> None:
+        if ws is self.ws:  # the page went away (a reload, a navigation): nothing to wait for
+            self.ws = None
+            self._reset()
+
+    def _sent(self, ws: Any, payload: bytes | str) -> None:
+        if ws is self.ws and isinstance(payload, bytes):
+            if self._back.FromString(payload).WhichOneof("type") == "rerun_script":
+                self.requested += 1
+
+    def _received(self, ws: Any, payload: bytes | str) -> None:
+        if ws is not self.ws or not isinstance(payload, bytes):
+            return
+        msg = self._fwd.FromString(payload)
+        kind = msg.WhichOneof("type")
+        if kind == "new_session":  # a run starts: it serves every request sent so far
+            self.served, self.running = self.requested, True
+        elif kind == "script_finished" and (
+            msg.script_finished != self._fwd.ScriptFinishedStatus.FINISHED_EARLY_FOR_RERUN
+        ):
+            self.running = False
+            self.ended += 1
+
+    def settled(self) -> bool:
+        """No run chain is going, every request sent has been served, and one has ended."""
+        return (
+            self.ws is not None
+            and not self.running
+            and self.served >= self.requested
+            and self.ended > 0
+        )
+
+
+def track_runs(page: Any) -> ScriptRuns:
+    """Follow `page`'s script runs from now on (call it before the page opens the app)."""
+    runs = ScriptRuns(page)
+    _RUNS[id(page)] = runs
+    return runs
+
+
+_RUNS: dict[int, ScriptRuns] = {}
+
+
+def settle(page: Any, timeout: float = SETTLE_S) -> None:
+    """Wait until the page's script runs are over: every rerun it asked for (a click, an input,
+    the page's load) has run, the chain of runs has ended, and the browser has drawn the last
+    one (Streamlit's app element says "notRunning", and no animation that ends still runs).
+    Events, not a quiet spell: a run that pauses for seconds (the model loading, a busy
+    machine) is still waited for. Fails after `timeout` seconds, a bound for a stuck page,
+    never a measure of speed."""
+    runs = _RUNS.get(id(page))
+    if runs is None:
+        raise RuntimeError("track_runs(page) first, before the page opens the app")
+    ms = timeout * 1000
+    if runs.ws is None:
+        page.wait_for_event("websocket", lambda ws: "/_stcore/stream" in ws.url, timeout=ms)
+    if not runs.settled():
+        # our handler sees each frame first (registered first), then this predicate
+        runs.ws.wait_for_event("framereceived", lambda _payload: runs.settled(), timeout=ms)
+    # ... and the browser has drawn it: the app says "notRunning", and no animation that ends
+    # is still running (an expander opening moves what is below it; spinners loop forever)
+    page.wait_for_function(
+        """() => { const app = document.querySelector('[data-testid=stApp]');
+                   return app && app.dataset.testScriptState === 'notRunning'
+                          && app.dataset.testConnectionState === 'CONNECTED'
+                          && document.getAnimations().every(a => a.playState !== 'running'
+                               || a.effect?.getComputedTiming().iterations === Infinity); }""",
+        timeout=ms,
     )

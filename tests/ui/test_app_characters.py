@@ -6,10 +6,9 @@ import io
 import json
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
-from tests.support import SHARED
+from tests.support import FIXTURES
 from tests.support.ui import (
     check,
     create_character,
@@ -208,13 +207,10 @@ def test_page_in_chinese(app_env: Path) -> None:
     assert at.button(key="new_character").label == "新建角色"
 
 
-SHARED_CARDS = SHARED / "fixtures"
-
-
-@pytest.mark.skipif(not SHARED_CARDS.is_dir(), reason="no ../shared/fixtures in this checkout")
 def test_import_real_cards_made_by_others(app_env: Path) -> None:
-    files = sorted((SHARED_CARDS / "cards").glob("*.png"))
-    files += [SHARED_CARDS / "seed-chars" / "小雪.json"]
+    files = sorted((FIXTURES / "cards").glob("*.png"))
+    assert len(files) == 3
+    files += [FIXTURES / "seed-chars" / "小雪.json"]
     at = open_app(PAGE)
     at.file_uploader(key="card_upload_0").set_value(
         [
