@@ -25,6 +25,7 @@ from core.store.models import (
 from core.store.store import Store, open_store
 from core.store.validation import (
     MAX_ITEMS,
+    MAX_LORE_ENTRIES,
     MAX_MESSAGE,
     MAX_NAME,
     MAX_TEXT,
@@ -34,6 +35,7 @@ from core.store.validation import (
 
 __all__ = [
     "MAX_ITEMS",
+    "MAX_LORE_ENTRIES",
     "MAX_MESSAGE",
     "MAX_NAME",
     "MAX_TEXT",

@@ -20,6 +20,7 @@ MAX_SHORT = 200  # one-line fields: creator, version, preset, title, tag
 MAX_ITEMS = 200  # greetings, tags, alternatives
 MAX_STOP_STRINGS = 50
 MAX_JSON_CHARS = 5_000_000  # lorebook, extensions, unknown card fields, settings, meta
+MAX_LORE_ENTRIES = 5000  # entries of one lorebook, a card's own (character_book) included
 
 _TEXT_FIELDS = {
     "description": "The description",

@@ -1,14 +1,25 @@
 """Which entries fire for a reply (the rules are in the package's docstring). Pure: books and
-message texts in, the entries that fired out."""
+message texts in, the entries that fired out.
+
+What one activation may cost is bounded, whatever the books hold (issue 21): a key that is a
+regular expression is matched by the `regex` package with a time limit (REGEX_TIMEOUT_S; the
+stdlib's `re` has none, and `/(a+)+$/` on forty a's and a "!" never ended, holding the GIL),
+releasing the GIL while it runs; all of them together have REGEX_BUDGET_S, after which the rest
+are not tried. At most MAX_KEY_CHECKS keys are looked for, in scan texts of at most
+MAX_SCAN_CHARS (the end of the chat). Every key skipped is said in `LoreResult.errors`, which
+the reply's meta keeps ("lore_errors", shown under it)."""
 
 from __future__ import annotations
 
 import math
 import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import regex
 
 from core.roleplay.lore.entries import (
     _JS_NAMED_GROUP,
@@ -26,19 +37,29 @@ from core.roleplay.lore.entries import (
 )
 from core.text import substitute
 
+REGEX_TIMEOUT_S = 0.1  # one regular-expression key on one scan text (the package's own limit)
+REGEX_BUDGET_S = 1.0  # every regular-expression key of one activation, together
+MAX_KEY_CHECKS = 100_000  # keys looked for in one activation (every round of recursion counted)
+MAX_SCAN_CHARS = 200_000  # characters scanned: the end of the last `scan_depth` messages
+
 # --- activation -----------------------------------------------------------------------------
 
 
 @dataclass
 class Book:
     """Entries to activate, with their book's settings. `source` says where the book comes from
-    ("character", "attached", "chat", "global") and `id` its lorebook id (None: a card's book)."""
+    ("character", "attached", "chat", "global") and `id` its lorebook id (None: a card's book).
+    `normalized`: the entries are already as `normalize_entry` makes them (a card's book,
+    converted once), so activation reads them as they are and never changes them. `notes`: what
+    reading the book left out, said with the reply like a broken key."""
 
     name: str
     entries: list[dict[str, Any]]
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = "attached"
     id: int | None = None
+    normalized: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,41 +93,90 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / 3)
 
 
-def _compile_key(key: str, case: bool, whole: bool) -> re.Pattern[str] | str:
-    """A key as a regular expression, or as a string to search for (plain text)."""
+_JS_FLAGS = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL}
+
+
+def _compile_key(key: str, case: bool, whole: bool) -> Any:
+    """A key as a compiled pattern (a `regex` one for a `/regex/flags` key, matched with a time
+    limit; an `re` one for a whole word, linear), or as a string to search for (plain text)."""
     m = _REGEX_KEY.match(key)
     if m:
         pattern, flags_text = m.group(1), m.group(2)
         flags = 0
         for ch in flags_text:
-            flags |= {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL}.get(ch, 0)
-        return re.compile(_JS_NAMED_GROUP.sub("(?P<", pattern), flags)
+            flags |= _JS_FLAGS.get(ch, 0)
+        return regex.compile(_JS_NAMED_GROUP.sub("(?P<", pattern), flags)
     if whole and len(key.split()) == 1:
         return re.compile(r"(?:^|\W)" + re.escape(key) + r"(?:$|\W)", 0 if case else re.IGNORECASE)
     return key if case else key.lower()
 
 
 class _Matcher:
+    """Looks for keys in scan texts, within the activation's bounds (the module's docstring)."""
+
     def __init__(self, errors: list[str]) -> None:
         self.errors = errors
-        self._cache: dict[tuple[str, bool, bool], re.Pattern[str] | str | None] = {}
+        self._cache: dict[tuple[str, bool, bool], Any] = {}
+        self._slow: set[tuple[str, bool, bool]] = set()  # regex keys that ran out of time
+        self._lower: dict[int, tuple[str, str]] = {}  # id(text) -> (text, its lower case)
+        self.regex_s = 0.0  # seconds spent in regular-expression keys so far
+        self.checks = 0  # keys looked for so far
+        self.untried = 0  # keys not looked for: a bound was reached
+
+    def _lowered(self, text: str) -> str:
+        hit = self._lower.get(id(text))
+        if hit is None or hit[0] is not text:
+            hit = self._lower[id(text)] = (text, text.lower())  # the text kept: its id stays
+        return hit[1]
 
     def found(self, key: str, text: str, case: bool, whole: bool, where: str) -> bool:
+        if self.checks >= MAX_KEY_CHECKS:
+            self.untried += 1
+            return False
+        self.checks += 1
         ck = (key, case, whole)
         if ck not in self._cache:
             try:
                 self._cache[ck] = _compile_key(key, case, whole)
-            except (re.error, RecursionError, OverflowError) as e:
+            except (re.error, regex.error, RecursionError, OverflowError, ValueError) as e:
                 self._cache[ck] = None
                 self.errors.append(
                     f"{where}: the key {key!r} is not a valid regular expression ({e})."
                 )
         pat = self._cache[ck]
-        if pat is None:
+        if pat is None or ck in self._slow:
             return False
         if isinstance(pat, str):
-            return pat in (text if case else text.lower())
-        return pat.search(text) is not None
+            return pat in (text if case else self._lowered(text))
+        if isinstance(pat, re.Pattern):  # a whole word: linear
+            return pat.search(text) is not None
+        left = REGEX_BUDGET_S - self.regex_s
+        if left <= 0:
+            self.untried += 1
+            return False
+        t0 = time.perf_counter()
+        try:
+            limit = min(REGEX_TIMEOUT_S, left)
+            return pat.search(text, timeout=limit, concurrent=True) is not None
+        except TimeoutError:
+            self._slow.add(ck)
+            self.errors.append(
+                f"{where}: the key {key!r} took too long to match (over {REGEX_TIMEOUT_S} s) "
+                "and was skipped."
+            )
+            return False
+        finally:
+            self.regex_s += time.perf_counter() - t0
+
+    def bounds_note(self) -> str | None:
+        """What the bounds left out, in one sentence (None: nothing)."""
+        if not self.untried:
+            return None
+        if self.checks >= MAX_KEY_CHECKS:
+            why = f"this reply's books ask for more than {MAX_KEY_CHECKS:,} key checks"
+        else:
+            why = f"regular-expression keys took over {REGEX_BUDGET_S} s in all for this reply"
+        return f"{self.untried:,} keys were not tried: {why}."
 
 
 def activate(
@@ -136,8 +206,13 @@ def activate(
 
     cands: list[tuple[Book, dict[str, Any], dict[str, Any]]] = []
     for book in books:
+        result.errors.extend(book.notes)
         s = normalize_settings(book.settings)
         for raw in book.entries:
+            if book.normalized:
+                if not raw["disable"]:
+                    cands.append((book, s, raw))
+                continue
             try:
                 e = normalize_entry(raw, _int(raw.get("uid"), 0) if isinstance(raw, dict) else 0)
             except LoreError as err:
@@ -146,21 +221,28 @@ def activate(
             if not e["disable"]:
                 cands.append((book, s, e))
 
+    subs: dict[str, str] = {}
+
     def sub(text: str) -> str:
-        return substitute(text, char, user) if (char or user) else text
+        if not (char or user):
+            return text
+        if text not in subs:
+            subs[text] = substitute(text, char, user)
+        return subs[text]
 
-    scans: dict[int, str] = {}
+    scans: dict[tuple[int, str], str] = {}  # one string per scan text: searched, lowered once
 
-    def scan_text(depth: int) -> str:
-        if depth not in scans:
-            scans[depth] = "\n".join(messages[-depth:]) if depth > 0 else ""
-        return scans[depth]
+    def scan_text(depth: int, extra: str) -> str:
+        if (depth, extra) not in scans:
+            text = "\n".join(messages[-depth:]) if depth > 0 else ""
+            if extra:
+                text = f"{text}\n{extra}" if text else extra
+            scans[(depth, extra)] = text[-MAX_SCAN_CHARS:]
+        return scans[(depth, extra)]
 
     def matches(book: Book, s: dict[str, Any], e: dict[str, Any], extra: str) -> bool:
         depth = e["scanDepth"] if e["scanDepth"] is not None else s["scan_depth"]
-        text = scan_text(depth)
-        if extra:
-            text = f"{text}\n{extra}" if text else extra
+        text = scan_text(depth, extra)
         case = e["caseSensitive"] if e["caseSensitive"] is not None else s["case_sensitive"]
         whole = e["matchWholeWords"]
         whole = whole if whole is not None else s["match_whole_words"]
@@ -214,7 +296,11 @@ def activate(
         ]
         if not more:
             break
-        recursion_text = "\n".join(filter(None, [recursion_text, *more]))
+        recursion_text = "\n".join(filter(None, [recursion_text, *more]))[-MAX_SCAN_CHARS:]
+
+    note = matcher.bounds_note()
+    if note:
+        result.errors.append(note)
 
     # the budget: strongest (largest order) first; constants are in the opening and count too
     ranked = sorted(chosen.items(), key=lambda kv: (-kv[1][2]["order"], kv[0]))
