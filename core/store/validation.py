@@ -158,6 +158,12 @@ def validate_character(values: dict[str, Any]) -> dict[str, Any]:
         elif key == "character_book":
             if value is not None and not isinstance(value, dict):
                 raise StoreError("The lorebook (character_book) must be a JSON object.")
+            entries = value.get("entries") if value is not None else None
+            if isinstance(entries, list | dict) and len(entries) > MAX_LORE_ENTRIES:
+                raise StoreError(
+                    f"The lorebook (character_book) has {len(entries):,} entries; the limit "
+                    f"is {MAX_LORE_ENTRIES:,}."
+                )
             out[key] = None if value is None else check_json(value, "The lorebook")
         elif key in _DICT_FIELDS:
             out[key] = check_dict(value, key)
