@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -224,3 +225,90 @@ def test_a_reply_that_cannot_start_does_not_leave_the_engine_busy(rwkv7_backend)
     with pytest.raises(ValueError, match="nothing to continue"):
         eng.reply(CTX, [], Message("char"), P, continue_last=True).consume()
     assert not eng.busy
+
+
+# --- a long prefill (issue 21: 400 messages took 34 s, and a client that left did not stop it) ---
+
+
+def _many(n: int) -> list[Message]:
+    """A chat of `n` short messages, as a client resending a long chat gives it."""
+    return [
+        Message("user" if i % 2 else "char", f"Message {i}: the tide is turning.") for i in range(n)
+    ]
+
+
+class _Calls:
+    """A real back end that counts its model calls and the tokens fed, and runs `on_call` on
+    each (from the model thread)."""
+
+    def __init__(self, inner: Any, on_call: Any = None) -> None:
+        self.inner, self.on_call = inner, on_call
+        self.calls = self.fed = 0
+
+    def _seen(self, tokens: int) -> None:
+        self.calls += 1
+        self.fed += tokens
+        if self.on_call is not None:
+            self.on_call()
+
+    def forward(self, tokens: list[int], state: Any) -> Any:
+        self._seen(len(tokens))
+        return self.inner.forward(tokens, state)
+
+    def advance(self, tokens: list[int], state: Any) -> Any:
+        self._seen(len(tokens))
+        return self.inner.advance(tokens, state)
+
+    def forward_batch(self, items: Any, threads: Any = None) -> Any:
+        self._seen(sum(len(t) for t, _, _ in items))
+        return self.inner.forward_batch(items, threads=threads)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_cancel_is_seen_between_the_chunks_of_a_long_prefill(rwkv7_backend) -> None:
+    cancel = threading.Event()
+    model = _Calls(rwkv7_backend, on_call=cancel.set)  # cancelled during the first model call
+    eng = Engine(model)
+    history = _many(400)
+    prompt_tokens = len(eng.backend.tokenize(eng.prompt_text(CTX, history, Message("char"))))
+    res = eng.reply(CTX, history, Message("char"), P, cancel=cancel).consume()
+    assert res.stop_reason == "cancel" and res.text == "" and res.new_tokens == 0
+    assert model.calls == 1 and model.fed < prompt_tokens / 4, (model.calls, model.fed)
+    assert not eng.busy
+    # a raw completion's prompt too
+    cancel.clear()
+    model.calls = model.fed = 0
+    prompt = "The tide is turning. " * 2000
+    res = eng.complete(prompt, P, cancel=cancel).consume()
+    assert res.stop_reason == "cancel" and model.calls == 1 and model.fed < 2000
+
+
+def test_a_long_prefill_keeps_a_bounded_number_of_checkpoints(rwkv7_backend) -> None:
+    model = _Calls(rwkv7_backend)
+    eng = Engine(model)
+    kept: list[str] = []
+    real_put = eng.cache.put
+    eng.cache.put = lambda key, cp, disk=False: kept.append(key) or real_put(key, cp, disk)  # type: ignore[method-assign]
+    history = _many(1000)
+    eng.warm(CTX, history)
+    assert 0 < len(kept) <= 16, len(kept)
+
+    def tokens(text: str) -> int:
+        return len(eng.backend.tokenize(text))
+
+    # what later turns need is among them: the next reply feeds only its header
+    fmt, speaker = eng.format, Message("char")
+    res = eng.reply(CTX, history, speaker, SamplingParams(seed=1, max_tokens=2)).consume()
+    assert res.fed_tokens == tokens(fmt.header(speaker, CTX))
+    # the last message edited: only it (and the header) is fed again, to the right state
+    last = Message(history[-1].role, "Changed.")
+    edited = [*history[:-1], last]
+    eng.settle()  # the reply's own checkpoint is made after it, on the model thread
+    model.fed = 0
+    cached, _ = eng.state_for(CTX, edited, speaker)
+    want = fmt.header(last, CTX), fmt.body(last.text, last, CTX), fmt.header(speaker, CTX)
+    assert model.fed == sum(map(tokens, want))
+    fresh, _ = eng.reference_state(CTX, edited, speaker)
+    assert np.abs(cached - fresh).max() < 1e-4
