@@ -706,10 +706,10 @@ def test_a_model_failing_mid_reply_is_said_in_the_stream(api, monkeypatch) -> No
 
 
 def test_too_many_generations_at_once_are_refused(api, monkeypatch) -> None:
-    import core.api.openai as openai_api
+    import core.api.admission as admission
 
     client(api).completions.create(model="m", prompt="Hi", max_tokens=1)
-    monkeypatch.setattr(openai_api, "MAX_ACTIVE", 2)
+    monkeypatch.setattr(admission, "MAX_ACTIVE", 2)
     spy = Spy(engine(), monkeypatch)
     url = api + "/v1/completions"
     two = {"prompt": "Hi", "max_tokens": 3, "n": 2}
