@@ -200,6 +200,7 @@ class Engine:
         self._root = root_key(f"{self.info.identity}\0{backend.state_format}")
         self._active = 0
         self._active_lock = threading.Lock()
+        self._warming: set[threading.Event] = set()  # the cancel events of warms in progress
         self._tok_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._key_cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._initial: Checkpoint | None = None
@@ -550,9 +551,25 @@ class Engine:
         history: list[Message],
         cancel: threading.Event | None = None,
     ) -> None:
-        """Prefill the state of a chat's transcript so its next reply starts at once (until
-        `cancel` is set: PrefillCancelled)."""
-        self._advance(self._build(ctx, history, None), cancel=cancel)
+        """Prefill the state of a chat's transcript so its next reply starts at once. Only a
+        head start: a reply or a completion that starts meanwhile ends it (PrefillCancelled;
+        what it fed up to its last checkpoint stays cached), so the two never feed the same
+        prompt twice over and the reply has the model to itself; so does `cancel`."""
+        cancel = cancel or threading.Event()
+        with self._active_lock:
+            self._warming.add(cancel)
+        try:
+            self._advance(self._build(ctx, history, None), cancel=cancel)
+        finally:
+            with self._active_lock:
+                self._warming.discard(cancel)
+
+    def _start_generation(self) -> None:
+        """A generation starts: counted as active, and the warms in progress end."""
+        with self._active_lock:
+            self._active += 1
+            for event in self._warming:
+                event.set()
 
     def state_for(
         self, ctx: CharacterContext, history: list[Message], speaker: Message
@@ -678,8 +695,7 @@ class Engine:
         prompt = self._build(ctx, history, speaker, open_last=continue_last)
         run = _Run(params.validated(), scanner, t0)
         run.res.prompt_tokens = prompt.n_tokens
-        with self._active_lock:  # counted down in `finally`, whatever happens from here
-            self._active += 1
+        self._start_generation()  # counted down in `finally`, whatever happens from here
         try:
             if start is not None:
                 run.start, run.res.fed_tokens = start()
@@ -815,8 +831,7 @@ class Engine:
         run = _Run(params.validated(), StopScanner(stops, strip_leading=False), time.perf_counter())
         tokens = self.backend.tokenize(prompt)
         run.res.prompt_tokens = len(tokens)
-        with self._active_lock:
-            self._active += 1
+        self._start_generation()
         try:
             cp = self._raw_restore(tokens)
             rest = tokens[cp.n_tokens :]

@@ -312,3 +312,46 @@ def test_a_long_prefill_keeps_a_bounded_number_of_checkpoints(rwkv7_backend) -> 
     assert model.fed == sum(map(tokens, want))
     fresh, _ = eng.reference_state(CTX, edited, speaker)
     assert np.abs(cached - fresh).max() < 1e-4
+
+
+def test_a_reply_ends_a_warm_in_progress(rwkv7_backend) -> None:
+    """A chat opened warms its state in the background (a head start); a reply that starts
+    meanwhile ends the warm instead of feeding beside it (a 50,000-message chat imported, then
+    opened: the warm fed the whole chat while the reply fed it too)."""
+    held, go = threading.Event(), threading.Event()
+
+    def hold_first() -> None:
+        if not held.is_set():
+            held.set()
+            assert go.wait(60)
+
+    model = _Calls(rwkv7_backend, on_call=hold_first)  # the warm's first slice waits for `go`
+    eng = Engine(model)
+    history = _many(1000)
+    ended: list[BaseException | None] = []
+
+    def warm() -> None:
+        try:
+            eng.warm(CTX, history)
+            ended.append(None)
+        except BaseException as e:
+            ended.append(e)
+
+    t = threading.Thread(target=warm)
+    t.start()
+    assert held.wait(60)  # the warm is feeding its first slice
+    reply = eng.reply(CTX, _history(), Message("char"), SamplingParams(seed=1, max_tokens=2))
+    done = threading.Thread(target=reply.consume)
+    done.start()  # it starts (and ends the warm), then waits for the model thread
+    for _ in range(3000):  # polls, not a timing assert: until the reply has started
+        warming = getattr(eng, "_warming", ())
+        if not warming or all(e.is_set() for e in warming):
+            break
+        threading.Event().wait(0.01)
+    go.set()
+    t.join(60)
+    done.join(60)
+    assert len(ended) == 1 and type(ended[0]).__name__ == "PrefillCancelled"
+    assert reply.result.new_tokens == 2
+    prompt = len(eng.backend.tokenize(eng.prompt_text(CTX, history, Message("char"))))
+    assert model.fed < prompt / 4  # the warm stopped after its first slice
