@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from core.engine import Engine
 from core.engine.sampler import SamplingParams
 from core.prompt import CharacterContext, Message
-from tests.support.forced import ForcedBackend
+from tests.support.forced import ForcedBackend, Watched
 
 CTX = CharacterContext(name="Alice", user_name="Bob", persona="{{char}} is a cheerful cat.")
 P = SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=40)
@@ -237,39 +236,9 @@ def _many(n: int) -> list[Message]:
     ]
 
 
-class _Calls:
-    """A real back end that counts its model calls and the tokens fed, and runs `on_call` on
-    each (from the model thread)."""
-
-    def __init__(self, inner: Any, on_call: Any = None) -> None:
-        self.inner, self.on_call = inner, on_call
-        self.calls = self.fed = 0
-
-    def _seen(self, tokens: int) -> None:
-        self.calls += 1
-        self.fed += tokens
-        if self.on_call is not None:
-            self.on_call()
-
-    def forward(self, tokens: list[int], state: Any) -> Any:
-        self._seen(len(tokens))
-        return self.inner.forward(tokens, state)
-
-    def advance(self, tokens: list[int], state: Any) -> Any:
-        self._seen(len(tokens))
-        return self.inner.advance(tokens, state)
-
-    def forward_batch(self, items: Any, threads: Any = None) -> Any:
-        self._seen(sum(len(t) for t, _, _ in items))
-        return self.inner.forward_batch(items, threads=threads)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def test_cancel_is_seen_between_the_chunks_of_a_long_prefill(rwkv7_backend) -> None:
     cancel = threading.Event()
-    model = _Calls(rwkv7_backend, on_call=cancel.set)  # cancelled during the first model call
+    model = Watched(rwkv7_backend, on_call=cancel.set)  # cancelled during the first model call
     eng = Engine(model)
     history = _many(400)
     prompt_tokens = len(eng.backend.tokenize(eng.prompt_text(CTX, history, Message("char"))))
@@ -286,7 +255,7 @@ def test_cancel_is_seen_between_the_chunks_of_a_long_prefill(rwkv7_backend) -> N
 
 
 def test_a_long_prefill_keeps_a_bounded_number_of_checkpoints(rwkv7_backend) -> None:
-    model = _Calls(rwkv7_backend)
+    model = Watched(rwkv7_backend)
     eng = Engine(model)
     kept: list[str] = []
     real_put = eng.cache.put
@@ -325,7 +294,7 @@ def test_a_reply_ends_a_warm_in_progress(rwkv7_backend) -> None:
             held.set()
             assert go.wait(60)
 
-    model = _Calls(rwkv7_backend, on_call=hold_first)  # the warm's first slice waits for `go`
+    model = Watched(rwkv7_backend, on_call=hold_first)  # the warm's first slice waits for `go`
     eng = Engine(model)
     history = _many(1000)
     ended: list[BaseException | None] = []
