@@ -550,3 +550,19 @@ def test_numbers_too_long_or_too_large_are_a_sentence_not_a_crash() -> None:
     # the same in a V2 book's ids
     entries, _ = from_character_book({"entries": [{"id": big, "keys": ["a"], "content": "x"}]})
     assert entries[0]["uid"] == 0
+
+
+def test_a_regex_key_that_would_expand_beyond_memory_is_refused_unread() -> None:
+    # the regex package writes out counted repeats: compiled, this key took every byte of memory
+    # until the kernel killed the process (the stdlib's re keeps them as loops)
+    bomb = "/((a{1000}){1000}){1000}/"
+    book = Book(
+        "b",
+        [
+            new_entry(0, key=[bomb], comment="bomb", content="never"),
+            new_entry(1, key=["/a{3}(?:b{2}){2}/", "/x{1000}/"], comment="fine", content="c"),
+        ],
+    )
+    res = activate([book], ["aaabbbb"])
+    assert [f.title for f in res.fired] == ["fine"]
+    assert len(res.errors) == 1 and bomb in res.errors[0] and "too large" in res.errors[0]

@@ -41,6 +41,11 @@ REGEX_TIMEOUT_S = 0.1  # one regular-expression key on one scan text (the packag
 REGEX_BUDGET_S = 1.0  # every regular-expression key of one activation, together
 MAX_KEY_CHECKS = 100_000  # keys looked for in one activation (every round of recursion counted)
 MAX_SCAN_CHARS = 200_000  # characters scanned: the end of the last `scan_depth` messages
+# a regular expression's size as the `regex` package compiles it: it writes out a counted repeat
+# ("a{1000}" as 1,000 a's, nested ones multiplied), and /((a{1000}){1000}){1000}/ took every byte
+# of memory until the kernel killed the process; a key larger than this is refused unread
+MAX_REGEX_SIZE = 100_000
+_QUANTIFIER = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 
 # --- activation -----------------------------------------------------------------------------
 
@@ -96,12 +101,64 @@ def estimate_tokens(text: str) -> int:
 _JS_FLAGS = {"i": regex.IGNORECASE, "m": regex.MULTILINE, "s": regex.DOTALL}
 
 
+def regex_size(pattern: str, limit: int = MAX_REGEX_SIZE) -> int:
+    """An upper bound of how many elements `regex` makes of `pattern` when it writes out its
+    counted repeats (each atom times the minimum counts of the repeats around it), stopping
+    once over `limit`. A rough reading of the syntax: any mistake in it only overestimates."""
+    stack: list[list[int]] = [[0, 0]]  # per open group: [largest branch so far, this branch]
+    last = 0  # the size of the last atom (what a quantifier applies to)
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            if pattern[i - 1 : i] in ("p", "P", "N", "x") and pattern[i : i + 1] == "{":
+                i = pattern.find("}", i) + 1 or n
+            last = 1
+        elif ch == "[":
+            j = i + 1 + (pattern[i + 1 : i + 2] == "^")
+            j += pattern[j : j + 1] == "]"  # a ] first is a member
+            while j < n and pattern[j] != "]":
+                j += 2 if pattern[j] == "\\" else 1
+            i, last = j + 1, 1
+        elif ch == "(":
+            stack.append([0, 0])
+            i, last = i + 1, 0
+            continue
+        elif ch == ")" and len(stack) > 1:
+            best, this = stack.pop()
+            i, last = i + 1, max(best, this)
+        elif ch == "|":
+            top = stack[-1]
+            top[0], top[1] = max(top[0], top[1]), 0
+            i, last = i + 1, 0
+            continue
+        elif ch in "*+?":
+            i += 1
+            continue  # a loop, not written out
+        elif ch == "{" and (m := _QUANTIFIER.match(pattern, i)) and (m.group(1) or m.group(2)):
+            times = max(1, int(m.group(1) or 0)) if len(m.group(1)) < 7 else limit + 1
+            stack[-1][1] += min(last * (times - 1), limit + 1)
+            i, last = m.end(), 0
+            if stack[-1][1] > limit:
+                return limit + 1
+            continue
+        else:
+            i, last = i + 1, 1
+        stack[-1][1] += last
+        if stack[-1][1] > limit:
+            return limit + 1
+    return max(max(b, t) for b, t in stack)
+
+
 def _compile_key(key: str, case: bool, whole: bool) -> Any:
     """A key as a compiled pattern (a `regex` one for a `/regex/flags` key, matched with a time
     limit; an `re` one for a whole word, linear), or as a string to search for (plain text)."""
     m = _REGEX_KEY.match(key)
     if m:
         pattern, flags_text = m.group(1), m.group(2)
+        if regex_size(pattern) > MAX_REGEX_SIZE:
+            raise ValueError(f"it is too large: over {MAX_REGEX_SIZE:,} elements written out")
         flags = 0
         for ch in flags_text:
             flags |= _JS_FLAGS.get(ch, 0)
