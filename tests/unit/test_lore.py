@@ -566,3 +566,11 @@ def test_a_regex_key_that_would_expand_beyond_memory_is_refused_unread() -> None
     res = activate([book], ["aaabbbb"])
     assert [f.title for f in res.fired] == ["fine"]
     assert len(res.errors) == 1 and bomb in res.errors[0] and "too large" in res.errors[0]
+    # each of these is allowed, but one activation compiles a bounded size of them in all
+    big = [
+        new_entry(i, key=[f"/b{{9000}}(?#{i})/"], comment=f"big {i}", content="x")
+        for i in range(40)
+    ]
+    res = activate([Book("b", big)], ["a"])
+    assert res.fired == [] and len(res.errors) == 1
+    assert "keys were not tried" in res.errors[0] and "elements in all" in res.errors[0]

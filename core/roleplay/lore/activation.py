@@ -5,9 +5,11 @@ What one activation may cost is bounded, whatever the books hold (issue 21): a k
 regular expression is matched by the `regex` package with a time limit (REGEX_TIMEOUT_S; the
 stdlib's `re` has none, and `/(a+)+$/` on forty a's and a "!" never ended, holding the GIL),
 releasing the GIL while it runs; all of them together have REGEX_BUDGET_S, after which the rest
-are not tried. At most MAX_KEY_CHECKS keys are looked for, in scan texts of at most
-MAX_SCAN_CHARS (the end of the chat). Every key skipped is said in `LoreResult.errors`, which
-the reply's meta keeps ("lore_errors", shown under it)."""
+are not tried. A regular expression too large written out (MAX_REGEX_SIZE: the package writes
+out counted repeats) is not compiled, and one activation compiles MAX_REGEX_TOTAL at most. At
+most MAX_KEY_CHECKS keys are looked for, in scan texts of at most MAX_SCAN_CHARS (the end of the
+chat). Every key skipped is said in `LoreResult.errors`, which the reply's meta keeps
+("lore_errors", shown under it)."""
 
 from __future__ import annotations
 
@@ -42,9 +44,11 @@ REGEX_BUDGET_S = 1.0  # every regular-expression key of one activation, together
 MAX_KEY_CHECKS = 100_000  # keys looked for in one activation (every round of recursion counted)
 MAX_SCAN_CHARS = 200_000  # characters scanned: the end of the last `scan_depth` messages
 # a regular expression's size as the `regex` package compiles it: it writes out a counted repeat
-# ("a{1000}" as 1,000 a's, nested ones multiplied), and /((a{1000}){1000}){1000}/ took every byte
-# of memory until the kernel killed the process; a key larger than this is refused unread
-MAX_REGEX_SIZE = 100_000
+# ("a{1000}" as 1,000 a's, nested ones multiplied, some 260 bytes each), and
+# /((a{1000}){1000}){1000}/ took every byte of memory until the kernel killed the process; a key
+# larger than MAX_REGEX_SIZE is refused unread, and one activation compiles MAX_REGEX_TOTAL at most
+MAX_REGEX_SIZE = 10_000
+MAX_REGEX_TOTAL = 250_000
 _QUANTIFIER = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 
 # --- activation -----------------------------------------------------------------------------
@@ -151,18 +155,20 @@ def regex_size(pattern: str, limit: int = MAX_REGEX_SIZE) -> int:
     return max(max(b, t) for b, t in stack)
 
 
+_UNTRIED = object()  # a key left out by a bound of the activation
+
+
 def _compile_key(key: str, case: bool, whole: bool) -> Any:
     """A key as a compiled pattern (a `regex` one for a `/regex/flags` key, matched with a time
     limit; an `re` one for a whole word, linear), or as a string to search for (plain text)."""
     m = _REGEX_KEY.match(key)
     if m:
         pattern, flags_text = m.group(1), m.group(2)
-        if regex_size(pattern) > MAX_REGEX_SIZE:
-            raise ValueError(f"it is too large: over {MAX_REGEX_SIZE:,} elements written out")
         flags = 0
         for ch in flags_text:
             flags |= _JS_FLAGS.get(ch, 0)
-        return regex.compile(_JS_NAMED_GROUP.sub("(?P<", pattern), flags)
+        # not kept in the package's own cache (500 patterns): only for this activation
+        return regex.compile(_JS_NAMED_GROUP.sub("(?P<", pattern), flags, cache_pattern=False)
     if whole and len(key.split()) == 1:
         return re.compile(r"(?:^|\W)" + re.escape(key) + r"(?:$|\W)", 0 if case else re.IGNORECASE)
     return key if case else key.lower()
@@ -177,8 +183,10 @@ class _Matcher:
         self._slow: set[tuple[str, bool, bool]] = set()  # regex keys that ran out of time
         self._lower: dict[int, tuple[str, str]] = {}  # id(text) -> (text, its lower case)
         self.regex_s = 0.0  # seconds spent in regular-expression keys so far
+        self.regex_size = 0  # elements of the regular expressions compiled so far
         self.checks = 0  # keys looked for so far
         self.untried = 0  # keys not looked for: a bound was reached
+        self.bounds: set[str] = set()  # which bounds were reached
 
     def _lowered(self, text: str) -> str:
         hit = self._lower.get(id(text))
@@ -186,21 +194,41 @@ class _Matcher:
             hit = self._lower[id(text)] = (text, text.lower())  # the text kept: its id stays
         return hit[1]
 
+    def _untried(self, bound: str) -> bool:
+        self.untried += 1
+        self.bounds.add(bound)
+        return False
+
+    def _compiled(self, key: str, case: bool, whole: bool, where: str) -> Any:
+        """The key's pattern (None: a broken key, said once; _UNTRIED: over the bounds)."""
+        m = _REGEX_KEY.match(key)
+        size = regex_size(m.group(1)) if m else 0
+        if size > MAX_REGEX_SIZE:
+            self.errors.append(
+                f"{where}: the key {key!r} is too large a regular expression (over "
+                f"{MAX_REGEX_SIZE:,} elements written out) and was skipped."
+            )
+            return None
+        if self.regex_size + size > MAX_REGEX_TOTAL:
+            return _UNTRIED
+        try:
+            pattern = _compile_key(key, case, whole)
+        except (re.error, regex.error, RecursionError, OverflowError, ValueError) as e:
+            self.errors.append(f"{where}: the key {key!r} is not a valid regular expression ({e}).")
+            return None
+        self.regex_size += size
+        return pattern
+
     def found(self, key: str, text: str, case: bool, whole: bool, where: str) -> bool:
         if self.checks >= MAX_KEY_CHECKS:
-            self.untried += 1
-            return False
+            return self._untried("checks")
         self.checks += 1
         ck = (key, case, whole)
         if ck not in self._cache:
-            try:
-                self._cache[ck] = _compile_key(key, case, whole)
-            except (re.error, regex.error, RecursionError, OverflowError, ValueError) as e:
-                self._cache[ck] = None
-                self.errors.append(
-                    f"{where}: the key {key!r} is not a valid regular expression ({e})."
-                )
+            self._cache[ck] = self._compiled(key, case, whole, where)
         pat = self._cache[ck]
+        if pat is _UNTRIED:
+            return self._untried("size")
         if pat is None or ck in self._slow:
             return False
         if isinstance(pat, str):
@@ -209,8 +237,7 @@ class _Matcher:
             return pat.search(text) is not None
         left = REGEX_BUDGET_S - self.regex_s
         if left <= 0:
-            self.untried += 1
-            return False
+            return self._untried("time")
         t0 = time.perf_counter()
         try:
             limit = min(REGEX_TIMEOUT_S, left)
@@ -229,11 +256,13 @@ class _Matcher:
         """What the bounds left out, in one sentence (None: nothing)."""
         if not self.untried:
             return None
-        if self.checks >= MAX_KEY_CHECKS:
-            why = f"this reply's books ask for more than {MAX_KEY_CHECKS:,} key checks"
-        else:
-            why = f"regular-expression keys took over {REGEX_BUDGET_S} s in all for this reply"
-        return f"{self.untried:,} keys were not tried: {why}."
+        why = {
+            "checks": f"this reply's books ask for more than {MAX_KEY_CHECKS:,} key checks",
+            "time": f"regular-expression keys took over {REGEX_BUDGET_S} s in all",
+            "size": f"regular-expression keys are over {MAX_REGEX_TOTAL:,} elements in all",
+        }
+        reasons = "; ".join(why[b] for b in sorted(self.bounds))
+        return f"{self.untried:,} keys were not tried: {reasons}."
 
 
 def activate(
