@@ -19,6 +19,7 @@ from core.errors import (
     NotFound,
     StoreUnavailable,
 )
+from core.text import loads_json
 
 MAX_BODY = 4 * 1024 * 1024  # bytes: a request body beyond this is refused (413)
 
@@ -84,7 +85,10 @@ def api_error(e: Exception) -> ApiError:
 
 async def read_json(request: Request, max_bytes: int = MAX_BODY) -> dict[str, Any]:
     """The request's JSON object; ApiError 413 past `max_bytes` (counted as it arrives, so a
-    body without Content-Length cannot grow memory either), 400 when it is not a JSON object."""
+    body without Content-Length cannot grow memory either), 400 when it is not a JSON object,
+    is nested too deeply or has a number of too many digits (issue 21: a RecursionError and a
+    ValueError were 500s). A lone UTF-16 surrogate (an escape like \\ud800 without its pair)
+    becomes U+FFFD: nothing downstream (the tokenizer, SQLite, the answer) can encode it."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -101,9 +105,15 @@ async def read_json(request: Request, max_bytes: int = MAX_BODY) -> dict[str, An
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        data = json.loads(raw.decode("utf-8")) if raw.strip() else None
+        data = loads_json(raw.decode("utf-8")) if raw.strip() else None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"The request body is not valid JSON: {e}.") from None
+    except RecursionError:
+        raise ApiError(
+            400, "The request body is not valid JSON: it is nested too deeply."
+        ) from None
+    except ValueError:  # json's other refusal: an integer of over 4300 digits
+        raise ApiError(400, "The request body has a number with too many digits.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return data

@@ -37,6 +37,10 @@ MAX_N = 8  # alternatives in one request
 MAX_STOPS = 64  # stop strings in one request
 MAX_STOP_CHARS = 500  # characters of one stop string
 MAX_NAME_CHARS = 100
+# messages in one chat request: a client resends its whole chat each turn, so this is generous,
+# but one request cannot make the server build and feed an unbounded prompt (issue 21: 10,000
+# messages got no answer in 300 s)
+MAX_MESSAGES = 5000
 # the repetition-penalty aliases of text-completion clients (multiplicative, 1 = off)
 REPETITION_ALIASES = ("repetition_penalty", "rep_pen", "repeat_penalty")
 # a multiplicative repetition penalty r maps onto an additive presence penalty of
@@ -373,6 +377,14 @@ def map_messages(body: dict[str, Any], stop_strings: list[str] | None = None) ->
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "`messages` must be a non-empty list.", param="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise ApiError(
+            400,
+            f"`messages` has {len(messages):,} messages; this server takes at most "
+            f"{MAX_MESSAGES:,} in one request. Send fewer (the oldest are the first to go).",
+            param="messages",
+            code="too_many_messages",
+        )
     parsed: list[tuple[str, str, str]] = []  # (role, text, name)
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):

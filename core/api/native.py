@@ -19,7 +19,9 @@ runtime, like the pages: what is done here shows in the pages, and back.
     POST   /api/messages/{id}/versions/{index} choose a version (from 0)
     DELETE /api/messages/{id}
 
-A reply is returned whole, or with "stream": true as server-sent events: `{"delta": "..."}`
+A reply counts in the same limit of generations running at once as /v1 (core/api/admission.py):
+beyond it, a 429 before the user's message is stored. A reply is returned whole, or with
+"stream": true as server-sent events: `{"delta": "..."}`
 pieces, then one last `{"done": true, "message": {...}, "stop_reason": ...}` event (an error is
 one `{"error": {...}}` event instead). A client that goes away stops the reply; what was said is
 saved (the service's Turn saves however a reply ends; core/api/stream.py stops it).
@@ -28,15 +30,16 @@ saved (the service's Turn saves however a reply ends; core/api/stream.py stops i
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from core.api.admission import admission_for
 from core.api.config import ApiConfig
 from core.api.errors import ApiError, read_json
 from core.api.stream import EventStream, ThreadedPieces, run_unless_disconnected
@@ -53,6 +56,8 @@ log = logging.getLogger(__name__)
 MAX_ID = 2**62  # larger ids cannot exist (SQLite integers), and would overflow a query
 MAX_LIST = 1000  # chats listed at most per request
 MAX_REPLY_TOKENS = 8192
+
+_T = TypeVar("_T")
 
 
 # ------------------------------------------------------------------------------ shapes
@@ -164,6 +169,7 @@ def _int(body: dict[str, Any], key: str, low: int, high: int) -> int | None:
 class NativeApi:
     def __init__(self, config: ApiConfig) -> None:
         self.config = config
+        self.admission = admission_for(config)  # one count with /v1
 
     @property
     def rt(self) -> Runtime:
@@ -289,10 +295,12 @@ class NativeApi:
             turn = self._turn(chat_id, Op.NEW, params) if reply else None
             return message_json(msg, conv), turn
 
-        sent, turn = await run_in_threadpool(work)
-        if turn is None:
+        if not reply:
+            sent, _ = await run_in_threadpool(work)
             return JSONResponse({"message": sent}, status_code=201)
-        return await self._answer(request, turn, {"user_message": sent}, stream)
+        (sent, turn), release = await self._admitted(work)
+        assert turn is not None
+        return await self._answer(request, turn, {"user_message": sent}, stream, release)
 
     async def regenerate(self, request: Request) -> Response:
         return await self._redo(request, Op.REGEN)
@@ -313,8 +321,8 @@ class NativeApi:
             self.rt.require_engine()
             return self._turn(chat_id, op, params, target_id=last.id)
 
-        turn = await run_in_threadpool(work)
-        return await self._answer(request, turn, {}, stream)
+        turn, release = await self._admitted(work)
+        return await self._answer(request, turn, {}, stream, release)
 
     async def reply(self, request: Request) -> Response:
         chat_id = _id(request, "id", "chat")
@@ -334,8 +342,8 @@ class NativeApi:
             self.rt.require_engine()
             return self._turn(chat_id, Op.NEW, params, role=role, name=name.strip())
 
-        turn = await run_in_threadpool(work)
-        return await self._answer(request, turn, {}, stream)
+        turn, release = await self._admitted(work)
+        return await self._answer(request, turn, {}, stream, release)
 
     # --- messages ---
     async def edit(self, request: Request) -> Response:
@@ -373,6 +381,17 @@ class NativeApi:
         return JSONResponse({"id": message_id, "deleted": True})
 
     # --- replies ---
+    async def _admitted(self, work: Callable[[], _T]) -> tuple[_T, Callable[[], None]]:
+        """`work` (which stores what the reply needs and starts it) run in the thread pool once
+        the reply is counted in (a 429 before anything is stored); the count's release, for
+        when the reply is over. A `work` that fails is counted out at once."""
+        release = self.admission.admit()
+        try:
+            return await run_in_threadpool(work), release
+        except BaseException:
+            release()
+            raise
+
     def _overrides(self, body: dict[str, Any]) -> dict[str, int]:
         out: dict[str, int] = {}
         max_tokens = _int(body, "max_tokens", 1, MAX_REPLY_TOKENS)
@@ -414,12 +433,26 @@ class NativeApi:
         return out
 
     async def _answer(
-        self, request: Request, turn: Turn, first: dict[str, Any], stream: bool
+        self,
+        request: Request,
+        turn: Turn,
+        first: dict[str, Any],
+        stream: bool,
+        release: Callable[[], None],
     ) -> Response:
+        """The reply, streamed or whole; `release` (its admission) once it is over."""
         if stream:  # the client's disconnect stops the reply (stream.py); the Turn saves it
             pieces = ThreadedPieces(turn, cancel=turn.cancel, name="api-reply")
-            return EventStream(self._events(turn, pieces, first), on_close=pieces.stop, done=False)
-        await run_unless_disconnected(request.receive, turn.consume, turn.cancel.set)
+
+            def close() -> None:
+                pieces.stop()
+                release()
+
+            return EventStream(self._events(turn, pieces, first), on_close=close, done=False)
+        try:
+            await run_unless_disconnected(request.receive, turn.consume, turn.cancel.set)
+        finally:
+            release()
         out = await run_in_threadpool(self._finished, turn)
         if "error" in out:
             return JSONResponse({**first, **out}, status_code=500)

@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.api.admission import admission_for
 from core.api.config import ApiConfig
 from core.api.errors import ApiError, read_json
 from core.api.mapping import (
@@ -56,9 +57,6 @@ OWNED_BY = "rwkv-roleplay"
 # large so that clients (SillyTavern) do not cut the oldest messages, which would change the
 # prompt's start every turn and make every turn a full re-feed.
 RECURRENT_CONTEXT = 1_048_576
-# generations (alternatives of all requests) running at once: beyond, a request gets a 429
-# (each is a thread and a state in memory; they take turns on the one model anyway)
-MAX_ACTIVE = 32
 
 
 def routes(config: ApiConfig) -> list[Route]:
@@ -132,7 +130,7 @@ class _Run:
         final_text: Callable[[ReplyResult], str],
         release: Callable[[], None] = lambda: None,
     ) -> None:
-        self.release = release  # called once the request is over (counted in MAX_ACTIVE)
+        self.release = release  # called once the request is over (core/api/admission.py)
         self.alts = [_Alt(i) for i in range(n)]
         self._start = start
         self._final_text = final_text
@@ -205,27 +203,11 @@ def finish_reason(res: ReplyResult | None) -> str:
 class OpenAIApi:
     def __init__(self, config: ApiConfig) -> None:
         self.config = config
-        self.active = 0  # generations running (changed on the event loop only)
+        self.admission = admission_for(config)  # one count with /api (core/api/admission.py)
 
     def _admit(self, n: int) -> Callable[[], None]:
         """Count `n` generations in, or refuse them (429); returns their release (once)."""
-        if self.active + n > MAX_ACTIVE:
-            raise ApiError(
-                429,
-                f"{self.active} generations are running, at most {MAX_ACTIVE} at once: "
-                "try again when one has ended.",
-                code="too_many_generations",
-            )
-        self.active += n
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.active -= n
-
-        return release
+        return self.admission.admit(n)
 
     async def models(self, request: Request) -> Response:
         def look() -> tuple[str, Engine | None]:

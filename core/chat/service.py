@@ -281,7 +281,8 @@ class ChatService:
 
     def warm_in_background(self, conversation_id: int) -> threading.Thread:
         """`warm` on a thread of its own (a chat just opened): only a head start, so a failure
-        is dropped (the reply prefills whatever is missing)."""
+        is dropped (the reply prefills whatever is missing), and a reply that starts meanwhile
+        ends it (Engine.warm)."""
 
         def run() -> None:
             try:

@@ -149,11 +149,15 @@ class Batcher:
         self.batched = 0  # jobs run in a pass with others
 
     # ------------------------------------------------------------------ callers
-    def forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
-        """Feed `tokens` after `state` (left as it was): logits of the last one, new state."""
+    def forward(
+        self, tokens: list[int], state: State, consume: bool = False
+    ) -> tuple[np.ndarray, State]:
+        """Feed `tokens` after `state`: logits of the last one, new state. `state` is left as
+        it was, unless `consume` (the caller never uses it again: the back end's `advance`)."""
         if is_model_thread():
-            return self.backend.forward(tokens, state)
-        logits, new, _ = self._submit(_Job(list(tokens), state, False, None, None)).result()
+            run = self.backend.advance if consume else self.backend.forward
+            return run(tokens, state)
+        logits, new, _ = self._submit(_Job(list(tokens), state, consume, None, None)).result()
         return logits, new
 
     def open(self) -> Stream:

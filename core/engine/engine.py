@@ -17,6 +17,7 @@ rest. A finished reply's checkpoint is rebuilt from its stored text, never from 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -30,7 +31,7 @@ import numpy as np
 
 from core.backends.base import Backend, ModelInfo, State
 from core.backends.model_thread import OnModelThread, is_model_thread, on_model_thread, submit
-from core.engine.batch import Batcher
+from core.engine.batch import PREFILL_CHUNK, Batcher
 from core.engine.sampler import Penalties, SamplingParams, sample
 from core.engine.state_cache import Checkpoint, StateCache, chain_key, root_key
 from core.engine.stops import StopScanner
@@ -93,6 +94,32 @@ def version_seed(seed: int | None, i: int) -> int | None:
 
 
 RAW_LENGTHS = 512  # prompt lengths remembered for raw completions' prefix lookup
+# A prompt is fed in slices of at most PREFILL_SLICE tokens, and a cancel (a client that left, the
+# Stop button) is seen between two of them: 400 messages took 34 s, and a stream dropped after 3 s
+# kept the CPU busy for minutes, the prefill never looking (issue 21).
+PREFILL_SLICE = 4 * PREFILL_CHUNK
+# The checkpoints one feed keeps: after each of its last PREFILL_RECENT messages (the next turn,
+# a regenerate, an edit or a deletion of a recent message start there), at most PREFILL_SPREAD
+# more spread over the messages before them (an older edit feeds from the nearest), and at its
+# end. One per message (the old way) made 1,000 checkpoints for a chat of 1,000 messages: a
+# transformer's KV cache saved 1,000 times, quadratic in time and memory.
+PREFILL_RECENT = 4
+PREFILL_SPREAD = 4
+TOKENIZE_BATCH = 1000  # chunk texts tokenized in one model-thread call when a prompt is built
+
+
+class PrefillCancelled(Exception):
+    """A prompt's feed stopped between two slices: its cancel event was set."""
+
+
+def kept_checkpoints(boundaries: list[int], done: int, end: int) -> set[int]:
+    """The chunks whose checkpoints a feed of chunks[done:end] keeps (see PREFILL_RECENT):
+    `boundaries` are the chunks that end a message, in order."""
+    fed = [b for b in boundaries if done <= b < end - 1]
+    recent = fed[len(fed) - PREFILL_RECENT :] if len(fed) > PREFILL_RECENT else fed
+    rest = fed[: len(fed) - len(recent)]
+    step = max(1, math.ceil(len(rest) / PREFILL_SPREAD))
+    return {*rest[step - 1 :: step], *recent, end - 1}
 
 
 @dataclass
@@ -173,6 +200,7 @@ class Engine:
         self._root = root_key(f"{self.info.identity}\0{backend.state_format}")
         self._active = 0
         self._active_lock = threading.Lock()
+        self._warming: set[threading.Event] = set()  # the cancel events of warms in progress
         self._tok_cache: OrderedDict[str, list[int]] = OrderedDict()
         self._key_cache: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._initial: Checkpoint | None = None
@@ -249,13 +277,35 @@ class Engine:
 
     # ------------------------------------------------------------------ prompt building
     def _tokens(self, text: str) -> list[int]:
-        toks = self._tok_cache.get(text)
-        if toks is None:
-            toks = self.backend.tokenize(text)
+        return self._tokens_of([text])[0]
+
+    def _tokens_of(self, texts: list[str]) -> list[list[int]]:
+        """Each text's tokens (cached by text). Those not cached are tokenized on the model
+        thread TOKENIZE_BATCH at a time: one call each, a chat of 10,000 messages waited for the
+        model thread 20,000 times, a step of every running generation each."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._tok_cache))
+        raw = self.raw_backend
+
+        def tokenize(part: list[str]) -> list[list[int]]:
+            return [raw.tokenize(t) for t in part]
+
+        found: dict[str, list[int]] = {}
+        for i in range(0, len(missing), TOKENIZE_BATCH):
+            part = missing[i : i + TOKENIZE_BATCH]
+            found.update(zip(part, on_model_thread(tokenize, part), strict=True))
+        out = []
+        for text in texts:
+            toks = found.get(text)
+            if toks is None:
+                toks = self._tok_cache.get(text)
+            if toks is None:  # (dropped from the cache meanwhile by another thread's build)
+                toks = self.backend.tokenize(text)
+            out.append(toks)
+        for text, toks in found.items():
             self._tok_cache[text] = toks
-            if len(self._tok_cache) > 20000:
-                self._tok_cache.popitem(last=False)
-        return toks
+        while len(self._tok_cache) > 20000:
+            self._tok_cache.popitem(last=False)
+        return out
 
     def _key(self, prev: str, text: str, tokens: list[int]) -> str:
         k = self._key_cache.get((prev, text))
@@ -298,8 +348,7 @@ class Engine:
             texts.append(fmt.header(speaker, ctx))
         chunks: list[_Chunk] = []
         prev = self._root
-        for text in texts:
-            toks = self._tokens(text)
+        for text, toks in zip(texts, self._tokens_of(texts), strict=True):
             prev = self._key(prev, text, toks)
             chunks.append(_Chunk(text, toks, prev))
         start = self._start_of(ctx)
@@ -401,10 +450,25 @@ class Engine:
         return self.backend.state_with_wkv(wkv)
 
     # ------------------------------------------------------------------ states
-    def _forward(self, tokens: list[int], state: State) -> tuple[np.ndarray, State]:
+    def _forward(
+        self, tokens: list[int], state: State, consume: bool = False
+    ) -> tuple[np.ndarray, State]:
         """One call into the model, on the model thread, batched with the decode steps of other
         generations (a long prompt is fed in chunks between their steps)."""
-        return self._batcher.forward(tokens, state)
+        return self._batcher.forward(tokens, state, consume)
+
+    def _feed(
+        self, tokens: list[int], state: State, cancel: threading.Event | None = None
+    ) -> tuple[np.ndarray, State]:
+        """`tokens` (non-empty) fed after `state` in slices of PREFILL_SLICE, `cancel` looked at
+        before each (PrefillCancelled). `state` is left as it was."""
+        logits: np.ndarray | None = None
+        for a in range(0, len(tokens), PREFILL_SLICE):
+            if cancel is not None and cancel.is_set():
+                raise PrefillCancelled
+            logits, state = self._forward(tokens[a : a + PREFILL_SLICE], state, consume=a > 0)
+        assert logits is not None, "nothing to feed"
+        return logits, state
 
     def _initial_checkpoint(self, start: StartState | None = None) -> Checkpoint:
         """Where a prompt with nothing cached starts: the model's initial state, or the state
@@ -426,10 +490,16 @@ class Engine:
         return self._initial_checkpoint(prompt.start), 0
 
     def _advance(
-        self, prompt: _Prompt, upto: int | None = None, to_disk: bool = True
+        self,
+        prompt: _Prompt,
+        upto: int | None = None,
+        to_disk: bool = True,
+        cancel: threading.Event | None = None,
     ) -> tuple[Checkpoint, int]:
-        """State after chunks[:upto] (default: all), feeding what the cache lacks and recording
-        checkpoints at message boundaries. Returns (checkpoint, tokens fed).
+        """State after chunks[:upto] (default: all), feeding what the cache lacks in slices of
+        PREFILL_SLICE tokens and recording checkpoints at message boundaries
+        (`kept_checkpoints`). Returns (checkpoint, tokens fed). A `cancel` set is seen between
+        two slices: PrefillCancelled.
 
         Every checkpoint goes to memory; with `to_disk`, the last message boundary also goes to
         disk, for a restart. A reply passes False: the checkpoint after the reply itself is the
@@ -438,36 +508,68 @@ class Engine:
         cp, done = self._restore(prompt, end)
         fed = 0
         logits, state, n = cp.logits, cp.state, cp.n_tokens
-        bounds = set(prompt.boundaries)  # a 1,000-message chat has 1,000 of them
-        last_boundary = max((b for b in bounds if b < end), default=-1)
+        keep = kept_checkpoints(prompt.boundaries, done, end)
+        last_boundary = max((b for b in prompt.boundaries if b < end), default=-1)
         try:
             pending: list[int] = []
+            unsaved = False  # fed since the last checkpoint: `state` is this feed's own
             for i in range(done, end):
                 pending += prompt.chunks[i].tokens
-                if i in bounds or i == end - 1:
-                    if pending:
-                        logits, state = self._forward(pending, state)
-                        n += len(pending)
-                        fed += len(pending)
-                        pending = []
-                        self.cache.put(
-                            prompt.chunks[i].key,
-                            Checkpoint(logits, state, n),
-                            disk=to_disk and i == last_boundary,
-                        )
+                here = i in keep
+                if not (here or len(pending) >= PREFILL_SLICE):
+                    continue
+                cut = len(pending) if here else len(pending) - len(pending) % PREFILL_SLICE
+                for a in range(0, cut, PREFILL_SLICE):
+                    if cancel is not None and cancel.is_set():
+                        raise PrefillCancelled
+                    part = pending[a : a + PREFILL_SLICE]
+                    logits, state = self._forward(part, state, consume=unsaved)
+                    n += len(part)
+                    fed += len(part)
+                    unsaved = True
+                pending = pending[cut:]
+                if here and unsaved:
+                    self.cache.put(
+                        prompt.chunks[i].key,
+                        Checkpoint(logits, state, n),
+                        disk=to_disk and i == last_boundary,
+                    )
+                    unsaved = False
         except ModelError:
             if done == 0:
                 raise
             # the back end refused a stored state (written by another version?): forget it
             self.cache.discard(prompt.chunks[done - 1].key)
-            return self._advance(prompt, upto, to_disk)
+            return self._advance(prompt, upto, to_disk, cancel)
         if done == end == 0:
             return self._initial_checkpoint(prompt.start), 0
         return Checkpoint(logits, state, n), fed
 
-    def warm(self, ctx: CharacterContext, history: list[Message]) -> None:
-        """Prefill the state of a chat's transcript so its next reply starts at once."""
-        self._advance(self._build(ctx, history, None))
+    def warm(
+        self,
+        ctx: CharacterContext,
+        history: list[Message],
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Prefill the state of a chat's transcript so its next reply starts at once. Only a
+        head start: a reply or a completion that starts meanwhile ends it (PrefillCancelled;
+        what it fed up to its last checkpoint stays cached), so the two never feed the same
+        prompt twice over and the reply has the model to itself; so does `cancel`."""
+        cancel = cancel or threading.Event()
+        with self._active_lock:
+            self._warming.add(cancel)
+        try:
+            self._advance(self._build(ctx, history, None), cancel=cancel)
+        finally:
+            with self._active_lock:
+                self._warming.discard(cancel)
+
+    def _start_generation(self) -> None:
+        """A generation starts: counted as active, and the warms in progress end."""
+        with self._active_lock:
+            self._active += 1
+            for event in self._warming:
+                event.set()
 
     def state_for(
         self, ctx: CharacterContext, history: list[Message], speaker: Message
@@ -553,7 +655,7 @@ class Engine:
         def start() -> tuple[Checkpoint, int]:
             with lock:  # the first version feeds the prompt; the others reuse its state
                 if not shared:
-                    shared.append(self._advance(prompt, to_disk=False))
+                    shared.append(self._advance(prompt, to_disk=False, cancel=cancel))
                     return shared[0]
                 return shared[0][0], 0
 
@@ -593,15 +695,16 @@ class Engine:
         prompt = self._build(ctx, history, speaker, open_last=continue_last)
         run = _Run(params.validated(), scanner, t0)
         run.res.prompt_tokens = prompt.n_tokens
-        with self._active_lock:  # counted down in `finally`, whatever happens from here
-            self._active += 1
+        self._start_generation()  # counted down in `finally`, whatever happens from here
         try:
             if start is not None:
                 run.start, run.res.fed_tokens = start()
             else:
-                run.start, run.res.fed_tokens = self._advance(prompt, to_disk=False)
+                run.start, run.res.fed_tokens = self._advance(prompt, to_disk=False, cancel=cancel)
             banned = self._banned_first if not continue_last else None
             yield from self._decode(run, cancel, banned)
+        except PrefillCancelled:
+            run.res.stop_reason = "cancel"  # stopped before its first token: nothing to keep
         except GeneratorExit:
             run.res.stop_reason = "closed"  # the consumer went away: keep what was shown
         finally:
@@ -728,19 +831,20 @@ class Engine:
         run = _Run(params.validated(), StopScanner(stops, strip_leading=False), time.perf_counter())
         tokens = self.backend.tokenize(prompt)
         run.res.prompt_tokens = len(tokens)
-        with self._active_lock:
-            self._active += 1
+        self._start_generation()
         try:
             cp = self._raw_restore(tokens)
             rest = tokens[cp.n_tokens :]
             if rest:
-                logits, state = self._forward(rest, cp.state)
+                logits, state = self._feed(rest, cp.state, cancel)
                 cp = Checkpoint(logits, state, len(tokens))
                 self._raw_put(tokens, cp)
             elif not tokens:
                 raise ValueError("the prompt is empty")
             run.start, run.res.fed_tokens = cp, len(rest)
             yield from self._decode(run, cancel, None)
+        except PrefillCancelled:
+            run.res.stop_reason = "cancel"
         except GeneratorExit:
             run.res.stop_reason = "closed"
         finally:

@@ -36,7 +36,14 @@ from typing import Any
 from core.config import BUNDLED_CHARACTERS_DIR, data_dir, make_private
 from core.errors import AppError
 from core.roleplay import avatars
-from core.store import Store, StoreError, clean_name, open_store, validate_character
+from core.store import (
+    MAX_LORE_ENTRIES,
+    Store,
+    StoreError,
+    clean_name,
+    open_store,
+    validate_character,
+)
 from core.store.models import Character, utcnow
 from core.text import loads_json
 
@@ -341,6 +348,13 @@ def normalize_card(obj: Any, fallback_name: str = "") -> dict[str, Any]:
         data.pop("character_book", None)
     elif not isinstance(data["character_book"], dict):
         raise CardError("The card's lorebook (character_book) is not a JSON object.")
+    else:  # counted before anything reads an entry: a lorebook file's limit (issue 21)
+        entries = data["character_book"].get("entries")
+        if isinstance(entries, list | dict) and len(entries) > MAX_LORE_ENTRIES:
+            raise CardError(
+                f"The card's lorebook has {len(entries):,} entries; the limit is "
+                f"{MAX_LORE_ENTRIES:,}."
+            )
     return {"spec": spec, "spec_version": version, "data": data, **top}
 
 

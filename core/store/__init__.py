@@ -27,6 +27,7 @@ from core.store.removals import UNDO_KEEP, Removed
 from core.store.store import Store, open_store
 from core.store.validation import (
     MAX_ITEMS,
+    MAX_LORE_ENTRIES,
     MAX_MESSAGE,
     MAX_NAME,
     MAX_TEXT,
@@ -36,6 +37,7 @@ from core.store.validation import (
 
 __all__ = [
     "MAX_ITEMS",
+    "MAX_LORE_ENTRIES",
     "MAX_MESSAGE",
     "MAX_NAME",
     "MAX_TEXT",

@@ -14,6 +14,7 @@ from core.errors import NotFound, StoreError
 from core.store.base import StoreBase
 from core.store.models import Character, Conversation, Lorebook, utcnow
 from core.store.validation import (
+    MAX_LORE_ENTRIES,
     MAX_NAME,
     check_dict,
     check_json,
@@ -23,7 +24,7 @@ from core.store.validation import (
     clean_name,
 )
 
-MAX_LORE_ENTRIES = 5000
+__all__ = ["MAX_LORE_ENTRIES", "LorebooksMixin"]
 
 
 def _check_lorebook(fields: dict[str, Any]) -> dict[str, Any]:

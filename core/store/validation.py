@@ -20,6 +20,7 @@ MAX_SHORT = 200  # one-line fields: creator, version, preset, title, tag
 MAX_ITEMS = 200  # greetings, tags, alternatives
 MAX_STOP_STRINGS = 50
 MAX_JSON_CHARS = 5_000_000  # lorebook, extensions, unknown card fields, settings, meta
+MAX_LORE_ENTRIES = 5000  # entries of one lorebook, a card's own (character_book) included
 
 _TEXT_FIELDS = {
     "description": "The description",
@@ -157,6 +158,12 @@ def validate_character(values: dict[str, Any]) -> dict[str, Any]:
         elif key == "character_book":
             if value is not None and not isinstance(value, dict):
                 raise StoreError("The lorebook (character_book) must be a JSON object.")
+            entries = value.get("entries") if value is not None else None
+            if isinstance(entries, list | dict) and len(entries) > MAX_LORE_ENTRIES:
+                raise StoreError(
+                    f"The lorebook (character_book) has {len(entries):,} entries; the limit "
+                    f"is {MAX_LORE_ENTRIES:,}."
+                )
             out[key] = None if value is None else check_json(value, "The lorebook")
         elif key in _DICT_FIELDS:
             out[key] = check_dict(value, key)

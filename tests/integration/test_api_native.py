@@ -409,3 +409,72 @@ def test_a_waiting_client_that_goes_away_stops_the_reply(held: dict[str, Any]) -
             _until(lambda: "backend" in held)  # the request loads the model first
             assert held["backend"].reached.wait(WAIT_S)  # the model is mid-reply
         _gone_mid_reply(held, chat_id)
+
+
+# --- hostile bodies and the shared generation limit (issue 21) ----------------------------------
+
+
+def test_nested_json_and_lone_surrogates_in_native_bodies(api: httpx.Client) -> None:
+    chat_id = api.post(f"/api/characters/{_alice()}/chats").json()["id"]
+    post = f"/api/chats/{chat_id}/messages"
+    _error(api.post(post, content=b"[" * 100_000), 400, "not valid JSON")
+    r = api.post(post, content=b'{"text": "Hi \\ud800 there", "reply": false}')
+    assert r.status_code == 201, r.text
+    assert r.json()["message"]["text"] == "Hi \ufffd there"
+    assert _store().list_messages(chat_id)[-1].text == "Hi \ufffd there"
+
+
+def _limit(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    import core.api.admission as admission
+
+    monkeypatch.setattr(admission, "MAX_ACTIVE", n)
+
+
+def test_the_native_api_shares_the_generation_limit_of_v1(
+    held: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21: 40 streams at once on /api were all accepted (the last first token came after
+    630 s); /api now counts in the same limit as /v1, one count for both."""
+    _limit(monkeypatch, 1)
+    with api_server() as base, httpx.Client(base_url=base, timeout=WAIT_S) as client:
+        alice = _alice()
+        first = client.post(f"/api/characters/{alice}/chats").json()["id"]
+        other = client.post(f"/api/characters/{alice}/chats").json()["id"]
+        chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5}
+        body = {"text": "Sing.", "stream": True, "max_tokens": 12}
+        # a native reply running: /v1 and /api are both refused
+        with client.stream("POST", f"/api/chats/{first}/messages", json=body) as r:
+            lines = r.iter_lines()
+            assert "user_message" in next(lines)
+            assert held["backend"].reached.wait(WAIT_S)  # the model is mid-reply
+            _error(client.post("/v1/chat/completions", json=chat), 429, "at most 1")
+            refused = client.post(f"/api/chats/{other}/messages", json={"text": "Me too."})
+            assert _error(refused, 429, "at most 1")["code"] == "too_many_generations"
+            assert [m.text for m in _store().list_messages(other)] == ["Hi User!"]  # not stored
+            _error(client.post(f"/api/chats/{other}/reply", json={}), 429)
+            held["backend"].gate.set()
+            assert json.loads(list(lines)[-2][len("data: ") :])["done"] is True
+        # it ended: the count is released
+        _until(lambda: held["turns"][0].done.is_set())
+        r = client.post(f"/api/chats/{other}/messages", json={"text": "Now?", "max_tokens": 3})
+        assert r.status_code == 200, r.text
+
+        # a /v1 generation running: /api is refused
+        backend = held["backend"]
+        backend.say(" la" * 4000)
+        backend.reached.clear()
+        backend.gate.clear()
+        out: dict[str, Any] = {}
+
+        def v1() -> None:
+            out["r"] = client.post("/v1/chat/completions", json={**chat, "max_tokens": 12})
+
+        t = threading.Thread(target=v1)
+        t.start()
+        try:
+            assert backend.reached.wait(WAIT_S)
+            _error(client.post(f"/api/chats/{other}/regenerate", json={}), 429)
+        finally:
+            backend.gate.set()
+            t.join(WAIT_S)
+        assert out["r"].status_code == 200

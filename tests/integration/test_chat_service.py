@@ -217,3 +217,35 @@ def test_text_fed_before_a_reply_is_stored_and_fed_again(rt: Runtime) -> None:
     np.testing.assert_allclose(cached, fresh, atol=1e-4)
     cont = svc.reply(conv.id, "continue").consume().message  # keeps what was fed before it
     assert cont is not None and cont.meta.get("before", "") == ""  # the user's message had none
+
+
+# --- a chat of 50,000 imported messages (issue 21) -------------------------------------------
+
+
+def test_a_chat_of_50000_imported_messages_stops_during_its_prefill(
+    store: Any, rwkv7_backend: Any
+) -> None:
+    """Issue 21: a 50,000-message JSONL import took the same path as 10,000 API messages: its
+    first reply's prefill ran on, whatever the Stop button said. Stopped during the prefill,
+    the reply ends at the next slice, saved as cancelled, with nothing said."""
+    import json
+
+    from core.engine import Engine
+    from tests.support.forced import Watched
+
+    cancel = threading.Event()
+    model = Watched(rwkv7_backend, on_call=cancel.set)  # Stop, during the first model call
+    engine = Engine(model)
+    svc = ChatService(lambda: store, lambda: engine)
+    ch = store.create_character({"name": "Tide", "greetings": ["Hello."]})
+    lines = [json.dumps({"user_name": "Bob", "character_name": "Tide"})]
+    lines += [
+        json.dumps({"name": "Bob" if i % 2 else "Tide", "is_user": i % 2 == 1, "mes": f"Line {i}."})
+        for i in range(50_000)
+    ]
+    conv = svc.import_chat("\n".join(lines).encode(), ch.id)
+    turn = svc.reply(conv.id, cancel=cancel).consume()
+    assert turn.result is not None and turn.result.stop_reason == "cancel"
+    assert turn.result.text == "" and turn.error is None
+    assert model.calls == 1 and model.fed <= 256, (model.calls, model.fed)
+    assert len(store.list_messages(conv.id)) == 50_000  # nothing saved for a reply never begun

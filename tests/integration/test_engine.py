@@ -11,7 +11,7 @@ import pytest
 from core.engine import Engine
 from core.engine.sampler import SamplingParams
 from core.prompt import CharacterContext, Message
-from tests.support.forced import ForcedBackend
+from tests.support.forced import ForcedBackend, Watched
 
 CTX = CharacterContext(name="Alice", user_name="Bob", persona="{{char}} is a cheerful cat.")
 P = SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=40)
@@ -224,3 +224,103 @@ def test_a_reply_that_cannot_start_does_not_leave_the_engine_busy(rwkv7_backend)
     with pytest.raises(ValueError, match="nothing to continue"):
         eng.reply(CTX, [], Message("char"), P, continue_last=True).consume()
     assert not eng.busy
+
+
+# --- a long prefill (issue 21: 400 messages took 34 s, and a client that left did not stop it) ---
+
+
+def _many(n: int) -> list[Message]:
+    """A chat of `n` short messages, as a client resending a long chat gives it."""
+    return [
+        Message("user" if i % 2 else "char", f"Message {i}: the tide is turning.") for i in range(n)
+    ]
+
+
+def test_cancel_is_seen_between_the_chunks_of_a_long_prefill(rwkv7_backend) -> None:
+    cancel = threading.Event()
+    model = Watched(rwkv7_backend, on_call=cancel.set)  # cancelled during the first model call
+    eng = Engine(model)
+    history = _many(400)
+    prompt_tokens = len(eng.backend.tokenize(eng.prompt_text(CTX, history, Message("char"))))
+    res = eng.reply(CTX, history, Message("char"), P, cancel=cancel).consume()
+    assert res.stop_reason == "cancel" and res.text == "" and res.new_tokens == 0
+    assert model.calls == 1 and model.fed < prompt_tokens / 4, (model.calls, model.fed)
+    assert not eng.busy
+    # a raw completion's prompt too
+    cancel.clear()
+    model.calls = model.fed = 0
+    prompt = "The tide is turning. " * 2000
+    res = eng.complete(prompt, P, cancel=cancel).consume()
+    assert res.stop_reason == "cancel" and model.calls == 1 and model.fed < 2000
+
+
+def test_a_long_prefill_keeps_a_bounded_number_of_checkpoints(rwkv7_backend) -> None:
+    model = Watched(rwkv7_backend)
+    eng = Engine(model)
+    kept: list[str] = []
+    real_put = eng.cache.put
+    eng.cache.put = lambda key, cp, disk=False: kept.append(key) or real_put(key, cp, disk)  # type: ignore[method-assign]
+    history = _many(1000)
+    eng.warm(CTX, history)
+    assert 0 < len(kept) <= 16, len(kept)
+
+    def tokens(text: str) -> int:
+        return len(eng.backend.tokenize(text))
+
+    # what later turns need is among them: the next reply feeds only its header
+    fmt, speaker = eng.format, Message("char")
+    res = eng.reply(CTX, history, speaker, SamplingParams(seed=1, max_tokens=2)).consume()
+    assert res.fed_tokens == tokens(fmt.header(speaker, CTX))
+    # the last message edited: only it (and the header) is fed again, to the right state
+    last = Message(history[-1].role, "Changed.")
+    edited = [*history[:-1], last]
+    eng.settle()  # the reply's own checkpoint is made after it, on the model thread
+    model.fed = 0
+    cached, _ = eng.state_for(CTX, edited, speaker)
+    want = fmt.header(last, CTX), fmt.body(last.text, last, CTX), fmt.header(speaker, CTX)
+    assert model.fed == sum(map(tokens, want))
+    fresh, _ = eng.reference_state(CTX, edited, speaker)
+    assert np.abs(cached - fresh).max() < 1e-4
+
+
+def test_a_reply_ends_a_warm_in_progress(rwkv7_backend) -> None:
+    """A chat opened warms its state in the background (a head start); a reply that starts
+    meanwhile ends the warm instead of feeding beside it (a 50,000-message chat imported, then
+    opened: the warm fed the whole chat while the reply fed it too)."""
+    held, go = threading.Event(), threading.Event()
+
+    def hold_first() -> None:
+        if not held.is_set():
+            held.set()
+            assert go.wait(60)
+
+    model = Watched(rwkv7_backend, on_call=hold_first)  # the warm's first slice waits for `go`
+    eng = Engine(model)
+    history = _many(1000)
+    ended: list[BaseException | None] = []
+
+    def warm() -> None:
+        try:
+            eng.warm(CTX, history)
+            ended.append(None)
+        except BaseException as e:
+            ended.append(e)
+
+    t = threading.Thread(target=warm)
+    t.start()
+    assert held.wait(60)  # the warm is feeding its first slice
+    reply = eng.reply(CTX, _history(), Message("char"), SamplingParams(seed=1, max_tokens=2))
+    done = threading.Thread(target=reply.consume)
+    done.start()  # it starts (and ends the warm), then waits for the model thread
+    for _ in range(3000):  # polls, not a timing assert: until the reply has started
+        warming = getattr(eng, "_warming", ())
+        if not warming or all(e.is_set() for e in warming):
+            break
+        threading.Event().wait(0.01)
+    go.set()
+    t.join(60)
+    done.join(60)
+    assert len(ended) == 1 and type(ended[0]).__name__ == "PrefillCancelled"
+    assert reply.result.new_tokens == 2
+    prompt = len(eng.backend.tokenize(eng.prompt_text(CTX, history, Message("char"))))
+    assert model.fed < prompt / 4  # the warm stopped after its first slice

@@ -6,15 +6,17 @@ from scratch."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import Any
 
 import numpy as np
 import pytest
 
 from core.chat import conversation_context, prompt_messages
+from core.config import data_dir
 from core.errors import StoreError
 from core.prompt import Message
-from core.roleplay.cards import import_card
+from core.roleplay.cards import CardError, import_card
 from core.roleplay.lore import (
     LoreError,
     activate,
@@ -212,3 +214,73 @@ def test_macros_in_lore_are_evaluated_once(store: Store) -> None:
     persona = ctx.persona
     assert "The sky is " in persona and "{{" not in persona
     assert all(conversation_context(store, conv.id).persona == persona for _ in range(5))
+
+
+# --- a huge card book (issue 21) -------------------------------------------------------------
+
+
+def hoard_card(n: int = 1_200_000) -> bytes:
+    """The issue's card: 3.6 MB of JSON whose character_book has 1.2 million (empty) entries."""
+    head = b'{"spec": "chara_card_v2", "spec_version": "2.0", "data": {"name": "Hoard", '
+    return head + b'"character_book": {"entries": [' + b",".join([b"{}"] * n) + b"]}}}"
+
+
+def test_a_card_with_more_book_entries_than_a_lorebook_is_refused(store: Store) -> None:
+    card = hoard_card()
+    assert 3_500_000 < len(card) < 3_700_000  # the issue's size, under the store's JSON limit
+    with pytest.raises(CardError, match="1,200,000 entries; the limit is 5,000"):
+        import_card(store, card, "hoard.json")
+    with pytest.raises(CardError, match="5,001 entries"):  # as a PNG too, one over the limit
+        book = {"entries": [{"keys": ["k"], "content": "c"}] * 5001}
+        import_card(store, card_png(v2_card(character_book=book)), "over.png")
+    assert store.list_characters() == []
+    book = {"entries": [{"keys": ["k"], "content": "c"}] * 5000}
+    assert import_card(store, card_png(v2_card(character_book=book)), "at.png").name
+
+
+def _hoard_stored_before_the_limit(store: Store) -> Any:
+    """A character whose card book has 1.2 million entries, written as an import before the
+    limit did (straight into the database: the store now refuses it): entry 10 and entry
+    1,000,000 both fire on "dragon"."""
+    ch = store.create_character({"name": "Hoard", "greetings": ["Hello."]})
+    entries: list[dict[str, Any]] = [{}] * 1_200_000
+    entries[10] = {"keys": ["dragon"], "content": "A dragon sleeps here.", "comment": "near"}
+    entries[1_000_000] = {"keys": ["dragon"], "content": "Far away.", "comment": "far"}
+    with sqlite3.connect(data_dir() / "app.db") as db:
+        db.execute(
+            "UPDATE characters SET character_book = ? WHERE id = ?",
+            (json.dumps({"name": "Hoard book", "entries": entries}), ch.id),
+        )
+    return store.get_character(ch.id)
+
+
+def test_a_huge_book_stored_before_the_limit_is_read_up_to_it(store: Store) -> None:
+    ch = _hoard_stored_before_the_limit(store)
+    conv = store.create_conversation(ch.id)
+    ctx = conversation_context(store, conv.id)
+    text, meta = fire_lore(store, conv, ctx, [Message("user", "A dragon!")])
+    assert text == "A dragon sleeps here."  # the entry past the limit is not read
+    assert [m["title"] for m in meta["lore"]] == ["near"]
+    assert any("1,200,000 entries" in e and "5,000" in e for e in meta["lore_errors"])
+
+
+def test_a_cards_book_is_converted_once_not_every_reply(store: Store, monkeypatch) -> None:
+    import core.roleplay.lore.books as books
+
+    converted: list[Any] = []
+    real = books.from_character_book
+    monkeypatch.setattr(books, "from_character_book", lambda b: converted.append(b) or real(b))
+    ch = import_card(store, card_png(v2_card()), "keeper.png")
+    conv = store.create_conversation(ch.id)
+    for _ in range(3):  # three replies: the opening's constants and the fired lore each time
+        ctx = conversation_context(store, conv.id)
+        text, _ = fire_lore(store, conv, ctx, [Message("user", "the old tower, the light")])
+        assert text == "The lighthouse was built in 1887."
+    assert len(converted) == 1
+    # the book edited: the character's row changed, its book is converted again
+    book = dict(store.get_character(ch.id).character_book)
+    book["entries"] = [{**book["entries"][0], "content": "Rebuilt in 1901."}]
+    store.update_character(ch.id, {"character_book": book})
+    ctx = conversation_context(store, conv.id)
+    text, _ = fire_lore(store, conv, ctx, [Message("user", "the old tower, the light")])
+    assert text == "Rebuilt in 1901." and len(converted) == 2

@@ -45,3 +45,34 @@ class ForcedBackend:
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
+
+
+class Watched:
+    """A real back end that counts its model calls and the tokens it was fed, and runs
+    `on_call` at the start of each (on the model thread): to cancel a reply, or hold the model,
+    at a known point of a prefill."""
+
+    def __init__(self, inner, on_call=None) -> None:
+        self.inner, self.on_call = inner, on_call
+        self.calls = self.fed = 0
+
+    def _seen(self, tokens: int) -> None:
+        self.calls += 1
+        self.fed += tokens
+        if self.on_call is not None:
+            self.on_call()
+
+    def forward(self, tokens, state):
+        self._seen(len(tokens))
+        return self.inner.forward(tokens, state)
+
+    def advance(self, tokens, state):
+        self._seen(len(tokens))
+        return self.inner.advance(tokens, state)
+
+    def forward_batch(self, items, threads=None):
+        self._seen(sum(len(t) for t, _, _ in items))
+        return self.inner.forward_batch(items, threads=threads)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)

@@ -6,9 +6,11 @@ the tokens its cache does not hold.
 The token count is what sees a cache that silently loses states: a lost checkpoint, or one the
 back end refuses (`Engine._advance` discards it and feeds again), still ends in the right logits;
 only the count grows. `Expected` keeps what the cache holds as documented (docs/ARCHITECTURE.md,
-"The state cache"): in memory a checkpoint after every message fed and at the prompt's end, on
-disk the last message of a prefill and every reply; a restart keeps only the disk. A chat that
-starts from a character's state file has checkpoints of its own (`Chunks.start`).
+"The state cache"): in memory the checkpoints a feed keeps (`kept_checkpoints`: after its last
+few messages, a few spread over the others, and at the prompt's end; after every message in a
+short feed), on disk the last message of a prefill and every reply; a restart keeps only the
+disk. A chat that starts from a character's state file has checkpoints of its own
+(`Chunks.start`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hypothesis import strategies as st
 from core.chat.context import group_join_note, joined_context
 from core.engine import Engine
 from core.engine.batch import consume_together
+from core.engine.engine import kept_checkpoints
 from core.engine.sampler import SamplingParams
 from core.prompt import CharacterContext, Message, PromptFormat
 from core.roleplay.lore import Book, activate, new_entry
@@ -218,10 +221,9 @@ class Expected:
             starts = [k for k in range(len(sizes) + 1) if sum(sizes[k:]) == tokens]
             assert starts, f"fed {tokens} tokens: not a suffix of the prompt's chunks {sizes}"
             first = first_disk = starts[0]
-        for i in range(first, len(chunks)):
-            if chunks[i][1] or i == len(chunks) - 1:
-                self.mem.add(chunks.key(i + 1))
         ends = [i for i, (_, boundary) in enumerate(chunks) if boundary]
+        for i in kept_checkpoints(ends, first, len(chunks)):
+            self.mem.add(chunks.key(i + 1))
         if to_disk and ends and ends[-1] >= first_disk:
             self.disk.add(chunks.key(ends[-1] + 1))
 

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -235,3 +236,81 @@ def settle(page: Any, timeout: float = SETTLE_S) -> None:
                                || a.effect?.getComputedTiming().iterations === Infinity); }""",
         timeout=ms,
     )
+
+
+class HealthWatch:
+    """Asks the server's /_stcore/health every `every` seconds from a thread of its own, for as
+    long as the block runs, and records how long each answer took (a request that gets no answer
+    in `limit` seconds counts as `limit` and as late). The block's work is what is tested: the
+    server must stay responsive while it runs (issue 21: the health check timed out while one
+    request froze the process).
+
+        with HealthWatch(app.url) as health:
+            ...hostile requests...
+        health.check()              # every answer within `limit`, and there were some
+    """
+
+    def __init__(self, url: str, limit: float = 2.0, every: float = 0.25) -> None:
+        self.url, self.limit, self.every = url, limit, every
+        self.times: list[float] = []
+        self.late: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=self.limit) as r:
+                    ok = r.status == 200
+            except OSError as e:
+                ok = False
+                self.late.append(f"after {time.monotonic() - t0:.1f} s: {e}")
+            took = time.monotonic() - t0
+            self.times.append(took)
+            if ok and took > self.limit:
+                self.late.append(f"answered after {took:.1f} s")
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> HealthWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self._stop.set()
+        self._thread.join(self.limit + 5)
+        if exc is not None and self.late:  # the block failed, and the server was not answering
+            raise AssertionError(
+                f"health was late {len(self.late)} times while the block ran: {self.late[:5]}"
+            ) from exc
+
+    def check(self) -> None:
+        assert self.times, "the health check never ran"
+        assert not self.late, f"health was late {len(self.late)} times: {self.late[:5]}"
+        assert max(self.times) < self.limit
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system) the process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """The resident memory of the process `pid`."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def wait_idle(pid: int, timeout: float, window: float = 2.0, busy: float = 0.25) -> bool:
+    """Whether the process `pid` goes idle (under `busy` of a CPU over `window` seconds) within
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(window)
+        if cpu_seconds(pid) - before < busy * window:
+            return True
+    return False

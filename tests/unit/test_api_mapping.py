@@ -291,3 +291,18 @@ def test_ban_eos_token_bans_the_end_of_text_token() -> None:
     assert parse_generation({"ignore_eos": True}, BASE, VOCAB, eos=7).params.logit_bias == (
         (7, -100.0),
     )
+
+
+def test_too_many_messages_in_one_request_are_refused_saying_so() -> None:
+    """Issue 21: 1,000 messages took 139 s and 10,000 got no answer in 300 s; a request has at
+    most MAX_MESSAGES, and one with more is a 400 that says the limit."""
+    from core.api.mapping import MAX_MESSAGES
+
+    assert 1000 <= MAX_MESSAGES <= 10_000
+    many = [{"role": "user", "content": "hi"}] * MAX_MESSAGES
+    assert len(map_messages({"messages": many}).history) == MAX_MESSAGES
+    with pytest.raises(ApiError) as e:
+        map_messages({"messages": [*many, {"role": "user", "content": "one more"}]})
+    err = e.value
+    assert err.status == 400 and err.param == "messages"
+    assert f"{MAX_MESSAGES + 1:,} messages" in err.message and f"{MAX_MESSAGES:,}" in err.message

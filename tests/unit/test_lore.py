@@ -12,6 +12,7 @@ from core.roleplay.lore import (
     AND_ALL,
     AND_ANY,
     DEFAULT_BUDGET,
+    MAX_ENTRIES,
     NOT_ALL,
     NOT_ANY,
     Book,
@@ -465,3 +466,111 @@ def test_the_add_form_appends_an_entry_with_the_next_uid() -> None:
     )
     assert new["order"] == 100 and new["disable"] is False  # SillyTavern's defaults
     assert add_entry([], "", "Text.")[0]["uid"] == 0
+
+
+# --- hostile books (issue 21) ---------------------------------------------------------------
+
+ISSUE_MESSAGE = "a" * 40 + "!"  # the issue's message for the key /(a+)+$/
+
+
+@pytest.mark.timeout(120)  # the stdlib's re never finished this (2**40 ways to split the a's)
+def test_the_issues_slow_regex_key_does_not_freeze_activation() -> None:
+    book = Book(
+        "b",
+        [
+            new_entry(0, key=["/(a+)+$/"], comment="slow", content="never"),
+            new_entry(1, key=["aaa"], comment="fine", content="fires"),
+        ],
+    )
+    res = activate([book], [ISSUE_MESSAGE])
+    assert [f.title for f in res.fired] == ["fine"]
+
+
+@pytest.mark.timeout(120)
+def test_a_regex_key_that_runs_out_of_time_is_skipped_and_named() -> None:
+    # slow for the `regex` package too: it cannot prune the ways to split 60 a's into a and aa
+    slow = "/(a|aa)+$/"
+    book = Book(
+        "b",
+        [
+            new_entry(0, key=[slow], comment="slow", content="never"),
+            new_entry(1, key=["aaa"], comment="fine", content="fires"),
+        ],
+    )
+    res = activate([book], ["a" * 60 + "!"])
+    assert [f.title for f in res.fired] == ["fine"]
+    assert len(res.errors) == 1
+    assert slow in res.errors[0] and "took too long" in res.errors[0]
+
+
+@pytest.mark.timeout(120)
+def test_many_slow_regex_keys_cost_one_bounded_time_together() -> None:
+    # 40 different slow keys (a regex comment makes each its own pattern): each has its own time
+    # limit, and all of them together one more; the keys past it are not tried, and said so
+    entries = [
+        new_entry(i, key=[f"/(a|aa)+$(?#{i})/"], comment=f"slow {i}", content="never")
+        for i in range(40)
+    ]
+    entries.append(new_entry(40, key=["aaa"], comment="fine", content="fires"))
+    res = activate([Book("b", entries)], ["a" * 60 + "!"])
+    assert [f.title for f in res.fired] == ["fine"]
+    assert any("took too long" in e for e in res.errors)
+    assert any("not tried" in e for e in res.errors), res.errors
+
+
+def test_world_info_in_list_form_is_held_to_the_entry_limit(monkeypatch) -> None:
+    import core.roleplay.lore.formats as formats
+
+    normalized: list[Any] = []
+    real = formats.normalize_entry
+    monkeypatch.setattr(formats, "normalize_entry", lambda *a: normalized.append(a) or real(*a))
+    over = json.dumps({"entries": [{"keys": ["k"], "content": "c"}] * (MAX_ENTRIES + 1)})
+    with pytest.raises(LoreError, match=f"{MAX_ENTRIES + 1:,} entries"):
+        parse_world_info(over)
+    # the issue's file: 1.6 million empty entries in 4.8 MB, refused before any is normalized
+    issue = b'{"entries": [' + b",".join([b"{}"] * 1_600_000) + b"]}"
+    with pytest.raises(LoreError, match="1,600,000 entries"):
+        parse_world_info(issue)
+    assert normalized == []
+    at_limit = parse_world_info(json.dumps({"entries": [{"keys": ["k"]}] * MAX_ENTRIES}))
+    assert len(at_limit.entries) == MAX_ENTRIES
+
+
+def test_numbers_too_long_or_too_large_are_a_sentence_not_a_crash() -> None:
+    digits = b'{"entries": {"0": {"uid": ' + b"1" * 4301 + b', "key": ["a"]}}}'
+    with pytest.raises(LoreError, match="too many digits"):
+        parse_world_info(digits)
+    # a key of digits too large for a uid: kept as the file's key, the uid is its place
+    big = "9" * 400
+    book = parse_world_info(
+        json.dumps({"entries": {big: {"key": ["a"], "content": "x", "order": "1e999"}}})
+    )
+    assert book.entries[0]["uid"] == 0 and book.entries[0]["order"] == 100
+    assert list(export_world_info(book)["entries"]) == [big]
+    # the same in a V2 book's ids
+    entries, _ = from_character_book({"entries": [{"id": big, "keys": ["a"], "content": "x"}]})
+    assert entries[0]["uid"] == 0
+
+
+def test_a_regex_key_that_would_expand_beyond_memory_is_refused_unread() -> None:
+    # the regex package writes out counted repeats: compiled, this key took every byte of memory
+    # until the kernel killed the process (the stdlib's re keeps them as loops)
+    bomb = "/((a{1000}){1000}){1000}/"
+    book = Book(
+        "b",
+        [
+            new_entry(0, key=[bomb], comment="bomb", content="never"),
+            new_entry(1, key=["/a{3}(?:b{2}){2}/", "/x{1000}/"], comment="fine", content="c"),
+        ],
+    )
+    res = activate([book], ["aaabbbb"])
+    assert [f.title for f in res.fired] == ["fine"]
+    assert len(res.errors) == 1 and bomb in res.errors[0] and "too large" in res.errors[0]
+    # each of these is allowed, but one activation compiles a bounded size of them in all
+    big = [
+        new_entry(i, key=[f"/b{{9000}}(?#{i})/"], comment=f"big {i}", content="x")
+        for i in range(40)
+    ]
+    res = activate([Book("b", big)], ["a"])
+    assert res.fired == [] and len(res.errors) == 1
+    assert "keys were not tried" in res.errors[0] and "elements in all" in res.errors[0]

@@ -30,7 +30,12 @@ Activation follows SillyTavern (its public/scripts/world-info.js):
   recursion, `preventRecursion` entries' content is not scanned, `delayUntilRecursion` entries
   are activated only by recursion. SillyTavern's groups, timed effects (sticky, cooldown,
   delay) and vector matching are kept in the entries but not applied.
-- A key that is a bad regular expression is skipped and noted (`LoreResult.errors`), never raised.
+- A key that is a bad regular expression is skipped and noted (`LoreResult.errors`), never raised;
+  so is one that runs out of time (regular expressions are matched by the `regex` package with a
+  time limit each and one for all together), and so are the keys past the activation's bounds
+  (activation.py: key checks, scanned characters). A book has at most MAX_ENTRIES entries: a file
+  or a card with more is refused before any entry is read, and a card's book stored before that
+  was refused is read up to the limit, which is said with the reply.
 
 Placement for a recurrent state (issue 11): the entries that fire for a reply are fed as one
 chunk just before that reply's header and stored with it (the message's meta "before", see

@@ -4,28 +4,69 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from core.prompt import CharacterContext, Message
 from core.roleplay.lore.activation import Book, activate
-from core.roleplay.lore.formats import from_character_book
+from core.roleplay.lore.entries import MAX_ENTRIES
+from core.roleplay.lore.formats import character_book_size, from_character_book
 from core.roleplay.macros import expand
 from core.store import Character, Conversation, Lorebook, Store
 
 # --- the books of a chat --------------------------------------------------------------------
 
+# a card's book converted (from_character_book) once per version of the character's row, not on
+# every reply: up to CONVERTED books, the most recently used kept
+CONVERTED = 8
+_converted: OrderedDict[
+    tuple[Any, ...], tuple[str, list[dict[str, Any]], dict[str, Any], list[str]]
+]
+_converted = OrderedDict()
+_converted_lock = threading.Lock()
+
+
+def _convert(character: Character) -> tuple[str, list[dict[str, Any]], dict[str, Any], list[str]]:
+    """(name, entries, settings, notes) of a character's card book, converted now."""
+    cb = character.character_book
+    assert isinstance(cb, dict)
+    entries, settings = from_character_book(cb)
+    name = str(cb.get("name") or "").strip() or f"{character.name}"
+    notes = []
+    size = character_book_size(cb)
+    if size > MAX_ENTRIES:  # stored before imports were held to the limit
+        notes.append(
+            f"{name}: the book has {size:,} entries; only the first {MAX_ENTRIES:,} are read."
+        )
+    return name, entries, settings, notes
+
 
 def character_book(character: Character) -> Book | None:
-    """A character's own book (the card's V2 character_book), or None."""
-    cb = character.character_book
-    if not isinstance(cb, dict):
+    """A character's own book (the card's V2 character_book), or None. Converted once for each
+    version of the character's row (its id and times), so a reply does not convert it again;
+    the Book's entries are shared: read them, never change them."""
+    if not isinstance(character.character_book, dict):
         return None
-    entries, settings = from_character_book(cb)
+    key = (character.id, character.created_at, character.updated_at)
+    with _converted_lock:
+        hit = _converted.get(key) if character.id is not None else None
+        if hit is not None:
+            _converted.move_to_end(key)
+    if hit is None:
+        hit = _convert(character)
+        if character.id is not None:
+            with _converted_lock:
+                _converted[key] = hit
+                while len(_converted) > CONVERTED:
+                    _converted.popitem(last=False)
+    name, entries, settings, notes = hit
     if not entries:
         return None
-    name = str(cb.get("name") or "").strip() or f"{character.name}"
-    return Book(name, entries, settings, source="character")
+    return Book(
+        name, list(entries), dict(settings), "character", normalized=True, notes=list(notes)
+    )
 
 
 def _as_book(lb: Lorebook, source: str) -> Book:

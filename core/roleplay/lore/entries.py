@@ -10,11 +10,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.errors import AppError
+from core.store import MAX_LORE_ENTRIES
 
 DEFAULT_SCAN_DEPTH = 2
 DEFAULT_BUDGET = 1024  # tokens (see the module's docstring)
 MAX_RECURSION = 3
-MAX_ENTRIES = 5000  # entries in one book (a file with more is refused)
+MAX_ENTRIES = MAX_LORE_ENTRIES  # entries in one book (the store's); a file with more is refused
 MAX_FILE_BYTES = 5_000_000  # a World Info file (the store's JSON limit)
 
 AND_ANY, NOT_ALL, NOT_ANY, AND_ALL = 0, 1, 2, 3
@@ -84,17 +85,19 @@ def _bool(value: Any, default: bool) -> bool:
 
 
 def _int(value: Any, default: int) -> int:
+    """`value` as a whole number, else `default`: a number, or text that reads as one ("7",
+    "7.0"). Text too large for one ("1e999", 400 digits: infinite as a float) is `default`."""
     if isinstance(value, bool):
         return default
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
     if isinstance(value, str):
         try:
-            return int(float(value))
+            value = float(value)
         except ValueError:
             return default
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
     return default
 
 

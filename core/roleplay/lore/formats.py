@@ -21,6 +21,7 @@ from core.roleplay.lore.entries import (
     normalize_settings,
 )
 from core.store import Lorebook
+from core.text import loads_json
 
 # --- files: SillyTavern World Info JSON -----------------------------------------------------
 
@@ -38,11 +39,19 @@ def _load_json(data: bytes | str | dict[str, Any], what: str) -> Any:
     if len(data) > MAX_FILE_BYTES:
         raise LoreError(f"The {what} is {len(data):,} characters; the limit is {MAX_FILE_BYTES:,}.")
     try:
-        return json.loads(data)
-    except (json.JSONDecodeError, RecursionError) as e:
-        msg = getattr(e, "msg", "too deeply nested")
-        line = getattr(e, "lineno", "?")
-        raise LoreError(f"The {what} is not valid JSON ({msg}, line {line}).") from None
+        return loads_json(data)  # lone surrogates (half an emoji) become U+FFFD
+    except json.JSONDecodeError as e:
+        raise LoreError(f"The {what} is not valid JSON ({e.msg}, line {e.lineno}).") from None
+    except ValueError:  # json's other refusal: an integer of over 4300 digits
+        raise LoreError(f"The {what} cannot be read: a number in it has too many digits.") from None
+    except RecursionError:
+        raise LoreError(f"The {what} is not valid JSON (too deeply nested).") from None
+
+
+def _check_count(entries: Any, what: str) -> None:
+    """A book's entries counted before any is read: more than MAX_ENTRIES is refused."""
+    if isinstance(entries, list | dict) and len(entries) > MAX_ENTRIES:
+        raise LoreError(f"{what} has {len(entries):,} entries; the limit is {MAX_ENTRIES:,}.")
 
 
 @dataclass
@@ -65,6 +74,7 @@ def parse_world_info(data: bytes | str | dict[str, Any], name: str = "") -> Pars
             "SillyTavern's World Info panel, or a character card's lorebook."
         )
     raw = obj["entries"]
+    _check_count(raw, "The file")  # in either form, before normalizing (issue 21)
     if isinstance(raw, list):  # a V2 character_book
         entries, settings = from_character_book(obj)
         return ParsedBook(
@@ -75,8 +85,6 @@ def parse_world_info(data: bytes | str | dict[str, Any], name: str = "") -> Pars
         )
     if not isinstance(raw, dict):
         raise LoreError('The file\'s "entries" must be an object of entries.')
-    if len(raw) > MAX_ENTRIES:
-        raise LoreError(f"The file has {len(raw):,} entries; the limit is {MAX_ENTRIES:,}.")
     entries = []
     for i, (k, e) in enumerate(raw.items()):
         uid = _int(k, i)
@@ -130,12 +138,13 @@ _V2_BOOK_KEYS = ("name", "description", "scan_depth", "token_budget", "recursive
 def from_character_book(book: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """A V2 `character_book` as World Info entries and book settings (SillyTavern's
     convertCharacterBook). Malformed entries are skipped, not raised: a card's book is data the
-    user did not write here, and a chat must not fail on it."""
+    user did not write here, and a chat must not fail on it. Only the first MAX_ENTRIES are
+    read (a card stored before the import refused more: `character_book_size` says so)."""
     if not isinstance(book, dict):
         return [], normalize_settings({})
     raw = book.get("entries")
     entries: list[dict[str, Any]] = []
-    for i, e in enumerate(raw if isinstance(raw, list) else []):
+    for i, e in enumerate(raw[:MAX_ENTRIES] if isinstance(raw, list) else []):
         if not isinstance(e, dict):
             continue
         ext = e.get("extensions") if isinstance(e.get("extensions"), dict) else {}
@@ -171,6 +180,12 @@ def from_character_book(book: Any) -> tuple[list[dict[str, Any]], dict[str, Any]
         }
     )
     return entries, settings
+
+
+def character_book_size(book: Any) -> int:
+    """How many entries a V2 `character_book` has (read or not)."""
+    raw = book.get("entries") if isinstance(book, dict) else None
+    return len(raw) if isinstance(raw, list) else 0
 
 
 def to_character_book(
