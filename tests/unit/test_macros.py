@@ -53,3 +53,16 @@ def test_the_same_dice_give_the_same_text() -> None:
     assert expand(text, "A", "B", NOW, chat_rng(7)) == first  # a chat's opening: stable
     others = {expand(text, "A", "B", NOW, chat_rng(i)) for i in range(8, 14)}
     assert len(others | {first}) > 1  # another chat rolls its own
+
+
+def test_a_macros_argument_stops_at_the_next_braces() -> None:
+    """Hostile text (issue 21): thousands of "{{a:" without an end. An argument that could run
+    to the end of the text made each one scan the rest (8,000 took 8 s): an argument never
+    holds "{{" or "}}", so a scan stops at the next one and the whole text costs linear time."""
+    from core.roleplay.macros import _MACRO
+
+    m = _MACRO.search("{{random:a,b " + "x" * 50 + " {{time}}")
+    assert m is not None and m.group(1) == "time"  # not one macro spanning both
+    text = "{{a:" * 8000
+    assert expand(text, "Ada", "Bob") == text
+    assert expand("{{random::x{y}z::x{y}z}}", "Ada", "Bob") == "x{y}z"  # single braces are text
