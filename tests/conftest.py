@@ -89,6 +89,15 @@ def data_dir(_private_data_dir: Path) -> Path:
     return _private_data_dir
 
 
+@pytest.fixture
+def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A models folder of the test's own, where the converter and downloads may write."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    monkeypatch.setattr("core.config.MODELS_DIR", folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """tiny_models(version, layers=2, width=128) -> Path of a .pth built once per session."""

@@ -25,15 +25,6 @@ from core.models.convert import (
 from tests.support import REPO
 
 
-@pytest.fixture
-def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A models folder of the test's own, where the converter may write."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setattr("core.config.MODELS_DIR", folder)
-    return folder
-
-
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.suffix in (".part", ".gguf"))
 

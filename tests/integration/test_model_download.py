@@ -63,14 +63,6 @@ def hub(online: None, tiny_models) -> Iterator[LocalHub]:
 
 
 @pytest.fixture
-def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setattr("core.config.MODELS_DIR", folder)
-    return folder
-
-
-@pytest.fixture
 def source(tiny_models) -> bytes:
     return Path(tiny_models(7)).read_bytes()
 

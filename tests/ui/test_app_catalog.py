@@ -34,14 +34,6 @@ def _no_jobs_left() -> Iterator[None]:
 
 
 @pytest.fixture
-def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setattr("core.config.MODELS_DIR", folder)
-    return folder
-
-
-@pytest.fixture
 def made_up_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """20 GiB free, 25 GB/s (as if measured before), no GPU."""
     monkeypatch.setattr("core.models.machine.ram", lambda: (20 * GiB, 24 * GiB))

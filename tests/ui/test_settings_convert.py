@@ -6,19 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.support.ui import check, errors, open_app
 
 PAGE = "pages/settings.py"
-
-
-@pytest.fixture
-def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "models"
-    folder.mkdir()
-    monkeypatch.setattr("core.config.MODELS_DIR", folder)
-    return folder
 
 
 def _dest(at: Any) -> Any:
