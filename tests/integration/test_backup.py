@@ -4,10 +4,7 @@ found at start, and restore, which keeps the database it replaces (also a damage
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -25,8 +22,7 @@ from core.store.backup import (
     list_backups,
     restore,
 )
-from tests.support import REPO
-from tests.support.crash import damage
+from tests.support.crash import damage, kill_when_held
 
 DAY = datetime(2026, 12, 2, 9, 30, 0)
 
@@ -179,25 +175,8 @@ print("finished", flush=True)
 
 
 def _kill_mid_backup(db: Path, day: datetime) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_BACKUP, url(db), str(backup_dir()), day.isoformat()],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the backup is held (or the child ended)
-        assert line == "holding\n", f"the backup was not held: {line!r} {proc.stderr.read()}"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    args = [url(db), str(backup_dir()), day.isoformat()]
+    kill_when_held(_KILLED_BACKUP, args, dict(os.environ))
 
 
 def test_a_backup_killed_midway_leaves_no_backup_and_nothing_readable(db: Path) -> None:

@@ -68,33 +68,45 @@ print("finished", flush=True)
 """
 
 
-def kill_mid_reply(model: Path, conv_id: int, data_dir: Path, hold: int = 40) -> str:
-    """Generate a reply in conversation `conv_id` in another process and kill it with SIGKILL
-    while the reply is held going, once its partial save is in the database; returns the text
-    saved by then."""
-    env = {**os.environ, "RP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
-    env.pop("RP_DB_URL", None)
+def kill_when_held(code: str, args: list[str], env: dict[str, str], then=None) -> None:
+    """Run `code` in a child Python with `args`; once it prints "holding" (it has reached the
+    moment to cut and waits there), call `then()` if given, kill it with SIGKILL and reap it."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, str(model), str(conv_id), str(hold)],
+        [sys.executable, "-c", code, *args],
         cwd=REPO,
-        env=env,
+        env={**env, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()  # blocks until the reply is held (or the child died)
+        line = proc.stdout.readline()  # blocks until the child holds (or it ended)
         if line != "holding\n":
-            raise AssertionError(f"the child did not hold its reply: {line!r} {proc.stderr.read()}")
-        store = open_store(f"sqlite:///{data_dir / 'app.db'}")
-        seen = store.list_messages(conv_id)[-1]  # the reply in progress, as saved so far
-        store.close()
-        assert seen.role == "char" and seen.meta["stop"] == "interrupted", seen
+            raise AssertionError(f"the child did not hold: {line!r} {proc.stderr.read()}")
+        if then is not None:
+            then()
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    return seen.text
+
+
+def kill_mid_reply(model: Path, conv_id: int, data_dir: Path, hold: int = 40) -> str:
+    """Generate a reply in conversation `conv_id` in another process and kill it with SIGKILL
+    while the reply is held going, once its partial save is in the database; returns the text
+    saved by then."""
+    env = {**os.environ, "RP_DATA_DIR": str(data_dir)}
+    env.pop("RP_DB_URL", None)
+    seen = []
+
+    def look() -> None:
+        store = open_store(f"sqlite:///{data_dir / 'app.db'}")
+        seen.append(store.list_messages(conv_id)[-1])  # the reply in progress, as saved so far
+        store.close()
+        assert seen[0].role == "char" and seen[0].meta["stop"] == "interrupted", seen[0]
+
+    kill_when_held(_CHILD, [str(model), str(conv_id), str(hold)], env, then=look)
+    return seen[0].text
