@@ -518,6 +518,27 @@ _S: dict[str, tuple[str, str]] = {
         "应用启动时把数据库复制到 {folder}，每天最多一次，保留最新的 {n} 份。"
         "恢复前也会先把当前数据库复制到那里。",
     ),
+    "backups_postgres": (
+        "The app keeps its data in PostgreSQL ({url}), which its own tools back up and check, "
+        "once for every app server that uses it: the app makes no daily copy of it and restores "
+        "none. Back up with pg_dump (daily from cron, or continuous archiving); restore with "
+        "pg_restore after stopping every app server; pages are checked as PostgreSQL reads them "
+        "when the cluster has data checksums (initdb --data-checksums, as deploy/ makes it), and "
+        "pg_amcheck checks tables and indexes. For this database:",
+        "应用的数据保存在 PostgreSQL（{url}）中，由它自己的工具备份和检查，"
+        "所有使用它的应用服务器共用一份：应用不会每天复制它，也不会恢复它。"
+        "请用 pg_dump 备份（用 cron 每天运行，或持续归档）；"
+        "先停止所有应用服务器，再用 pg_restore 恢复；"
+        "集群启用数据校验和（initdb --data-checksums，deploy/ 就是这样创建的）时，"
+        "PostgreSQL 读取每一页都会检查，pg_amcheck 检查表和索引。"
+        "针对这个数据库的命令：",
+    ),
+    "backups_no_pg_dump": (
+        "pg_dump is not installed on this machine (apt-get install postgresql-client): run the "
+        "commands above where it is.",
+        "这台机器上没有安装 pg_dump（apt-get install postgresql-client）："
+        "请在装有它的机器上运行上面的命令。",
+    ),
     "backup_now": ("Back up now", "立即备份"),
     "backup_made": ("Backup written: {name}", "已写入备份：{name}"),
     "continue_new_version": (

@@ -23,7 +23,7 @@ from core.settings import (
     STRATEGIES,
     ModelChoice,
 )
-from core.store.backup import KEEP, backup_dir
+from core.store.backup import KEEP, backup_dir, is_postgres
 from pages import models_ui
 from pages.ui_common import (
     T,
@@ -31,6 +31,7 @@ from pages.ui_common import (
     choice_label,
     choose_model,
     current_choice,
+    database_url,
     lang,
     load_model,
     md_inline,
@@ -38,6 +39,7 @@ from pages.ui_common import (
     model_summary,
     page_guard,
     password_policy,
+    postgres_backups,
     rt,
     rwkv_options_apply,
     set_lang,
@@ -525,8 +527,11 @@ if st.button(
 
 # --- backups ---------------------------------------------------------------------------------
 st.subheader(T("backups"), anchor=False)
-st.caption(T("backups_help", folder=md_inline(str(backup_dir())), n=KEEP))
-backup_controls("settings")  # "Back up now" (said, and selected below) and the restore
+if is_postgres(database_url()):
+    postgres_backups()  # what PostgreSQL's own tools do instead, and pg_dump now
+else:
+    st.caption(T("backups_help", folder=md_inline(str(backup_dir())), n=KEEP))
+    backup_controls("settings")  # "Back up now" (said, and selected below) and the restore
 
 # --- threads ---------------------------------------------------------------------------------
 st.subheader(T("threads"), anchor=False)
