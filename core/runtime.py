@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from core.auth import PasswordPolicy, password_policy
 from core.cli_args import cli_args, resolve_model_path
-from core.config import data_dir, default_url
+from core.config import data_dir, default_url, state_dir
 from core.errors import AppError, ModelError, ModelUnavailable
 from core.settings import AppSettings, ModelChoice
 
@@ -295,7 +295,10 @@ class Runtime:
             jit_on=choice.jit_on,
             n_threads=self.settings.threads(),
         )
-        engine = Engine(backend, cache_dir=self.data / "states")
+        folder, shared = state_dir(self.data)
+        engine = Engine(backend, cache_dir=folder)
+        if shared:  # $RP_STATE_DIR: other servers resume this one's chats from it
+            engine.share_checkpoints()
         engine.set_cache_budget(*self.settings.cache_budget())
         return engine
 
