@@ -103,6 +103,21 @@ _S: dict[str, tuple[str, str]] = {
     ),
     "other_path": ("Another file (type its path)", "其他文件（填写路径）"),
     "model_path": ("Path of the model file", "模型文件路径"),
+    "model_server": ("A model server (OpenAI-compatible)", "模型服务器（兼容 OpenAI）"),
+    "model_server_help": (
+        "The app sends its prompt as text to the server's /v1/completions, with its stop "
+        "strings, and streams the reply: llama.cpp's server, vLLM, or another copy of this app "
+        "(its state cache then serves your chats). Not used with a server: state files, "
+        "several versions in one batch, exact token counts.",
+        "应用把提示词作为文本发送到服务器的 /v1/completions，带上停止字符串，并流式接收回复："
+        "llama.cpp 的服务器、vLLM，或本应用的另一个副本（由它的状态缓存服务你的聊天）。"
+        "使用服务器时不适用：状态文件、一批生成多个版本、精确的令牌数。",
+    ),
+    "server_url": ("Address", "地址"),
+    "runs_remote": ("served by {url}", "由 {url} 提供"),
+    "server_model": ("Model name (empty: the first it lists)", "模型名（留空：它列出的第一个）"),
+    "server_key": ("API key", "API 密钥"),
+    "server_timeout": ("Time-out (seconds)", "超时（秒）"),
     "backend": ("Back end", "推理后端"),
     "backend_auto": ("Automatic (by file type)", "自动（按文件类型）"),
     "backend_rwkv": ("rwkv package (PyTorch, .pth)", "rwkv 包（PyTorch，.pth）"),
@@ -505,6 +520,11 @@ _S: dict[str, tuple[str, str]] = {
         "hits {hits}, misses {misses}",
         "内存：{mem_n} 个状态，{mem_mb} MB · 磁盘：{disk_n} 个状态，{disk_mb} MB · "
         "命中 {hits}，未命中 {misses}",
+    ),
+    "state_cache_remote": (
+        "The model is served by a model server, which keeps its own cache: these budgets "
+        "apply to a model run here.",
+        "模型由模型服务器提供，它有自己的缓存：这些上限只用于在本机运行的模型。",
     ),
     "cache_mem_mb": ("Memory budget (MB)", "内存上限（MB）"),
     "cache_disk_mb": ("Disk budget (MB)", "磁盘上限（MB）"),

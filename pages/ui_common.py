@@ -636,6 +636,8 @@ def model_summary(engine: Engine) -> str:
     runs it, in the page's language (each back end says its own: the rwkv package its strategy,
     llama.cpp the file's type; never the other one's settings)."""
     info = engine.info
+    if info.backend == "remote":  # a model server (core/engine/remote.py)
+        return " · ".join((str(info.extra.get("label", "")), T("runs_remote", url=info.strategy)))
     name = Path(info.path).name if info.path else T("embedded_model")
     parts = [name, info.arch]
     if info.n_layer:
