@@ -93,6 +93,13 @@ class LocalPostgres:
         os.chmod(self.dir, 0o700)
         if _as_root():
             shutil.chown(self.dir, "postgres", "postgres")
+            reach = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(self.dir)])
+            if reach.returncode != 0:
+                raise RuntimeError(
+                    f"The postgres user cannot enter {self.dir} (a folder above it is private to "
+                    "root): put PostgreSQL's folder where it can, such as /var/lib/rp-pg, or "
+                    "run as another user."
+                )
         if (self.data / "PG_VERSION").is_file():
             return
         res = self._run(
