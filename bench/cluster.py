@@ -268,7 +268,8 @@ class ApiClient:
                     raise RuntimeError(str(event["error"]))
                 if event.get("done"):
                     done = True
-                    turn.acked.append(event["message"]["id"])
+                    if event.get("message"):  # None: nothing was said, nothing saved
+                        turn.acked.append(event["message"]["id"])
                     usage = event.get("usage") or {}
                     turn.prompt_tokens = usage.get("prompt_tokens") or 0
                     turn.cached_tokens = usage.get("cached_tokens") or 0

@@ -792,18 +792,17 @@ def add_to(path: Path, names: list[str], timeout: float) -> int:
         raise SystemExit(f"{path} was written on another machine: {there}")
     doc = run_all(names, False, timeout)
     failed = [n for n, e in doc["benches"].items() if "result" not in e]
-    for name, entry in doc["benches"].items():
-        if name not in failed:
-            base["benches"][name] = {**entry, "date": doc["date"], "versions": doc["versions"]}
-    base.setdefault("added", []).append(
-        {"date": doc["date"], "command": doc["command"], "benches": names, "failed": failed}
-    )
-    path.write_text(json.dumps(base, indent=1, ensure_ascii=False) + "\n")
-    print(f"[bench.report] added {', '.join(names)} to {path.name}", file=sys.stderr)
-    if failed:
+    if failed:  # the file is left as it was
         for n in failed:
             print(f"[bench.report] {n}: {doc['benches'][n]['error']}", file=sys.stderr)
         return 1
+    for name, entry in doc["benches"].items():
+        base["benches"][name] = {**entry, "date": doc["date"], "versions": doc["versions"]}
+    base.setdefault("added", []).append(
+        {"date": doc["date"], "command": doc["command"], "benches": names}
+    )
+    path.write_text(json.dumps(base, indent=1, ensure_ascii=False) + "\n")
+    print(f"[bench.report] added {', '.join(names)} to {path.name}", file=sys.stderr)
     n = write_tables(path.resolve())
     print(f"[bench.report] tables from {path.name}: {n} file(s) changed", file=sys.stderr)
     return 0
