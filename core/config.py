@@ -31,6 +31,19 @@ def data_dir() -> Path:
     return path.resolve()
 
 
+def state_dir(data: Path | None = None) -> tuple[Path, bool]:
+    """Where the state cache keeps its checkpoint files, and whether that folder is shared:
+    `$RP_STATE_DIR` (shared by several app processes or machines: a network file system, say;
+    its files are content-addressed, so any server resumes any chat from them), else `states/`
+    in the data directory (`data`, by default `data_dir()`), this server's own."""
+    env = os.environ.get("RP_STATE_DIR", "").strip()
+    if env:
+        path = Path(env).expanduser()
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path.resolve(), True
+    return (data if data is not None else data_dir()) / "states", False
+
+
 def default_url(data: Path | None = None) -> str:
     """The database: `$RP_DB_URL` if set, else the SQLite file `app.db` in the data directory
     (`data`, by default `data_dir()`). Here, not in core.store, so that the server can name it

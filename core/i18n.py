@@ -103,6 +103,21 @@ _S: dict[str, tuple[str, str]] = {
     ),
     "other_path": ("Another file (type its path)", "其他文件（填写路径）"),
     "model_path": ("Path of the model file", "模型文件路径"),
+    "model_server": ("A model server (OpenAI-compatible)", "模型服务器（兼容 OpenAI）"),
+    "model_server_help": (
+        "The app sends its prompt as text to the server's /v1/completions, with its stop "
+        "strings, and streams the reply: llama.cpp's server, vLLM, or another copy of this app "
+        "(its state cache then serves your chats). Not used with a server: state files, "
+        "several versions in one batch, exact token counts.",
+        "应用把提示词作为文本发送到服务器的 /v1/completions，带上停止字符串，并流式接收回复："
+        "llama.cpp 的服务器、vLLM，或本应用的另一个副本（由它的状态缓存服务你的聊天）。"
+        "使用服务器时不适用：状态文件、一批生成多个版本、精确的令牌数。",
+    ),
+    "server_url": ("Address", "地址"),
+    "runs_remote": ("served by {url}", "由 {url} 提供"),
+    "server_model": ("Model name (empty: the first it lists)", "模型名（留空：它列出的第一个）"),
+    "server_key": ("API key", "API 密钥"),
+    "server_timeout": ("Time-out (seconds)", "超时（秒）"),
     "backend": ("Back end", "推理后端"),
     "backend_auto": ("Automatic (by file type)", "自动（按文件类型）"),
     "backend_rwkv": ("rwkv package (PyTorch, .pth)", "rwkv 包（PyTorch，.pth）"),
@@ -506,6 +521,11 @@ _S: dict[str, tuple[str, str]] = {
         "内存：{mem_n} 个状态，{mem_mb} MB · 磁盘：{disk_n} 个状态，{disk_mb} MB · "
         "命中 {hits}，未命中 {misses}",
     ),
+    "state_cache_remote": (
+        "The model is served by a model server, which keeps its own cache: these budgets "
+        "apply to a model run here.",
+        "模型由模型服务器提供，它有自己的缓存：这些上限只用于在本机运行的模型。",
+    ),
     "cache_mem_mb": ("Memory budget (MB)", "内存上限（MB）"),
     "cache_disk_mb": ("Disk budget (MB)", "磁盘上限（MB）"),
     "clear_cache": ("Clear the cache", "清除缓存"),
@@ -517,6 +537,27 @@ _S: dict[str, tuple[str, str]] = {
         "keeps the newest {n} copies. A restore first copies the current database there too.",
         "应用启动时把数据库复制到 {folder}，每天最多一次，保留最新的 {n} 份。"
         "恢复前也会先把当前数据库复制到那里。",
+    ),
+    "backups_postgres": (
+        "The app keeps its data in PostgreSQL ({url}), which its own tools back up and check, "
+        "once for every app server that uses it: the app makes no daily copy of it and restores "
+        "none. Back up with pg_dump (daily from cron, or continuous archiving); restore with "
+        "pg_restore after stopping every app server; pages are checked as PostgreSQL reads them "
+        "when the cluster has data checksums (initdb --data-checksums, as deploy/ makes it), and "
+        "pg_amcheck checks tables and indexes. For this database:",
+        "应用的数据保存在 PostgreSQL（{url}）中，由它自己的工具备份和检查，"
+        "所有使用它的应用服务器共用一份：应用不会每天复制它，也不会恢复它。"
+        "请用 pg_dump 备份（用 cron 每天运行，或持续归档）；"
+        "先停止所有应用服务器，再用 pg_restore 恢复；"
+        "集群启用数据校验和（initdb --data-checksums，deploy/ 就是这样创建的）时，"
+        "PostgreSQL 读取每一页都会检查，pg_amcheck 检查表和索引。"
+        "针对这个数据库的命令：",
+    ),
+    "backups_no_pg_dump": (
+        "pg_dump is not installed on this machine (apt-get install postgresql-client): run the "
+        "commands above where it is.",
+        "这台机器上没有安装 pg_dump（apt-get install postgresql-client）："
+        "请在装有它的机器上运行上面的命令。",
     ),
     "backup_now": ("Back up now", "立即备份"),
     "backup_made": ("Backup written: {name}", "已写入备份：{name}"),

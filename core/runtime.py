@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 
 from core.auth import PasswordPolicy, password_policy
 from core.cli_args import cli_args, resolve_model_path
-from core.config import data_dir, default_url
+from core.config import data_dir, default_url, state_dir
 from core.errors import AppError, ModelError, ModelUnavailable
 from core.settings import AppSettings, ModelChoice
 
@@ -136,7 +136,17 @@ class Runtime:
         base = self.settings.model()
         if base is None:
             env = os.environ.get("RP_MODEL", "")
-            base = ModelChoice(path=env, backend=os.environ.get("RP_BACKEND", "auto") or "auto")
+            if env.startswith(("http://", "https://")):  # a model server: RP_MODEL_KEY, _NAME
+                base = ModelChoice.server(
+                    env, os.environ.get("RP_MODEL_KEY", ""), os.environ.get("RP_MODEL_NAME", "")
+                )
+            else:
+                backend = os.environ.get("RP_BACKEND", "auto") or "auto"
+                base = ModelChoice(path=env, backend=backend)
+        if base.remote:  # a model server, unless flags after `--` name a model file
+            if not cli.any_model_flag:
+                return base
+            base = ModelChoice()
         if cli.any_model_flag:
             return ModelChoice(
                 path=resolve_model_path(cli.model) or base.path if cli.model else base.path,
@@ -287,6 +297,14 @@ class Runtime:
         from core.backends.loader import load_backend
         from core.engine import Engine
 
+        if choice.remote:  # a model server: reached, and its key accepted, or a ModelError
+            from core.engine.remote import RemoteEngine
+
+            remote = RemoteEngine(
+                choice.url, choice.api_key, choice.remote_model, choice.timeout_s
+            ).connect()
+            return remote  # type: ignore[return-value]  # an Engine's surface (see its module)
+
         backend = load_backend(
             choice.path or None,
             backend=choice.backend,
@@ -295,7 +313,10 @@ class Runtime:
             jit_on=choice.jit_on,
             n_threads=self.settings.threads(),
         )
-        engine = Engine(backend, cache_dir=self.data / "states")
+        folder, shared = state_dir(self.data)
+        engine = Engine(backend, cache_dir=folder)
+        if shared:  # $RP_STATE_DIR: other servers resume this one's chats from it
+            engine.share_checkpoints()
         engine.set_cache_budget(*self.settings.cache_budget())
         return engine
 

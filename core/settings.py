@@ -17,6 +17,7 @@ answers, builds one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,7 +62,10 @@ STRATEGIES = (
     "cuda bf16",
 )
 DEFAULT_STRATEGY = "cpu fp32"
-BACKENDS = ("auto", "rwkv", "llama")
+LOCAL_BACKENDS = ("auto", "rwkv", "llama")  # what runs a model file here
+REMOTE = "remote"  # a model server (OpenAI-compatible): core/engine/remote.py
+BACKENDS = (*LOCAL_BACKENDS, REMOTE)
+DEFAULT_REMOTE_TIMEOUT_S = 300
 DEFAULT_CACHE_MEM_MB = 512
 DEFAULT_CACHE_DISK_MB = 2048
 MAX_CACHE_MEM_MB = 1_000_000
@@ -76,37 +80,95 @@ class SettingError(AppError):
 @dataclass(frozen=True)
 class ModelChoice:
     path: str = ""  # "" = the embedded default model
-    backend: str = "auto"  # "auto" | "rwkv" | "llama"
+    backend: str = "auto"  # "auto" | "rwkv" | "llama" | "remote" (a model server)
     strategy: str = DEFAULT_STRATEGY  # rwkv strategy string
     cuda_on: bool = False  # RWKV_CUDA_ON (rwkv back end)
     jit_on: bool = True  # RWKV_JIT_ON (rwkv back end)
+    # a model server (backend "remote"): its address, API key, model name ("" = the first it
+    # lists) and how long it may say nothing before a reply gives up
+    url: str = ""
+    api_key: str = ""
+    remote_model: str = ""
+    timeout_s: float = DEFAULT_REMOTE_TIMEOUT_S
+
+    @property
+    def remote(self) -> bool:
+        return self.backend == REMOTE
 
     @property
     def key(self) -> tuple[str, str, str, bool, bool]:
+        if self.remote:  # another address, model, key or time-out is another "load"
+            secret = hashlib.sha256(self.api_key.encode()).hexdigest()[:12]
+            where = f"{self.url}\0{self.remote_model}\0{secret}"
+            return (where, self.backend, str(self.timeout_s), False, False)
         return (self.path, self.backend, self.strategy, self.cuda_on, self.jit_on)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": self.path,
             "backend": self.backend,
             "strategy": self.strategy,
             "cuda_on": self.cuda_on,
             "jit_on": self.jit_on,
         }
+        if self.remote:
+            out |= {
+                "url": self.url,
+                "api_key": self.api_key,
+                "remote_model": self.remote_model,
+                "timeout_s": self.timeout_s,
+            }
+        return out
 
     @classmethod
     def from_dict(cls, d: object) -> ModelChoice:
         d = d if isinstance(d, dict) else {}
         backend = d.get("backend") if d.get("backend") in BACKENDS else "auto"
+        timeout = d.get("timeout_s")
         return cls(
             path=str(d.get("path") or ""),
             backend=backend,
             strategy=str(d.get("strategy") or DEFAULT_STRATEGY),
             cuda_on=bool(d.get("cuda_on", False)),
             jit_on=bool(d.get("jit_on", True)),
+            url=str(d.get("url") or ""),
+            api_key=str(d.get("api_key") or ""),
+            remote_model=str(d.get("remote_model") or ""),
+            timeout_s=float(timeout)
+            if _number(timeout) and timeout > 0
+            else DEFAULT_REMOTE_TIMEOUT_S,
+        )
+
+    @classmethod
+    def server(
+        cls, url: str, api_key: str = "", model: str = "", timeout_s: float = 0
+    ) -> ModelChoice:
+        """A model server (OpenAI-compatible) at `url`; SettingError when `url` is not an http(s)
+        address or the time-out is not a positive number of seconds."""
+        from urllib.parse import urlsplit
+
+        url = (url or "").strip()
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingError(
+                f"{url!r} is not the address of a model server: give one such as "
+                "http://127.0.0.1:8080/v1."
+            )
+        if not _number(timeout_s) or timeout_s < 0 or timeout_s > 86400:
+            raise SettingError(f"The time-out must be 1 to 86400 seconds, not {timeout_s!r}.")
+        return cls(
+            backend=REMOTE,
+            url=url,
+            api_key=(api_key or "").strip(),
+            remote_model=(model or "").strip(),
+            timeout_s=float(timeout_s) or DEFAULT_REMOTE_TIMEOUT_S,
         )
 
     def label(self, embedded: str = "embedded") -> str:
+        if self.remote:
+            from urllib.parse import urlsplit
+
+            return f"{self.remote_model or 'model'} @ {urlsplit(self.url).netloc or self.url}"
         return Path(self.path).name if self.path else embedded
 
 

@@ -532,7 +532,8 @@ def home_offer() -> None:
     """While the embedded model is in use: say so, and offer the recommended RWKV model (from
     what is known offline: the last listing, else the catalog's known files)."""
     _RUN.bars = []
-    if current_choice().path:
+    choice = current_choice()
+    if choice.path or choice.remote:  # a model file, or a model server: not the embedded one
         if DownloadJob.jobs() or ss.get("hub_convert") is not None:
             jobs_panel("home")
         return

@@ -17,13 +17,13 @@ from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.i18n import LANG_NAMES, LANGS
 from core.settings import (
-    BACKENDS,
+    LOCAL_BACKENDS,
     MAX_CACHE_DISK_MB,
     MAX_CACHE_MEM_MB,
     STRATEGIES,
     ModelChoice,
 )
-from core.store.backup import KEEP, backup_dir
+from core.store.backup import KEEP, backup_dir, is_postgres
 from pages import models_ui
 from pages.ui_common import (
     T,
@@ -31,6 +31,7 @@ from pages.ui_common import (
     choice_label,
     choose_model,
     current_choice,
+    database_url,
     lang,
     load_model,
     md_inline,
@@ -38,6 +39,7 @@ from pages.ui_common import (
     model_summary,
     page_guard,
     password_policy,
+    postgres_backups,
     rt,
     rwkv_options_apply,
     set_lang,
@@ -53,6 +55,7 @@ cfg = rt().settings  # every setting is read and written through it (core/settin
 ss = st.session_state
 EMBEDDED = "__embedded__"
 OTHER = "__other__"
+SERVER = "__server__"  # a model server (OpenAI-compatible): core/engine/remote.py
 
 st.title(T("nav_settings"))
 if ss.get("settings_flash"):
@@ -125,16 +128,24 @@ def _file_label(opt: str) -> str:
         return _embedded_label()
     if opt == OTHER:
         return T("other_path")
+    if opt == SERVER:
+        return T("model_server")
     try:
         return str(Path(opt).relative_to(MODELS_DIR))
     except ValueError:
         return opt
 
 
-options = [EMBEDDED, *files, OTHER]
+options = [EMBEDDED, *files, OTHER, SERVER]
 if "set_model_src" not in ss:
     ss.set_model_src = (
-        EMBEDDED if not choice.path else choice.path if choice.path in files else OTHER
+        SERVER
+        if choice.remote
+        else EMBEDDED
+        if not choice.path
+        else choice.path
+        if choice.path in files
+        else OTHER
     )
 st.selectbox(
     T("model_file"),
@@ -153,22 +164,45 @@ if ss.set_model_src == OTHER:
     )
 chosen_path = (
     ""
-    if ss.set_model_src == EMBEDDED
+    if ss.set_model_src in (EMBEDDED, SERVER)
     else other_path.strip()
     if ss.set_model_src == OTHER
     else ss.set_model_src
 )
+server = ss.set_model_src == SERVER
+if server:  # its address, key, model name and time-out; nothing that runs a model here
+    st.caption(T("model_server_help"))
+    with st.container(horizontal=True):
+        st.text_input(
+            T("server_url"),
+            value=choice.url,
+            key="set_server_url",
+            placeholder="http://127.0.0.1:8080/v1",
+        )
+        st.text_input(T("server_model"), value=choice.remote_model, key="set_server_model")
+    with st.container(horizontal=True):
+        st.text_input(T("server_key"), value=choice.api_key, key="set_server_key", type="password")
+        st.number_input(
+            T("server_timeout"),
+            min_value=1,
+            max_value=86400,
+            value=int(choice.timeout_s),
+            key="set_server_timeout",
+        )
+backend = choice.backend if choice.backend in LOCAL_BACKENDS else "auto"
+rwkv_options = False
+strategy = choice.strategy
 with st.container(horizontal=True):
-    backend = st.selectbox(
-        T("backend"),
-        BACKENDS,
-        index=BACKENDS.index(choice.backend) if choice.backend in BACKENDS else 0,
-        format_func=lambda b: T(f"backend_{b}"),
-        key="set_backend",
-    )
-    # the rwkv package's options, only where it runs the model (not for llama.cpp)
-    rwkv_options = rwkv_options_apply(ModelChoice(path=chosen_path, backend=backend))
-    strategy = choice.strategy
+    if not server:
+        backend = st.selectbox(
+            T("backend"),
+            LOCAL_BACKENDS,
+            index=LOCAL_BACKENDS.index(backend),
+            format_func=lambda b: T(f"backend_{b}"),
+            key="set_backend",
+        )
+        # the rwkv package's options, only where it runs the model (not for llama.cpp)
+        rwkv_options = rwkv_options_apply(ModelChoice(path=chosen_path, backend=backend))
     if rwkv_options:
         strategy = st.selectbox(
             T("strategy"),
@@ -201,14 +235,22 @@ if load_clicked:
     if ss.set_model_src == OTHER and not path:
         st.error(T("err_no_path"))
     else:
-        new = ModelChoice(
-            path=path,
-            backend=backend,
-            strategy=(strategy or "").strip() or "cpu fp32",
-            cuda_on=cuda_on,
-            jit_on=jit_on,
-        )
         try:
+            if server:
+                new = ModelChoice.server(
+                    ss.set_server_url,
+                    ss.set_server_key,
+                    ss.set_server_model,
+                    float(ss.set_server_timeout),
+                )
+            else:
+                new = ModelChoice(
+                    path=path,
+                    backend=backend,
+                    strategy=(strategy or "").strip() or "cpu fp32",
+                    cuda_on=cuda_on,
+                    jit_on=jit_on,
+                )
             choose_model(new)
         except AppError as e:
             show_error(e)
@@ -470,6 +512,8 @@ st.code(str(MODELS_DIR), language=None)
 
 st.subheader(T("state_cache"), anchor=False)
 st.caption(T("state_cache_help"))
+if engine is not None and engine.info.backend == "remote":
+    st.caption(T("state_cache_remote"))
 if engine is not None:
     try:
         stats = engine.cache_stats()
@@ -525,8 +569,11 @@ if st.button(
 
 # --- backups ---------------------------------------------------------------------------------
 st.subheader(T("backups"), anchor=False)
-st.caption(T("backups_help", folder=md_inline(str(backup_dir())), n=KEEP))
-backup_controls("settings")  # "Back up now" (said, and selected below) and the restore
+if is_postgres(database_url()):
+    postgres_backups()  # what PostgreSQL's own tools do instead, and pg_dump now
+else:
+    st.caption(T("backups_help", folder=md_inline(str(backup_dir())), n=KEEP))
+    backup_controls("settings")  # "Back up now" (said, and selected below) and the restore
 
 # --- threads ---------------------------------------------------------------------------------
 st.subheader(T("threads"), anchor=False)

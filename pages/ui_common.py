@@ -127,6 +127,28 @@ def backup_controls(key: str) -> None:
     restore_controls(key)
 
 
+def postgres_backups() -> None:
+    """Settings → Backups when the database is PostgreSQL: the app makes no daily copy of it and
+    restores none (several app servers may share it); what its own tools do instead, as commands
+    for this database, and "Back up now" with pg_dump where it is installed here."""
+    from core.store.backup import backup_dir, backup_now, pg_dump_program, postgres_advice
+
+    advice = postgres_advice(database_url())
+    st.caption(T("backups_postgres", url=md_inline(advice["url"])))
+    st.code("\n".join((advice["backup"], advice["restore"], advice["check"])), language="bash")
+    if pg_dump_program() is None:
+        st.caption(T("backups_no_pg_dump"))
+        return
+    if st.button(T("backup_now"), key="backup_now", icon=":material/backup:"):
+        try:
+            made = backup_now(database_url())
+        except AppError as e:
+            show_error(e)
+        else:
+            where = md_inline(str(backup_dir() / made.name))
+            st.toast(T("backup_made", name=where), icon=":material/check_circle:")
+
+
 def restore_controls(key: str) -> None:
     """Choose a backup and restore it, after a confirmation."""
     from core.store.backup import list_backups
@@ -614,6 +636,8 @@ def model_summary(engine: Engine) -> str:
     runs it, in the page's language (each back end says its own: the rwkv package its strategy,
     llama.cpp the file's type; never the other one's settings)."""
     info = engine.info
+    if info.backend == "remote":  # a model server (core/engine/remote.py)
+        return " · ".join((str(info.extra.get("label", "")), T("runs_remote", url=info.strategy)))
     name = Path(info.path).name if info.path else T("embedded_model")
     parts = [name, info.arch]
     if info.n_layer:

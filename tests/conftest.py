@@ -99,6 +99,17 @@ def models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """The session's one PostgreSQL server (tests/support/postgres.py), started on first use
+    and stopped when the session ends; `postgres.new_database()` gives a test its own database."""
+    from tests.support.postgres import PostgresForTests
+
+    pg = PostgresForTests()
+    yield pg
+    pg.close()
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory):
     """tiny_models(version, layers=2, width=128) -> Path of a .pth built once per session."""
     from tests.support.tiny_model import write_model

@@ -609,5 +609,8 @@ def place_seed(seed: int, position: int, version: int, op: Op | str = Op.NEW) ->
 
 
 def model_name(engine: Engine) -> str:
-    """The loaded model as chats record it: its file name, or "embedded"."""
+    """The loaded model as chats record it: its file name, "embedded", or for a model server
+    (core.engine.remote) "<model> @ <host:port>"."""
+    if engine.info.backend == "remote":
+        return str(engine.info.extra.get("label") or "remote")
     return Path(engine.info.path).name if engine.info.path else "embedded"

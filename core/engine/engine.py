@@ -16,6 +16,7 @@ rest. A finished reply's checkpoint is rebuilt from its stored text, never from 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
@@ -177,6 +178,9 @@ class Reply:
 
 
 class Engine:
+    # the cache's folder is shared with other servers ($RP_STATE_DIR): `share_checkpoints`
+    _shared = False
+
     def __init__(
         self,
         backend: Backend,
@@ -235,6 +239,21 @@ class Engine:
 
     def set_cache_budget(self, mem_mb: float, disk_mb: float) -> None:
         self.cache.set_budget(mem_mb, disk_mb)
+
+    def share_checkpoints(self) -> None:
+        """The cache's disk folder is shared with other servers ($RP_STATE_DIR, behind a load
+        balancer): a reply ends only once its checkpoint is on disk, so that the chat's next
+        request, wherever it lands, restores it instead of feeding the chat again; a raw
+        completion also looks for the checkpoints other servers wrote (`_raw_restore`)."""
+        self._shared = True
+        self.cache.shared = True
+
+    def _durable(self) -> None:
+        """With a shared folder, wait until the checkpoints of replies that ended are on disk
+        (the reply's end waits for it, not its first token)."""
+        if self._shared:
+            self.settle()
+            self.cache.flush()
 
     def flush(self) -> None:
         """Wait for checkpoints on their way to disk (before a planned restart, in tests)."""
@@ -727,6 +746,7 @@ class Engine:
                     run.fed,
                     run.state,
                 )
+                self._durable()
             holder.append(res)
             if on_finish is not None:
                 on_finish(res)
@@ -809,6 +829,12 @@ class Engine:
             cp = self.cache.get(self._raw_key(tokens[:n]))
             if cp is not None:
                 return cp
+        if self._shared:  # another server's: every prefix's file name, longest first
+            for key in reversed(_prefix_keys(self._raw_root, tokens)):
+                if self.cache.on_disk(key):
+                    cp = self.cache.get(key)
+                    if cp is not None:
+                        return cp
         return self._initial_checkpoint()
 
     def _raw_put(self, tokens: list[int], cp: Checkpoint) -> None:
@@ -855,6 +881,7 @@ class Engine:
                 # request that resends prompt + reply starts from here
                 seen = tokens + run.fed
                 self._raw_put(seen, Checkpoint(self._last_logits(run), run.state, len(seen)))
+                self._durable()
             res = run.finish()
             holder.append(res)
             if on_finish is not None:
@@ -897,6 +924,16 @@ class Engine:
             self._advance(full)
             return
         self.cache.put(body.key, Checkpoint(logits, st, n), disk=True)
+
+
+def _prefix_keys(root: str, tokens: list[int]) -> list[str]:
+    """chain_key(root, tokens[:n]) for n = 1..len(tokens), in one pass over the tokens."""
+    h = hashlib.sha256(bytes.fromhex(root))
+    keys = []
+    for t in np.asarray(tokens, np.int32):
+        h.update(t.tobytes())
+        keys.append(h.copy().hexdigest())
+    return keys
 
 
 def _shape(shape: tuple[int, int, int]) -> str:

@@ -9,6 +9,13 @@ JSON header, the logits and the back end's state bytes. A file whose digest does
 damaged disk, a torn write) or without one (an older version's file) is a miss and is deleted,
 never restored: a wrong state would silently change every reply after it. Files are written to a
 temporary name, fsynced, then renamed, and are private to the user (0600 in a 0700 folder).
+
+The disk tier may be a folder that several processes or machines share (`shared`, $RP_STATE_DIR):
+a file's name is its key (the model's identity and the token chain, so equal names hold equal
+states), its header repeats the key and is checked on read, temporary names are unique across
+processes and machines, a rename makes a file appear whole or not at all, and the size budget is
+kept by re-counting the folder (other servers write to it too) and deleting the least recently
+used files, whoever wrote them.
 """
 
 from __future__ import annotations
@@ -17,7 +24,9 @@ import hashlib
 import json
 import os
 import queue
+import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +39,8 @@ from core.backends.base import State
 
 MAGIC = b"RPSTATE2"  # the checkpoint file format: this magic, then a sha256 of the rest
 _DIGEST = len(MAGIC) + 32
+RESCAN_S = 30.0  # a shared folder's size is counted again this often (others write to it too)
+STALE_TMP_S = 3600.0  # a temporary file this old was left by a writer that died: removed
 
 
 @dataclass
@@ -68,6 +79,8 @@ class StateCache:
         self._state_nbytes: int | None = None
         self._lock = threading.Lock()
         self._disk_bytes: int | None = None
+        self.shared = False  # the folder is shared with other processes or machines
+        self._scanned = 0.0  # when the folder's size was last counted
         self.hits_mem = self.hits_disk = self.misses = 0
         self.damaged = 0  # files dropped: a wrong digest, no digest, or refused by the back end
         # disk writes happen on a writer thread, off the path to the first token
@@ -168,6 +181,8 @@ class StateCache:
                 raise ValueError("damaged")
             n = int.from_bytes(body[:4], "little")
             head = json.loads(bytes(body[4 : 4 + n]))
+            if head.get("key", key) != key:  # whole, but another checkpoint's: never restored
+                raise ValueError("not this key's checkpoint")
             off = 4 + n
             logits = np.frombuffer(body, np.float32, head["n_logits"], off).copy()
             off += logits.nbytes
@@ -189,7 +204,9 @@ class StateCache:
         if path.is_file():
             os.utime(path)
             return
-        head = json.dumps({"n_logits": int(cp.logits.size), "n_tokens": cp.n_tokens}).encode()
+        head = json.dumps(
+            {"n_logits": int(cp.logits.size), "n_tokens": cp.n_tokens, "key": key}
+        ).encode()
         body = b"".join(
             (
                 len(head).to_bytes(4, "little"),
@@ -198,7 +215,8 @@ class StateCache:
                 self._to_bytes(cp.state),
             )
         )
-        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
+        # unique across threads, processes and machines sharing the folder
+        tmp = path.with_name(f"{key}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
@@ -212,8 +230,10 @@ class StateCache:
             tmp.unlink(missing_ok=True)
             return
         with self._lock:
-            if self._disk_bytes is None:
+            stale = self.shared and time.monotonic() - self._scanned > RESCAN_S
+            if self._disk_bytes is None or stale:
                 self._disk_bytes = self._scan_disk()
+                self._scanned = time.monotonic()
             else:
                 self._disk_bytes += _DIGEST + len(body)
             over = self._disk_bytes > self.disk_budget
@@ -224,8 +244,20 @@ class StateCache:
         assert self.dir is not None
         return sum(p.stat().st_size for p in self.dir.glob("*.state"))
 
+    def on_disk(self, key: str) -> bool:
+        """Whether a file holds `key` (written by this process or another one): a look by name,
+        nothing read."""
+        return self.dir is not None and (self.dir / f"{key}.state").is_file()
+
     def _evict_disk(self) -> None:
         assert self.dir is not None
+        now = time.time()
+        for p in self.dir.glob("*.tmp-*"):  # left by a writer killed midway
+            try:
+                if now - p.stat().st_mtime > STALE_TMP_S:
+                    p.unlink()
+            except OSError:
+                pass
         files = []
         for p in self.dir.glob("*.state"):
             try:

@@ -11,6 +11,7 @@ from core.prompt.base import (
     Role,
     StartState,
     speaker_name,
+    transcript_texts,
 )
 from core.prompt.chatml import ChatMLFormat
 from core.prompt.roleplay import RoleplayFormat
@@ -30,4 +31,5 @@ __all__ = [
     "normalize",
     "speaker_name",
     "substitute",
+    "transcript_texts",
 ]

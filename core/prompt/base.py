@@ -117,3 +117,34 @@ class PromptFormat(Protocol):
     def stop_strings(self, msg: Message, ctx: CharacterContext, names: list[str]) -> list[str]:
         """Strings that end a reply by `msg`'s speaker; `names` are all speakers of the chat."""
         ...
+
+
+def transcript_texts(
+    fmt: PromptFormat,
+    ctx: CharacterContext,
+    history: list[Message],
+    speaker: Message | None,
+    open_last: bool = False,
+) -> list[str]:
+    """The transcript as the chunks of text a model reads, in order: the opening, each
+    message's note (what was fed before it), header and body, then the speaker's note and
+    header; with `open_last` the last message is left open (for "continue") and no header
+    follows. Their concatenation is the prompt (`Engine.prompt_text`; the engine also cuts it
+    here, in `Engine._build`, to tokenize and key each chunk). A model served elsewhere
+    (core.engine.remote) is sent this text."""
+    texts: list[str] = []
+    opening = fmt.opening(ctx)
+    if opening:
+        texts.append(opening)
+    for i, msg in enumerate(history):
+        last_open = open_last and i == len(history) - 1
+        if msg.before:
+            texts.append(fmt.note(msg.before, ctx))
+        texts.append(fmt.header(msg, ctx))
+        body = fmt.open_body if last_open else fmt.body
+        texts.append(body(msg.text, msg, ctx))
+    if speaker is not None and not open_last:
+        if speaker.before:
+            texts.append(fmt.note(speaker.before, ctx))
+        texts.append(fmt.header(speaker, ctx))
+    return texts

@@ -1,4 +1,9 @@
-"""Copies of the SQLite database in `data/backups/`, and putting one back.
+"""Copies of the database in `data/backups/`, and putting one back.
+
+PostgreSQL (`RP_DB_URL=postgresql+psycopg://...`) is backed up and checked by its own tools, and
+several app servers share it, so the app makes no daily copy of it and restores none: "Back up
+now" runs `pg_dump` (custom format, `app-....dump`) where it is installed, and Settings says what
+to run instead (`postgres_advice`). The rest of this module is about the SQLite file.
 
 `daily_backup` runs when the app opens its store: at most one copy a day, made with
 `VACUUM INTO` (a consistent, compact copy taken while the app runs), the newest `KEEP` kept.
@@ -17,6 +22,7 @@ import re
 import secrets
 import shutil
 import sqlite3
+import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,7 +45,7 @@ log = logging.getLogger(__name__)
 KEEP = 7
 _PARTIAL = ".partial"  # a backup being written: ".app-....db.<random>.partial", then renamed
 STALE_S = 3600  # seconds after which such a file is one that a killed process left
-_NAME = re.compile(r"^app-(\d{4}-\d{2}-\d{2})-(\d{6})(-[a-z0-9-]+)?\.db$")
+_NAME = re.compile(r"^app-(\d{4}-\d{2}-\d{2})-(\d{6})(-[a-z0-9-]+)?\.(?:db|dump)$")
 _COMPANIONS = ("-wal", "-shm", "-journal")  # SQLite's files beside a database
 
 
@@ -53,6 +59,42 @@ class Backup:
 
 def backup_dir() -> Path:
     return data_dir() / "backups"
+
+
+def is_postgres(url: str) -> bool:
+    try:
+        return make_url(url).get_backend_name() == "postgresql"
+    except ArgumentError:
+        return False
+
+
+def _libpq(url: str) -> tuple[str, dict[str, str]]:
+    """`url` as libpq's tools take it (postgresql://, no driver), without its password, and the
+    environment that gives them the password (never on a command line: `ps` shows those)."""
+    parsed = make_url(url)
+    env = {"PGPASSWORD": parsed.password} if parsed.password else {}
+    plain = parsed.set(drivername="postgresql")._replace(password=None)
+    return plain.render_as_string(hide_password=False), env
+
+
+def pg_dump_program() -> str | None:
+    """`pg_dump` on this machine (Debian: the postgresql-client package), else None."""
+    return shutil.which("pg_dump")
+
+
+def postgres_advice(url: str) -> dict[str, str]:
+    """What PostgreSQL's own tools do in place of the app's SQLite copies and checks, as
+    commands for this database (its URL without the password): Settings shows them."""
+    where, _ = _libpq(url)
+    return {
+        "url": where,
+        "backup": f"pg_dump --format=custom --file=rp-$(date +%F).dump '{where}'",
+        "restore": (
+            "pg_restore --clean --if-exists --no-owner --single-transaction "
+            f"--dbname='{where}' rp-DATE.dump"
+        ),
+        "check": f"pg_amcheck --heapallindexed '{where}'",
+    }
 
 
 def db_file(url: str) -> Path:
@@ -74,7 +116,7 @@ def list_backups(folder: Path | None = None) -> list[Backup]:
     """The backups, newest first."""
     folder = folder or backup_dir()
     found: list[tuple[datetime, int, int, Backup]] = []
-    for p in folder.glob("app-*.db") if folder.is_dir() else ():
+    for p in folder.glob("app-*") if folder.is_dir() else ():
         m = _NAME.match(p.name)
         if m:
             made = datetime.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H%M%S")
@@ -163,8 +205,51 @@ def _remove_stale(folder: Path) -> None:
             pass
 
 
+def _pg_dump(url: str, dest: Path) -> None:
+    """`pg_dump` of the PostgreSQL database `url` into `dest`, whole or not at all (a temporary
+    name made 0600 first, renamed once pg_dump has finished)."""
+    program = pg_dump_program()
+    if program is None:
+        raise StoreError(
+            "This app keeps its data in PostgreSQL, and pg_dump is not installed on this "
+            "machine (apt-get install postgresql-client): back the database up where it runs, "
+            "with pg_dump."
+        )
+    where, env = _libpq(url)
+    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}{_PARTIAL}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    try:
+        res = subprocess.run(
+            [program, "--format=custom", f"--file={tmp}", where],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        if res.returncode != 0:
+            raise StoreError(f"pg_dump could not back up the database: {res.stderr.strip()}")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def backup_now(url: str, now: datetime | None = None) -> Path:
-    """Copy the database into data/backups/ now; keep the newest KEEP copies."""
+    """Copy the database into data/backups/ now; keep the newest KEEP copies. PostgreSQL:
+    with pg_dump, as `app-....dump`."""
+    if is_postgres(url):
+        dest = _new_path(backup_dir(), now or datetime.now()).with_suffix(".dump")
+        _remove_stale(dest.parent)
+        try:
+            _pg_dump(url, dest)
+        except OSError as e:
+            raise StoreError(f"Could not write the backup {dest}: {e}. Is the disk full?") from e
+        for old in list_backups()[KEEP:]:
+            _remove(old.path)
+        return dest
     source = db_file(url)
     dest = _new_path(backup_dir(), now or datetime.now())
     _remove_stale(dest.parent)
@@ -182,8 +267,11 @@ def backup_now(url: str, now: datetime | None = None) -> Path:
 
 
 def daily_backup(url: str, now: datetime | None = None) -> Path | None:
-    """A backup unless one was made today (or the database is not a SQLite file). Never raises:
-    it runs at every start, and a failed backup must not keep the app from starting."""
+    """A backup unless one was made today (or the database is not a SQLite file: PostgreSQL
+    is backed up by its own tools, once for all the app servers on it). Never raises: it runs
+    at every start, and a failed backup must not keep the app from starting."""
+    if is_postgres(url):
+        return None
     now = now or datetime.now()
     try:
         today = [b for b in list_backups() if b.made.date() == now.date()]
@@ -200,7 +288,9 @@ def daily_backup(url: str, now: datetime | None = None) -> Path | None:
 
 def check_database(url: str) -> None:
     """SQLite's quick check of the whole file; StoreError naming the file when it is damaged.
-    Nothing to check for a file not made yet, or a database that is not a SQLite file."""
+    Nothing to check for a file not made yet, or a database that is not a SQLite file
+    (PostgreSQL checks its own pages as it reads them, with data checksums, and pg_amcheck
+    checks tables and indexes: `postgres_advice`)."""
     try:
         path = db_file(url)
     except StoreError:
@@ -252,7 +342,13 @@ def check_backup(path: Path) -> None:
 
 def restore(url: str, backup: Path, now: datetime | None = None) -> Path:
     """Put `backup` in place of the database (its Store closed); returns where the database it
-    replaced was kept. A bad backup is refused, nothing touched."""
+    replaced was kept. A bad backup is refused, nothing touched. Not for PostgreSQL, which
+    other app servers may be using: StoreError with pg_restore's command."""
+    if is_postgres(url):
+        raise StoreError(
+            "This app keeps its data in PostgreSQL: stop every app server that uses it, then "
+            f"restore with pg_restore: {postgres_advice(url)['restore']}"
+        )
     target = db_file(url)
     check_backup(backup)
     keep = _new_path(backup_dir(), now or datetime.now(), "before-restore")

@@ -1,5 +1,6 @@
 """The plumbing every part of the Store shares: the engine, one session per call (`_read`, and
-`_write`, which takes SQLite's write lock first with BEGIN IMMEDIATE), the lookup of a row that
+`_write`, which takes the database's write lock first: BEGIN IMMEDIATE on SQLite, the store's
+advisory lock on PostgreSQL, see core.store.database), the lookup of a row that
 must exist (`_get`, NotFound otherwise) and the touch of a chat's `updated_at`.
 
 Each aggregate of the store is a mixin over `StoreBase` in a module of its own (characters,
@@ -37,7 +38,8 @@ class StoreBase:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sqlite = engine.dialect.name == "sqlite"
+        # both take a write lock when a write transaction begins (core.store.database)
+        self._locks = engine.dialect.name in ("sqlite", "postgresql")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -54,10 +56,12 @@ class StoreBase:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        """A write transaction; on SQLite it takes the write lock first (BEGIN IMMEDIATE)."""
+        """A write transaction, which takes the database's write lock first (SQLite: BEGIN
+        IMMEDIATE; PostgreSQL: the advisory lock), so a read-modify-write inside it sees every
+        write committed before and none while it runs."""
         try:
             with Session(self.engine, expire_on_commit=False) as session:
-                if self._sqlite:
+                if self._locks:
                     session.connection(execution_options={IMMEDIATE: True})
                 yield session
                 session.commit()

@@ -1,5 +1,10 @@
-"""The database under the store: the SQLAlchemy engine (SQLite with WAL, foreign keys, a busy
-timeout and BEGIN IMMEDIATE for writes) and the Alembic migrations that create and upgrade it.
+"""The database under the store: the SQLAlchemy engine and the Alembic migrations that create
+and upgrade it. SQLite (the default) runs with WAL, foreign keys, a busy timeout and BEGIN
+IMMEDIATE for writes; PostgreSQL (`RP_DB_URL=postgresql+psycopg://...`, psycopg 3) gets the same
+guarantees from its own means: a write transaction first takes one advisory lock
+(`pg_advisory_xact_lock(WRITE_LOCK)`), so writers queue one at a time across every process on the
+database as SQLite's do, and readers never wait (MVCC); the lock waits at most `LOCK_TIMEOUT_S`,
+as SQLite's busy timeout; the session's time zone is UTC.
 
 Alembic is imported by the functions that use it, not at the top: importing it took 0.4 s, and
 this module is imported by the server before it answers (Home.py); the store is opened later, on
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 APP_TABLES = ("characters", "conversations", "messages", "app_settings")
 IMMEDIATE = "rp_begin_immediate"  # execution option: this transaction writes (BEGIN IMMEDIATE)
+# PostgreSQL: the advisory lock every write transaction takes first (a fixed 64-bit key: "rp-write")
+WRITE_LOCK = int.from_bytes(b"rp-write", "big") >> 1
+LOCK_TIMEOUT_S = 15  # how long a writer waits for another (SQLite's busy_timeout)
 # Alembic runs a migration through module-level proxies (alembic.context, alembic.op) and loads
 # its scripts as modules: two threads migrating at once, even two different databases, ran each
 # other's steps ("table characters already exists" in 58 of 60 tries). The app opens its store
@@ -45,15 +53,17 @@ def store_error(e: SQLAlchemyError) -> StoreError:
     itself is a Conflict: the store checks names first in the same transaction, so the name
     was taken under it (by another writer, where the database lets two write at once)."""
     text = str(getattr(e, "orig", None) or e)
-    if isinstance(e, IntegrityError) and "characters.name" in text:
+    if isinstance(e, IntegrityError) and (
+        "characters.name" in text or "ix_characters_name" in text  # SQLite / PostgreSQL
+    ):
         return Conflict(
             "A character with that name already exists. Choose another name.", code="name_taken"
         )
-    if isinstance(e, OperationalError) and "locked" in text:
+    if isinstance(e, OperationalError) and ("locked" in text or "lock timeout" in text):
         return StoreUnavailable(
             "The database is busy (another program is writing to it). Try again."
         )
-    if isinstance(e, OperationalError) and "full" in text:
+    if isinstance(e, OperationalError) and ("full" in text or "No space left" in text):
         return StoreUnavailable(
             "The disk is full: nothing could be saved. Free some space, then try again."
         )
@@ -63,12 +73,25 @@ def store_error(e: SQLAlchemyError) -> StoreError:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; for SQLite with WAL, foreign keys, busy timeout, BEGIN IMMEDIATE."""
+    """An engine for `url`; for SQLite with WAL, foreign keys, busy timeout, BEGIN IMMEDIATE;
+    for PostgreSQL with its write lock (`_postgres`)."""
     kwargs: dict[str, Any] = {"json_serializer": json_dumps}
     memory = _is_memory(url)
     if memory:  # one shared connection, else every thread would see its own empty database
         kwargs |= {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    if is_postgres(url):
+        kwargs |= {
+            # a connection the server dropped (a restart, a failover) is replaced, not used
+            "pool_pre_ping": True,
+            "connect_args": {
+                "options": f"-c timezone=UTC -c lock_timeout={LOCK_TIMEOUT_S * 1000}",
+                "connect_timeout": 10,
+            },
+        }
     engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "postgresql":
+        _postgres(engine)
+        return engine
     if engine.dialect.name != "sqlite":
         return engine
 
@@ -89,6 +112,25 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def is_postgres(url: str) -> bool:
+    """Whether `url` names a PostgreSQL database (any driver; the app's is psycopg 3)."""
+    try:
+        return make_url(url).get_backend_name() == "postgresql"
+    except ArgumentError:
+        return False
+
+
+def _postgres(engine: Engine) -> None:
+    """PostgreSQL's counterparts of the SQLite settings: a write transaction takes the one
+    advisory lock first, so two writers (threads or processes, on any machine) queue instead
+    of interleaving a read-modify-write. (The session's time zone is UTC: `make_engine`.)"""
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(IMMEDIATE):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 
 
 def _is_memory(url: str) -> bool:

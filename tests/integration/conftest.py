@@ -9,14 +9,55 @@ from pathlib import Path
 import pytest
 
 from core import runtime
+from core.config import default_url
 from core.runtime import Runtime
 from core.store import Store
-from tests.support.db_fixtures import open_test_store
+from tests.support.db_fixtures import DATABASES, open_test_store
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, data_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """The test's own database, on each kind the store runs on: the SQLite file of the test's
+    data directory, then a fresh database on the session's PostgreSQL server. $RP_DB_URL names
+    it (unset for SQLite, whose file is the default), so every store the test opens with
+    open_test_store()/open_store() is that one."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("RP_DB_URL", raising=False)
+        yield default_url()
+        return
+    pg = request.getfixturevalue("postgres")
+    name, url = pg.new_database()
+    monkeypatch.setenv("RP_DB_URL", url)
+    yield url
+    pg.drop(name)
+
+
+@pytest.fixture(params=DATABASES)
+def empty_db_url(request: pytest.FixtureRequest, data_dir: Path):
+    """A database with nothing in it yet, not migrated (for the migrations' tests): the URL of
+    a SQLite file not made yet in the data directory, then an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{data_dir / 'app.db'}"
+        return
+    pg = request.getfixturevalue("postgres")
+    name, url = pg.empty_database()
+    yield url
+    pg.drop(name)
 
 
 @pytest.fixture
-def store(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
-    """The store of the test's own data directory (never $RP_DB_URL), closed afterwards."""
+def store(db_url: str) -> Iterator[Store]:
+    """The store of the test's own database (see db_url: once on SQLite, once on PostgreSQL,
+    the same assertions), closed afterwards."""
+    s = open_test_store()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """The SQLite store of the test's data directory, for what only SQLite has (its file, its
+    pragmas, VACUUM INTO backups); PostgreSQL's counterparts have tests of their own."""
     monkeypatch.delenv("RP_DB_URL", raising=False)
     s = open_test_store()
     yield s

@@ -268,3 +268,60 @@ def test_a_backup_at_an_older_revision_or_upgraded_from_one_is_restored(
         open_store(url(old)).close()
     restore(url(db), old)
     assert names(db) == []  # opened (and upgraded) by this version
+
+
+# --- PostgreSQL: its own tools ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pg_db(postgres, monkeypatch: pytest.MonkeyPatch):
+    """A PostgreSQL database (RP_DB_URL) with one character and a chat in it (store closed)."""
+    name, url = postgres.new_database()
+    monkeypatch.setenv("RP_DB_URL", url)
+    store = open_store()
+    conv = store.create_conversation(store.create_character({"name": "Kept"}).id)
+    store.add_message(conv.id, "user", "a line worth keeping")
+    store.close()
+    yield url
+    postgres.drop(name)
+
+
+def test_postgres_is_backed_up_by_pg_dump_and_pg_restore_brings_it_back(
+    pg_db: str, postgres
+) -> None:
+    """ "Back up now" on PostgreSQL is a pg_dump (custom format) in data/backups, listed like the
+    SQLite copies; pg_restore puts every row back into an empty database. No daily copy (each
+    app server on the database would make one), and no restore by the app: it says how."""
+    assert daily_backup(pg_db, DAY) is None
+    made = backup_now(pg_db, DAY)
+    assert made.name == "app-2026-12-02-093000.dump" and made.parent == backup_dir()
+    assert oct(made.stat().st_mode & 0o777) == "0o600"
+    assert [b.path for b in list_backups()] == [made]
+    with pytest.raises(StoreError, match="pg_restore"):
+        restore(pg_db, made)
+    check_database(pg_db)  # nothing to check here: PostgreSQL checks its own pages
+
+    name, url = postgres.empty_database()
+    target = url.replace("postgresql+psycopg", "postgresql")
+    res = subprocess.run(
+        ["pg_restore", "--no-owner", f"--dbname={target}", str(made)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    store = open_store(url)
+    [kept] = store.list_characters()
+    assert kept.name == "Kept"
+    [conv] = store.list_conversations(kept.id)
+    assert [m.text for m in store.list_messages(conv.id)] == ["a line worth keeping"]
+    store.close()
+    postgres.drop(name)
+
+
+def test_postgres_advice_names_the_database_without_its_password() -> None:
+    from core.store.backup import postgres_advice
+
+    advice = postgres_advice("postgresql+psycopg://rp:s3cret@db.example:5432/rp")
+    assert advice["url"] == "postgresql://rp@db.example:5432/rp"
+    assert all("s3cret" not in v for v in advice.values())
+    assert advice["backup"].startswith("pg_dump ") and "pg_restore " in advice["restore"]

@@ -27,6 +27,15 @@ from core.prompt import Message
 from tests.support.batching import CHATS, HeldModel
 from tests.support.required import unavailable
 
+
+@pytest.fixture
+def store(sqlite_store: Any) -> Any:
+    """Services over the store, on SQLite alone: the store's own tests (test_db*, test_undo,
+    test_lorebooks, test_migrations, test_backup) run on PostgreSQL too, and copies of these
+    cost CI about two minutes."""
+    return sqlite_store
+
+
 P = SamplingParams(
     temperature=1.0, top_p=0.9, presence_penalty=0.0, frequency_penalty=0.0, max_tokens=24
 )

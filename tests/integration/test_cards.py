@@ -39,6 +39,14 @@ from tests.support.db_fixtures import (
 )
 
 
+@pytest.fixture
+def store(sqlite_store: Any) -> Any:
+    """Services over the store, on SQLite alone: the store's own tests (test_db*, test_undo,
+    test_lorebooks, test_migrations, test_backup) run on PostgreSQL too, and copies of these
+    cost CI about two minutes."""
+    return sqlite_store
+
+
 def avatar_files(data_dir: Path) -> list[Path]:
     d = data_dir / "avatars"
     return sorted(d.iterdir()) if d.exists() else []

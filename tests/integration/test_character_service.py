@@ -5,6 +5,7 @@ replaced or removed picture is deleted once no character uses it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,14 @@ from core.roleplay.avatars import AvatarError
 from core.roleplay.characters import CharacterService
 from core.store import Store
 from tests.support.db_fixtures import picture
+
+
+@pytest.fixture
+def store(sqlite_store: Any) -> Any:
+    """Services over the store, on SQLite alone: the store's own tests (test_db*, test_undo,
+    test_lorebooks, test_migrations, test_backup) run on PostgreSQL too, and copies of these
+    cost CI about two minutes."""
+    return sqlite_store
 
 
 @pytest.fixture

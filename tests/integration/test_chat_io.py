@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -12,6 +13,14 @@ from core.chat import conversation_context
 from core.roleplay.chat_io import ChatIOError, export_jsonl, export_markdown, import_jsonl
 from core.store import Store, StoreError
 from core.store.models import Conversation
+
+
+@pytest.fixture
+def store(sqlite_store: Any) -> Any:
+    """Services over the store, on SQLite alone: the store's own tests (test_db*, test_undo,
+    test_lorebooks, test_migrations, test_backup) run on PostgreSQL too, and copies of these
+    cost CI about two minutes."""
+    return sqlite_store
 
 
 def chat(store: Store) -> Conversation:

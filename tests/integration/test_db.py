@@ -6,13 +6,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from sqlalchemy.exc import IntegrityError
 
 from core import chat
 from core.config import BUNDLED_CHARACTERS_DIR
@@ -33,11 +33,11 @@ def make(store: Store, name: str = "Alice", **fields: object) -> int:
 # --- the database file -------------------------------------------------------------------
 
 
-def test_default_database_is_a_wal_sqlite_file_in_the_data_dir(store: Store, data_dir: Path):
+def test_default_database_is_a_wal_sqlite_file_in_the_data_dir(sqlite_store: Store, data_dir: Path):
     db = data_dir / "app.db"
     assert db.is_file()
-    assert str(store.engine.url).endswith(str(db))
-    with store.engine.connect() as conn:
+    assert str(sqlite_store.engine.url).endswith(str(db))
+    with sqlite_store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
@@ -70,19 +70,18 @@ def test_foreign_keys_are_enforced(store: Store):
     cid = make(store, "Has chats")
     conv = store.create_conversation(cid)
     store.add_message(conv.id, "user", "hi")
-    with sqlite3.connect(store.engine.url.database) as raw:  # type: ignore[arg-type]
-        raw.execute("PRAGMA foreign_keys=ON")
-        # nothing goes by cascade: deleting rows that others point to is refused
-        with pytest.raises(sqlite3.IntegrityError):
-            raw.execute("DELETE FROM characters WHERE id = ?", (cid,))
-        with pytest.raises(sqlite3.IntegrityError):
-            raw.execute("DELETE FROM conversations WHERE id = ?", (conv.id,))
-        with pytest.raises(sqlite3.IntegrityError):
-            raw.execute(
-                "INSERT INTO messages (conversation_id, position, role, name, text, alternatives,"
-                " chosen, alt_meta, meta, created_at, updated_at) VALUES (999, 0, 'user', '', 'x',"
-                " '[]', 0, '[]', '{}', '2024-01-01', '2024-01-01')"
-            )
+    # nothing goes by cascade: deleting rows that others point to is refused (each statement
+    # in a transaction of its own, on the store's own connections: SQLite's have foreign keys on)
+    for sql in (
+        f"DELETE FROM characters WHERE id = {cid}",
+        f"DELETE FROM conversations WHERE id = {conv.id}",
+        "INSERT INTO messages (conversation_id, position, role, name, text, alternatives,"
+        " chosen, alt_meta, meta, created_at, updated_at) VALUES (999, 0, 'user', '', 'x',"
+        " '[]', 0, '[]', '{}', '2024-01-01', '2024-01-01')",
+    ):
+        with pytest.raises(IntegrityError):
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql(sql)
 
 
 # --- characters --------------------------------------------------------------------------
@@ -526,3 +525,36 @@ def test_clean_name_never_leaves_a_path_or_control_character(name: str):
     assert not cleaned.startswith((".", " ")) and cleaned == cleaned.strip()
     assert all(ord(ch) >= 32 and not 0x7F <= ord(ch) <= 0x9F for ch in cleaned)
     assert clean_name(cleaned) == cleaned
+
+
+# --- PostgreSQL's counterparts of SQLite's settings ------------------------------------------
+
+
+def test_on_postgres_a_writer_waits_for_the_write_lock_then_says_the_database_is_busy(
+    postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's BEGIN IMMEDIATE and busy timeout, on PostgreSQL: a write transaction takes the
+    store's advisory lock first, waits for another holder up to the lock timeout, and then
+    fails with the same StoreUnavailable ("busy") as SQLite; reads never wait for it."""
+    import psycopg
+
+    import core.store.database as database
+    from core.errors import StoreUnavailable
+
+    monkeypatch.setattr(database, "LOCK_TIMEOUT_S", 1)
+    name, url = postgres.new_database()
+    store = open_store(url)
+    try:
+        u = store.engine.url
+        with psycopg.connect(host=u.host, port=u.port, user=u.username, dbname=u.database) as other:
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (database.WRITE_LOCK,))
+            with pytest.raises(StoreUnavailable, match="busy"):
+                store.set_setting("theme", "dark")
+            assert store.get_setting("theme") is None  # a read goes on meanwhile
+        store.set_setting("theme", "dark")  # the other transaction ended: the lock is free
+        assert store.get_setting("theme") == "dark"
+        with store.engine.connect() as con:
+            assert con.exec_driver_sql("SHOW timezone").scalar() == "UTC"
+    finally:
+        store.close()
+        postgres.drop(name)

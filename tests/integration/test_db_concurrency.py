@@ -1,4 +1,6 @@
-"""Concurrent writers: two threads at once, and a writer process killed with SIGKILL."""
+"""Concurrent writers: two threads at once, two processes at once on the same chat and the same
+setting, and a writer process killed with SIGKILL; each on SQLite and on PostgreSQL (`db_url`),
+with the same assertions."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
 from core.store import open_store
 from tests.support import REPO
@@ -20,16 +23,38 @@ from tests.support.db_fixtures import open_test_store
 N = 150
 
 
-def integrity(path: Path) -> str:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
+def integrity(url: str) -> str:
+    """ "ok" when the database's own check finds nothing wrong: SQLite's integrity_check of the
+    file; on PostgreSQL, pg_amcheck over every table and index of the database."""
+    if url.startswith("sqlite"):
+        con = sqlite3.connect(make_url(url).database)  # type: ignore[arg-type]
+        try:
+            return con.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            con.close()
+    from deploy.postgres import pg_bin_dir
+
+    u = make_url(url)
+    res = subprocess.run(
+        [
+            str(pg_bin_dir() / "pg_amcheck"),
+            "--install-missing",
+            "--heapallindexed",
+            "-h",
+            str(u.host),
+            "-p",
+            str(u.port),
+            "-U",
+            str(u.username),
+            str(u.database),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return "ok" if res.returncode == 0 else (res.stdout + res.stderr).strip()
 
 
-def test_two_threads_writing_at_once(data_dir: Path, monkeypatch):
-    monkeypatch.delenv("RP_DB_URL", raising=False)
+def test_two_threads_writing_at_once(db_url: str):
     store = open_test_store()
     cid = store.create_character({"name": "Shared"}).id
     conv = store.create_conversation(cid)
@@ -64,7 +89,69 @@ def test_two_threads_writing_at_once(data_dir: Path, monkeypatch):
         assert mine == [f"{tag}{i}" for i in range(N)]
     assert len(store.list_characters()) == 1 + 2 * (N // 10)
     store.close()
-    assert integrity(data_dir / "app.db") == "ok"
+    assert integrity(db_url) == "ok"
+
+
+# one of two app processes: messages to one chat, and a counter in one setting changed from its
+# value (update_setting's read-modify-write), interleaved
+TWO_WRITERS = r"""
+import sys
+from core.store import open_store
+store = open_store()
+conv_id, tag, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+sys.stdin.readline()  # both start together
+for i in range(n):
+    store.add_message(conv_id, "user", f"{tag}{i}")
+    store.update_setting("counter", lambda v: (v or 0) + 1)
+    store.update_setting("seen", lambda v: [*(v or []), f"{tag}{i}"])
+print("done", flush=True)
+"""
+
+
+def test_two_processes_writing_to_one_chat_and_one_setting_lose_nothing(db_url: str):
+    """Two processes on one database (two app servers behind a load balancer) add messages
+    to the same chat and change the same settings from their values at the same moment:
+    every message is kept at its own place, every change of every setting counts."""
+    store = open_test_store()
+    conv = store.create_conversation(store.create_character({"name": "Shared"}).id)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TWO_WRITERS, str(conv.id), tag, str(N)],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for tag in "ab"
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0 and out.strip() == "done", err
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    msgs = store.list_messages(conv.id)
+    assert len(msgs) == 2 * N
+    assert [m.position for m in msgs] == list(range(2 * N))
+    for tag in "ab":
+        assert [m.text for m in msgs if m.text.startswith(tag)] == [f"{tag}{i}" for i in range(N)]
+    assert store.get_setting("counter") == 2 * N
+    seen = store.get_setting("seen")
+    assert sorted(seen) == sorted(f"{t}{i}" for t in "ab" for i in range(N))
+    store.close()
+    assert integrity(db_url) == "ok"
 
 
 WRITER = r"""
@@ -81,13 +168,12 @@ while True:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
-def test_api_keys_made_and_revoked_at_once_are_never_lost(data_dir: Path, monkeypatch):
+def test_api_keys_made_and_revoked_at_once_are_never_lost(db_url: str):
     """Settings pages in several sessions (and two stores on one file, as two processes) make
     and revoke API keys at the same moment: every key made is kept, and every key revoked
     stays revoked (the list is read and written in one transaction)."""
     from core.access import create_key, list_keys, revoke_key
 
-    monkeypatch.delenv("RP_DB_URL", raising=False)
     stores = [open_test_store(), open_test_store()]
     old = [create_key(stores[0], f"old {i}")[1]["id"] for i in range(6)]
     start = threading.Barrier(6)
@@ -115,15 +201,13 @@ def test_api_keys_made_and_revoked_at_once_are_never_lost(data_dir: Path, monkey
     assert not revoke_key(stores[0], old[0])  # already revoked
 
 
-def test_writer_process_killed_mid_write(data_dir: Path, monkeypatch):
-    monkeypatch.delenv("RP_DB_URL", raising=False)
+def test_writer_process_killed_mid_write(data_dir: Path, db_url: str):
     store = open_test_store()
     cid = store.create_character({"name": "Victim"}).id
     conv = store.create_conversation(cid)
     store.close()
 
     env = {**os.environ, "RP_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
-    env.pop("RP_DB_URL", None)
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(conv.id)],
         cwd=REPO,
@@ -150,7 +234,7 @@ def test_writer_process_killed_mid_write(data_dir: Path, monkeypatch):
     assert len(printed) >= 200, err
     assert proc.returncode == -signal.SIGKILL
 
-    assert integrity(data_dir / "app.db") == "ok"
+    assert integrity(db_url) == "ok"
     store = open_store()
     msgs = store.list_messages(conv.id)
     stored = {m.id for m in msgs}
@@ -161,4 +245,4 @@ def test_writer_process_killed_mid_write(data_dir: Path, monkeypatch):
         assert m.text.startswith("message ") and m.meta["i"] == m.position
     store.add_message(conv.id, "user", "after the crash")  # and it still works
     store.close()
-    assert integrity(data_dir / "app.db") == "ok"
+    assert integrity(db_url) == "ok"

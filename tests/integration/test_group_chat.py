@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +21,15 @@ from core.prompt import Message
 from core.roleplay.chat_io import export_jsonl, export_markdown, import_jsonl
 from tests.support.forced import ForcedBackend
 from tests.support.invariant import Counted, check_invariant
+
+
+@pytest.fixture
+def store(sqlite_store: Any) -> Any:
+    """Services over the store, on SQLite alone: the store's own tests (test_db*, test_undo,
+    test_lorebooks, test_migrations, test_backup) run on PostgreSQL too, and copies of these
+    cost CI about two minutes."""
+    return sqlite_store
+
 
 P = SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=6)
 

@@ -22,6 +22,15 @@ from core.roleplay.lore import (
 from core.store import Store
 from tests.support.db_fixtures import LOREBOOK, card_png, v2_card
 
+
+@pytest.fixture
+def store(sqlite_store: Any) -> Any:
+    """Services over the store, on SQLite alone: the store's own tests (test_db*, test_undo,
+    test_lorebooks, test_migrations, test_backup) run on PostgreSQL too, and copies of these
+    cost CI about two minutes."""
+    return sqlite_store
+
+
 ENTRIES = [
     new_entry(0, key=["dragon"], content="Dragons sleep under the hill.", comment="Dragons"),
     new_entry(1, key=["moon"], content="The moon is red tonight.", order=200),

@@ -6,14 +6,13 @@ from scratch."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from core.chat import conversation_context, prompt_messages
-from core.config import data_dir
 from core.errors import StoreError
 from core.prompt import Message
 from core.roleplay.cards import CardError, import_card
@@ -246,10 +245,10 @@ def _hoard_stored_before_the_limit(store: Store) -> Any:
     entries: list[dict[str, Any]] = [{}] * 1_200_000
     entries[10] = {"keys": ["dragon"], "content": "A dragon sleeps here.", "comment": "near"}
     entries[1_000_000] = {"keys": ["dragon"], "content": "Far away.", "comment": "far"}
-    with sqlite3.connect(data_dir() / "app.db") as db:
+    with store.engine.begin() as db:
         db.execute(
-            "UPDATE characters SET character_book = ? WHERE id = ?",
-            (json.dumps({"name": "Hoard book", "entries": entries}), ch.id),
+            text("UPDATE characters SET character_book = :book WHERE id = :id"),
+            {"book": json.dumps({"name": "Hoard book", "entries": entries}), "id": ch.id},
         )
     return store.get_character(ch.id)
 

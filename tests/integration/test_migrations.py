@@ -1,14 +1,15 @@
-"""Alembic migrations: an old database keeps every row; a newer or foreign one is refused."""
+"""Alembic migrations: an old database keeps every row; a newer or foreign one is refused. On
+SQLite and on PostgreSQL (`empty_db_url`), with the same assertions."""
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, make_url, text
 from sqlmodel import SQLModel
 
 from core.store import StoreError, db_revision, known_revisions, make_engine, open_store, upgrade_db
@@ -19,16 +20,28 @@ def test_there_are_several_revisions():
     assert revs[0] == "0001" and len(revs) >= 2
 
 
-def _db_at_first_revision(path: Path) -> None:
-    engine = make_engine(f"sqlite:///{path}")
+def _execute(url: str, script: str) -> None:
+    """SQL statements (separated by ";" at a line's end) in one transaction."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as con:
+            for statement in script.split(";\n"):
+                if statement.strip():
+                    con.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def _db_at_first_revision(url: str) -> None:
+    engine = make_engine(url)
     upgrade_db(engine, "0001")
     assert db_revision(engine) == "0001"
-    engine.dispose()
-    con = sqlite3.connect(path)
-    cols = {r[1] for r in con.execute("PRAGMA table_info(conversations)")}
+    cols = {c["name"] for c in inspect(engine).get_columns("conversations")}
     assert "character_name" not in cols  # really the old schema
+    engine.dispose()
     ts = "2024-05-01 10:00:00.000000"
-    con.executescript(
+    _execute(
+        url,
         f"""
         INSERT INTO characters (id, name, description, personality, scenario, greetings,
             example_dialogue, user_name, avatar, stop_strings, sampling_preset, tags,
@@ -54,17 +67,22 @@ def _db_at_first_revision(path: Path) -> None:
                (3, 2, 0, 'user', '', '你好', '["你好"]', 0, '[{{}}]', NULL, '{{}}', '{ts}', '{ts}');
         INSERT INTO app_settings (key, value) VALUES ('theme', '"dark"'),
                ('imported_character_files', '{{"Mira.json": "x"}}');
-        """
+        """,
     )
-    con.commit()
-    con.close()
+    if url.startswith("postgresql"):  # rows given their ids: the sequences go on after them
+        _execute(
+            url,
+            "".join(
+                f"SELECT setval(pg_get_serial_sequence('{t}', 'id'), (SELECT max(id) FROM {t}));\n"
+                for t in ("characters", "conversations", "messages")
+            ),
+        )
 
 
-def test_upgrade_keeps_every_row(data_dir: Path):
-    path = data_dir / "app.db"
-    _db_at_first_revision(path)
+def test_upgrade_keeps_every_row(empty_db_url: str):
+    _db_at_first_revision(empty_db_url)
 
-    store = open_store(f"sqlite:///{path}")
+    store = open_store(empty_db_url)
     assert db_revision(store.engine) == known_revisions()[-1]
 
     alice = store.get_character(1)
@@ -102,13 +120,12 @@ def test_upgrade_keeps_every_row(data_dir: Path):
     store.close()
 
 
-def test_downgrade_and_upgrade_again(data_dir: Path):
-    path = data_dir / "app.db"
-    store = open_store(f"sqlite:///{path}")
+def test_downgrade_and_upgrade_again(empty_db_url: str):
+    store = open_store(empty_db_url)
     cid = store.create_character({"name": "Keep me"}).id
     store.create_conversation(cid)
     store.close()
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_engine(empty_db_url)
     upgrade_db(engine, "head")
     from alembic import command
 
@@ -120,13 +137,13 @@ def test_downgrade_and_upgrade_again(data_dir: Path):
         command.downgrade(cfg, "0001")
     assert db_revision(engine) == "0001"
     engine.dispose()
-    store = open_store(f"sqlite:///{path}")
+    store = open_store(empty_db_url)
     assert store.list_conversations()[0].character_name == "Keep me"
     store.close()
 
 
-def test_models_match_the_migrations(data_dir: Path):
-    engine = make_engine(f"sqlite:///{data_dir / 'm.db'}")
+def test_models_match_the_migrations(empty_db_url: str):
+    engine = make_engine(empty_db_url)
     upgrade_db(engine)
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
@@ -138,38 +155,57 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_database_of_a_newer_app_is_refused_untouched(data_dir: Path):
-    path = data_dir / "app.db"
-    open_store(f"sqlite:///{path}").close()
-    con = sqlite3.connect(path)
-    con.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
-    con.execute("CREATE TABLE future_things (id INTEGER)")
-    con.commit()
-    con.close()
-    before = _sha(path)
+def _fingerprint(url: str) -> object:
+    """What must not change when a database is refused: a SQLite file's bytes; a PostgreSQL
+    database's tables, with their columns and rows."""
+    if url.startswith("sqlite"):
+        return _sha(Path(make_url(url).database or ""))
+    engine = make_engine(url)
+    try:
+        with engine.connect() as con:
+            tables = sorted(inspect(con).get_table_names())
+            return {
+                t: (
+                    [c["name"] for c in inspect(con).get_columns(t)],
+                    sorted(map(tuple, con.execute(text(f"SELECT * FROM {t}")).all()), key=repr),
+                )
+                for t in tables
+            }
+    finally:
+        engine.dispose()
+
+
+def test_database_of_a_newer_app_is_refused_untouched(empty_db_url: str):
+    open_store(empty_db_url).close()
+    _execute(
+        empty_db_url,
+        "UPDATE alembic_version SET version_num = '9999_from_the_future';\n"
+        "CREATE TABLE future_things (id INTEGER)",
+    )
+    before = _fingerprint(empty_db_url)
 
     with pytest.raises(StoreError, match="newer version") as e:
-        open_store(f"sqlite:///{path}")
+        open_store(empty_db_url)
     assert "9999_from_the_future" in str(e.value)
-    assert _sha(path) == before
-    con = sqlite3.connect(path)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == (
-        "9999_from_the_future"
+    assert _fingerprint(empty_db_url) == before
+    engine = make_engine(empty_db_url)
+    with engine.connect() as con:
+        assert con.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == (
+            "9999_from_the_future"
+        )
+    engine.dispose()
+
+
+def test_foreign_database_is_refused_untouched(empty_db_url: str):
+    _execute(
+        empty_db_url,
+        "CREATE TABLE recipes (id INTEGER PRIMARY KEY, name TEXT);\n"
+        "INSERT INTO recipes (id, name) VALUES (1, 'soup')",
     )
-    con.close()
-
-
-def test_foreign_database_is_refused_untouched(data_dir: Path):
-    path = data_dir / "other.db"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE recipes (id INTEGER PRIMARY KEY, name TEXT)")
-    con.execute("INSERT INTO recipes (name) VALUES ('soup')")
-    con.commit()
-    con.close()
-    before = _sha(path)
+    before = _fingerprint(empty_db_url)
     with pytest.raises(StoreError, match="not made by this app"):
-        open_store(f"sqlite:///{path}")
-    assert _sha(path) == before
+        open_store(empty_db_url)
+    assert _fingerprint(empty_db_url) == before
 
 
 def test_a_file_that_is_not_a_database_is_refused(data_dir: Path):

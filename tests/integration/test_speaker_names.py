@@ -6,6 +6,7 @@ through the app's chat service on the real tiny RWKV-7, its next tokens forced."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,15 @@ from core.prompt.chatml import ChatMLFormat
 from core.prompt.roleplay import RoleplayFormat
 from core.store import Store
 from tests.support.forced import ForcedBackend
+
+
+@pytest.fixture
+def store(sqlite_store: Any) -> Any:
+    """Services over the store, on SQLite alone: the store's own tests (test_db*, test_undo,
+    test_lorebooks, test_migrations, test_backup) run on PostgreSQL too, and copies of these
+    cost CI about two minutes."""
+    return sqlite_store
+
 
 P = SamplingParams(seed=1, max_tokens=40)
 

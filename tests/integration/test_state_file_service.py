@@ -10,6 +10,7 @@ import hashlib
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,15 @@ from core.runtime import Runtime
 from core.store import Store
 from tests.support.db_fixtures import open_test_store
 from tests.support.state_file import package_state, state_file
+
+
+@pytest.fixture
+def store(sqlite_store: Any) -> Any:
+    """Services over the store, on SQLite alone: the store's own tests (test_db*, test_undo,
+    test_lorebooks, test_migrations, test_backup) run on PostgreSQL too, and copies of these
+    cost CI about two minutes."""
+    return sqlite_store
+
 
 SHORT = {"max_tokens": 6, "seed": 1, "temperature": 1.0, "top_p": 0.9}
 

@@ -5,16 +5,17 @@ messages, their versions and their places. Every read of a chat skips what is re
 from __future__ import annotations
 
 import random
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from core import runtime
 from core.errors import Conflict, NotFound
 from core.store import UNDO_KEEP, Store
+from core.store.models import utcnow
 
 
 def _chat(store: Store, n: int = 5) -> int:
@@ -34,13 +35,10 @@ def _snapshot(store: Store, cid: int) -> list[tuple[Any, ...]]:
     ]
 
 
-def _rows(data_dir: Path) -> int:
-    """Messages in the database file, removed ones included."""
-    con = sqlite3.connect(data_dir / "app.db")
-    try:
-        return con.execute("SELECT count(*) FROM messages").fetchone()[0]
-    finally:
-        con.close()
+def _rows(store: Store) -> int:
+    """Messages in the database, removed ones included."""
+    with store.engine.connect() as con:
+        return con.execute(sa.text("SELECT count(*) FROM messages")).scalar_one()
 
 
 def test_a_deleted_message_stays_in_the_database_and_comes_back(
@@ -50,7 +48,7 @@ def test_a_deleted_message_stays_in_the_database_and_comes_back(
     msgs = store.list_messages(cid)
     store.add_alternative(msgs[2].id, "m1 again")  # a message with versions
     before = _snapshot(store, cid)
-    rows = _rows(data_dir)
+    rows = _rows(store)
     removed = store.delete_message(msgs[2].id)
     assert removed.messages == 1 and removed.token and removed.kind == "delete"
     # gone from every read: the list, the message, its positions; an edit does not find it
@@ -60,7 +58,7 @@ def test_a_deleted_message_stays_in_the_database_and_comes_back(
     with pytest.raises(NotFound):
         store.edit_message(msgs[2].id, "x")
     assert store.add_message(cid, "user", "new").position == len(msgs) - 1
-    assert _rows(data_dir) == rows + 1  # still in the file
+    assert _rows(store) == rows + 1  # still in the file
     # the undo: the message, its two versions and its meta, back at its place
     back = store.undo_removal(removed.token)
     assert (back.conversation_id, back.messages) == (cid, 1)
@@ -170,39 +168,36 @@ def test_undone_oldest_first_nothing_is_lost(store: Store) -> None:
 
 def test_compaction_deletes_old_removals_for_good(store: Store, data_dir: Path) -> None:
     cid = _chat(store)
-    rows = _rows(data_dir)
+    rows = _rows(store)
     old = store.rewind(cid, 4)
     new = store.delete_message(store.list_messages(cid)[1].id)
     # both were made an instant ago: the app's compaction (over a day old) keeps them
     assert store.compact_removals(UNDO_KEEP) == 0
     assert store.compact_removals(timedelta(hours=1)) == 0
-    assert _rows(data_dir) == rows
+    assert _rows(store) == rows
     assert store.compact_removals(timedelta(0)) == 2  # all
-    assert _rows(data_dir) == rows - old.messages - new.messages
+    assert _rows(store) == rows - old.messages - new.messages
     with pytest.raises(NotFound):
         store.undo_removal(old.token)
 
 
-def test_the_app_compacts_at_start_what_was_removed_over_a_day_ago(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("RP_DB_URL", raising=False)
+def test_the_app_compacts_at_start_what_was_removed_over_a_day_ago(db_url: str) -> None:
     runtime.reset()
     store = runtime.current().store
     cid = _chat(store)
     old = store.delete_message(store.list_messages(cid)[1].id)
     young = store.delete_message(store.list_messages(cid)[1].id)
-    con = sqlite3.connect(data_dir / "app.db")
-    con.execute(
-        "UPDATE removals SET created_at = datetime('now', '-25 hours') WHERE token = ?",
-        (old.token,),
-    )
-    con.commit()
-    con.close()
-    rows = _rows(data_dir)
+    with store.engine.begin() as con:
+        con.execute(
+            sa.text("UPDATE removals SET created_at = :t WHERE token = :token").bindparams(
+                sa.bindparam("t", type_=sa.DateTime())
+            ),
+            {"t": utcnow() - timedelta(hours=25), "token": old.token},
+        )
+    rows = _rows(store)
     runtime.reset()  # a restart
     store = runtime.current().store
-    assert _rows(data_dir) == rows - 1
+    assert _rows(store) == rows - 1
     with pytest.raises(NotFound):
         store.undo_removal(old.token)
     store.undo_removal(young.token)  # removed an instant ago: still there

@@ -19,6 +19,9 @@ from PIL import Image
 
 from core.store import Store, open_store
 
+# the databases the store's tests run on (tests/integration/conftest.py, `db_url`)
+DATABASES = ("sqlite", "postgresql")
+
 
 def open_test_store(seed: bool = False) -> Store:
     """The store of the test's data directory; with `seed`, as the app opens it at start."""

@@ -139,3 +139,31 @@ def test_from_a_network_the_problem_page_restores_nothing(app_env: Path) -> None
     assert at.title[0].value == "The database cannot be used"
     assert not [b for b in at.button if b.key == "db_problem_restore"]
     assert any("only when opened on the machine the app runs on" in i.value for i in at.info)
+
+
+def test_settings_on_postgres_says_what_its_own_tools_do_and_backs_up_with_pg_dump(
+    app_env: Path, postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With RP_DB_URL on PostgreSQL, Settings → Backups says that PostgreSQL's tools back up,
+    restore and check it (with the commands for this database, its password left out), has no
+    restore controls, and "Back up now" writes a pg_dump into the backups folder."""
+    name, url = postgres.new_database()
+    monkeypatch.setenv("RP_DB_URL", url.replace("postgres@", "postgres:pw@"))  # trust: unused
+    try:
+        at = open_app(SETTINGS)
+        text = " ".join(c.value for c in at.caption)
+        assert "PostgreSQL" in text and "pg_dump" in text and "pg_amcheck" in text
+        code = "\n".join(c.value for c in at.code)
+        assert "pg_dump --format=custom" in code and "pg_restore" in code and "pw" not in code
+        assert not [s for s in at.selectbox if s.key == "settings_backup"]
+        assert list_backups() == []  # no daily copy of a shared database
+        at.button(key="backup_now").click().run()
+        check(at)
+        [made] = list_backups()
+        assert made.path.suffix == ".dump" and made.size > 0
+        assert [x.value.replace("\\", "") for x in at.toast] == [f"Backup written: {made.path}"]
+    finally:
+        from core import runtime
+
+        runtime.reset()
+        postgres.drop(name)
