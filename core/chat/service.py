@@ -592,6 +592,9 @@ _FAMILY_FIELDS = (
     "presence_penalty",
     "frequency_penalty",
     "penalty_decay",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
 )
 
 

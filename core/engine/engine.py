@@ -32,7 +32,14 @@ import numpy as np
 from core.backends.base import Backend, ModelInfo, State
 from core.backends.model_thread import OnModelThread, is_model_thread, on_model_thread, submit
 from core.engine.batch import PREFILL_CHUNK, Batcher
-from core.engine.sampler import Penalties, SamplingParams, sample
+from core.engine.sampler import (
+    DRY_RANGE,
+    Dry,
+    Penalties,
+    SamplingParams,
+    breaker_mask,
+    sample,
+)
 from core.engine.state_cache import Checkpoint, StateCache, chain_key, root_key
 from core.engine.stops import StopScanner
 from core.errors import ModelError
@@ -135,6 +142,7 @@ class _Run:
     fed: list[int] = field(default_factory=list)  # generated tokens fed back, in order
     last_logits: np.ndarray | None = None  # logits after the last of `fed`
     t_first: float = 0.0  # when decoding began
+    recent: list[int] = field(default_factory=list)  # the prompt's last tokens, for DRY
 
     def finish(self) -> ReplyResult:
         """The result, with timings and the text as the scanner leaves it."""
@@ -209,6 +217,8 @@ class Engine:
         self._starts_lock = threading.Lock()
         self._token_bytes: Callable[[int], bytes] = backend.token_bytes  # no model thread needed
         self._banned_first = self._banned_at_start()  # at load time, not in the first reply
+        self._breakers: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()  # DRY's
+        self._breakers_lock = threading.Lock()
         # raw completions: checkpoints keyed by the exact token prefix, under their own root
         self._raw_root = root_key(f"raw\0{self.info.identity}\0{backend.state_format}")
         self._raw_lengths: OrderedDict[int, None] = OrderedDict()
@@ -606,6 +616,24 @@ class Engine:
             ids.append(eos)
         return np.array(sorted(set(ids)), dtype=np.int64)
 
+    def _dry(self, params: SamplingParams, recent: list[int]) -> Dry | None:
+        """The DRY penalty of one generation over `recent` (None when it is off)."""
+        if params.dry_multiplier <= 0:
+            return None
+        return Dry(recent, params, self._breaker_mask(params.dry_sequence_breakers))
+
+    def _breaker_mask(self, breakers: tuple[str, ...]) -> np.ndarray:
+        """Which tokens contain one of `breakers` (`sampler.breaker_mask`, a pass over the
+        vocabulary), kept for the last few sets asked for."""
+        with self._breakers_lock:
+            mask = self._breakers.get(breakers)
+            if mask is None:
+                mask = breaker_mask(breakers, self.info.n_vocab, self._token_bytes)
+                self._breakers[breakers] = mask
+                while len(self._breakers) > 8:
+                    self._breakers.popitem(last=False)
+            return mask
+
     def reply(
         self,
         ctx: CharacterContext,
@@ -695,6 +723,8 @@ class Engine:
         prompt = self._build(ctx, history, speaker, open_last=continue_last)
         run = _Run(params.validated(), scanner, t0)
         run.res.prompt_tokens = prompt.n_tokens
+        if run.params.dry_multiplier > 0:
+            run.recent = _last_tokens(prompt, run.params.dry_range or DRY_RANGE)
         self._start_generation()  # counted down in `finally`, whatever happens from here
         try:
             if start is not None:
@@ -739,7 +769,7 @@ class Engine:
         params, scanner, res = run.params, run.scanner, run.res
         logits, run.state = run.start.logits, run.start.state
         rng = np.random.default_rng(params.seed)
-        penalties = Penalties(logits.size, params.penalty_decay)
+        penalties = Penalties(logits.size, params.penalty_decay, self._dry(params, run.recent))
         eos = self.backend.eos_token()
         run.t_first = time.perf_counter()
 
@@ -831,6 +861,7 @@ class Engine:
         run = _Run(params.validated(), StopScanner(stops, strip_leading=False), time.perf_counter())
         tokens = self.backend.tokenize(prompt)
         run.res.prompt_tokens = len(tokens)
+        run.recent = tokens
         self._start_generation()
         try:
             cp = self._raw_restore(tokens)
@@ -897,6 +928,18 @@ class Engine:
             self._advance(full)
             return
         self.cache.put(body.key, Checkpoint(logits, st, n), disk=True)
+
+
+def _last_tokens(prompt: _Prompt, n: int) -> list[int]:
+    """The last `n` tokens of a prompt (DRY's context), without joining every chunk."""
+    out: list[list[int]] = []
+    count = 0
+    for chunk in reversed(prompt.chunks):
+        out.append(chunk.tokens)
+        count += len(chunk.tokens)
+        if count >= n:
+            break
+    return [t for toks in reversed(out) for t in toks][-n:]
 
 
 def _shape(shape: tuple[int, int, int]) -> str:
