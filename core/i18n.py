@@ -376,6 +376,15 @@ _S: dict[str, tuple[str, str]] = {
     "samp_presence_penalty": ("Presence penalty", "存在惩罚"),
     "samp_frequency_penalty": ("Frequency penalty", "频率惩罚"),
     "samp_penalty_decay": ("Penalty decay", "惩罚衰减"),
+    "samp_dry_multiplier": (
+        "DRY: repeat penalty (0 = off)",
+        "DRY：重复惩罚（0 = 关闭）",
+    ),
+    "samp_dry_base": ("DRY: growth per repeated token", "DRY：每多重复一个词元的增长倍数"),
+    "samp_dry_allowed_length": (
+        "DRY: repeats this long are free",
+        "DRY：不受惩罚的重复长度",
+    ),
     "samp_max_tokens": ("Max tokens per reply", "每次回复的最大词元数"),
     "samp_seed": ("Seed", "随机种子"),
     "seed_random": ("random", "随机"),
