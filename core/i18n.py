@@ -376,6 +376,11 @@ _S: dict[str, tuple[str, str]] = {
     "samp_presence_penalty": ("Presence penalty", "存在惩罚"),
     "samp_frequency_penalty": ("Frequency penalty", "频率惩罚"),
     "samp_penalty_decay": ("Penalty decay", "惩罚衰减"),
+    "reply_repeated": (
+        "That reply repeated an earlier message word for word, so it is being made again "
+        "(the first try stays as a version).",
+        "这条回复几乎逐字重复了之前的消息，正在重新生成（第一次的结果保留为一个版本）。",
+    ),
     "samp_dry_multiplier": (
         "DRY: repeat penalty (0 = off)",
         "DRY：重复惩罚（0 = 关闭）",
