@@ -77,6 +77,18 @@ class ReplyResult:
         }
 
 
+@dataclass(frozen=True)
+class DecodeSpeed:
+    """How fast the last reply decoded (Settings shows it beside the thread count)."""
+
+    tok_s: float  # generated tokens per second
+    tokens: int  # how many it generated
+    threads: int | None  # the model's thread count when it ended (None: not known)
+
+
+MIN_SPEED_TOKENS = 8  # a reply shorter than this says little about the decode speed
+
+
 @dataclass
 class _Chunk:
     text: str
@@ -218,6 +230,7 @@ class Engine:
         self._token_bytes: Callable[[int], bytes] = backend.token_bytes  # no model thread needed
         self._banned_first = self._banned_at_start()  # at load time, not in the first reply
         self._breakers: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()  # DRY's
+        self.last_speed: DecodeSpeed | None = None  # of the last reply long enough to tell
         self._breakers_lock = threading.Lock()
         # raw completions: checkpoints keyed by the exact token prefix, under their own root
         self._raw_root = root_key(f"raw\0{self.info.identity}\0{backend.state_format}")
@@ -616,6 +629,12 @@ class Engine:
             ids.append(eos)
         return np.array(sorted(set(ids)), dtype=np.int64)
 
+    def _note_speed(self, res: ReplyResult) -> None:
+        if res.new_tokens >= MIN_SPEED_TOKENS and res.tok_s > 0:
+            threads = self.info.extra.get("threads")
+            n = threads if isinstance(threads, int) else None
+            self.last_speed = DecodeSpeed(res.tok_s, res.new_tokens, n)
+
     def _dry(self, params: SamplingParams, recent: list[int]) -> Dry | None:
         """The DRY penalty of one generation over `recent` (None when it is off)."""
         if params.dry_multiplier <= 0:
@@ -741,6 +760,7 @@ class Engine:
             with self._active_lock:
                 self._active -= 1
             res = run.finish()
+            self._note_speed(res)
             if continue_last:
                 res.text = normalize(history[-1].text + res.text)
             if res.text and run.start is not None:
@@ -887,6 +907,7 @@ class Engine:
                 seen = tokens + run.fed
                 self._raw_put(seen, Checkpoint(self._last_logits(run), run.state, len(seen)))
             res = run.finish()
+            self._note_speed(res)
             holder.append(res)
             if on_finish is not None:
                 on_finish(res)
