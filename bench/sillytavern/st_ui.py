@@ -237,7 +237,12 @@ class Tavern:
 
     def new_chat(self) -> None:
         """Open the bundled character and start a new chat with it (its greeting first)."""
-        self.js("() => $('.character_select').first().trigger('click')")
+        # by name: the first card in the list was once SillyTavern's own "Assistant"
+        self.js(
+            """() => { const all = $('.character_select');
+                const sera = all.filter((i, e) => $(e).text().includes('Seraphina'));
+                (sera.length ? sera : all).first().trigger('click'); }"""
+        )
         self.page.wait_for_function("() => $('#chat .mes').length >= 1", timeout=60_000)
         self.js("() => $('#option_start_new_chat').trigger('click')")
         time.sleep(1)
@@ -298,13 +303,16 @@ class Tavern:
     def regenerate(self) -> dict[str, Any]:
         before = self.mes_count()
         old = self.js("() => $('#chat .mes').last().find('.mes_text').text().trim()")
+        asked = len(self.requests)
         self.js("() => $('#option_regenerate').trigger('click')")
-        # the last reply is replaced: wait for its text to change (or the timeout)
+        # the last reply is replaced: wait for its text to change, or for SillyTavern to be idle
+        # after it posted the generate request (a new version may say the same: a small model
+        # at its loops does), or the timeout
         t0 = time.monotonic()
         while time.monotonic() - t0 < self.args.timeout:
             time.sleep(0.3)
             now = self.js("() => $('#chat .mes').last().find('.mes_text').text().trim()")
-            if now != old and self.idle():
+            if (now != old or len(self.requests) > asked) and self.idle():
                 break
         res = self.wait_reply(before, 0)
         res["replaced_previous"] = res.get("text") != old
