@@ -56,7 +56,11 @@ runs them. Over the members' replies as kept:
 
 `--group-ablate` also runs the same chats without DRY (multiplier 0) and without the guard
 (`group_without_dry_and_guard`), in the same run, for a comparison on the same machine. Runs on
-the CPU; about 4-8 minutes on a busy 2-core machine.
+the CPU, slowly on a small one: the group chats alone (`--turns 0 --seeds 2 --group-turns 8
+--max-tokens 48 --group-ablate`, 2 x 16 members' replies) took 18 minutes on 2 shared cores at a
+load average of 10. In that run no reply repeated a recent message, with DRY and the guard or
+without them: the embedded model did not parrot there, so that run could not show the guard's
+effect.
 """
 
 from __future__ import annotations
