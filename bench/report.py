@@ -142,11 +142,22 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
         ],
     ),
     "roleplay_own": (
-        ["bench.roleplay"],
-        ["bench.roleplay", "--seeds", "1", "--turns", "2", "--max-tokens", "16"],
+        ["bench.roleplay", "--group-ablate"],
+        [
+            "bench.roleplay",
+            "--seeds",
+            "1",
+            "--turns",
+            "2",
+            "--max-tokens",
+            "16",
+            "--group-turns",
+            "2",
+            "--group-ablate",
+        ],
     ),
     "roleplay_preset": (
-        ["bench.roleplay", "--preset", "roleplay"],
+        ["bench.roleplay", "--preset", "roleplay", "--group-turns", "0"],
         [
             "bench.roleplay",
             "--seeds",
@@ -157,6 +168,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
             "16",
             "--preset",
             "roleplay",
+            "--group-turns",
+            "0",
         ],
     ),
     "api": (
@@ -583,13 +596,31 @@ def table_roleplay(doc: dict[str, Any]) -> list[str]:
         ],
     ]
     b0 = cols[0][0]
-    return [
+    out = [
         f"`python -m bench.roleplay` with the {g(b0, 'model') or '?'} model: "
         f"{g(b0, 'replies') or '?'} replies ({g(b0, 'seeds') or '?'} seeds), capped at "
         f"{g(b0, 'max_tokens') or '?'} tokens.",
         "",
         *_table(["", *(label for _, label in cols)], rows),
     ]
+    group, bare = g(b0, "group"), g(b0, "group_without_dry_and_guard")
+    if isinstance(group, dict):  # results written since the group chats were measured
+
+        def said(x: dict[str, Any]) -> str:
+            return (
+                f"{_pct(x.get('verbatim_repeat_pct'))} word for word, "
+                f"{_pct(x.get('near_repeat_pct'))} nearly"
+            )
+
+        line = (
+            f"Group chats (the auto mode, {group.get('replies', '?')} members' replies): a reply "
+            f"repeats one of the 10 messages before it {said(group)} (DRY and the repeat guard, "
+            f"which made {group.get('regenerated', '?')} replies again)"
+        )
+        if isinstance(bare, dict):
+            line += f"; without DRY and the guard, {said(bare)}"
+        out += ["", line + "."]
+    return out
 
 
 def table_api(doc: dict[str, Any]) -> list[str]:

@@ -40,7 +40,27 @@ Narrator replies alike):
   "'s personality:", "About <user>:", "role play with").
 
 Also: `narrator_template_leak_pct` (the same over Narrator replies only), counts, the model and
-the settings. Runs on the CPU; about 2-4 minutes on a busy 2-core machine.
+the settings.
+
+Then group chats (`group`): for each seed, a group chat of all the bundled characters (natural
+order), one user message, then the auto mode ("Let them talk") for `--group-turns` turns, each
+member's reply through `ChatService.reply_as` and its guard (`Turn.retry`), as the Chat page
+runs them. Over the members' replies as kept:
+
+- `verbatim_repeat_pct`: the reply's text (whitespace collapsed, case folded; at least 4 words)
+  equals one of the 10 messages before it: a line posted again word for word (issue 23).
+- `near_repeat_pct`: the reply repeats one of them word for word or nearly, by the guard's own
+  rule (core.roleplay.group.repeats).
+- `regenerated_pct`: replies the guard made again (and `regenerated` how many).
+- `longest_speaker_run`: the most turns in a row one member got.
+
+`--group-ablate` also runs the same chats without DRY (multiplier 0) and without the guard
+(`group_without_dry_and_guard`), in the same run, for a comparison on the same machine. Runs on
+the CPU, slowly on a small one: the group chats alone (`--turns 0 --seeds 2 --group-turns 8
+--max-tokens 48 --group-ablate`, 2 x 16 members' replies) took 18 minutes on 2 shared cores at a
+load average of 10. In that run no reply repeated a recent message, with DRY and the guard or
+without them: the embedded model did not parrot there, so that run could not show the guard's
+effect.
 """
 
 from __future__ import annotations
@@ -99,6 +119,14 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--preset", default="", help="a sampling preset for every chat (default: the app's own)"
     )
+    ap.add_argument(
+        "--group-turns", type=int, default=12, help="auto-mode turns per group chat (0: none)"
+    )
+    ap.add_argument(
+        "--group-ablate",
+        action="store_true",
+        help="also run the group chats without DRY and without the repeat guard",
+    )
     return ap.parse_args()
 
 
@@ -140,6 +168,76 @@ def template_leak(text: str, char: str, user: str) -> bool:
         "role play with",
     ]
     return any(n in low for n in needles) or bool(re.search(r"\{\{[^}]*\}\}", text))
+
+
+GROUP_OPENING = "Hello, everyone! I just arrived. What are you all doing here?"
+RECENT = 10  # messages before a reply that it is compared with (the guard's REPEAT_RECENT)
+
+
+def verbatim(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def group_chats(svc: Any, args: argparse.Namespace, ablate: bool) -> dict[str, Any]:
+    """The auto mode of a group of every bundled character, one chat per seed (see the module's
+    docstring); with `ablate`, without DRY and without the guard."""
+    import random
+
+    from core.roleplay.group import repeats
+
+    store = svc.store
+    ids = [c.id for c in store.list_characters()]
+    rows: list[dict[str, Any]] = []
+    runs: list[int] = []
+    for seed in range(1, args.seeds + 1):
+        conv = svc.new_group_chat(ids)
+        svc.set_group(conv.id, auto_turns=min(args.group_turns, 50))
+        base = dict(conv.sampling or {})
+        values = {**base, "seed": seed, "max_tokens": args.max_tokens}
+        if ablate:
+            values["dry_multiplier"] = 0.0
+        svc.set_sampling(conv.id, values, "custom" if ablate else str(base.get("preset", "")))
+        svc.send(conv.id, GROUP_OPENING)
+        rng = random.Random(seed)
+        auto = svc.start_auto(conv.id)
+        run, last_who = 0, None
+        while True:
+            auto, who = svc.auto_turn(auto, rng)
+            if auto is None or who is None:
+                break
+            turn = svc.reply_as(conv.id, who, guard=not ablate).consume()
+            again = turn.retry()
+            if again is not None:
+                again.consume()
+            messages = store.list_messages(conv.id)
+            kept = messages[-1].text if messages and messages[-1].role == "char" else ""
+            earlier = [m.text for m in messages[-1 - RECENT : -1]]
+            flat = verbatim(kept)
+            rows.append(
+                {
+                    "verbatim": len(flat.split()) >= 4 and flat in {verbatim(e) for e in earlier},
+                    "near": repeats(kept, earlier),
+                    "regenerated": again is not None,
+                }
+            )
+            run = run + 1 if who == last_who else 1
+            last_who = who
+            runs.append(run)
+            if not kept.strip():  # nothing said: the auto mode ends (the chat did not grow)
+                break
+    n = len(rows)
+    return {
+        "verbatim_repeat_pct": pct(sum(r["verbatim"] for r in rows), n),
+        "near_repeat_pct": pct(sum(r["near"] for r in rows), n),
+        "regenerated_pct": pct(sum(r["regenerated"] for r in rows), n),
+        "regenerated": sum(r["regenerated"] for r in rows),
+        "longest_speaker_run": max(runs, default=0),
+        "replies": n,
+        "chats": args.seeds,
+        "turns_per_chat": args.group_turns,
+        "dry": not ablate,
+        "guard": not ablate,
+    }
 
 
 def pct(n: int, total: int) -> float:
@@ -222,6 +320,10 @@ def main() -> None:
                         }
                     )
     elapsed = time.perf_counter() - t0
+    t_group = time.perf_counter()
+    groups = group_chats(svc, args, ablate=False) if args.group_turns > 0 else None
+    ablated = group_chats(svc, args, ablate=True) if args.group_ablate and groups else None
+    group_s = time.perf_counter() - t_group
     n = len(rows)
     narr = [r for r in rows if r["role"] == "narrator"]
     out: dict[str, Any] = {
@@ -247,7 +349,12 @@ def main() -> None:
         },
         "load_s": round(load_s, 2),
         "elapsed_s": round(elapsed, 1),
+        "group_elapsed_s": round(group_s, 1),
     }
+    if groups is not None:
+        out["group"] = groups
+    if ablated is not None:
+        out["group_without_dry_and_guard"] = ablated
     if samples:
         out["samples"] = samples
     print(json.dumps(out, ensure_ascii=False))

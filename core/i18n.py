@@ -391,6 +391,20 @@ _S: dict[str, tuple[str, str]] = {
     "samp_presence_penalty": ("Presence penalty", "存在惩罚"),
     "samp_frequency_penalty": ("Frequency penalty", "频率惩罚"),
     "samp_penalty_decay": ("Penalty decay", "惩罚衰减"),
+    "reply_repeated": (
+        "That reply repeated an earlier message word for word, so it is being made again "
+        "(the first try stays as a version).",
+        "这条回复几乎逐字重复了之前的消息，正在重新生成（第一次的结果保留为一个版本）。",
+    ),
+    "samp_dry_multiplier": (
+        "DRY: repeat penalty (0 = off)",
+        "DRY：重复惩罚（0 = 关闭）",
+    ),
+    "samp_dry_base": ("DRY: growth per repeated token", "DRY：每多重复一个词元的增长倍数"),
+    "samp_dry_allowed_length": (
+        "DRY: repeats this long are free",
+        "DRY：不受惩罚的重复长度",
+    ),
     "samp_max_tokens": ("Max tokens per reply", "每次回复的最大词元数"),
     "samp_seed": ("Seed", "随机种子"),
     "seed_random": ("random", "随机"),
@@ -613,6 +627,24 @@ _S: dict[str, tuple[str, str]] = {
     "threads_in_use": (
         "The model computes with {n} thread.|The model computes with {n} threads.",
         "模型正在使用 {n} 个线程。",
+    ),
+    "threads_speed": (
+        "Last reply: {tok_s} tokens/s with {n} thread.|Last reply: {tok_s} tokens/s with {n} "
+        "threads.",
+        "上一条回复：{tok_s} 词元/秒（{n} 个线程）。",
+    ),
+    "threads_speed_unknown": ("Last reply: {tok_s} tokens/s.", "上一条回复：{tok_s} 词元/秒。"),
+    "threads_crowded": (
+        "{n} threads use every CPU this app may run on ({cpus}). They help only while nothing "
+        "else needs a core: when another program does (a browser, a second model, a build), "
+        "the threads wait for each other and replies slow down many times over (on a busy "
+        "2-core machine, 2 threads made 2.7 tokens/s where 1 made 14.4). Compare the speed "
+        "of the next reply with the last one, and go back to automatic (0) if it fell.",
+        "{n} 个线程占用了本应用可用的全部 CPU（{cpus} 个）。只有在没有别的程序需要核心时，"
+        "更多线程才有帮助：一旦别的程序（浏览器、另一个模型、编译任务）需要核心，线程会互相等待，"
+        "回复会慢上许多倍"
+        "（在繁忙的双核机器上，2 个线程只有 2.7 词元/秒，1 个线程有 14.4 词元/秒）。"
+        "请把下一条回复的速度和上一条比较，如果变慢了就改回自动（0）。",
     ),
     "meta_interrupted": ("interrupted", "已中断"),
     # --- api: keys and allowed origins (Settings)

@@ -32,6 +32,7 @@ from core.models.hub import DEFAULT_HUB
 
 if TYPE_CHECKING:
     from core.engine import Engine
+    from core.engine.engine import DecodeSpeed
     from core.store import Store
 
 # the settings' keys in the store ("api_keys" and "api_cors_origins": core/access.py)
@@ -75,6 +76,19 @@ MAX_USER_NAME = 100  # as a character's name (core.store.validation.MAX_NAME)
 
 class SettingError(AppError):
     """A value a setting cannot take; the message says why."""
+
+
+@dataclass(frozen=True)
+class ThreadsAdvice:
+    """What Settings says beside the thread count (`AppSettings.threads_advice`)."""
+
+    count: int  # the threads the model computes with (the setting, else the automatic count)
+    cpus: int  # the CPUs this process may run on
+    # the count reaches the CPUs in use: the thread team waits for its slowest member, and any
+    # other busy program makes it collapse (issue 23: 14.4 -> 2.7 tok/s at 2 threads on a busy
+    # 2-core machine)
+    crowded: bool
+    speed: DecodeSpeed | None  # how fast the last reply decoded (None: none yet)
 
 
 @dataclass(frozen=True)
@@ -325,6 +339,18 @@ class AppSettings:
         engine = self._engine()
         if engine is not None:
             set_threads(engine.raw_backend, n or None)
+
+    def threads_advice(self) -> ThreadsAdvice:
+        """The thread count in force, whether it reaches the CPUs in use (a warning: more
+        threads help only with idle cores to run them), and the last reply's decode speed, so
+        that a change can be judged by what it does."""
+        from core.backends.threads import resolve_threads, usable_cpus
+
+        cpus = usable_cpus()
+        count = resolve_threads(self.threads())
+        engine = self._engine()
+        speed = engine.last_speed if engine is not None else None
+        return ThreadsAdvice(count, cpus, cpus > 1 and count >= cpus, speed)
 
     # ------------------------------------------------------------------ the state cache
     def cache_budget(self) -> tuple[float, float]:

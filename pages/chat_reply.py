@@ -86,7 +86,7 @@ def generate(
         waiting = st.empty()
         if reply_engine.busy:
             waiting.info(T("waiting_model"), icon=":material/hourglass_top:")
-        body = st.container(key="streaming")
+        body = st.empty()  # the reply's text; a group reply made again replaces it
         stop_slot = st.empty()  # a click reruns the script, which interrupts the stream
         # Stop ends the group's auto mode too (its callback runs first in the click's rerun)
         stop_slot.button(
@@ -105,8 +105,15 @@ def generate(
             source = _until_first(iter(turn), waiting)
             if op == Op.CONTINUE:  # show the old text, then what the model adds to it
                 source = _chain([turn.base_text], source)
-            with body:
+            with body.container(key="streaming"):
                 st.write_stream(StreamText(source))
+            again = turn.retry()  # the chat service's guard: a group reply that repeated one
+            if again is not None:
+                turn.close()
+                turn = again
+                with body.container(key="streaming_again"):
+                    st.caption(T("reply_repeated"))
+                    st.write_stream(StreamText(iter(turn)))
         except Exception as e:  # AppError, or a back end failing: a message, not a traceback
             error = e
         finally:

@@ -167,6 +167,10 @@ SAMPLING_FIELDS: list[tuple[str, str, dict[str, Any]]] = [
     ("presence_penalty", "slider", {"min_value": 0.0, "max_value": 2.0, "step": 0.05}),
     ("frequency_penalty", "slider", {"min_value": 0.0, "max_value": 2.0, "step": 0.05}),
     ("penalty_decay", "slider", {"min_value": 0.9, "max_value": 1.0, "step": 0.001}),
+    # DRY: a word-for-word repeat of the chat's recent text costs more the longer it runs
+    ("dry_multiplier", "slider", {"min_value": 0.0, "max_value": 5.0, "step": 0.05}),
+    ("dry_base", "slider", {"min_value": 1.0, "max_value": 4.0, "step": 0.05}),
+    ("dry_allowed_length", "number", {"min_value": 1, "max_value": 20, "step": 1}),
     ("max_tokens", "number", {"min_value": 1, "max_value": 8192, "step": 10}),
     ("seed", "seed", {}),
 ]

@@ -589,5 +589,18 @@ st.number_input(
 )
 if engine is not None and "threads" in engine.info.extra:
     st.caption(T("threads_in_use", n=engine.info.extra["threads"]))
+advice = cfg.threads_advice()
+if advice.speed is not None:  # beside the count: what the last reply made of it
+    speed = advice.speed
+    shown = f"{speed.tok_s:.1f}"
+    if speed.threads is not None:
+        st.caption(T("threads_speed", n=speed.threads, tok_s=shown))
+    else:
+        st.caption(T("threads_speed_unknown", tok_s=shown))
+if advice.crowded:
+    st.warning(
+        T("threads_crowded", n=advice.count, cpus=advice.cpus),
+        icon=":material/warning:",
+    )
 
 models_ui.poll()  # last: while a download or conversion shown above runs, its bar moves

@@ -1,9 +1,18 @@
-"""SillyTavern itself, driven through its web UI in headless Chromium, against an
-OpenAI-compatible server (our app's /v1, or any other): a role play of N turns with a regenerate
-at the end, for each of four connections: Chat Completion (source "Custom (OpenAI-compatible)")
-and Text Completion (type "Default [OpenAI /completions compatible: oobabooga, LM Studio, etc.]",
-i.e. ooba), each streaming and not. Not part of CI: a reproducible record of what SillyTavern
-does with the app.
+"""SillyTavern itself, driven through its web UI in headless Chromium, against the app's server
+(or any other): a role play of N turns with a regenerate at the end, for each connection asked
+for, streaming (`NAME-stream`) or not (`NAME`):
+
+- `chat`: Chat Completion, source "Custom (OpenAI-compatible)" (/v1/chat/completions);
+- `text`: Text Completion, type "Default [OpenAI /completions compatible: oobabooga, LM Studio,
+  etc.]", i.e. ooba (/v1/completions);
+- `llamacpp`: Text Completion, type "llama.cpp" (llama.cpp's own /completion, /tokenize);
+- `koboldcpp`: Text Completion, type "KoboldCpp" (/v1/completions, /api/extra/tokencount and
+  /api/extra/abort);
+- `tabby`: Text Completion, type "TabbyAPI" (its status check reads /v1/model/list);
+- `kobold`: the "KoboldAI Classic" API (/api/v1/generate, /api/extra/generate/stream and its
+  version checks).
+
+Not part of CI: a reproducible record of what SillyTavern does with the app.
 
 Set up (once; node and npm on the machine, SillyTavern 1.12.6 was used):
 
@@ -20,14 +29,15 @@ Our app (the embedded model; any data directory):
 Then:
 
     python bench/sillytavern/st_ui.py --st http://127.0.0.1:8123 --api http://127.0.0.1:8501/v1
+    python bench/sillytavern/st_ui.py --modes llamacpp-stream,llamacpp,kobold-stream,kobold
 
 What it does, as a user would in SillyTavern's UI (the controls are set with jQuery and their
 change/input events triggered, because they sit in closed drawers; the Connect and Send buttons
-are clicked the same way): pick API "Chat Completion" / source "Custom (OpenAI-compatible)",
-enter the URL, pick the model the server listed, set streaming and the response length, click
-Connect and wait for SillyTavern's status line; open the bundled character (Seraphina), start a
-new chat, send N user messages one by one (each waits for the reply to finish), then
-"Regenerate" from the options menu. The same for Text Completion. It records every generate
+are clicked the same way): pick the API (and the source or type), enter the URL, set streaming
+and the response length, click Connect and wait for SillyTavern's status line (for Chat
+Completion, the model the server listed); open the bundled character (Seraphina), start a new
+chat, send N user messages one by one (each waits for the reply to finish), then "Regenerate"
+from the options menu. It records every generate
 request SillyTavern's front end posts to its own server (the bodies), SillyTavern's status line,
 each reply as shown, toasts (SillyTavern's error pop-ups), and a screenshot per connection under
 artifacts/sillytavern/; the whole record is printed as ONE JSON object and written to
@@ -63,7 +73,18 @@ USER_TURNS = [
     "Before I sleep, tell me one thing: why do you help strangers like me?",
     "*I smile and close my eyes.* Good night, and thank you for everything.",
 ]
-GEN_PATHS = ("/api/backends/chat-completions/generate", "/api/backends/text-completions/generate")
+GEN_PATHS = (
+    "/api/backends/chat-completions/generate",
+    "/api/backends/text-completions/generate",
+    "/api/backends/kobold/generate",
+)
+# Text Completion's types: the mode's name -> (SillyTavern's type, its URL field)
+TEXT_TYPES = {
+    "text": ("ooba", "#textgenerationwebui_api_url_text"),
+    "llamacpp": ("llamacpp", "#llamacpp_api_url_text"),
+    "koboldcpp": ("koboldcpp", "#koboldcpp_api_url_text"),
+    "tabby": ("tabby", "#tabby_api_url_text"),
+}
 
 
 def parse_args() -> argparse.Namespace:
@@ -75,7 +96,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument(
         "--modes",
         default="chat-stream,chat,text-stream,text",
-        help="comma-separated: chat-stream, chat, text-stream, text",
+        help="comma-separated: chat, text, llamacpp, koboldcpp, tabby, kobold, each also -stream",
     )
     ap.add_argument("--timeout", type=float, default=300, help="seconds per reply at most")
     return ap.parse_args()
@@ -128,7 +149,11 @@ class Tavern:
                     const res = await fetch0(url, opts);
                     if (String(url).endsWith('/generate') && opts && opts.body
                         && !JSON.parse(opts.body).stream) {
-                        res.clone().json().then(j => window.__usages.push(j.usage || null),
+                        // OpenAI's usage; llama.cpp's counts (type "llama.cpp")
+                        const llama = j => j.tokens_evaluated === undefined ? null : {
+                            prompt_tokens: j.tokens_evaluated,
+                            prompt_tokens_details: {cached_tokens: j.tokens_cached}};
+                        res.clone().json().then(j => window.__usages.push(j.usage || llama(j)),
                                                 () => window.__usages.push(null));
                     }
                     return res;
@@ -165,18 +190,32 @@ class Tavern:
                 [url, stream, n],
             )
             button = "#api_button_openai"
-        else:
+        elif api == "kobold":  # KoboldAI Classic: SillyTavern makes the URL end in /api
             base = url.removesuffix("/v1")
             self.js(
                 """([base, stream, n]) => {
+                    $('#main_api').val('kobold').trigger('change');
+                    $('#api_url_text').val(base + '/api').trigger('input');
+                    $('#streaming_kobold').prop('checked', stream).trigger('input');
+                    $('#amount_gen').val(Math.max(16, n)).trigger('input');
+                    $('#api_button').trigger('click');
+                }""",
+                [base, stream, n],
+            )
+            button = "#api_button"
+        else:
+            base = url.removesuffix("/v1")
+            kind, field = TEXT_TYPES[api]
+            self.js(
+                """([base, stream, n, kind, field]) => {
                     $('#main_api').val('textgenerationwebui').trigger('change');
-                    $('#textgen_type').val('ooba').trigger('change');
-                    $('#textgenerationwebui_api_url_text').val(base).trigger('input');
+                    $('#textgen_type').val(kind).trigger('change');
+                    $(field).val(base).trigger('input');
                     $('#streaming_textgenerationwebui').prop('checked', stream).trigger('input');
                     $('#amount_gen').val(Math.max(16, n)).trigger('input');
                     $('#api_button_textgenerationwebui').trigger('click');
                 }""",
-                [base, stream, n],
+                [base, stream, n, kind, field],
             )
             button = "#api_button_textgenerationwebui"
         # connected: SillyTavern's status line says "Valid" (chat) or the model's name (text);
@@ -198,7 +237,12 @@ class Tavern:
 
     def new_chat(self) -> None:
         """Open the bundled character and start a new chat with it (its greeting first)."""
-        self.js("() => $('.character_select').first().trigger('click')")
+        # by name: the first card in the list was once SillyTavern's own "Assistant"
+        self.js(
+            """() => { const all = $('.character_select');
+                const sera = all.filter((i, e) => $(e).text().includes('Seraphina'));
+                (sera.length ? sera : all).first().trigger('click'); }"""
+        )
         self.page.wait_for_function("() => $('#chat .mes').length >= 1", timeout=60_000)
         self.js("() => $('#option_start_new_chat').trigger('click')")
         time.sleep(1)
@@ -259,13 +303,16 @@ class Tavern:
     def regenerate(self) -> dict[str, Any]:
         before = self.mes_count()
         old = self.js("() => $('#chat .mes').last().find('.mes_text').text().trim()")
+        asked = len(self.requests)
         self.js("() => $('#option_regenerate').trigger('click')")
-        # the last reply is replaced: wait for its text to change (or the timeout)
+        # the last reply is replaced: wait for its text to change, or for SillyTavern to be idle
+        # after it posted the generate request (a new version may say the same: a small model
+        # at its loops does), or the timeout
         t0 = time.monotonic()
         while time.monotonic() - t0 < self.args.timeout:
             time.sleep(0.3)
             now = self.js("() => $('#chat .mes').last().find('.mes_text').text().trim()")
-            if now != old and self.idle():
+            if (now != old or len(self.requests) > asked) and self.idle():
                 break
         res = self.wait_reply(before, 0)
         res["replaced_previous"] = res.get("text") != old
@@ -315,7 +362,7 @@ def cache_check(api: str, req: dict[str, Any]) -> dict[str, Any]:
 
     body = dict(req["body"])
     chat = "messages" in body
-    keep = ("messages", "model") if chat else ("prompt", "model", "stop")
+    keep = ("messages", "model") if chat else ("prompt", "model", "stop", "stop_sequence")
     upstream = {k: body[k] for k in keep if k in body}
     upstream.update({"max_tokens": 1, "stream": False})
     path = "/chat/completions" if chat else "/completions"

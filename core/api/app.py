@@ -30,10 +30,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.api.config import ApiConfig
 from core.api.errors import ApiError, api_error
 from core.api.hosts import HostGuard
+from core.api.kobold import routes as kobold_routes
+from core.api.llamacpp import routes as llamacpp_routes
 from core.api.native import routes as native_routes
 from core.api.openai import routes as openai_routes
 from core.api.paths import is_api_path
 from core.api.stream import sse
+from core.api.tabby import routes as tabby_routes
 from core.errors import AppError
 
 __all__ = ["ApiGuard", "api_middleware", "api_routes", "build_app", "sse"]  # sse: stream.py
@@ -154,13 +157,21 @@ async def _send_empty(send: Send, status: int, headers: dict[str, str]) -> None:
 
 
 def api_routes(config: ApiConfig) -> list[BaseRoute]:
-    """Every route of the API: the OpenAI-compatible ones and the app's own; another method on
-    one of their paths is a 405 that says which it takes (not the API's 404)."""
+    """Every route of the API: the OpenAI-compatible ones, the app's own, and those of the
+    servers SillyTavern's other back-end types expect (llama.cpp, KoboldCpp, TabbyAPI);
+    another method on one of their paths is a 405 that says which it takes (not the API's
+    404)."""
 
     async def not_found(request: Request) -> Response:
         return ApiError(404, f"There is no API endpoint {request.url.path}.").response()
 
-    ours = [*openai_routes(config), *native_routes(config)]
+    ours = [
+        *openai_routes(config),
+        *tabby_routes(config),
+        *llamacpp_routes(config),
+        *kobold_routes(config),
+        *native_routes(config),
+    ]
     return [
         *ours,
         *wrong_method_routes(ours),

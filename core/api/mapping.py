@@ -24,12 +24,21 @@ Request fields are checked here (types, ranges, what we cannot honour), each ref
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.api.errors import ApiError
-from core.engine.sampler import SamplingParams
+from core.engine.sampler import (
+    MAX_BREAKER_CHARS,
+    MAX_BREAKERS,
+    MAX_DRY_ALLOWED,
+    MAX_DRY_BASE,
+    MAX_DRY_MULTIPLIER,
+    MAX_DRY_RANGE,
+    SamplingParams,
+)
 from core.prompt import DEFAULT_CHAR, DEFAULT_USER, CharacterContext, Message
 
 MAX_TOKENS_LIMIT = 8192  # a request asking for more tokens than this is refused
@@ -189,6 +198,7 @@ def parse_generation(
     if eos is not None and (boolean(body, "ban_eos_token") or boolean(body, "ignore_eos")):
         bias[eos] = -100.0
     values["logit_bias"] = tuple(sorted(bias.items()))
+    values.update(dry(body))
     n = integer(body, "n", 1, MAX_N) or 1
     best_of = integer(body, "best_of", 1, MAX_N)
     if best_of is not None and best_of != n:
@@ -200,6 +210,70 @@ def parse_generation(
     include_usage = bool(options and options.get("include_usage") is True)
     params = replace(base, **values)
     return Generation(params, n, stream, stops(body), include_usage)
+
+
+def dry(body: dict[str, Any]) -> dict[str, Any]:
+    """The DRY fields SillyTavern sends to koboldcpp and llama.cpp (core.engine.sampler.Dry):
+    `dry_multiplier` (0: off), `dry_base` (below 1: off, as llama.cpp reads it),
+    `dry_allowed_length`, `dry_sequence_breakers` (a list of strings, or that list as JSON
+    text, which is how SillyTavern sends it; text-generation-webui's form without the brackets
+    is read too), `dry_penalty_last_n` (the recent tokens compared; 0 or -1: the default)."""
+    out: dict[str, Any] = {}
+    m = number(body, "dry_multiplier", 0.0, MAX_DRY_MULTIPLIER)
+    if m is not None:
+        out["dry_multiplier"] = m
+    base = number(body, "dry_base", 0.0, MAX_DRY_BASE)
+    if base is not None:
+        if base < 1.0:
+            out["dry_multiplier"] = 0.0
+        else:
+            out["dry_base"] = base
+    allowed = integer(body, "dry_allowed_length", 0, MAX_DRY_ALLOWED)
+    if allowed is not None:
+        out["dry_allowed_length"] = max(allowed, 1)
+    breakers = sequence_breakers(body, "dry_sequence_breakers")
+    if breakers is not None:
+        out["dry_sequence_breakers"] = breakers
+    last_n = integer(body, "dry_penalty_last_n", -1, None)
+    if last_n is not None:
+        out["dry_range"] = min(max(last_n, 0), MAX_DRY_RANGE)
+    return out
+
+
+def sequence_breakers(body: dict[str, Any], name: str) -> tuple[str, ...] | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, str):
+        text = v.strip()
+        parsed: Any = None
+        for attempt in (text, f"[{text}]"):  # JSON, then text-generation-webui's form
+            try:
+                parsed = json.loads(attempt)
+            except ValueError:
+                continue
+            break
+        if isinstance(parsed, list):
+            v = parsed
+        elif text:
+            v = [v]  # one breaker given as a plain string
+        else:
+            v = []
+    if not isinstance(v, list) or not all(isinstance(b, str) for b in v):
+        raise ApiError(
+            400,
+            f"`{name}` must be a list of strings (or that list as JSON text).",
+            param=name,
+            code="invalid_type",
+        )
+    if len(v) > MAX_BREAKERS or any(len(b) > MAX_BREAKER_CHARS for b in v):
+        raise ApiError(
+            400,
+            f"`{name}`: at most {MAX_BREAKERS} breakers of at most {MAX_BREAKER_CHARS} "
+            "characters each.",
+            param=name,
+        )
+    return tuple(dict.fromkeys(b for b in v if b))
 
 
 def max_tokens(body: dict[str, Any], default: int) -> int:

@@ -42,7 +42,18 @@ def said(
             default = conv.character_id if not m.name else None  # the chat's own character
             who = m.character_id or by_name.get(m.name) or default
         out.append(group.Said(m.text, who))
+    if out:  # only the last message's names can choose (natural order)
+        out[-1] = replace(out[-1], repeat=repeats_recent(messages))
     return out
+
+
+def repeats_recent(messages: list[ChatMessage]) -> bool:
+    """The last of `messages` repeats one of the REPEAT_RECENT before it (core.roleplay.group
+    `repeats`: word for word, or nearly)."""
+    if not messages:
+        return False
+    earlier = messages[-1 - group.REPEAT_RECENT : -1]
+    return group.repeats(messages[-1].text, [m.text for m in earlier])
 
 
 def pick_speaker(

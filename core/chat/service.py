@@ -58,6 +58,10 @@ class Turn:
     # a sentence for the front end to show beside the reply: the character's state file could
     # not be used and the reply was made without it (Engine.start_notice); "" when all is well
     notice: str = ""
+    # this turn makes again a reply that repeated a recent message (`retry`)
+    replaces_repeat: bool = False
+    # what `retry` asks the chat service (set by ChatService.reply_as for group turns)
+    _retry: Callable[[Turn], Turn | None] | None = None
 
     def __init__(
         self,
@@ -99,6 +103,17 @@ class Turn:
             pass
         self.done.wait()
         return self
+
+    def retry(self, timeout: float = 30.0) -> Turn | None:
+        """After this turn has ended: the turn that makes its reply again, or None. A group
+        chat's reply (ChatService.reply_as) that repeats a recent message word for word, or
+        nearly, is made again once, as a new version of the same message with another seed;
+        a reply the user stopped, or one the chat has moved past, is left as it is. Front ends
+        call it after every group turn and stream what it returns in the reply's place."""
+        if self._retry is None:
+            return None
+        self.done.wait(timeout)
+        return self._retry(self)
 
     @property
     def result(self) -> ReplyResult | None:
@@ -514,10 +529,12 @@ class ChatService:
         character_id: int,
         params: SamplingParams | None = None,
         cancel: threading.Event | None = None,
+        guard: bool = True,
     ) -> Turn:
-        """A new reply by a group chat's member (muted or not: the user may pick anyone)."""
+        """A new reply by a group chat's member (muted or not: the user may pick anyone). With
+        `guard`, a reply that repeats a recent message is made again once (`Turn.retry`)."""
         who = groups.member(self.store, self.conversation(conversation_id), character_id)
-        return self.reply(
+        turn = self.reply(
             conversation_id,
             Op.NEW,
             role=Role.CHAR,
@@ -526,6 +543,31 @@ class ChatService:
             cancel=cancel,
             character_id=who.id,
         )
+        if guard:
+            turn._retry = lambda t: self._retry_repeat(conversation_id, t, params)
+        return turn
+
+    def _retry_repeat(
+        self, conversation_id: int, turn: Turn, params: SamplingParams | None
+    ) -> Turn | None:
+        """A regenerate of `turn`'s reply when it repeats one of the recent messages before it
+        (core.chat.groups.repeats_recent); None when it does not, when it was stopped or
+        failed, or when it is no longer the chat's last message. The regenerate is a new
+        version of the message, drawn from another seed (place_seed counts versions; without
+        a fixed seed every draw differs), and is not retried again."""
+        res, msg = turn.result, turn.message
+        if res is None or msg is None or turn.error is not None:
+            return None
+        if res.stop_reason in ("cancel", "closed", "error"):
+            return None
+        messages = self.store.list_messages(conversation_id)
+        if not messages or messages[-1].id != msg.id:
+            return None
+        if not groups.repeats_recent(messages):
+            return None
+        again = self.reply(conversation_id, Op.REGEN, target_id=msg.id, params=params)
+        again.replaces_repeat = True
+        return again
 
     def add_member(self, conversation_id: int, character_id: int) -> Conversation:
         """Add a character to a chat (a chat with one character becomes a group chat)."""
@@ -592,6 +634,9 @@ _FAMILY_FIELDS = (
     "presence_penalty",
     "frequency_penalty",
     "penalty_decay",
+    "dry_multiplier",
+    "dry_base",
+    "dry_allowed_length",
 )
 
 

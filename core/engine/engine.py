@@ -33,7 +33,14 @@ import numpy as np
 from core.backends.base import Backend, ModelInfo, State
 from core.backends.model_thread import OnModelThread, is_model_thread, on_model_thread, submit
 from core.engine.batch import PREFILL_CHUNK, Batcher
-from core.engine.sampler import Penalties, SamplingParams, sample
+from core.engine.sampler import (
+    DRY_RANGE,
+    Dry,
+    Penalties,
+    SamplingParams,
+    VocabText,
+    sample,
+)
 from core.engine.state_cache import Checkpoint, StateCache, chain_key, root_key
 from core.engine.stops import StopScanner
 from core.errors import ModelError
@@ -69,6 +76,18 @@ class ReplyResult:
             "ttft_s": round(self.ttft_s, 3),
             "stop": self.stop_reason,
         }
+
+
+@dataclass(frozen=True)
+class DecodeSpeed:
+    """How fast the last reply decoded (Settings shows it beside the thread count)."""
+
+    tok_s: float  # generated tokens per second
+    tokens: int  # how many it generated
+    threads: int | None  # the model's thread count when it ended (None: not known)
+
+
+MIN_SPEED_TOKENS = 8  # a reply shorter than this says little about the decode speed
 
 
 @dataclass
@@ -136,6 +155,7 @@ class _Run:
     fed: list[int] = field(default_factory=list)  # generated tokens fed back, in order
     last_logits: np.ndarray | None = None  # logits after the last of `fed`
     t_first: float = 0.0  # when decoding began
+    recent: list[int] = field(default_factory=list)  # the prompt's last tokens, for DRY
 
     def finish(self) -> ReplyResult:
         """The result, with timings and the text as the scanner leaves it."""
@@ -213,6 +233,9 @@ class Engine:
         self._starts_lock = threading.Lock()
         self._token_bytes: Callable[[int], bytes] = backend.token_bytes  # no model thread needed
         self._banned_first = self._banned_at_start()  # at load time, not in the first reply
+        self._breakers: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()  # DRY's
+        self.last_speed: DecodeSpeed | None = None  # of the last reply long enough to tell
+        self._breakers_lock = threading.Lock()
         # raw completions: checkpoints keyed by the exact token prefix, under their own root
         self._raw_root = root_key(f"raw\0{self.info.identity}\0{backend.state_format}")
         self._raw_lengths: OrderedDict[int, None] = OrderedDict()
@@ -614,16 +637,44 @@ class Engine:
     # ------------------------------------------------------------------ generation
     def _banned_at_start(self) -> np.ndarray:
         """Tokens that would end or blank a reply before it says anything: whitespace with a
-        newline in it, and the end-of-turn token. Computed once per engine, at load (tens of ms)."""
+        newline in it, and the end-of-turn token. Computed once per engine, at load (tens of ms),
+        in the same pass as the vocabulary's text that DRY's sequence breakers are found in."""
         ids: list[int] = []
+        pieces: list[bytes] = []
         for t in range(self.info.n_vocab):
             b = self._token_bytes(t)
+            pieces.append(b)
             if b and b"\n" in b and not b.strip():
                 ids.append(t)
+        self._vocab_text = VocabText(pieces)  # DRY's sequence breakers are found in it
         eos = self.backend.eos_token()
         if eos is not None:
             ids.append(eos)
         return np.array(sorted(set(ids)), dtype=np.int64)
+
+    def _note_speed(self, res: ReplyResult) -> None:
+        if res.new_tokens >= MIN_SPEED_TOKENS and res.tok_s > 0:
+            threads = self.info.extra.get("threads")
+            n = threads if isinstance(threads, int) else None
+            self.last_speed = DecodeSpeed(res.tok_s, res.new_tokens, n)
+
+    def _dry(self, params: SamplingParams, recent: list[int]) -> Dry | None:
+        """The DRY penalty of one generation over `recent` (None when it is off)."""
+        if params.dry_multiplier <= 0:
+            return None
+        return Dry(recent, params, self._breaker_mask(params.dry_sequence_breakers))
+
+    def _breaker_mask(self, breakers: tuple[str, ...]) -> np.ndarray:
+        """Which tokens contain one of `breakers` (`VocabText.containing`: one scan of the
+        vocabulary's text, made at load), kept for the last few sets asked for."""
+        with self._breakers_lock:
+            mask = self._breakers.get(breakers)
+            if mask is None:
+                mask = self._vocab_text.containing(breakers)
+                self._breakers[breakers] = mask
+                while len(self._breakers) > 8:
+                    self._breakers.popitem(last=False)
+            return mask
 
     def reply(
         self,
@@ -714,6 +765,8 @@ class Engine:
         prompt = self._build(ctx, history, speaker, open_last=continue_last)
         run = _Run(params.validated(), scanner, t0)
         run.res.prompt_tokens = prompt.n_tokens
+        if run.params.dry_multiplier > 0:
+            run.recent = _last_tokens(prompt, run.params.dry_range or DRY_RANGE)
         self._start_generation()  # counted down in `finally`, whatever happens from here
         try:
             if start is not None:
@@ -730,6 +783,7 @@ class Engine:
             with self._active_lock:
                 self._active -= 1
             res = run.finish()
+            self._note_speed(res)
             if continue_last:
                 res.text = normalize(history[-1].text + res.text)
             if res.text and run.start is not None:
@@ -759,7 +813,7 @@ class Engine:
         params, scanner, res = run.params, run.scanner, run.res
         logits, run.state = run.start.logits, run.start.state
         rng = np.random.default_rng(params.seed)
-        penalties = Penalties(logits.size, params.penalty_decay)
+        penalties = Penalties(logits.size, params.penalty_decay, self._dry(params, run.recent))
         eos = self.backend.eos_token()
         run.t_first = time.perf_counter()
 
@@ -857,6 +911,7 @@ class Engine:
         run = _Run(params.validated(), StopScanner(stops, strip_leading=False), time.perf_counter())
         tokens = self.backend.tokenize(prompt)
         run.res.prompt_tokens = len(tokens)
+        run.recent = tokens
         self._start_generation()
         try:
             cp = self._raw_restore(tokens)
@@ -883,6 +938,7 @@ class Engine:
                 self._raw_put(seen, Checkpoint(self._last_logits(run), run.state, len(seen)))
                 self._durable()
             res = run.finish()
+            self._note_speed(res)
             holder.append(res)
             if on_finish is not None:
                 on_finish(res)
@@ -934,6 +990,18 @@ def _prefix_keys(root: str, tokens: list[int]) -> list[str]:
         h.update(t.tobytes())
         keys.append(h.copy().hexdigest())
     return keys
+
+
+def _last_tokens(prompt: _Prompt, n: int) -> list[int]:
+    """The last `n` tokens of a prompt (DRY's context), without joining every chunk."""
+    out: list[list[int]] = []
+    count = 0
+    for chunk in reversed(prompt.chunks):
+        out.append(chunk.tokens)
+        count += len(chunk.tokens)
+        if count >= n:
+            break
+    return [t for toks in reversed(out) for t in toks][-n:]
 
 
 def _shape(shape: tuple[int, int, int]) -> str:

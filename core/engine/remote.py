@@ -41,7 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.backends.base import ModelInfo
-from core.engine.engine import Reply, ReplyResult
+from core.engine.engine import DecodeSpeed, Reply, ReplyResult
 from core.engine.sampler import SamplingParams
 from core.engine.stops import StopScanner
 from core.errors import ModelError
@@ -128,6 +128,7 @@ class RemoteEngine:
         self.format: PromptFormat = fmt or RoleplayFormat()
         self.backend = _Tokens()
         self.raw_backend = self.backend
+        self.last_speed: DecodeSpeed | None = None  # the server's decode speed is not seen here
         self._http = httpx2
         self._client = httpx2.Client(
             timeout=httpx2.Timeout(self.timeout_s, connect=CONNECT_S),

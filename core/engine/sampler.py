@@ -1,4 +1,6 @@
-"""Sampling: temperature, top-p, top-k, min-p, presence and frequency penalties with decay.
+"""Sampling: temperature, top-p, top-k, min-p, presence and frequency penalties with decay, and
+DRY ("don't repeat yourself", `Dry`): a penalty on the token that would extend a repeat of
+earlier text.
 
 Semantics follow the rwkv package's PIPELINE.sample_logits (the old app's behaviour): top-p and
 top-k cut on the softmax of the logits, then temperature reshapes what is left. It is written to
@@ -9,10 +11,23 @@ to seen tokens.
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
+
+# SillyTavern's default sequence breakers: a new line, a colon (`Name:`), a quote, an asterisk
+DRY_BREAKERS: tuple[str, ...] = ("\n", ":", '"', "*")
+DRY_RANGE = 4096  # recent tokens DRY compares by default (llama.cpp's default is the context)
+MAX_DRY_RANGE = 65536
+MAX_DRY_MULTIPLIER = 100.0
+MAX_DRY_BASE = 10.0
+MAX_DRY_ALLOWED = 100
+MAX_BREAKERS = 32  # sequence breakers of one request
+MAX_BREAKER_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,13 @@ class SamplingParams:
     max_tokens: int = 300  # a reply stops after this many tokens
     # (token id, bias) pairs added to the logits before sampling (API `logit_bias`; -100 bans)
     logit_bias: tuple[tuple[int, float], ...] = ()
+    # DRY (see `Dry`), with SillyTavern's names and defaults: a token that would extend a repeat
+    # of n tokens of the recent text loses multiplier * base ** (n - allowed_length)
+    dry_multiplier: float = 0.0  # 0: off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2  # repeats up to this long are free
+    dry_sequence_breakers: tuple[str, ...] = DRY_BREAKERS  # a repeat never runs across these
+    dry_range: int = 0  # recent tokens DRY looks at (chat + reply so far); 0: DRY_RANGE
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,7 +71,25 @@ class SamplingParams:
             penalty_decay=min(max(float(self.penalty_decay), 0.0), 1.0),
             max_tokens=min(max(int(self.max_tokens), 1), 8192),
             logit_bias=_valid_bias(self.logit_bias),
+            dry_multiplier=min(max(float(self.dry_multiplier), 0.0), MAX_DRY_MULTIPLIER),
+            dry_base=min(max(float(self.dry_base), 1.0), MAX_DRY_BASE),
+            dry_allowed_length=min(max(int(self.dry_allowed_length), 1), MAX_DRY_ALLOWED),
+            dry_sequence_breakers=valid_breakers(self.dry_sequence_breakers),
+            dry_range=min(max(int(self.dry_range), 0), MAX_DRY_RANGE),
         )
+
+
+def valid_breakers(value: Any) -> tuple[str, ...]:
+    """Sequence breakers as a tuple of distinct non-empty strings (a list from JSON is taken;
+    anything else, and strings past the limits, dropped)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        return DRY_BREAKERS
+    out: list[str] = []
+    for b in items:
+        if isinstance(b, str) and b and len(b) <= MAX_BREAKER_CHARS and b not in out:
+            out.append(b)
+    return tuple(out[:MAX_BREAKERS])
 
 
 MAX_BIAS = 100.0  # OpenAI's range: -100 bans a token, +100 all but forces it
@@ -87,20 +127,32 @@ def _bias_arrays(pairs: tuple[tuple[int, float], ...]) -> tuple[np.ndarray, np.n
     return ids, bias
 
 
+# DRY as SillyTavern recommends it for role play (multiplier 0.8, base 1.75, allowed length 2):
+# against a reply that copies an earlier line word for word (issue 23: a group's members posted
+# the same 36-token line 13 times in a row)
+_DRY_ON = {"dry_multiplier": 0.8, "dry_base": 1.75, "dry_allowed_length": 2}
 # RWKV's recommended decoding (BlinkDL, RWKV-LM / ChatRWKV: temperature 1, top-p 0.3, presence
-# and frequency penalty 0.5, decay 0.996), also the chat demo's defaults
-_RWKV = SamplingParams(temperature=1.0, top_p=0.3, presence_penalty=0.5, frequency_penalty=0.5)
+# and frequency penalty 0.5, decay 0.996), also the chat demo's defaults; with DRY
+_RWKV = SamplingParams(
+    temperature=1.0, top_p=0.3, presence_penalty=0.5, frequency_penalty=0.5, **_DRY_ON
+)
 # small instruct transformers (SmolLM2, Qwen, Llama chat GGUFs) without their own values: the
 # usual llama.cpp-style cut (top-k 40, top-p 0.9, min-p 0.05) at a temperature below 1, light
-# penalties (these are subtracted from logits, not llama.cpp's repeat multiplier)
+# penalties (these are subtracted from logits, not llama.cpp's repeat multiplier), DRY
 _INSTRUCT = SamplingParams(
-    temperature=0.7, top_p=0.9, top_k=40, min_p=0.05, presence_penalty=0.3, frequency_penalty=0.3
+    temperature=0.7,
+    top_p=0.9,
+    top_k=40,
+    min_p=0.05,
+    presence_penalty=0.3,
+    frequency_penalty=0.3,
+    **_DRY_ON,
 )
 
 PRESETS: dict[str, SamplingParams] = {
-    # the old gradio app's role-play values
+    # the old gradio app's role-play values, with DRY
     "roleplay": SamplingParams(
-        temperature=2.0, top_p=0.6, top_k=0, presence_penalty=0.2, frequency_penalty=0.2
+        temperature=2.0, top_p=0.6, top_k=0, presence_penalty=0.2, frequency_penalty=0.2, **_DRY_ON
     ),
     "chat": _RWKV,
     "creative": SamplingParams(
@@ -109,6 +161,7 @@ PRESETS: dict[str, SamplingParams] = {
         min_p=0.02,
         presence_penalty=0.3,
         frequency_penalty=0.3,
+        **_DRY_ON,
     ),
     "precise": SamplingParams(
         temperature=0.7,
@@ -155,18 +208,20 @@ def model_preset(
 
 
 class Penalties:
-    """Decayed occurrence counts of generated tokens, O(1) per token.
+    """Decayed occurrence counts of generated tokens, O(1) per token; and the DRY penalty when
+    a `Dry` is given (fed the same tokens).
 
     The true count of token t is `_stored[t] * _scale`; decaying every count is one multiply of
     `_scale`, and adding an occurrence adds `1 / _scale` to one entry.
     """
 
-    def __init__(self, n_vocab: int, decay: float) -> None:
+    def __init__(self, n_vocab: int, decay: float, dry: Dry | None = None) -> None:
         self._stored = np.zeros(n_vocab, dtype=np.float64)
         self._seen: list[int] = []
         self._seen_arr: np.ndarray | None = None
         self._scale = 1.0
         self._decay = decay
+        self.dry = dry
 
     def add(self, token: int) -> None:
         self._scale *= self._decay
@@ -177,15 +232,172 @@ class Penalties:
             self._seen.append(token)
             self._seen_arr = None
         self._stored[token] += 1.0 / max(self._scale, 1e-300)
+        if self.dry is not None:
+            self.dry.push(token)
 
     def apply(self, logits: np.ndarray, presence: float, frequency: float) -> None:
-        """Lower the logits of seen tokens in place."""
+        """Lower the logits of seen tokens in place (and those DRY penalises)."""
+        if self.dry is not None:
+            self.dry.apply(logits)
         if not self._seen or (presence == 0.0 and frequency == 0.0):
             return
         if self._seen_arr is None:
             self._seen_arr = np.array(self._seen, dtype=np.int64)
         ids = self._seen_arr
         logits[ids] -= (presence + frequency * self._stored[ids] * self._scale).astype(logits.dtype)
+
+
+class VocabText:
+    """Every token's bytes joined in one string (0 bytes between), to find the tokens that
+    contain a piece of text with one regular-expression scan (about 15 ms over 65536 tokens,
+    where a test per token took 0.5 s)."""
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        self.n = len(pieces)
+        self._blob = b"\0".join(pieces)
+        lengths = np.fromiter((len(p) + 1 for p in pieces), dtype=np.int64, count=self.n)
+        self._starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if self.n else lengths
+
+    def containing(self, needles: Sequence[str]) -> np.ndarray:
+        """bool [n]: the tokens whose bytes contain one of `needles` (UTF-8)."""
+        mask = np.zeros(self.n, dtype=bool)
+        for needle in needles:
+            raw = needle.encode("utf-8")
+            if not raw or b"\0" in raw:
+                continue
+            at = [m.start() for m in re.finditer(re.escape(raw), self._blob)]
+            if at:  # a match lies within one token: the 0 bytes between tokens never match
+                mask[np.searchsorted(self._starts, np.array(at), side="right") - 1] = True
+        return mask
+
+
+def breaker_mask(
+    breakers: tuple[str, ...], n_vocab: int, token_bytes: Callable[[int], bytes]
+) -> np.ndarray:
+    """Which tokens are DRY sequence breakers: those whose text contains one of `breakers`
+    (bool [n_vocab]). llama.cpp and koboldcpp do the same for a breaker inside one token (a
+    breaker split over several tokens, which they also follow, is not matched here). The
+    engine keeps a `VocabText` of its vocabulary and asks it directly."""
+    return VocabText([token_bytes(t) for t in range(n_vocab)]).containing(breakers)
+
+
+_FLOAT_MAX_LOG = 88.7228391  # log(float32 max): base ** exponent is kept below it
+_DRY_MAX_PENALTY = 1e30
+_DRY_SLACK = 1024  # tokens a Dry takes past its window before it drops the oldest
+
+
+def suffix_matches(tokens: np.ndarray, breaks: np.ndarray) -> np.ndarray:
+    """m[j] = how many tokens ending at j equal the tokens at the end of `tokens` (the longest
+    common suffix of tokens[: j + 1] and tokens), not counting past the last breaker
+    (`breaks`: bool per token); m[-1] = 0 (the end itself). int32 [L].
+
+    Vectorised over j, one round per matched length: the round k keeps the j whose k-th token
+    back still matches, which after the first rounds are few."""
+    n = tokens.size
+    m = np.zeros(n, dtype=np.int32)
+    if n < 2:
+        return m
+    at = np.flatnonzero(breaks)
+    limit = n - 1 - (int(at[-1]) if at.size else -1)  # tokens at the end after the last breaker
+    active = np.arange(n - 1)  # [L - 1] candidate ends of an earlier occurrence
+    k = 0
+    while active.size and k < limit:
+        active = active[active >= k]
+        active = active[tokens[active - k] == tokens[n - 1 - k]]
+        m[active] += 1
+        k += 1
+    return m
+
+
+class Dry:
+    """DRY ("don't repeat yourself", koboldcpp's and llama.cpp's sampler, over token ids): a
+    token that would extend a repeat of earlier text is penalised.
+
+    The context is the last `dry_range` tokens (the chat's recent tokens, then the reply as it
+    grows). Where the last n tokens of the context also occur earlier, followed by token t, and
+    n >= allowed_length, t loses multiplier * base ** (n - allowed_length) from its logit (n is
+    the longest such match for t; the exponent is capped so the power stays finite). A repeat
+    never runs across a sequence breaker (a token whose text contains one), and a breaker token
+    is never penalised.
+
+    Cheap per token: the match length of every earlier position against the current end is
+    kept (`_m`), and a new token updates it in one vectorised step: m'[j] = m[j - 1] + 1 where
+    tokens[j] is the new token, else 0 (all 0 after a breaker). The penalty reads the positions
+    with m >= allowed_length. The first computation (`suffix_matches`) is once per reply.
+    """
+
+    def __init__(
+        self, context: Sequence[int] | np.ndarray, params: SamplingParams, breaks: np.ndarray
+    ) -> None:
+        self.multiplier = float(params.dry_multiplier)
+        self.base = float(params.dry_base)
+        self.allowed = max(1, int(params.dry_allowed_length))
+        self.window = int(params.dry_range) or DRY_RANGE
+        self._max_exp = _FLOAT_MAX_LOG / math.log(self.base) if self.base > 1.000001 else 0.0
+        self._breaks = breaks  # bool [n_vocab]
+        ctx = np.asarray(context, dtype=np.int64)[-self.window :]
+        cap = self.window + _DRY_SLACK
+        self._tok = np.zeros(cap, dtype=np.int64)
+        self._m = np.zeros(cap, dtype=np.int32)
+        self._n = ctx.size
+        self._tok[: self._n] = ctx
+        self._m[: self._n] = suffix_matches(ctx, self._is_breaker(ctx))
+
+    def _is_breaker(self, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(ids.size, dtype=bool)
+        inside = (ids >= 0) & (ids < self._breaks.size)
+        out[inside] = self._breaks[ids[inside]]
+        return out
+
+    def push(self, token: int) -> None:
+        """The context grows by `token` (sampled and kept)."""
+        n = self._n
+        if n == self._tok.size:  # full: keep the window's worth of the newest
+            w = self.window
+            self._tok[:w] = self._tok[n - w : n]
+            self._m[:w] = self._m[n - w : n]
+            n = w
+        tok, m = self._tok, self._m
+        if 0 <= token < self._breaks.size and self._breaks[token]:
+            m[:n] = 0
+        elif n:
+            eq = tok[:n] == token  # [n]
+            grown = np.where(eq[1:], m[: n - 1] + 1, 0)  # from the old values, before writing
+            m[0] = 1 if eq[0] else 0
+            m[1:n] = grown
+        tok[n] = token
+        m[n] = 0
+        self._n = n + 1
+
+    def penalties(self) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, amounts) that `apply` subtracts."""
+        n = self._n
+        none = (np.zeros(0, np.int64), np.zeros(0, np.float64))
+        if n < 2 or self.multiplier <= 0.0:
+            return none
+        m = self._m[: n - 1]
+        ends = np.flatnonzero(m >= self.allowed)  # earlier occurrences of the current end
+        if not ends.size:
+            return none
+        nxt = self._tok[ends + 1]  # the token that followed each
+        lengths = m[ends]
+        ids, inv = np.unique(nxt, return_inverse=True)
+        longest = np.zeros(ids.size, dtype=np.int32)
+        np.maximum.at(longest, inv, lengths)
+        keep = ~self._is_breaker(ids)
+        ids, longest = ids[keep], longest[keep]
+        exp = (longest - self.allowed).astype(np.float64)
+        if self._max_exp > 0.0:
+            exp = np.minimum(exp, self._max_exp)
+        # capped far below float32's largest: a penalty that large already rules a token out
+        return ids, np.minimum(self.multiplier * np.power(self.base, exp), _DRY_MAX_PENALTY)
+
+    def apply(self, logits: np.ndarray) -> None:
+        """Subtract the penalties from `logits` in place."""
+        ids, amounts = self.penalties()
+        if ids.size:
+            inside = ids < logits.size
+            logits[ids[inside]] -= amounts[inside].astype(logits.dtype)
 
 
 _BLOCK = 256

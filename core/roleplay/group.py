@@ -12,6 +12,10 @@ Muted members never speak on their own. Unless self-replies are allowed, the mem
 the last message does not answer it (a user's or narrator's message bans nobody). One speaker is
 chosen per turn; the auto mode (pages/chat.py) asks again after each reply, for a set number of
 turns, with "manual" falling back to "natural" there.
+
+A message that repeats a recent one word for word, or nearly (`repeats`), names nobody: natural
+order does not let the names in it choose who speaks (issue 23: three members posted the same
+36-token line 13 times in a row, and the member it named was picked each time).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from typing import Any
 
 ACTIVATIONS: tuple[str, ...] = ("natural", "list", "manual")
@@ -28,6 +33,13 @@ DEFAULT_AUTO_TURNS = 3
 MAX_AUTO_TURNS = 50
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+# a message repeats an earlier one when their words are the same (case, spaces and punctuation
+# aside) or nearly: a similarity of REPEAT_SIMILARITY or more (difflib's ratio over the words;
+# 0.9 lets 4 words in 40 differ). Lines of fewer than REPEAT_MIN_WORDS words are left alone
+# ("Yes.", "Thank you!" are said again naturally); REPEAT_RECENT messages back are compared.
+REPEAT_SIMILARITY = 0.9
+REPEAT_MIN_WORDS = 5
+REPEAT_RECENT = 10
 
 
 @dataclass(frozen=True)
@@ -40,16 +52,36 @@ class Member:
 
 @dataclass(frozen=True)
 class Said:
-    """A message as the choice reads it: its text, and which member wrote it (None: the user,
-    the narrator or anyone who is not a member)."""
+    """A message as the choice reads it: its text, which member wrote it (None: the user, the
+    narrator or anyone who is not a member), and whether it repeats a recent message
+    (`repeats`: then the names in it choose nobody)."""
 
     text: str
     member_id: int | None = None
+    repeat: bool = False
 
 
 def words(text: str) -> list[str]:
     """The words of `text`, lowercased (letters, digits, underscores; any script)."""
     return [w.casefold() for w in _WORD.findall(text or "")]
+
+
+def repeats(text: str, earlier: Sequence[str]) -> bool:
+    """`text` repeats one of `earlier` word for word, or nearly (see REPEAT_SIMILARITY); short
+    lines never count."""
+    mine = words(text)
+    if len(mine) < REPEAT_MIN_WORDS:
+        return False
+    for other in earlier:
+        theirs = words(other)
+        if theirs == mine:
+            return True
+        # the ratio is 2 * matches / (both lengths): lengths too far apart cannot reach it
+        if min(len(mine), len(theirs)) * 2 < REPEAT_SIMILARITY * (len(mine) + len(theirs)):
+            continue
+        if SequenceMatcher(None, mine, theirs, autojunk=False).ratio() >= REPEAT_SIMILARITY:
+            return True
+    return False
 
 
 def talkativeness(extensions: dict[str, Any] | None) -> float:
@@ -90,7 +122,7 @@ def natural_order(
     able = [m for m in members if not m.muted and m.id != banned]
     if not able:
         return None
-    if history:
+    if history and not history[-1].repeat:  # a repeated line's names choose nobody
         named = mentioned(history[-1].text, able)
         if named:
             return named[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 

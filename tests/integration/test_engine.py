@@ -324,3 +324,20 @@ def test_a_reply_ends_a_warm_in_progress(rwkv7_backend) -> None:
     assert reply.result.new_tokens == 2
     prompt = len(eng.backend.tokenize(eng.prompt_text(CTX, history, Message("char"))))
     assert model.fed < prompt / 4  # the warm stopped after its first slice
+
+
+def test_the_last_reply_long_enough_leaves_its_decode_speed(rwkv7_backend) -> None:
+    """Settings shows it beside the thread count (core.settings.threads_advice)."""
+    eng = Engine(rwkv7_backend)
+    assert eng.last_speed is None
+    res = eng.reply(CTX, _history(), Message("char"), SamplingParams(seed=1, max_tokens=12))
+    res = res.consume()
+    speed = eng.last_speed
+    assert speed is not None and speed.tokens == res.new_tokens == 12
+    assert speed.tok_s == res.tok_s > 0 and speed.threads == rwkv7_backend.info.extra["threads"]
+    # a reply too short to tell keeps the last measure
+    eng.reply(CTX, _history(), Message("char"), SamplingParams(seed=1, max_tokens=3)).consume()
+    assert eng.last_speed == speed
+    # raw completions count too
+    done = eng.complete("Once upon a time", SamplingParams(seed=2, max_tokens=9)).consume()
+    assert eng.last_speed is not None and eng.last_speed.tokens == done.new_tokens == 9

@@ -350,3 +350,65 @@ def test_deleting_a_member_keeps_the_group_chat(store, cast) -> None:
     conv = store.get_conversation(group.id)
     assert conv.members == [ben.id, cy.id] and conv.character_id == ben.id
     assert [m.name for m in store.list_messages(group.id)] == ["Captain Ada Reyes", "Ben"]
+
+
+PARROT = "Ben, check the reactor before the storm hits us and bring the spare coils from the hold."
+
+
+def test_a_reply_that_repeats_a_recent_message_is_made_again_once(
+    store, cast, rwkv7_backend, tmp_path
+) -> None:
+    """Issue 23's parroting: a member's reply that copies a recent message word for word is
+    made again, once, as a new version with another seed; the copy stays as version 0."""
+    ada, ben, cy, _ = cast
+    fb = ForcedBackend(rwkv7_backend)
+    svc, _eng = service(store, fb, tmp_path)
+    conv = svc.new_group_chat([ada.id, ben.id, cy.id])
+    svc.send(conv.id, "Orders, Captain?")
+    fb.say(" " + PARROT + "\n\n")
+    first = svc.reply_as(conv.id, ada.id, params=P.__class__(seed=3, max_tokens=40)).consume()
+    assert first.message.text == PARROT and first.retry() is None  # said for the first time
+    fb.say(" " + PARROT + "\n\n")  # 小雪 says it again, word for word
+    copy = svc.reply_as(conv.id, cy.id, params=P.__class__(seed=3, max_tokens=40)).consume()
+    assert copy.message.text == PARROT
+    again = copy.retry()
+    assert again is not None and again.replaces_repeat
+    again.consume()  # the script is spent: the model's own words this time
+    msg = store.get_message(copy.message.id)
+    assert msg.alternatives[0] == PARROT and len(msg.alternatives) == 2
+    assert msg.text == msg.alternatives[1] != PARROT and msg.chosen == 1
+    assert (msg.name, msg.character_id) == ("小雪", cy.id)
+    assert again.retry() is None  # once
+    # without the guard (bench/roleplay.py's "before"), the copy stays as it is
+    fb.say(" " + PARROT + "\n\n")
+    plain = svc.reply_as(conv.id, ben.id, guard=False, params=P.__class__(seed=3, max_tokens=40))
+    assert plain.consume().message.text == PARROT and plain.retry() is None
+    # a reply the user stopped is not made again
+    fb.say(" " + PARROT + "\n\n")
+    stopped = svc.reply_as(conv.id, ada.id, params=P.__class__(seed=3, max_tokens=40))
+    next(iter(stopped))
+    stopped.close()
+    assert stopped.result.stop_reason in ("cancel", "closed") and stopped.retry() is None
+
+
+def test_a_repeated_line_does_not_pick_the_member_it_names(
+    store, cast, rwkv7_backend, tmp_path
+) -> None:
+    """A copy that survives its one retry stays, but the name in it does not choose the next
+    speaker: natural order then goes by talkativeness, as when nobody is named."""
+    ada, ben, cy, _ = cast
+    fb = ForcedBackend(rwkv7_backend)
+    svc, _eng = service(store, fb, tmp_path)
+    conv = svc.new_group_chat([ada.id, ben.id, cy.id])
+    fb.say(" " + PARROT + "\n\n")
+    svc.reply_as(conv.id, ada.id, params=P.__class__(seed=3, max_tokens=40)).consume()
+    # said once: Ben is named, so Ben answers, whatever the rolls
+    assert {svc.pick_speaker(conv.id, random.Random(s)) for s in range(30)} == {ben.id}
+    fb.say(" " + PARROT + "\n\n")
+    copy = svc.reply_as(conv.id, cy.id, params=P.__class__(seed=3, max_tokens=40)).consume()
+    fb.say(" " + PARROT + "\n\n")  # and the retry copies it too
+    again = copy.retry()
+    assert again is not None and again.consume().message.text == PARROT
+    assert said(conv, store.list_messages(conv.id), members(store, conv))[-1].repeat
+    picks = {svc.pick_speaker(conv.id, random.Random(s)) for s in range(30)}
+    assert ada.id in picks and cy.id not in picks  # rolls (Ada talks most); 小雪 spoke last

@@ -7,19 +7,21 @@ import numpy as np
 
 
 class ForcedBackend:
-    """Wraps a real back end; after each forward the next token of `script` gets all the mass.
-    It decodes one sequence at a time (its own forward_batch), so every step sees the script:
-    the wrapped back end's batched pass would bypass it."""
+    """Wraps a real back end; after each forward the next token of `script` gets all the mass
+    (with `boost`, only that much added to its logit: a strong wish the sampler may still
+    overrule, as DRY does). It decodes one sequence at a time (its own forward_batch), so every
+    step sees the script: the wrapped back end's batched pass would bypass it."""
 
     max_batch = 1
     wide_threads = None
 
-    def __init__(self, inner, script: list[int] | None = None) -> None:
+    def __init__(self, inner, script: list[int] | None = None, boost: float | None = None) -> None:
         self.inner = inner
         self.info = inner.info
         self.script: list[int] = list(script or [])
         self.pos = 0  # index in `script` of the token forced next
         self.forwards = 0
+        self.boost = boost
 
     def say(self, text: str) -> None:
         self.script, self.pos = self.inner.tokenize(text), 0
@@ -32,8 +34,12 @@ class ForcedBackend:
         if self.pos < len(self.script) and list(tokens) == [self.script[self.pos]]:
             self.pos += 1
         if self.pos < len(self.script):
-            logits = np.full_like(logits, -1e9)
-            logits[self.script[self.pos]] = 0.0
+            if self.boost is not None:
+                logits = logits.copy()
+                logits[self.script[self.pos]] += self.boost
+            else:
+                logits = np.full_like(logits, -1e9)
+                logits[self.script[self.pos]] = 0.0
         return logits, state
 
     def advance(self, tokens, state):

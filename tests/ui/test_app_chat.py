@@ -330,6 +330,15 @@ def test_sampling_presets_are_saved_per_chat(app_env: Path) -> None:
     at.slider(key=f"samp_{conv_id}_temperature").set_value(0.5).run()
     sampling = store().get_conversation(conv_id).sampling
     assert sampling["preset"] == "custom" and sampling["temperature"] == 0.5
+    # DRY: off in "precise", on in "roleplay", and set by hand like the other fields
+    assert sampling["dry_multiplier"] == 0.0
+    at.selectbox(key=f"samp_{conv_id}_preset").set_value("roleplay").run()
+    assert at.slider(key=f"samp_{conv_id}_dry_multiplier").value == 0.8
+    at.slider(key=f"samp_{conv_id}_dry_multiplier").set_value(1.5).run()
+    at.number_input(key=f"samp_{conv_id}_dry_allowed_length").set_value(3).run()
+    sampling = store().get_conversation(conv_id).sampling
+    assert (sampling["dry_multiplier"], sampling["dry_allowed_length"]) == (1.5, 3)
+    assert sampling["dry_base"] == 1.75 and sampling["preset"] == "custom"
 
 
 def test_a_long_chat_opens_with_only_its_last_messages_drawn(app_env: Path) -> None:

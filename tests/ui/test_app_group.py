@@ -195,3 +195,30 @@ def test_stop_ends_the_auto_mode_at_any_turn(
     at.run()
     check(at)
     assert len(store().list_messages(cid)) == n + turn
+
+
+def test_a_group_reply_that_repeats_a_message_is_made_again_in_its_place(
+    app_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page streams what the chat service's guard returns (`Turn.retry`) in the reply's
+    place: here every reply counts as a repeat (the rule itself: test_group_chat.py), so each
+    member's reply is made once more, as a second version, and no more; the auto mode goes on
+    after it."""
+    import core.chat.groups
+
+    monkeypatch.setattr(core.chat.groups, "repeats_recent", lambda messages: True)
+    ada, ben, cyra, _ = _cast()
+    at = open_app()
+    cid = _start_group(at, [ada, ben, cyra])
+    at.selectbox(key=f"group_mode_{cid}").set_value("list").run()
+    _say(at, "Hello, everyone.")
+    last = store().list_messages(cid)[-1]
+    assert (last.name, len(last.alternatives), last.chosen) == ("Ada", 2, 1)
+    assert _shown_names(at)[-2:] == ["User", "Ada"]
+    # the auto mode: each turn's reply made again, and the turns still counted by messages
+    at.number_input(key=f"group_turns_{cid}").set_value(2).run()
+    n = len(store().list_messages(cid))
+    at.button(key="group_auto").click().run()
+    check(at)
+    msgs = store().list_messages(cid)
+    assert len(msgs) == n + 2 and [len(m.alternatives) for m in msgs[n:]] == [2, 2]

@@ -30,6 +30,7 @@ PROPER = {
     "World", "Info",  # SillyTavern's "World Info", the name of its lorebook files
     "English",  # the language's own name in the language picker
     "Top", "Min",  # sampling's "Top P", "Top K", "Min P": the parameters' names
+    "DRY",  # the repetition penalty's name (koboldcpp, llama.cpp, SillyTavern)
     "WebP", "JPEG", "PNG", "GIF", "BMP", "JSON", "JSONL", "API", "CPU", "GPU", "CUDA", "JIT",
     "MB", "GB", "URL", "ChatML", "SHA", "ID",
     "Hugging", "Face", "Hub", "BlinkDL",  # where models come from, and their maker

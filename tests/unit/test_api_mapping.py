@@ -213,6 +213,13 @@ def test_the_aliases_of_text_completion_clients() -> None:
         ({"logit_bias": {"x": 1}}, "logit_bias"),
         ({"logit_bias": {"70000": 1}}, "logit_bias"),
         ({"logit_bias": {"5": 101}}, "logit_bias"),
+        ({"dry_multiplier": -1}, "dry_multiplier"),
+        ({"dry_multiplier": "0.8"}, "dry_multiplier"),
+        ({"dry_allowed_length": 2.5}, "dry_allowed_length"),
+        ({"dry_sequence_breakers": [1, 2]}, "dry_sequence_breakers"),
+        ({"dry_sequence_breakers": {"a": 1}}, "dry_sequence_breakers"),
+        ({"dry_sequence_breakers": ["x"] * 33}, "dry_sequence_breakers"),
+        ({"dry_penalty_last_n": "all"}, "dry_penalty_last_n"),
     ],
 )
 def test_wrong_types_and_ranges_are_refused_naming_the_field(body, param) -> None:
@@ -306,3 +313,35 @@ def test_too_many_messages_in_one_request_are_refused_saying_so() -> None:
     err = e.value
     assert err.status == 400 and err.param == "messages"
     assert f"{MAX_MESSAGES + 1:,} messages" in err.message and f"{MAX_MESSAGES:,}" in err.message
+
+
+def test_dry_fields_as_sillytavern_koboldcpp_and_llama_cpp_send_them() -> None:
+    """SillyTavern sends its breakers as JSON text (`replaceMacrosInList`), llama.cpp's own
+    clients as a list, text-generation-webui's users without the brackets."""
+    base = PRESETS["precise"]  # DRY off
+    assert parse_generation({}, base, VOCAB).params.dry_multiplier == 0.0
+    st = {
+        "dry_multiplier": 0.8,
+        "dry_base": 1.75,
+        "dry_allowed_length": 2,
+        "dry_sequence_breakers": '["\\n", ":", "\\"", "*"]',
+        "dry_penalty_last_n": 0,
+    }
+    p = parse_generation(st, base, VOCAB).params
+    assert (p.dry_multiplier, p.dry_base, p.dry_allowed_length, p.dry_range) == (0.8, 1.75, 2, 0)
+    assert p.dry_sequence_breakers == ("\n", ":", '"', "*")
+    as_list = {"dry_multiplier": 2, "dry_sequence_breakers": ["\n", "END", "\n", ""]}
+    assert parse_generation(as_list, base, VOCAB).params.dry_sequence_breakers == ("\n", "END")
+    ooba = {"dry_sequence_breakers": '"\\n", ":"'}
+    assert parse_generation(ooba, base, VOCAB).params.dry_sequence_breakers == ("\n", ":")
+    plain = {"dry_sequence_breakers": "###"}
+    assert parse_generation(plain, base, VOCAB).params.dry_sequence_breakers == ("###",)
+    assert parse_generation({"dry_penalty_last_n": 512}, base, VOCAB).params.dry_range == 512
+    assert parse_generation({"dry_penalty_last_n": -1}, base, VOCAB).params.dry_range == 0
+    # a base below 1 turns it off, as llama.cpp reads it; allowed length 0 counts as 1
+    off = parse_generation({"dry_multiplier": 0.8, "dry_base": 0.5}, base, VOCAB).params
+    assert off.dry_multiplier == 0.0
+    assert parse_generation({"dry_allowed_length": 0}, base, VOCAB).params.dry_allowed_length == 1
+    # not given: the preset's values stand
+    on = parse_generation({}, PRESETS["roleplay"], VOCAB).params
+    assert on.dry_multiplier == PRESETS["roleplay"].dry_multiplier > 0

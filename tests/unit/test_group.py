@@ -1,5 +1,5 @@
 """Who speaks next in a group chat (core/group.py): each mode, mentions, muted members,
-self-replies and talkativeness, on a seeded random source."""
+self-replies and talkativeness, on a seeded random source; and a repeated line naming nobody."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from core.roleplay.group import (
     Said,
     mentioned,
     next_speaker,
+    repeats,
     talkativeness,
     words,
 )
@@ -143,3 +144,37 @@ def test_the_store_accepts_exactly_the_modes_core_group_knows() -> None:
 
     assert GROUP_ACTIVATIONS == ACTIVATIONS
     assert GROUP_DEFAULTS["auto_turns"] == DEFAULT_AUTO_TURNS and MAX_AUTO_TURNS == 50
+
+
+LINE = "Ben, check the reactor before the storm hits us, and bring the spare coils from the hold."
+
+
+def test_a_repeat_is_the_same_words_or_nearly() -> None:
+    assert repeats(LINE, ["hello", LINE])
+    # case, spacing and punctuation aside, word for word
+    assert repeats(
+        LINE,
+        ["ben check the REACTOR before the storm hits us and bring the spare coils from the hold"],
+    )
+    # nearly: a word changed, a word added (0.9 of the words in order)
+    assert repeats(LINE, [LINE.replace("spare", "extra")])
+    assert repeats(LINE, [LINE + " Now!"])
+    # a different line on the same subject, or half of the line, is not a repeat
+    assert not repeats(LINE, ["Ben, the reactor is fine; the storm is still far away from us."])
+    assert not repeats(LINE, [LINE[: len(LINE) // 2]])
+    # short lines are said again naturally
+    assert not repeats("Yes, Captain.", ["Yes, Captain."])
+    assert not repeats(LINE, [])
+
+
+def test_a_repeated_line_names_nobody_in_natural_order() -> None:
+    """Issue 23: the same line naming one member, posted again and again, made natural order
+    pick that member every time. A repeated last message's names choose nobody: the members'
+    talkativeness decides, as when nobody is named."""
+    ben = Member(2, "Ben", talkativeness=0.0)  # would never speak unless named
+    ada, cy = Member(1, "Captain Ada Reyes", 1.0), Member(3, "小雪", 1.0)
+    fresh = [Said(LINE, ADA.id)]
+    assert next_speaker("natural", [ada, ben, cy], fresh, rng()) == ben.id
+    repeated = [Said(LINE, ADA.id), Said(LINE, CY.id, repeat=True)]
+    picks = {next_speaker("natural", [ada, ben, cy], repeated, rng(s)) for s in range(50)}
+    assert picks == {ada.id}  # 小雪 spoke last; Ben is named but quiet: Ada, by her roll

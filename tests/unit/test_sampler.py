@@ -1,15 +1,21 @@
-"""The sampler: each knob does what it says, and seeds make replies reproducible."""
+"""The sampler: each knob does what it says (DRY checked against its definition by brute force),
+and seeds make replies reproducible."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.engine.sampler import (
+    DRY_BREAKERS,
     PRESETS,
+    Dry,
     Penalties,
     SamplingParams,
     _bracketed,
+    breaker_mask,
     first_reaching,
     nucleus_threshold,
     sample,
@@ -180,3 +186,115 @@ def test_nucleus_when_the_stride_sample_misjudges_the_candidates() -> None:
     p /= p.sum()
     for top_p in (0.1, 0.5, 0.9, 0.999):
         assert nucleus_threshold(p, top_p) == _sorted_threshold(p, top_p)
+
+
+# ---------------------------------------------------------------------------- DRY
+def _dry_reference(
+    ctx: list[int], breaks: np.ndarray, allowed: int, multiplier: float, base: float
+) -> dict[int, float]:
+    """DRY by its definition, searched by brute force: for every earlier position j, the
+    longest run of tokens ending at j that equals the run ending the context (stopping at a
+    breaker); if it is at least `allowed` long, the token after j (unless a breaker) loses
+    multiplier * base ** (longest - allowed)."""
+    n = len(ctx)
+    last_break = max((i for i, t in enumerate(ctx) if breaks[t]), default=-1)
+    longest: dict[int, int] = {}
+    for j in range(n - 1):
+        k = 0
+        while k < n - 1 - last_break and j - k >= 0 and ctx[j - k] == ctx[n - 1 - k]:
+            k += 1
+        nxt = ctx[j + 1]
+        if k >= allowed and not breaks[nxt]:
+            longest[nxt] = max(longest.get(nxt, 0), k)
+    return {t: multiplier * base ** (k - allowed) for t, k in longest.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    vocab=st.integers(2, 6),
+    tokens=st.lists(st.integers(0, 5), max_size=60),
+    split=st.integers(0, 60),
+    allowed=st.integers(1, 4),
+    window=st.integers(2, 40),
+    breaker=st.booleans(),
+)
+def test_dry_penalises_exactly_what_the_definition_finds(
+    vocab: int, tokens: list[int], split: int, allowed: int, window: int, breaker: bool
+) -> None:
+    tokens = [t % vocab for t in tokens]
+    breaks = np.zeros(vocab, dtype=bool)
+    breaks[0] = breaker
+    params = SamplingParams(
+        dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=allowed, dry_range=window
+    )
+    dry = Dry(tokens[:split], params, breaks)  # the chat's recent tokens
+    seen = tokens[:split][-window:]
+    for t in tokens[split:]:  # then the reply, token by token
+        dry.push(t)
+        seen.append(t)
+        ids, amounts = dry.penalties()
+        got = dict(zip(ids.tolist(), amounts.tolist(), strict=True))
+        # the context DRY compares: at least its window of the newest tokens
+        ctx = seen[-dry._n :]
+        assert len(ctx) >= min(len(seen), window)
+        want = _dry_reference(ctx, breaks, allowed, 0.8, 1.75)
+        assert got.keys() == want.keys()
+        assert all(got[k] == pytest.approx(want[k]) for k in got)
+
+
+def test_dry_penalty_grows_with_the_repeat_and_stops_at_breakers() -> None:
+    a, b, c, d, e, nl = 1, 2, 3, 4, 5, 9
+    breaks = np.zeros(10, dtype=bool)
+    breaks[nl] = True
+    params = SamplingParams(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2)
+    # "a b c d ... a b c": d would make the repeat of "a b c" (3 tokens) longer
+    dry = Dry([a, b, c, d, e, a, b, c], params, breaks)
+    ids, amounts = dry.penalties()
+    assert ids.tolist() == [d] and amounts[0] == pytest.approx(0.8 * 1.75 ** (3 - 2))
+    dry.push(d)  # it was said anyway: now "e" would extend a repeat of 4
+    ids, amounts = dry.penalties()
+    assert ids.tolist() == [e] and amounts[0] == pytest.approx(0.8 * 1.75**2)
+    # a repeat shorter than the allowed length is free
+    assert Dry([a, b, c, e, c], params, breaks).penalties()[0].size == 0
+    # a breaker ends the match: "a nl b c ... nl b c" matches only "b c" after the breaker
+    dry = Dry([a, nl, b, c, d, a, nl, b, c], params, breaks)
+    ids, amounts = dry.penalties()
+    assert ids.tolist() == [d] and amounts[0] == pytest.approx(0.8)
+    # and a breaker token itself is never penalised: "b c nl ... b c" leaves nl free
+    assert Dry([b, c, nl, a, b, c], params, breaks).penalties()[0].size == 0
+
+
+def test_dry_steers_sampling_away_from_a_verbatim_repeat() -> None:
+    line = [5, 6, 7, 8, 9, 10, 11, 12]  # an earlier line, then its first half again
+    logits = np.zeros(20, np.float32)
+    logits[9] = 2.0  # the model would go on copying: token 9 is its favourite
+    breaks = np.zeros(20, dtype=bool)
+    params = SamplingParams(temperature=0.0, dry_multiplier=0.8, dry_allowed_length=2)
+    off = Penalties(20, 1.0)
+    assert sample(logits, params, np.random.default_rng(0), off) == 9
+    context = [*line, 1, 2, *line[:4]]  # "... 5 6 7 8": 9 would extend a repeat of 4
+    on = Penalties(20, 1.0, Dry(context, params, breaks))
+    assert sample(logits, params, np.random.default_rng(0), on) != 9  # 0.8 * 1.75**2 = 2.45
+    # a huge repeat is ruled out whatever the model wants, without overflowing to nan
+    long = list(range(1, 19)) * 3
+    dry = Dry(long, SamplingParams(dry_multiplier=100, dry_base=10), np.zeros(20, dtype=bool))
+    x = np.full(20, 50.0, np.float32)
+    dry.apply(x)
+    assert np.isfinite(x).all() and x[long[len(long) % 18]] < -1e20
+
+
+def test_breaker_mask_marks_tokens_containing_a_breaker() -> None:
+    pieces = [b"Hello", b"\n", b" said:", b"\xe4\xbd", b'"Hi', b"**", b"ok"]
+    mask = breaker_mask(DRY_BREAKERS, len(pieces), lambda t: pieces[t])
+    assert mask.tolist() == [False, True, True, False, True, True, False]
+    assert not breaker_mask((), len(pieces), lambda t: pieces[t]).any()
+
+
+def test_dry_settings_from_a_saved_dict_are_checked() -> None:
+    saved = {"dry_multiplier": 500, "dry_base": 0.5, "dry_allowed_length": 0}
+    saved["dry_sequence_breakers"] = ["\n", "", "\n", "x" * 100, 7, "END"]  # as JSON gives it
+    v = SamplingParams.from_dict(saved).validated()
+    assert (v.dry_multiplier, v.dry_base, v.dry_allowed_length) == (100.0, 1.0, 1)
+    assert v.dry_sequence_breakers == ("\n", "END")
+    assert SamplingParams().dry_multiplier == 0.0  # off unless a preset or the user sets it
+    assert PRESETS["roleplay"].dry_multiplier == 0.8 and PRESETS["greedy"].dry_multiplier == 0
