@@ -353,6 +353,7 @@ class Chaos:
             state_checks=0,
         )
         self.violations: list[str] = []
+        self.self_checked: dict[str, bool] = {}
         self.lost: set[int] = set()
 
     def seed_settings(self) -> None:
@@ -758,30 +759,53 @@ class Chaos:
         chats = [c for c in self.chats() if self.messages(c)]
         if not final:
             chats = self.rng.sample(chats, min(2, len(chats)))
-        if not chats:
-            return
-        seed, max_tokens = self.rng.randrange(2**31), 8
-        want = self.ref.replies(self.snapshot(), chats, seed, max_tokens)
-        for chat in chats:
+        seed = self.rng.randrange(2**31)
+        for chat, got, want in self.next_replies(chats, seed, seed):
             self.counts["state_checks"] += 1
-            status, out = self.api.call(
+            if got != want:
+                self.violations.append(
+                    f"state invariant, chat {chat} (seed {seed}): server {got!r}, from scratch "
+                    f"{want!r}"
+                )
+
+    def next_replies(
+        self, chats: list[int], seed: int, ref_seed: int, max_tokens: int = 8
+    ) -> list[tuple[int, str, str]]:
+        """(chat, the server's next reply with `seed`, the reply from scratch with `ref_seed`)
+        for each chat; the server's reply stays in the chat, acknowledged."""
+        if not chats:
+            return []
+        want = self.ref.replies(self.snapshot(), chats, ref_seed, max_tokens)
+        out = []
+        for chat in chats:
+            status, body = self.api.call(
                 "POST",
                 f"/api/chats/{chat}/reply",
                 {"role": "char", "seed": seed, "max_tokens": max_tokens},
             )
-            if not self.expect_ok("state check reply", status, out):
+            if not self.expect_ok("state check reply", status, body):
                 continue
-            got = (out.get("message") or {}).get("text", "")
-            self.ledger.ack(out.get("message"))
+            got = (body.get("message") or {}).get("text", "")
+            self.ledger.ack(body.get("message"))
             self.log(f"state check chat {chat}: {got!r} / from scratch {want[chat]!r}")
-            if got != want[chat]:
-                self.violations.append(
-                    f"state invariant, chat {chat} (seed {seed}): server {got!r}, from scratch "
-                    f"{want[chat]!r}"
-                )
-                self.state_violations += 1
+            out.append((chat, got, want[chat]))
+        return out
 
-    state_violations = 0
+    def self_check(self) -> dict[str, bool]:
+        """The checks can fail: an acknowledged text the server does not hold is reported, and
+        a reply from scratch with another seed differs from the server's (so equal replies
+        say something)."""
+        violations, lost = list(self.violations), set(self.lost)
+        mid = max(self.ledger.messages)
+        a = self.ledger.messages[mid]
+        self.ledger.messages[mid] = Acked(a.chat, a.text + " (altered)")
+        self.check_acked()
+        altered = mid in self.lost and len(self.violations) == len(violations) + 1
+        self.violations, self.lost = violations, lost
+        chat = self.chats()[0]
+        seed = self.rng.randrange(2**31)
+        other = [got != want for _, got, want in self.next_replies([chat], seed, seed + 1)]
+        return {"altered_message_caught": altered, "other_seed_caught": other == [True]}
 
     # --- the walk
     def random_op(self) -> None:
@@ -837,6 +861,8 @@ class Chaos:
             self.server.stop()  # a clean stop, then one more start: it starts, nothing lost
             self.start()
             self.check(final=True)
+            if self.args.self_check:
+                self.self_checked = self.self_check()
         finally:
             self.server.stop()
         return self.result()
@@ -862,12 +888,14 @@ class Chaos:
             "streams_cut": c["streams_cut"],
             "violations": self.violations[:50],
             "notes": self.notes,
+            **({"self_check": self.self_checked} if self.args.self_check else {}),
         }
 
     def cleanup(self) -> None:
         self.server.stop()
         if self.tmpfs:
-            subprocess.run(["umount", str(self.data)], check=False)
+            if subprocess.run(["umount", str(self.data)], check=False).returncode != 0:
+                subprocess.run(["umount", "-l", str(self.data)], check=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -880,6 +908,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-tmpfs", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--keep", action="store_true", help="keep the run's folder (server log)")
+    p.add_argument(
+        "--self-check", action="store_true", help="at the end, show that the checks can fail"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.seed is None:
