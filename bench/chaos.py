@@ -329,11 +329,16 @@ class Chaos:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RP_")}
         env["RP_DATA_DIR"] = str(self.data)
         env["HF_HUB_OFFLINE"] = "1"
-        self.model: str | None = None
-        if args.backend == "rwkv":
+        self.model: str | None = None  # None: the embedded model
+        if args.backend in ("rwkv", "llama"):
             from tests.support.tiny_model import write_model
 
-            self.model = str(write_model(root / "tiny-v7.pth", 7, 2, 128))
+            self.model = str(write_model(root / "models" / "tiny-v7.pth", 7, 2, 128))
+            if args.backend == "llama":  # the same tiny RWKV-7, run by llama.cpp
+                from core.models.convert import convert
+
+                gguf = root / "models" / "tiny-v7-f32.gguf"
+                self.model = str(convert(self.model, gguf, "f32", models_dir=root / "models"))
             env["RP_MODEL"] = self.model
         self.seed_settings()
         self.server = Server(self.data, self.cwd, root / "server.log", env)
@@ -354,6 +359,7 @@ class Chaos:
         )
         self.violations: list[str] = []
         self.self_checked: dict[str, bool] = {}
+        self.drift: list[str] = []  # embedded only: replies that differ, not counted
         self.lost: set[int] = set()
 
     def seed_settings(self) -> None:
@@ -762,7 +768,11 @@ class Chaos:
         seed = self.rng.randrange(2**31)
         for chat, got, want in self.next_replies(chats, seed, seed):
             self.counts["state_checks"] += 1
-            if got != want:
+            if got != want and self.args.backend == "embedded":
+                # a transformer's logits move by up to ~2 with where its KV cells sit
+                # (docs/ARCHITECTURE.md, "The state invariant"): sampled text may then differ
+                self.drift.append(f"chat {chat} (seed {seed}): {got!r} / {want!r}")
+            elif got != want:
                 self.violations.append(
                     f"state invariant, chat {chat} (seed {seed}): server {got!r}, from scratch "
                     f"{want!r}"
@@ -888,6 +898,11 @@ class Chaos:
             "streams_cut": c["streams_cut"],
             "violations": self.violations[:50],
             "notes": self.notes,
+            **(
+                {"embedded_state_differences": self.drift}
+                if self.args.backend == "embedded"
+                else {}
+            ),
             **({"self_check": self.self_checked} if self.args.self_check else {}),
         }
 
@@ -903,7 +918,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ops", type=int, default=2000)
     p.add_argument("--kills", type=int, default=None, help="default: ops / 40")
     p.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
-    p.add_argument("--backend", choices=("rwkv", "llama"), default="rwkv")
+    p.add_argument(
+        "--backend",
+        choices=("rwkv", "llama", "embedded"),
+        default="rwkv",
+        help="rwkv: a tiny random RWKV-7 on the rwkv package; llama: the same model converted "
+        "to GGUF, on llama.cpp; embedded: the embedded SmolLM2 on llama.cpp",
+    )
     p.add_argument("--tmpfs-mb", type=int, default=64)
     p.add_argument("--no-tmpfs", action="store_true")
     p.add_argument("--out", type=Path, default=None)
@@ -919,6 +940,11 @@ def main(argv: list[str] | None = None) -> int:
         args.kills = max(1, args.ops // 40)
     print(f"chaos seed {args.seed} (replay: --seed {args.seed})", file=sys.stderr, flush=True)
     root = Path(tempfile.mkdtemp(prefix="chaos-"))
+
+    def stop(_sig: int, _frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {_sig}")
+
+    signal.signal(signal.SIGTERM, stop)
     chaos = Chaos(args, root)
     started = time.monotonic()
     try:
