@@ -225,8 +225,9 @@ class Api:
 class Acked:
     chat: int
     text: str
-    certain: bool = True  # False: an unanswered request may have changed it
-    maybe_deleted: bool = False
+    # "": exactly this text; "regenerate": a regenerate cut off may have added a version (this
+    # text stays one of them); "continue": a continue cut off may have made it longer in place
+    pending: str = ""
 
 
 @dataclass
@@ -245,13 +246,11 @@ class Ledger:
         self.messages[m["id"]] = Acked(m["chat_id"], m["text"])
         self.chats.add(m["chat_id"])
 
-    def unsure(self, chat: int, message_id: int | None = None, deleting: bool = False) -> None:
-        """A request on `chat` got no answer: its message (or every one of the chat's, when
-        None) may hold another version now, or be gone when the request deleted it."""
-        for mid, a in self.messages.items():
-            if a.chat == chat and (message_id is None or mid == message_id):
-                a.certain = False
-                a.maybe_deleted = a.maybe_deleted or deleting
+    def unsure(self, message_id: int, pending: str) -> None:
+        """A `pending` request on this message got no answer (the server was killed, or the
+        client went away)."""
+        if message_id in self.messages:
+            self.messages[message_id].pending = pending
 
     def forget_chat(self, chat: int) -> None:
         self.chats.discard(chat)
@@ -568,11 +567,18 @@ class Chaos:
         self.expect_ok("openai", status, out)
 
     def op_client_gone(self, chat: int) -> None:
-        """A streamed send whose client goes away after a few events: its message stays."""
-        body = {"text": "are you there?", "stream": True, "max_tokens": 64, "seed": 1}
-        status, events, _ = self.api.stream(
-            f"/api/chats/{chat}/messages", body, cut_after=self.rng.randint(1, 4)
-        )
+        """A streamed send, regenerate or continue whose client goes away after a few events:
+        what was acknowledged stays (a regenerate's old version among the versions, a
+        continue's text at the start of the longer one)."""
+        kind = self.rng.choice(["send", "send", "regenerate", "continue"])
+        body: dict[str, Any] = {"stream": True, "max_tokens": 64, "seed": 1}
+        path, msgs = f"/api/chats/{chat}/messages", self.messages(chat)
+        if kind == "send" or not msgs:
+            body["text"] = "are you there?"
+        else:
+            path, body["message_id"] = f"/api/chats/{chat}/{kind}", msgs[-1]["id"]
+            self.ledger.unsure(msgs[-1]["id"], kind)
+        status, events, _ = self.api.stream(path, body, cut_after=self.rng.randint(1, 4))
         for e in events:
             if isinstance(e, dict):
                 self.ledger.ack(e.get("user_message"))
@@ -581,26 +587,32 @@ class Chaos:
         if status != 200:
             self.expect_ok("client gone", status, events[0] if events else None)
         self.counts["clients_gone"] += 1
-        self.ledger.unsure(chat)  # the cut reply may still be saving
 
     # --- faults
     def fault_kill(self) -> None:
         chat = self.pick_chat()
         how = self.rng.random()
-        if chat is not None and how < 0.6:  # during a streamed reply
-            body = {"text": "tell me a long story", "stream": True, "max_tokens": 200}
+        if chat is not None and how < 0.6:  # during a streamed reply, regenerate or continue
+            body: dict[str, Any] = {"stream": True, "max_tokens": 200}
             body["seed"] = self.rng.randrange(2**31)
-            after = self.rng.randint(1, 6)
-            status, events, done = self.api.stream(
-                f"/api/chats/{chat}/messages", body, on_event=lambda i, _e: i >= after
+            path, kind = (
+                f"/api/chats/{chat}/messages",
+                self.rng.choice(["send", "send", "regenerate", "continue"]),
             )
+            msgs = self.messages(chat)
+            if kind == "send" or not msgs:
+                body["text"], kind = "tell me a long story", "send"
+            else:
+                path, body["message_id"] = f"/api/chats/{chat}/{kind}", msgs[-1]["id"]
+                self.ledger.unsure(msgs[-1]["id"], kind)
+            after = self.rng.randint(1, 6)
+            status, events, done = self.api.stream(path, body, on_event=lambda i, _e: i >= after)
             for e in events:
                 if isinstance(e, dict):
                     self.ledger.ack(e.get("user_message"))
                     if e.get("done"):
                         self.ledger.ack(e.get("message"))
-            self.ledger.unsure(chat)
-            self.kill("during a reply")
+            self.kill(f"during a streamed {kind}")
             self.start()
         elif how < 0.8:
             self.kill("between requests")
@@ -634,7 +646,6 @@ class Chaos:
                 chat = self.pick_chat()
                 if chat is None:
                     break
-                self.ledger.unsure(chat)  # a refused write may have half-happened: say so below
                 self.rng.choice([self.op_send, self.op_reply, self.op_edit])(chat)
         finally:
             self.full_now = False
@@ -696,6 +707,9 @@ class Chaos:
         if after_restart or final:
             self.check_state(final)
         self.server.sample_rss()
+        if self.args.out is not None and after_restart:  # so far, in case the run is cut off
+            partial = {**self.result(), "finished": False, "loadavg": list(os.getloadavg())}
+            self.args.out.write_text(json.dumps(partial, indent=1) + "\n")
 
     def check_acked(self) -> None:
         for chat in self.chats():
@@ -712,17 +726,16 @@ class Chaos:
                     continue
                 m = present.get(mid)
                 if m is None:
-                    if a.maybe_deleted:
-                        del self.ledger.messages[mid]
-                        continue
                     self.lost.add(mid)
                     self.violations.append(f"message {mid} of chat {chat} is gone: {a.text!r}")
                     del self.ledger.messages[mid]
                     continue
-                if a.certain:
+                if a.pending == "regenerate":  # kept as a version
+                    ok = a.text in m["versions"]
+                elif a.pending == "continue":  # the text kept, perhaps made longer
+                    ok = any(v.startswith(a.text) for v in m["versions"])
+                else:
                     ok = m["text"] == a.text
-                else:  # another version, or the same made longer (a continue), or an edit
-                    ok = True
                 if not ok:
                     self.lost.add(mid)
                     self.violations.append(
@@ -955,6 +968,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(root, ignore_errors=True)
         else:
             print(f"kept {root}", file=sys.stderr)
+    result["finished"] = True
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     text = json.dumps(result)
