@@ -80,6 +80,20 @@ db.close()
 """
 
 
+# another program on the same database (as the CLI is): export a chat, import it as a new one
+IMPORT_CHILD = r"""
+import sys
+from core.roleplay.chat_io import export_jsonl, import_jsonl
+from core.store import open_store
+store = open_store(f"sqlite:///{sys.argv[1]}")
+data = export_jsonl(store, int(sys.argv[2]))
+print("exported", flush=True)
+conv = import_jsonl(store, data, int(sys.argv[3]) if sys.argv[3] != "none" else None)
+print(conv.id, flush=True)
+store.close()
+"""
+
+
 # ------------------------------------------------------------------------------ the server
 class Server:
     """`streamlit run Home.py` on `data` (RP_DATA_DIR), in the empty working directory `cwd`."""
@@ -350,6 +364,7 @@ class Chaos:
             disk_full_events=0,
             corrupted_checkpoints=0,
             db_locks=0,
+            imports=0,
             clients_gone=0,
             streams_cut=0,
             starts=0,
@@ -588,6 +603,56 @@ class Chaos:
             self.expect_ok("client gone", status, events[0] if events else None)
         self.counts["clients_gone"] += 1
 
+    def op_export_import(self, chat: int) -> None:
+        """Another process exports the chat and imports it as a new one; now and then it is
+        killed meanwhile. An import is all or nothing: no chat may appear with part of it."""
+        status, info = self.api.call("GET", f"/api/chats/{chat}")
+        if status != 200 or info.get("character_id") is None:
+            return
+        character = info["character_id"]
+        want = [m["text"] for m in self.messages(chat)]
+        before = self.chat_ids(character)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                IMPORT_CHILD,
+                str(self.data / "app.db"),
+                str(chat),
+                str(character),
+            ],
+            cwd=REPO,
+            env={**self.server.env, "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        killed = False
+        if proc.stdout.readline() == "exported\n" and self.rng.random() < 0.3:
+            time.sleep(self.rng.uniform(0.0, 0.3))
+            proc.kill()
+            killed = True
+        out, err = proc.communicate()
+        if not killed and proc.returncode != 0:
+            self.violations.append(f"op {self.counts['ops']} import: {err.strip()[-300:]}")
+            return
+        for new in sorted(self.chat_ids(character) - before):
+            got = [m["text"] for m in self.messages(new)]
+            if got != want:
+                self.violations.append(
+                    f"op {self.counts['ops']}: imported chat {new} has {len(got)} messages, "
+                    f"the file {len(want)}{' (importer killed)' if killed else ''}"
+                )
+            self.ledger.chats.add(new)
+            for m in self.messages(new):
+                self.ledger.ack({**m, "chat_id": new})
+        self.counts["imports"] += 1
+
+    def chat_ids(self, character: int) -> set[int]:
+        status, body = self.api.call("GET", f"/api/characters/{character}/chats?limit=1000")
+        return {c["id"] for c in body["data"]} if status == 200 else set()
+
     # --- faults
     def fault_kill(self) -> None:
         chat = self.pick_chat()
@@ -613,6 +678,8 @@ class Chaos:
                     if e.get("done"):
                         self.ledger.ack(e.get("message"))
             self.kill(f"during a streamed {kind}")
+            if self.rng.random() < 0.5:
+                self.fault_corrupt()  # read from disk by the next start, nothing in memory
             self.start()
         elif how < 0.8:
             self.kill("between requests")
@@ -838,7 +905,7 @@ class Chaos:
             return
         r = self.rng.random()
         table: list[tuple[float, Any]] = [
-            (0.30, lambda: self.op_send(chat)),
+            (0.28, lambda: self.op_send(chat)),
             (0.10, lambda: self.op_redo(chat, "regenerate")),
             (0.07, lambda: self.op_redo(chat, "continue")),
             (0.08, lambda: self.op_reply(chat)),
@@ -849,6 +916,7 @@ class Chaos:
             (0.02, self.op_new_chat),
             (0.12, self.op_openai),
             (0.08, lambda: self.op_client_gone(chat)),
+            (0.02, lambda: self.op_export_import(chat)),
         ]
         for weight, fn in table:
             if r < weight:
@@ -875,10 +943,10 @@ class Chaos:
                 if i in fulls:
                     self.fault_disk_full()
                 if i in locks:
-                    self.fault_lock()
-                elif i in kills:
+                    self.fault_lock()  # runs an operation or two while the lock is held
+                if i in kills:
                     self.fault_kill()
-                else:
+                elif i not in locks:
                     self.random_op()
             self.check(final=True)
             self.server.stop()  # a clean stop, then one more start: it starts, nothing lost
@@ -907,6 +975,7 @@ class Chaos:
             "starts": c["starts"],
             "state_checks": c["state_checks"],
             "db_locks": c["db_locks"],
+            "imports": c["imports"],
             "clients_gone": c["clients_gone"],
             "streams_cut": c["streams_cut"],
             "violations": self.violations[:50],
