@@ -285,8 +285,10 @@ class Reference:
         self.engine = Engine(self.backend, cache_dir=None)
 
     def replies(
-        self, snapshot: Path, chats: list[int], seed: int, max_tokens: int
+        self, snapshot: Path, chats: list[int], seed: int, max_tokens: int, alter: bool = False
     ) -> dict[int, str]:
+        """Each chat's next reply on `snapshot`; with `alter`, after the chat's last message
+        was edited (the self-check: a transcript the server does not hold)."""
         from core.chat import ChatService
         from core.store import open_store
 
@@ -297,6 +299,9 @@ class Reference:
             for chat in chats:
                 self.engine.clear_cache()
                 conv = store.get_conversation(chat)
+                if alter:
+                    last = store.list_messages(chat)[-1]
+                    svc.edit(last.id, last.text + " (not what the server holds)")
                 params = svc.params(conv, seed=seed, max_tokens=max_tokens)
                 turn = svc.reply(chat, "new", role="char", params=params).consume()
                 out[chat] = turn.message.text if turn.message is not None else ""
@@ -846,7 +851,7 @@ class Chaos:
         if not final:
             chats = self.rng.sample(chats, min(2, len(chats)))
         seed = self.rng.randrange(2**31)
-        for chat, got, want in self.next_replies(chats, seed, seed):
+        for chat, got, want in self.next_replies(chats, seed):
             self.counts["state_checks"] += 1
             if got != want and self.args.backend == "embedded":
                 # a transformer's logits move by up to ~2 with where its KV cells sit
@@ -859,32 +864,50 @@ class Chaos:
                 )
 
     def next_replies(
-        self, chats: list[int], seed: int, ref_seed: int, max_tokens: int = 8
+        self, chats: list[int], seed: int, max_tokens: int = 8, alter: bool = False
     ) -> list[tuple[int, str, str]]:
-        """(chat, the server's next reply with `seed`, the reply from scratch with `ref_seed`)
-        for each chat; the server's reply stays in the chat, acknowledged."""
+        """(chat, the server's next reply, the reply from scratch) for each chat, both greedy:
+        the tiny random models spread their probability almost evenly over 65,536 tokens, so
+        a sampled reply flips on the ~1e-6 by which logits differ with how the prompt was cut
+        into feeds (measured: 2e-6), while greedy picks a token ahead by ~0.4. The chat's
+        sampling is set to greedy for this reply only, then put back. The server's reply
+        stays in the chat, acknowledged."""
         if not chats:
             return []
-        want = self.ref.replies(self.snapshot(), chats, ref_seed, max_tokens)
-        out = []
-        for chat in chats:
-            status, body = self.api.call(
-                "POST",
-                f"/api/chats/{chat}/reply",
-                {"role": "char", "seed": seed, "max_tokens": max_tokens},
-            )
-            if not self.expect_ok("state check reply", status, body):
-                continue
-            got = (body.get("message") or {}).get("text", "")
-            self.ledger.ack(body.get("message"))
-            self.log(f"state check chat {chat}: {got!r} / from scratch {want[chat]!r}")
-            out.append((chat, got, want[chat]))
-        return out
+        from core.store import open_store
+
+        live = open_store(f"sqlite:///{self.data / 'app.db'}")
+        saved: dict[int, Any] = {}
+        try:
+            for chat in chats:
+                conv = live.get_conversation(chat)
+                saved[chat] = conv.sampling if conv is not None else None
+                greedy = {**(saved[chat] or {}), "preset": "chaos greedy", "temperature": 0.0}
+                live.update_conversation(chat, sampling=greedy)
+            want = self.ref.replies(self.snapshot(), chats, seed, max_tokens, alter=alter)
+            out = []
+            for chat in chats:
+                status, body = self.api.call(
+                    "POST",
+                    f"/api/chats/{chat}/reply",
+                    {"role": "char", "seed": seed, "max_tokens": max_tokens},
+                )
+                if not self.expect_ok("state check reply", status, body):
+                    continue
+                got = (body.get("message") or {}).get("text", "")
+                self.ledger.ack(body.get("message"))
+                self.log(f"state check chat {chat}: {got!r} / from scratch {want[chat]!r}")
+                out.append((chat, got, want[chat]))
+            return out
+        finally:
+            for chat, sampling in saved.items():
+                live.update_conversation(chat, sampling=sampling or {})
+            live.close()
 
     def self_check(self) -> dict[str, bool]:
         """The checks can fail: an acknowledged text the server does not hold is reported, and
-        a reply from scratch with another seed differs from the server's (so equal replies
-        say something)."""
+        a reply from scratch on a transcript whose last message was edited differs from the
+        server's (so equal replies say something)."""
         violations, lost = list(self.violations), set(self.lost)
         mid = max(self.ledger.messages)
         a = self.ledger.messages[mid]
@@ -894,8 +917,8 @@ class Chaos:
         self.violations, self.lost = violations, lost
         chat = self.chats()[0]
         seed = self.rng.randrange(2**31)
-        other = [got != want for _, got, want in self.next_replies([chat], seed, seed + 1)]
-        return {"altered_message_caught": altered, "other_seed_caught": other == [True]}
+        other = [got != want for _, got, want in self.next_replies([chat], seed, alter=True)]
+        return {"altered_message_caught": altered, "altered_transcript_caught": other == [True]}
 
     # --- the walk
     def random_op(self) -> None:

@@ -50,5 +50,8 @@ def test_chaos_short_run_loses_nothing(tmp_path: Path) -> None:
     assert result["invariant_violations"] == 0, where
     assert result["failed_starts"] == 0, where
     # the checks themselves can fail: an altered acknowledged text and a reply from scratch
-    # with another seed are both caught
-    assert result["self_check"] == {"altered_message_caught": True, "other_seed_caught": True}
+    # on a transcript that differs are both caught
+    assert result["self_check"] == {
+        "altered_message_caught": True,
+        "altered_transcript_caught": True,
+    }
