@@ -691,6 +691,9 @@ class Chaos:
             self.start()
         else:  # during the start: its backup, migration, model load
             self.server.stop()
+            if self.rng.random() < 0.5:  # a new day: the start backs the database up
+                for b in (self.data / "backups").glob("app-*.db"):
+                    b.unlink()
             self.counts["starts"] += 1
             self.server.spawn()
             time.sleep(self.rng.uniform(0.0, 3.0))
@@ -819,13 +822,19 @@ class Chaos:
                 self.ledger.chats.discard(chat)
 
     def check_integrity(self) -> None:
-        db = sqlite3.connect(f"file:{self.data / 'app.db'}?mode=ro", uri=True, timeout=30)
-        try:
-            rows = db.execute("PRAGMA integrity_check").fetchall()
-        finally:
-            db.close()
-        if rows != [("ok",)]:
-            self.violations.append(f"integrity_check: {rows[:5]}")
+        """The database, and every backup the app lists (a backup cut by a kill must never
+        pass for one), pass SQLite's integrity check."""
+        backups = sorted((self.data / "backups").glob("app-*.db"))
+        for path in [self.data / "app.db", *backups]:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            try:
+                rows = db.execute("PRAGMA integrity_check").fetchall()
+            except sqlite3.DatabaseError as e:
+                rows = [(str(e),)]
+            finally:
+                db.close()
+            if rows != [("ok",)]:
+                self.violations.append(f"integrity_check of {path.name}: {rows[:5]}")
 
     def check_cwd(self) -> None:
         left = sorted(p.name for p in self.cwd.iterdir())
