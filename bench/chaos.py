@@ -1041,7 +1041,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--tmpfs-mb", type=int, default=64)
     p.add_argument("--no-tmpfs", action="store_true")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument(
+        "--save",
+        action="store_true",
+        help="keep the result with the machine, versions and load average under "
+        "bench/results/chaos/ (bench/report.py's convention)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the run's folder (server log)")
     p.add_argument(
         "--self-check", action="store_true", help="at the end, show that the checks can fail"
@@ -1059,6 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"stopped by signal {_sig}")
 
     signal.signal(signal.SIGTERM, stop)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     chaos = Chaos(args, root)
     started = time.monotonic()
     try:
@@ -1076,7 +1083,35 @@ def main(argv: list[str] | None = None) -> int:
     print(text, flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
+    if args.save:
+        print(
+            save(result, argv if argv is not None else sys.argv[1:], load_before), file=sys.stderr
+        )
     return 0
+
+
+def save(result: dict[str, Any], argv: list[str], load_before: list[float]) -> Path:
+    """bench/results/chaos/<date>-<backend>-seed<S>.json: the result, the command, the machine
+    and versions (bench.report's), the 1-minute load average before and after."""
+    import datetime as dt
+
+    from bench.report import machine, versions
+
+    folder = REPO / "bench" / "results" / "chaos"
+    folder.mkdir(parents=True, exist_ok=True)
+    date = dt.date.today().isoformat()
+    path = folder / f"{date}-{result['backend']}-seed{result['seed']}.json"
+    doc = {
+        "date": date,
+        "command": "python -m bench.chaos " + " ".join(argv),
+        "machine": machine(),
+        "versions": versions(),
+        "loadavg_before": load_before,
+        "loadavg_after": result["loadavg"],
+        "result": result,
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
 
 
 if __name__ == "__main__":
