@@ -98,8 +98,8 @@ store.close()
 class Server:
     """`streamlit run Home.py` on `data` (RP_DATA_DIR), in the empty working directory `cwd`."""
 
-    def __init__(self, data: Path, cwd: Path, log: Path, env: dict[str, str]) -> None:
-        self.data, self.cwd, self.log, self.env = data, cwd, log, env
+    def __init__(self, data: Path, cwd: Path, log: Path, env: dict[str, str], key: str) -> None:
+        self.data, self.cwd, self.log, self.env, self.key = data, cwd, log, env, key
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.peak_rss_kb = 0
@@ -130,7 +130,8 @@ class Server:
             try:
                 status, _ = Api(self.port).call("GET", "/_stcore/health", timeout=5)
                 if status == 200:
-                    status, body = Api(self.port).call("GET", "/api/characters", timeout=60)
+                    api = Api(self.port, self.key)
+                    status, body = api.call("GET", "/api/characters", timeout=60)
                     return status == 200 and isinstance(body, dict)
             except OSError:
                 pass
@@ -169,8 +170,15 @@ class Server:
 class Api:
     """One request at a time to 127.0.0.1:`port`, JSON in and out, streams read event by event."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, key: str = "") -> None:
         self.port = port
+        self.key = key
+
+    def headers(self, json_body: bool) -> dict[str, str]:
+        out = {"Content-Type": "application/json"} if json_body else {}
+        if self.key:
+            out["Authorization"] = f"Bearer {self.key}"
+        return out
 
     def call(
         self, method: str, path: str, body: Any = None, timeout: float = REQUEST_S
@@ -178,7 +186,7 @@ class Api:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             data = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if data is not None else {}
+            headers = self.headers(data is not None)
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             raw = resp.read()
@@ -203,7 +211,7 @@ class Api:
                 "POST",
                 path,
                 body=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
+                headers=self.headers(True),
             )
             resp = conn.getresponse()
             if resp.status != 200:
@@ -358,8 +366,11 @@ class Chaos:
                 gguf = root / "models" / "tiny-v7-f32.gguf"
                 self.model = str(convert(self.model, gguf, "f32", models_dir=root / "models"))
             env["RP_MODEL"] = self.model
-        self.seed_settings()
-        self.server = Server(self.data, self.cwd, root / "server.log", env)
+        # a password: every API call needs a key (made here, like Settings, API makes one)
+        env["RP_PASSWORD"] = "chaos-password"
+        self.key = self.seed_settings()
+        self.revoked: list[str] = []
+        self.server = Server(self.data, self.cwd, root / "server.log", env, self.key)
         self.api = Api(0)
         self.ledger = Ledger()
         self.ref = Reference(self.model)
@@ -370,6 +381,7 @@ class Chaos:
             corrupted_checkpoints=0,
             db_locks=0,
             imports=0,
+            keys_revoked=0,
             clients_gone=0,
             streams_cut=0,
             starts=0,
@@ -381,9 +393,11 @@ class Chaos:
         self.drift: list[str] = []  # embedded only: replies that differ, not counted
         self.lost: set[int] = set()
 
-    def seed_settings(self) -> None:
-        """One model thread (the reference computes with one too) and a state cache budget
-        that fits the tmpfs: a disk fills by the fault, not by the cache's 2 GB default."""
+    def seed_settings(self) -> str:
+        """One model thread (the reference computes with one too), a state cache budget that
+        fits the tmpfs (a disk fills by the fault, not by the cache's 2 GB default); and the
+        run's API key, returned."""
+        from core.access import create_key
         from core.settings import AppSettings
         from core.store import open_store
 
@@ -392,6 +406,7 @@ class Chaos:
             settings = AppSettings(lambda: store, lambda: None)
             settings.set_threads(1)
             settings.set_cache_budget(256, max(4, self.args.tmpfs_mb // 4))
+            return create_key(store, "chaos")[0]
         finally:
             store.close()
 
@@ -402,7 +417,7 @@ class Chaos:
             self.counts["starts"] += 1
             self.server.spawn()
             if self.server.wait_ready():
-                self.api = Api(self.server.port)
+                self.api = Api(self.server.port, self.key)
                 return
             self.counts["failed_starts"] += 1
             self.violations.append(f"op {self.counts['ops']}: the app did not start")
@@ -654,6 +669,31 @@ class Chaos:
                 self.ledger.ack({**m, "chat_id": new})
         self.counts["imports"] += 1
 
+    def op_keys(self) -> None:
+        """Make a key (as Settings, API does: another connection to the database), use it,
+        revoke it: refused from then on, also after any later restart."""
+        from core.access import create_key, revoke_key
+        from core.store import open_store
+
+        store = open_store(f"sqlite:///{self.data / 'app.db'}")
+        try:
+            key, record = create_key(store, f"chaos {self.counts['ops']}")
+            status, body = Api(self.server.port, key).call("GET", "/v1/models")
+            if status != 200:
+                self.violations.append(f"op {self.counts['ops']}: a new key got {status} {body}")
+            revoke_key(store, record["id"])
+        finally:
+            store.close()
+        self.revoked.append(key)
+        self.counts["keys_revoked"] += 1
+        self.check_revoked()
+
+    def check_revoked(self) -> None:
+        for key in self.revoked[-3:]:
+            status, body = Api(self.server.port, key).call("GET", "/v1/models")
+            if status != 401:
+                self.violations.append(f"op {self.counts['ops']}: a revoked key got {status}")
+
     def chat_ids(self, character: int) -> set[int]:
         status, body = self.api.call("GET", f"/api/characters/{character}/chats?limit=1000")
         return {c["id"] for c in body["data"]} if status == 200 else set()
@@ -780,6 +820,7 @@ class Chaos:
         self.check_integrity()
         self.check_cwd()
         if after_restart or final:
+            self.check_revoked()
             self.check_state(final)
         self.server.sample_rss()
         if self.args.out is not None and after_restart:  # so far, in case the run is cut off
@@ -937,7 +978,7 @@ class Chaos:
             return
         r = self.rng.random()
         table: list[tuple[float, Any]] = [
-            (0.28, lambda: self.op_send(chat)),
+            (0.26, lambda: self.op_send(chat)),
             (0.10, lambda: self.op_redo(chat, "regenerate")),
             (0.07, lambda: self.op_redo(chat, "continue")),
             (0.08, lambda: self.op_reply(chat)),
@@ -949,6 +990,7 @@ class Chaos:
             (0.12, self.op_openai),
             (0.08, lambda: self.op_client_gone(chat)),
             (0.02, lambda: self.op_export_import(chat)),
+            (0.02, self.op_keys),
         ]
         for weight, fn in table:
             if r < weight:
@@ -967,6 +1009,7 @@ class Chaos:
         self.start()
         self.op_new_chat()
         self.op_new_chat()
+        self.op_keys()
         try:
             for i in range(n):
                 self.counts["ops"] = i + 1
@@ -1008,6 +1051,7 @@ class Chaos:
             "state_checks": c["state_checks"],
             "db_locks": c["db_locks"],
             "imports": c["imports"],
+            "keys_revoked": c["keys_revoked"],
             "clients_gone": c["clients_gone"],
             "streams_cut": c["streams_cut"],
             "violations": self.violations[:50],
