@@ -1066,6 +1066,8 @@ class Chaos:
 
     def cleanup(self) -> None:
         self.server.stop()
+        if self.args.keep and self.tmpfs:  # the tmpfs goes with the mount: keep a copy
+            shutil.copytree(self.data, self.root / "data-kept", dirs_exist_ok=True)
         if self.tmpfs:
             if subprocess.run(["umount", str(self.data)], check=False).returncode != 0:
                 subprocess.run(["umount", "-l", str(self.data)], check=False)
