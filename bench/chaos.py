@@ -309,7 +309,7 @@ class Reference:
                 conv = store.get_conversation(chat)
                 if alter:
                     last = store.list_messages(chat)[-1]
-                    svc.edit(last.id, last.text + " (not what the server holds)")
+                    svc.edit(last.id, "Not what the server holds: " + last.text[::-1])
                 params = svc.params(conv, seed=seed, max_tokens=max_tokens)
                 turn = svc.reply(chat, "new", role="char", params=params).consume()
                 out[chat] = turn.message.text if turn.message is not None else ""
@@ -965,10 +965,10 @@ class Chaos:
         self.check_acked()
         altered = mid in self.lost and len(self.violations) == len(violations) + 1
         self.violations, self.lost = violations, lost
-        chat = self.chats()[0]
         seed = self.rng.randrange(2**31)
-        other = [got != want for _, got, want in self.next_replies([chat], seed, alter=True)]
-        return {"altered_message_caught": altered, "altered_transcript_caught": other == [True]}
+        chats = self.chats()[:3]  # greedy replies on random weights can agree for a while
+        other = [g != w for _, g, w in self.next_replies(chats, seed, max_tokens=32, alter=True)]
+        return {"altered_message_caught": altered, "altered_transcript_caught": any(other)}
 
     # --- the walk
     def random_op(self) -> None:
