@@ -30,6 +30,7 @@ saved (the service's Turn saves however a reply ends; core/api/stream.py stops i
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -53,6 +54,7 @@ from core.text import NARRATOR_NAME
 
 log = logging.getLogger(__name__)
 
+SETTLE_S = 30.0  # at most this long a write waits for the chat's replies still going
 MAX_ID = 2**62  # larger ids cannot exist (SQLite integers), and would overflow a query
 MAX_LIST = 1000  # chats listed at most per request
 MAX_REPLY_TOKENS = 8192
@@ -170,6 +172,28 @@ class NativeApi:
     def __init__(self, config: ApiConfig) -> None:
         self.config = config
         self.admission = admission_for(config)  # one count with /v1
+        # each chat's replies still going: a reply whose client went away saves its end a
+        # moment later, and must not undo a write that came after it (issue 24)
+        self._turns: dict[int, list[Turn]] = {}
+        self._turns_lock = threading.Lock()
+
+    def _settled(self, chat_id: int) -> None:
+        """Wait (in the thread pool, at most SETTLE_S) until the chat's replies still going have
+        saved their end (one whose client went away stops at its next token; the server may
+        not have seen it go yet), so that this write comes after it. Found by the chaos run
+        (seed 305): a choice of version acknowledged after a streamed regenerate was cut off
+        was undone by that regenerate's last save, which made its own version the chosen one."""
+        with self._turns_lock:
+            turns = [t for t in self._turns.get(chat_id, []) if not t.done.is_set()]
+            if turns:
+                self._turns[chat_id] = turns
+            else:
+                self._turns.pop(chat_id, None)
+        for turn in turns:
+            turn.done.wait(SETTLE_S)
+
+    def _message_chat(self, message_id: int) -> int:
+        return self.svc.message(message_id).conversation_id  # type: ignore[return-value]
 
     @property
     def rt(self) -> Runtime:
@@ -288,6 +312,7 @@ class NativeApi:
         params = self._overrides(body)
 
         def work() -> tuple[dict[str, Any], Turn | None]:
+            self._settled(chat_id)
             conv = self._chat(chat_id)
             if reply:
                 self.rt.require_engine()  # refused before the message is stored, not after
@@ -317,6 +342,7 @@ class NativeApi:
         params = self._overrides(body)
 
         def work() -> Turn:
+            self._settled(chat_id)
             last = self.svc.redo_target(chat_id, op, target_id)
             self.rt.require_engine()
             return self._turn(chat_id, op, params, target_id=last.id)
@@ -338,6 +364,7 @@ class NativeApi:
         params = self._overrides(body)
 
         def work() -> Turn:
+            self._settled(chat_id)
             self._chat(chat_id)
             self.rt.require_engine()
             return self._turn(chat_id, Op.NEW, params, role=role, name=name.strip())
@@ -353,7 +380,7 @@ class NativeApi:
         text = _text(body)
 
         def work() -> dict[str, Any] | None:
-            self.svc.message(message_id)
+            self._settled(self._message_chat(message_id))
             return self._message_out(self.svc.edit(message_id, text))
 
         return JSONResponse({"message": await run_in_threadpool(work)})
@@ -366,6 +393,7 @@ class NativeApi:
         index = int(raw)
 
         def work() -> dict[str, Any] | None:
+            self._settled(self._message_chat(message_id))
             return self._message_out(self.svc.choose_version(message_id, index))
 
         return JSONResponse({"message": await run_in_threadpool(work)})
@@ -374,7 +402,7 @@ class NativeApi:
         message_id = _id(request, "id", "message")
 
         def work() -> None:
-            self.svc.message(message_id)
+            self._settled(self._message_chat(message_id))
             self.svc.delete(message_id)
 
         await run_in_threadpool(work)
@@ -412,7 +440,10 @@ class NativeApi:
         target_id: int | None = None,
     ) -> Turn:
         params = self.svc.params(self._chat(chat_id), **overrides) if overrides else None
-        return self.svc.reply(chat_id, op, role=role, name=name, target_id=target_id, params=params)
+        turn = self.svc.reply(chat_id, op, role=role, name=name, target_id=target_id, params=params)
+        with self._turns_lock:
+            self._turns.setdefault(chat_id, []).append(turn)
+        return turn
 
     def _finished(self, turn: Turn) -> dict[str, Any]:
         res = turn.result

@@ -411,6 +411,37 @@ def test_a_waiting_client_that_goes_away_stops_the_reply(held: dict[str, Any]) -
         _gone_mid_reply(held, chat_id)
 
 
+def test_a_write_after_a_client_went_away_is_not_undone_by_the_reply_s_last_save(
+    held: dict[str, Any],
+) -> None:
+    # the chaos run, seed 305 (issue 24): a streamed regenerate cut off by its client saved its
+    # end after the next request, a choice of version, and made its own version the chosen one
+    with api_server() as base, httpx.Client(base_url=base, timeout=WAIT_S) as client:
+        chat_id = client.post(f"/api/characters/{_alice()}/chats").json()["id"]
+        greeting = client.get(f"/api/chats/{chat_id}/messages").json()["data"][0]
+        body = {"stream": True, "max_tokens": 8000, "message_id": greeting["id"]}
+        with client.stream("POST", f"/api/chats/{chat_id}/regenerate", json=body) as r:
+            assert r.status_code == 200
+            assert held["backend"].reached.wait(WAIT_S)  # the model is mid-reply
+        _until(lambda: bool(held["turns"]) and held["turns"][0].cancel.is_set())
+        chosen: dict[str, Any] = {}
+
+        def choose() -> None:
+            r = client.post(f"/api/messages/{greeting['id']}/versions/0")
+            chosen.update(r.json()["message"])
+
+        thread = threading.Thread(target=choose)
+        thread.start()
+        thread.join(2.0)  # not a timing assert: without the fix the choice lands here, first
+        held["backend"].gate.set()  # the reply moves on, sees the cancel, saves its end
+        thread.join(WAIT_S)
+        assert held["turns"][0].done.wait(WAIT_S)
+        assert chosen["chosen"] == 0 and chosen["text"] == greeting["text"]
+        now = client.get(f"/api/chats/{chat_id}/messages").json()["data"][0]
+        assert now["chosen"] == 0 and now["text"] == greeting["text"], now
+        assert len(now["versions"]) == len(greeting["versions"]) + 1  # the regenerate is kept
+
+
 # --- hostile bodies and the shared generation limit (issue 21) ----------------------------------
 
 
