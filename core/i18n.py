@@ -506,6 +506,19 @@ _S: dict[str, tuple[str, str]] = {
         "内存：{mem_n} 个状态，{mem_mb} MB · 磁盘：{disk_n} 个状态，{disk_mb} MB · "
         "命中 {hits}，未命中 {misses}",
     ),
+    "cache_capacity": (
+        "At this model's checkpoint size ({mb} MB), the disk budget keeps about {chats} chats "
+        "instantly resumable ({regen} with their last reply ready to regenerate too); "
+        "{kept} are now.",
+        "按此模型的检查点大小（{mb} MB），磁盘上限大约能让 {chats} 个聊天即时续上"
+        "（其中 {regen} 个还能即时重新生成最后的回复）；目前有 {kept} 个。",
+    ),
+    "cache_capacity_grows": (
+        "This model's checkpoints grow with a chat, about {kb} KB a token: the disk budget "
+        "keeps about {chats} chats of {tokens} tokens instantly resumable; {kept} are now.",
+        "此模型的检查点随聊天增长，每个词元约 {kb} KB：磁盘上限大约能让 {chats} 个 {tokens} "
+        "词元的聊天即时续上；目前有 {kept} 个。",
+    ),
     "cache_mem_mb": ("Memory budget (MB)", "内存上限（MB）"),
     "cache_disk_mb": ("Disk budget (MB)", "磁盘上限（MB）"),
     "clear_cache": ("Clear the cache", "清除缓存"),

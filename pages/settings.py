@@ -487,6 +487,23 @@ if engine is not None:
                 misses=stats.get("misses", 0),
             )
         )
+    try:
+        cap = engine.cache_capacity()
+    except Exception:
+        cap = None
+    if cap is not None:
+        kind = "cache_capacity_grows" if cap["grows"] else "cache_capacity"
+        st.caption(
+            T(
+                kind,
+                mb=f"{cap['checkpoint_bytes'] / 2**20:.1f}",
+                kb=f"{cap['per_token'] / 1024:.0f}",
+                tokens=f"{engine.CAPACITY_TOKENS:,}",
+                chats=cap["chats"],
+                regen=cap["chats_with_regen"],
+                kept=cap["kept"],
+            )
+        )
 mem_now, disk_now = cfg.cache_budget()
 with st.form("cache_form"):
     with st.container(horizontal=True):
