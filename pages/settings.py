@@ -17,6 +17,7 @@ from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.i18n import LANG_NAMES, LANGS
 from core.settings import (
+    API_NOTES_CHOICES,
     BACKENDS,
     MAX_CACHE_DISK_MB,
     MAX_CACHE_MEM_MB,
@@ -460,6 +461,17 @@ with st.form("api_origins_form"):
 st.caption(T("api_origins_help"))
 if "*" in cfg.api_origins():
     st.warning(T("api_origins_star"), icon=":material/warning:")
+if ss.get("set_api_notes") not in API_NOTES_CHOICES:
+    ss.set_api_notes = cfg.api_notes()
+st.radio(
+    T("api_notes"),
+    API_NOTES_CHOICES,
+    format_func=lambda c: T(f"api_notes_{c}"),
+    key="set_api_notes",
+    horizontal=True,
+    on_change=lambda: _save(cfg.set_api_notes, ss.set_api_notes),
+    help=T("api_notes_help"),
+)
 
 # --- data and state cache --------------------------------------------------------------
 st.subheader(T("data"), anchor=False)

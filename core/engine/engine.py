@@ -379,6 +379,8 @@ class Engine:
             last_open = open_last and i == len(history) - 1
             if msg.before:
                 texts.append(fmt.note(msg.before, ctx))
+            if last_open and msg.note:  # a message being continued: its note, not stored
+                texts.append(fmt.note(msg.note, ctx))
             texts.append(fmt.header(msg, ctx))
             if last_open:
                 texts.append(fmt.open_body(msg.text, msg, ctx))
@@ -388,6 +390,8 @@ class Engine:
         if speaker is not None and not open_last:
             if speaker.before:
                 texts.append(fmt.note(speaker.before, ctx))
+            if speaker.note:  # this reply's alone: not in the transcript it is stored in
+                texts.append(fmt.note(speaker.note, ctx))
             texts.append(fmt.header(speaker, ctx))
         chunks: list[_Chunk] = []
         prev = self._root
@@ -976,6 +980,15 @@ class Engine:
             # the open body differs from the closed one: rebuild from the header's checkpoint
             self._advance(full)
             self.cache.pin_reply(body.key, None, ancestors)
+            return
+        if speaker.note:
+            # the reply was made after a note the transcript will not have: its checkpoint is
+            # fed from the last message before the note (header and body, after the reply
+            # has been shown), so the next turn feeds only its new message and the note
+            if not self._cuts:
+                self.cache.put(prompt_keys[-1], header_cp, disk=True)
+            self._advance(full)
+            self.cache.pin_reply(body.key, prompt_keys[-1], ancestors, keep_before=not self._cuts)
             return
         if not self._cuts:  # (where states cut, the tip holds it)
             self.cache.put(prompt_keys[-1], header_cp, disk=True)

@@ -185,3 +185,17 @@ def test_measured_bandwidths_are_kept(cfg: AppSettings, store: MemoryStore) -> N
             cfg.set_memory_bandwidth(bad)  # type: ignore[arg-type]
     store.values["memory_bandwidth"] = "junk"
     assert cfg.memory_bandwidth() is None
+
+
+def test_notes_at_a_depth_go_next_to_the_reply_for_rwkv_by_default(cfg: AppSettings) -> None:
+    """The API setting `api_notes_at_reply` (core/api/mapping.py): "auto" moves them for RWKV
+    models only; "reply" and "depth" for every model; anything else is refused."""
+    assert cfg.api_notes() == "auto"
+    assert cfg.api_notes_at_reply("rwkv7") and not cfg.api_notes_at_reply("llama")
+    cfg.set_api_notes("depth")
+    assert not cfg.api_notes_at_reply("rwkv7")
+    cfg.set_api_notes("reply")
+    assert cfg.api_notes_at_reply("llama")
+    with pytest.raises(SettingError):
+        cfg.set_api_notes("sometimes")
+    assert cfg.api_notes() == "reply"
