@@ -44,6 +44,7 @@ import numpy as np
 
 from core.backends.base import Backend, BatchItemError, ModelInfo, check_wkv, file_identity
 from core.backends.gguf_file import RWKV_ARCHS, GGUFSummary, check_gguf
+from core.backends.memory import check_fits, gguf_needs
 from core.backends.threads import resolve_threads, usable_cpus
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer, world_tokenizer
 from core.errors import ModelError
@@ -91,6 +92,25 @@ def _init_llama() -> None:
 def _recent_log() -> str:
     lines = [s for s in _log_lines if s]
     return lines[-1] if lines else ""
+
+
+def _context_bytes(summary: GGUFSummary, n_ctx: int | None, n_slots: int | None) -> int:
+    """What a context of this model takes beside its weights (core/backends/memory.py): a
+    recurrent model's states (one per sequence), a transformer's KV cache in f16. From the
+    file's metadata, before llama.cpp reads it; 0 where it does not say."""
+
+    def num(key: str) -> int:
+        v = summary.get(key)
+        return int(v) if isinstance(v, int) and v > 0 else 0
+
+    layers, width = num("{arch}.block_count"), num("{arch}.embedding_length")
+    if summary.arch in RWKV_ARCHS:
+        head = num("{arch}.wkv.head_size") or 64
+        return (n_slots or N_SEQ_RECURRENT) * layers * (2 * width + width * head) * 4
+    heads = num("{arch}.attention.head_count") or 1
+    kv_heads = num("{arch}.attention.head_count_kv") or heads
+    ctx = n_ctx or min(num("{arch}.context_length") or 4096, 8192)
+    return ctx * layers * 2 * (width * kv_heads // heads) * 2
 
 
 # ---------------------------------------------------------------- states
@@ -163,6 +183,12 @@ class LlamaBackend(Backend):
         _init_llama()
         p = Path(path).expanduser()
         summary = check_gguf(p)
+        check_fits(
+            gguf_needs(p, _context_bytes(summary, n_ctx, n_slots)),
+            p.name,
+            "Choose a smaller file (fewer parameters, or a lower precision such as Q5_K or "
+            "Q4_K), or close other programs.",
+        )
         self._lock = threading.RLock()
         self._closed = False
         self._model: Any = None
