@@ -112,3 +112,13 @@ def test_eviction_takes_plain_checkpoints_first_then_befores_then_tips(
     tips = [eng._build(ctx, hist, None).chunks[-1].key for ctx, hist in chats]
     assert {p.stem for p in cache.glob("*.state")} == set(tips[1:])
     assert set(json.loads((cache / sc.PINS_FILE).read_text())) == set(tips[1:])
+
+
+def test_settings_say_how_many_chats_the_budget_keeps(rwkv7_backend, tmp_path) -> None:
+    mb = _checkpoint_mb(rwkv7_backend)
+    eng = Engine(rwkv7_backend, cache_dir=tmp_path / "states", disk_budget_mb=40 * mb)
+    _play(eng, chats=2, turns=1)
+    cap = eng.cache_capacity()
+    assert not cap["grows"] and abs(cap["checkpoint_bytes"] / 2**20 - mb) < 0.01
+    assert cap["chats"] in (39, 40) and cap["chats_with_regen"] in (19, 20)
+    assert cap["kept"] == 2
