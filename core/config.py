@@ -56,3 +56,21 @@ def make_private(root: Path | None = None) -> None:
                     path.chmod(stat.S_IMODE(st.st_mode) & 0o700)
             except OSError as e:  # another user's file, a read-only disk: say so, go on
                 log.warning("cannot make %s private: %s", path, e.strerror or e)
+
+
+def write_atomic(target: Path, data: bytes | str) -> None:
+    """Write `data` to `target` whole or not at all: a private (0600) temporary file beside it,
+    synced, then renamed over it; a failure leaves `target` as it was and no temporary file."""
+    import tempfile
+
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:  # mkstemp: 0600
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

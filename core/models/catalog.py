@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from core.config import write_atomic
 from core.errors import ModelError
 from core.models.hub import METADATA_TIMEOUT_S, HubError, explain, is_official, token_for
 from core.models.names import NameInfo, parse
@@ -354,14 +354,10 @@ def save_listing(listing: Listing, data: Path | None = None) -> None:
         "fetched_at": listing.fetched_at,
         "files": [f.to_dict() for f in listing.files],
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(body, f)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(body))
     except OSError:
-        tmp.unlink(missing_ok=True)
+        pass  # only a cache: the next listing writes it again
 
 
 def cached_listing(data: Path | None = None) -> Listing | None:

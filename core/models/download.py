@@ -51,6 +51,7 @@ from typing import IO, Any, ClassVar
 from urllib.parse import urlsplit
 
 from core import config
+from core.config import write_atomic
 from core.errors import ModelError
 from core.models.catalog import MODEL_SUFFIXES, HubFile
 from core.models.fit import fmt_bytes
@@ -286,14 +287,6 @@ def _locked(path: Path) -> Iterator[IO[bytes]]:
         f.close()
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _read_record(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -393,7 +386,7 @@ def download_file(
         if old.get("digest") != expected or old.get("size") != size or have > size:
             f.truncate(0)  # another version's bytes, or none: start over
             have = 0
-            _write_private(record_path, json.dumps(record))
+            write_atomic(record_path, json.dumps(record))
         need = size - have
         free = _free_bytes(part.parent)
         if free < need + SPARE_BYTES:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import uuid
 import warnings
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-from core.config import data_dir
+from core.config import data_dir, write_atomic
 from core.errors import AppError
 
 AVATAR_DIR_NAME = "avatars"
@@ -103,7 +101,7 @@ def save_avatar(data: bytes) -> str:
     """
     png = encode_avatar(data)
     name = uuid.uuid4().hex + ".png"
-    _atomic_write(avatars_dir() / name, png)
+    write_atomic(avatars_dir() / name, png)
     return f"{AVATAR_DIR_NAME}/{name}"
 
 
@@ -157,16 +155,3 @@ def placeholder_png(name: str, size: int = 256) -> bytes:
     out = io.BytesIO()
     im.save(out, format="PNG")
     return out.getvalue()
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -27,13 +27,12 @@ import os
 import re
 import struct
 import sys
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.config import BUNDLED_CHARACTERS_DIR, data_dir, make_private
+from core.config import BUNDLED_CHARACTERS_DIR, data_dir, make_private, write_atomic
 from core.errors import AppError
 from core.roleplay import avatars
 from core.store import (
@@ -680,18 +679,6 @@ def _expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def _write_file(target: Path, data: bytes) -> None:
-    target = target.expanduser().resolve()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m core.roleplay.cards", description=__doc__.split("\n")[0]
@@ -736,7 +723,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.name}: there is no character with this name", file=sys.stderr)
             return 1
         try:
-            _write_file(out, export_card(store, character.id, fmt))
+            write_atomic(out.expanduser().resolve(), export_card(store, character.id, fmt))
         except (AppError, OSError) as e:
             print(f"{out}: {e}", file=sys.stderr)
             return 1

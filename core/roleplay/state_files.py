@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 import threading
 import unicodedata
 import zipfile
@@ -31,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from core.config import data_dir
+from core.config import data_dir, write_atomic
 from core.errors import AppError
 
 STATE_DIR_NAME = "state_files"
@@ -236,7 +234,7 @@ def store_state_file(data: bytes, name: str) -> tuple[StateFileRef, bool]:
     assert path is not None
     if path.is_file() and _digest(path) == sha:
         return ref, False
-    _atomic_write(path, data)
+    write_atomic(path, data)
     _remember(sha, wkv)
     return ref, True
 
@@ -296,20 +294,6 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".pth")
-    try:
-        with os.fdopen(fd, "wb") as f:  # mkstemp: 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# --- references on characters -------------------------------------------------------------------
 def _int(value: Any, low: int, high: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         return None
