@@ -27,7 +27,10 @@ Prints one JSON object:
   after the reopening;
 - transcript_tokens: the chats' transcripts summed (what a cache that kept nothing would feed);
 - disk_bytes, disk_files (after the chats, and after the reopening), checkpoint_bytes (one
-  state with its logits), budgets; the policy's own figures where the cache reports them.
+  state with its logits), budgets; the policy's own figures where the cache reports them;
+- lru: the same figures from the same chats with the retention policy off (the cache's plain
+  LRU, as before the policy: the same-run baseline; `--no-baseline` skips it), and
+  refeed_spared_ratio, the share of the LRU's refeed_tokens that the policy spared.
 """
 
 from __future__ import annotations
@@ -179,27 +182,28 @@ def dir_usage(path: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shape", choices=tuple(SHAPES), default="2.9b")
-    ap.add_argument("--chats", type=int, default=50)
-    ap.add_argument("--turns", type=int, default=30, help="user messages and replies a chat")
-    ap.add_argument("--reply-tokens", type=int, default=80)
-    ap.add_argument("--mem-mb", type=float, default=512)
-    ap.add_argument("--disk-mb", type=float, default=2048)
-    ap.add_argument("--seed", type=int, default=7)
-    args = ap.parse_args()
-
+def play(args: argparse.Namespace, policy: bool) -> dict[str, Any]:
+    """Play the chats, restart, reopen each one; with `policy` False the state cache's
+    retention policy is off (`pin_reply` does nothing: a plain LRU over every checkpoint, what
+    the cache did before the policy), the same-run baseline."""
     rng = random.Random(args.seed)
     backend = StandIn(args.shape)
     work = Path(tempfile.mkdtemp(prefix="rp-retention-"))
     states = work / "states"
     params = SamplingParams(temperature=0.0, top_p=1.0, seed=1, max_tokens=args.reply_tokens)
-    engine = Engine(
-        backend, cache_dir=states, mem_budget_mb=args.mem_mb, disk_budget_mb=args.disk_mb
-    )
+
+    def engine_() -> Engine:
+        eng = Engine(
+            backend, cache_dir=states, mem_budget_mb=args.mem_mb, disk_budget_mb=args.disk_mb
+        )
+        if not policy:
+            eng.cache.pin_reply = lambda *a, **k: None  # type: ignore[method-assign]
+        return eng
+
+    engine = engine_()
     chats: list[tuple[CharacterContext, list[Message]]] = []
     t0 = time.perf_counter()
+    tag = "policy" if policy else "lru"
     try:
         for c in range(args.chats):
             ctx = character(c % 10)
@@ -210,7 +214,7 @@ def main() -> int:
                 res = engine.reply(ctx, hist, Message("char"), params).consume()
                 hist.append(Message("char", res.text or "…"))
             chats.append((ctx, hist))
-            print(f"[retention] chat {c + 1}/{args.chats}", file=sys.stderr, flush=True)
+            print(f"[retention {tag}] chat {c + 1}/{args.chats}", file=sys.stderr, flush=True)
         engine.flush()
         play_s = time.perf_counter() - t0
         after_play = dir_usage(states)
@@ -218,9 +222,7 @@ def main() -> int:
         engine.close()
 
         # a restart: a new engine on the same directory opens every chat, in random order
-        engine = Engine(
-            backend, cache_dir=states, mem_budget_mb=args.mem_mb, disk_budget_mb=args.disk_mb
-        )
+        engine = engine_()
         order = list(range(len(chats)))
         rng.shuffle(order)
         refeed: dict[int, int] = {}
@@ -241,20 +243,8 @@ def main() -> int:
         engine.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    n_logits_bytes = WORLD_VOCAB_SIZE * 4
-    out: dict[str, Any] = {
-        "bench": "retention",
-        "shape": args.shape,
-        "model": "stand-in with the shape's state size (no compute)",
+    return {
         "state_bytes": backend.size,
-        "checkpoint_bytes": backend.size + n_logits_bytes,
-        "chats": args.chats,
-        "turns": args.turns,
-        "messages_per_chat": 1 + 2 * args.turns,
-        "reply_tokens": args.reply_tokens,
-        "mem_budget_mb": args.mem_mb,
-        "disk_budget_mb": args.disk_mb,
         "refeed_tokens": sum(refeed.values()),
         "refeed_chats": sum(1 for v in refeed.values() if v),
         "refeed_tokens_max": max(refeed.values(), default=0),
@@ -269,6 +259,44 @@ def main() -> int:
         "cache_after_chats": {k: v for k, v in stats_play.items() if not k.startswith("hits")},
         "cache_after_reopen": stats_open,
     }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", choices=tuple(SHAPES), default="2.9b")
+    ap.add_argument("--chats", type=int, default=50)
+    ap.add_argument("--turns", type=int, default=30, help="user messages and replies a chat")
+    ap.add_argument("--reply-tokens", type=int, default=80)
+    ap.add_argument("--mem-mb", type=float, default=512)
+    ap.add_argument("--disk-mb", type=float, default=2048)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--no-baseline", action="store_true", help="skip the run with the policy off (`lru`)"
+    )
+    args = ap.parse_args()
+
+    got = play(args, policy=True)
+    n_logits_bytes = WORLD_VOCAB_SIZE * 4
+    out: dict[str, Any] = {
+        "bench": "retention",
+        "shape": args.shape,
+        "model": "stand-in with the shape's state size (no compute)",
+        "state_bytes": got["state_bytes"],
+        "checkpoint_bytes": got["state_bytes"] + n_logits_bytes,
+        "chats": args.chats,
+        "turns": args.turns,
+        "messages_per_chat": 1 + 2 * args.turns,
+        "reply_tokens": args.reply_tokens,
+        "mem_budget_mb": args.mem_mb,
+        "disk_budget_mb": args.disk_mb,
+        **{k: v for k, v in got.items() if k != "state_bytes"},
+    }
+    if not args.no_baseline:
+        lru = play(args, policy=False)
+        out["lru"] = {k: v for k, v in lru.items() if k != "state_bytes"}
+        # what the policy spared, as a share of what the plain LRU re-fed
+        base = lru["refeed_tokens"]
+        out["refeed_spared_ratio"] = round(1 - out["refeed_tokens"] / base, 4) if base else None
     print(json.dumps(out))
     return 0
 
