@@ -975,6 +975,8 @@ def add_to(path: Path, names: list[str], timeout: float) -> int:
         raise SystemExit(f"{path} was written on another machine: {there}")
     doc = run_all(names, False, timeout)
     failed = [n for n, e in doc["benches"].items() if "result" not in e]
+    # read again: another --add-to may have added to the file while these benches ran
+    base = json.loads(path.read_text())
     for name, entry in doc["benches"].items():
         if name not in failed:
             base["benches"][name] = {**entry, "date": doc["date"], "versions": doc["versions"]}
