@@ -42,6 +42,16 @@ Prints ONE JSON object:
   restored from its state cache.
 - peer_api_*: the same against llama-cpp-python's server.
 - regen_speedup: peer_api_regen_ttft_s / api_regen_ttft_s (goal >= 20).
+- With `--depth-note N`, every request carries an Author's Note as SillyTavern sends it: a
+  system message N messages above the end of the chat (its default depth is 4; at the start of
+  the chat while it is shorter). Our app runs twice, with the API setting `api_notes_at_reply`
+  at its default ("auto": next to the reply for RWKV; `api_*`) and set to "depth" (where the
+  client put it; `api_depth_*`). `note_ttft_growth`: median TTFT of the last 3 turns / median
+  of turns 2-4 with the default (goal <= 1.2; turn 1 is left out: it feeds the opening);
+  `note_ttft_depth_growth` the same with the note where the client put it;
+  `note_vs_depth_last`: last-3 medians, default over "depth"; `*_fed_tokens_last`: what the
+  last turn fed (its prompt tokens less those restored from the cache; our requests ask for
+  the usage at the end of their stream, `api_fed_tokens` per turn).
 - per-turn TTFT lists, and the setup. Every figure was measured on whatever else the machine
   was running at the time.
 """
@@ -116,6 +126,7 @@ REPLIES = [
     "*{c} taps the compass.* Iron in the hills. Every needle bends there, even mine.",
 ]
 MAX_TOKENS = 16
+NOTE = f"[Author's note: {CHAR} speaks in short sentences and mentions the weather.]"
 START_S = 300  # a server's start-up (and the first model load) on a loaded machine
 REQUEST_S = 600  # one request at most; a stuck server ends the bench with a clear message
 
@@ -131,6 +142,13 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--skip-peer", action="store_true", help="measure only our app")
     ap.add_argument("--skip-ours", action="store_true", help="measure only the peer")
     ap.add_argument("--keep-logs", help="a directory to keep both servers' logs in")
+    ap.add_argument(
+        "--depth-note",
+        type=int,
+        default=0,
+        help="send an Author's Note at this depth (SillyTavern's default: 4; 0: none), and "
+        "run our app also with the note where the client puts it",
+    )
     args = ap.parse_args()
     args.backend = "llama"  # build_model's GGUF path
     if args.turns < 3:
@@ -218,12 +236,15 @@ def serving(server: Server) -> Iterator[Server]:
         server.stop()
 
 
-def our_server(model: Path, data: Path, threads: int, log: Path) -> Server:
+def our_server(
+    model: Path, data: Path, threads: int, log: Path, notes: str | None = None
+) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RP_")}
     env["RP_DATA_DIR"] = str(data)
     env["RP_MODEL"] = str(model)
-    # the Threads setting of the app, written before it starts (a fresh data directory)
-    _write_threads_setting(data, threads)
+    # the Threads setting of the app (and the notes'), written before it starts (a fresh data
+    # directory)
+    _write_threads_setting(data, threads, notes)
     cmd = [sys.executable, "-m", "streamlit", "run", str(REPO / "Home.py")]
     cmd += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
     cmd += ["--server.runOnSave", "false", "--server.address", "127.0.0.1"]
@@ -231,12 +252,15 @@ def our_server(model: Path, data: Path, threads: int, log: Path) -> Server:
     return Server("our app (streamlit run Home.py)", cmd, env, log, "/v1/models")
 
 
-def _write_threads_setting(data: Path, threads: int) -> None:
+def _write_threads_setting(data: Path, threads: int, notes: str | None = None) -> None:
+    from core.settings import API_NOTES
     from core.store import open_store
 
     store = open_store(f"sqlite:///{data / 'app.db'}")
     try:
         store.set_setting("threads", threads)
+        if notes is not None:
+            store.set_setting(API_NOTES, notes)
     finally:
         with suppress(Exception):
             store.close()
@@ -320,6 +344,7 @@ class Chat:
     tag: str
     model_id: str
     max_tokens: int
+    note_depth: int = 0  # an Author's Note this many messages above the end (0: none)
     history: list[dict[str, Any]] = field(default_factory=list)
     turn: int = 0
 
@@ -331,8 +356,11 @@ class Chat:
         msgs: list[dict[str, Any]] = [{"role": "system", "content": p} for p in SYSTEM_PROMPTS]
         msgs += [{"role": "system", "name": n, "content": c} for n, c in EXAMPLES]
         msgs.append({"role": "system", "content": "[Start a new Chat]"})
-        msgs.append({"role": "assistant", "content": GREETING})
-        msgs += self.history
+        chat = [{"role": "assistant", "content": GREETING}, *self.history]
+        if self.note_depth:  # SillyTavern: at the depth, or at the chat's start while shorter
+            at = max(0, len(chat) - self.note_depth)
+            chat.insert(at, {"role": "system", "content": NOTE})
+        msgs += chat
         # what SillyTavern's server forwards for the Custom source (undefined keys dropped)
         return {
             "messages": msgs,
@@ -394,7 +422,9 @@ def in_turns(bases: dict[str, str], k: int) -> list[tuple[str, str]]:
     return items if k % 2 == 0 else items[::-1]
 
 
-def measure(bases: dict[str, str], turns: int, max_tokens: int) -> dict[str, dict[str, Any]]:
+def measure(
+    bases: dict[str, str], turns: int, max_tokens: int, note_depth: int = 0
+) -> dict[str, dict[str, Any]]:
     """One chat for `turns` turns, its regenerate, then two new chats taking turns: every
     request sent to each server, the servers taking turns request by request."""
     ids = {name: model_id(base) for name, base in bases.items()}
@@ -406,18 +436,22 @@ def measure(bases: dict[str, str], turns: int, max_tokens: int) -> dict[str, dic
         nonlocal k
         got: dict[str, Result] = {}
         for name, base in in_turns(bases, k):
-            got[name] = stream_chat(base, {**(body or chat.body()), "model": ids[name]})
+            req = {**(body or chat.body()), "model": ids[name]}
+            if name.startswith("api"):  # ours: each turn's usage (what it fed) at the end
+                req["stream_options"] = {"include_usage": True}
+            got[name] = stream_chat(base, req)
         k += 1
         return got
 
-    warm = Chat("W", "", max_tokens)  # loads the model, first-use tables
+    warm = Chat("W", "", max_tokens, note_depth)  # loads the model, first-use tables
     for _ in range(2):
         warm.ask()
         each(warm)
         warm.answered()
 
-    alone = Chat("A", "", max_tokens)
+    alone = Chat("A", "", max_tokens, note_depth)
     ttfts: dict[str, list[float]] = {name: [] for name in bases}
+    feds: dict[str, list[int | None]] = {name: [] for name in bases}
     empty = dict.fromkeys(bases, 0)
     first_body: dict[str, Any] = {}
     for _ in range(turns):
@@ -427,6 +461,8 @@ def measure(bases: dict[str, str], turns: int, max_tokens: int) -> dict[str, dic
         for name, r in each(alone).items():
             ttfts[name].append(r.ttft_s)
             empty[name] += not r.text
+            known = r.prompt_tokens is not None and r.cached_tokens is not None
+            feds[name].append(r.prompt_tokens - r.cached_tokens if known else None)  # type: ignore[operator]
         alone.answered()
     regen_body = alone.without_last_reply()
     regens: dict[str, list[float]] = {name: [] for name in bases}
@@ -436,7 +472,7 @@ def measure(bases: dict[str, str], turns: int, max_tokens: int) -> dict[str, dic
     usage_first = {n: prompt_usage(b, {**first_body, "model": ids[n]}) for n, b in bases.items()}
     usage_last = {n: prompt_usage(b, {**regen_body, "model": ids[n]}) for n, b in bases.items()}
 
-    b, c = Chat("B", "", max_tokens), Chat("C", "", max_tokens)
+    b, c = Chat("B", "", max_tokens, note_depth), Chat("C", "", max_tokens, note_depth)
     inter: dict[str, list[float]] = {name: [] for name in bases}
     for _ in range(turns):
         row: dict[str, list[float]] = {name: [] for name in bases}
@@ -453,6 +489,7 @@ def measure(bases: dict[str, str], turns: int, max_tokens: int) -> dict[str, dic
         last = usage_last[name]
         out[name] = {
             "ttft_growth": growth(t),
+            "ttft_growth_from_turn2": growth(t[1:]),
             "regen_ttft_s": round(statistics.median(regens[name]), 4),
             "interleaved_growth": growth(inter[name]),
             "ttft_first_s": round(t[0], 4),
@@ -463,6 +500,8 @@ def measure(bases: dict[str, str], turns: int, max_tokens: int) -> dict[str, dic
             "prompt_tokens_turn1": usage_first[name].get("prompt_tokens"),
             "prompt_tokens_last": last.get("prompt_tokens"),
             "cached_tokens_last": (last.get("prompt_tokens_details") or {}).get("cached_tokens"),
+            "ttft_last3_s": round(statistics.median(t[-3:]), 4),
+            "fed_tokens": feds[name] if any(f is not None for f in feds[name]) else None,
             "empty_replies": empty[name],
         }
     return out
@@ -495,11 +534,29 @@ def main() -> int:
             data.mkdir()
             srv = stack.enter_context(serving(our_server(model, data, threads, logs / "o.log")))
             bases["api"] = srv.base
+            if args.depth_note:  # the same app with the note where the client puts it
+                data = Path(tmp) / "data-depth"
+                data.mkdir()
+                log = logs / "o-depth.log"
+                srv = stack.enter_context(
+                    serving(our_server(model, data, threads, log, notes="depth"))
+                )
+                bases["api_depth"] = srv.base
         if not args.skip_peer:
             srv = stack.enter_context(serving(peer_server(model, threads, logs / "peer.log")))
             bases["peer_api"] = srv.base
-        for name, figures in measure(bases, args.turns, args.max_tokens).items():
+        out["depth_note"] = args.depth_note
+        measured = measure(bases, args.turns, args.max_tokens, args.depth_note)
+        for name, figures in measured.items():
             out.update({f"{name}_{k}": v for k, v in figures.items()})
+        if args.depth_note and "api" in measured and "api_depth" in measured:
+            on, off = measured["api"], measured["api_depth"]
+            out["note_ttft_growth"] = on["ttft_growth_from_turn2"]
+            out["note_ttft_depth_growth"] = off["ttft_growth_from_turn2"]
+            out["note_vs_depth_last"] = round(on["ttft_last3_s"] / off["ttft_last3_s"], 3)
+            for name, fig in (("note", on), ("note_depth", off)):
+                if fig["fed_tokens"]:
+                    out[f"{name}_fed_tokens_last"] = fig["fed_tokens"][-1]
         if "api" in bases and "peer_api" in bases and out["api_regen_ttft_s"] > 0:
             out["regen_speedup"] = round(out["peer_api_regen_ttft_s"] / out["api_regen_ttft_s"], 2)
         out["wall_s"] = round(time.perf_counter() - t0, 1)

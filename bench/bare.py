@@ -53,3 +53,40 @@ def forward_decode_tok_s(backend: Any, n_tokens: int = 128, first_token: int = 0
     for _ in range(n_tokens):
         logits, state = backend.forward([int(np.argmax(logits))], state)
     return n_tokens / (time.perf_counter() - t0)
+
+
+def bare_prefill_s(backend: Any, tokens: list[int]) -> float:
+    """Seconds a bare prefill of `tokens` takes from the initial state, to its last token's
+    logits and their argmax. llama.cpp: one fresh sequence, `n_batch` tokens a `llama_decode`,
+    logits of the last token only, no state handling; other back ends: their own `forward`."""
+    if getattr(backend.info, "backend", "") != "llama":
+        t0 = time.perf_counter()
+        logits, _ = backend.forward(tokens, backend.initial_state())
+        int(np.argmax(logits))
+        return time.perf_counter() - t0
+    import llama_cpp as L
+
+    b = backend
+    with b._lock:
+        b._check_open()
+        b._collect()
+        seq = b._take_slot(None)
+        bt = b._batch
+        try:
+            t0 = time.perf_counter()
+            for start in range(0, len(tokens), b.n_batch):
+                part = tokens[start : start + b.n_batch]
+                bt.n_tokens = len(part)
+                for i, t in enumerate(part):
+                    bt.token[i] = t
+                    bt.pos[i] = start + i
+                    bt.n_seq_id[i] = 1
+                    bt.seq_id[i][0] = seq
+                    bt.logits[i] = 1 if start + i == len(tokens) - 1 else 0
+                if L.llama_decode(b._ctx, bt) != 0:
+                    raise ModelError("llama.cpp failed in the bare prefill.")
+            ptr = L.llama_get_logits_ith(b._ctx, len(tokens) - 1 - start)
+            int(np.argmax(np.ctypeslib.as_array(ptr, shape=(b.n_vocab,))))
+            return time.perf_counter() - t0
+        finally:
+            b._free_slot(seq)

@@ -4,6 +4,26 @@ grows, is regenerated, interleaved with another chat, and resumed after a restar
     python bench/engine.py --backend rwkv --shape 0.1b --strategy "cpu fp32"
     python bench/engine.py --backend llama --shape 0.1b --gguf-type f16
     python bench/engine.py --model models/x.pth
+    python bench/engine.py --backend llama --shape 1.5b --gguf-type q8_0   # the sizes people run
+
+At the sizes people run (0.4b, 1.5b, 2.9b: the "real" profile, the default there) a decode step
+reads gigabytes and a long card's prefill takes minutes on a CPU, so the chat of 40 turns is
+left out and the run measures what users meet at those sizes (`real_profile`):
+- decode: our loop against bare llama.cpp (`decode_ratio`, goal >= 0.97), and bare llama.cpp
+  against the memory-bandwidth bound read from the bytes a step reads (`bound_ratio`, goal
+  >= 0.85);
+- launch: a new process loads the model and feeds a short prompt to its first token, with the
+  model file dropped from the page cache first (`load_cold_s`, `first_token_cold_s`) and right
+  after (`*_warm_s`), and that process's memory (`load_rss_*_mb`: its peak, and what is
+  anonymous memory or mapped file pages);
+- a new chat whose card is 2,000 tokens: time to its first sampled token against bare
+  llama.cpp's prefill of the same tokens and one argmax (`card_ttft_ratio`, goal <= 1.1; the
+  rwkv package's own forward for a .pth);
+- a short chat, then regenerating its last reply in decode steps (`regen_steps`, goal <= 1),
+  a checkpoint's size and the time to write it (`checkpoint_bytes`, `checkpoint_write_s`);
+- a new process resuming the chat with the checkpoints dropped from the page cache, over a
+  new chat's turn 1 (`resume_cold_ratio`, goal <= 1.5);
+- this process's peak memory (`rss_peak_mb`).
 
 Prints one JSON object. Every ratio compares figures measured in the same run on the same model,
 and every model call runs on the model thread, as in the app: torch and llama.cpp keep one
@@ -17,6 +37,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,16 +51,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bare import bare_decode_tok_s, forward_decode_tok_s  # noqa: E402
+from bench.bare import bare_decode_tok_s, bare_prefill_s, forward_decode_tok_s  # noqa: E402
 from core.backends.base import Backend  # noqa: E402
 from core.backends.gguf_file import inspect_gguf  # noqa: E402
 from core.backends.loader import load_backend  # noqa: E402
 from core.backends.model_thread import on_model_thread  # noqa: E402
 from core.engine import Engine  # noqa: E402
 from core.engine.sampler import PRESETS, Penalties, SamplingParams, sample  # noqa: E402
+from core.engine.state_cache import Checkpoint  # noqa: E402
 from core.prompt import CharacterContext, Message  # noqa: E402
 
-SHAPES = {"tiny": (2, 128), "0.1b": (12, 768), "0.4b": (24, 1024)}
+SHAPES = {
+    "tiny": (2, 128),
+    "0.1b": (12, 768),
+    "0.4b": (24, 1024),
+    "1.5b": (24, 2048),
+    "2.9b": (32, 2560),
+}
+BF16_FROM = ("1.5b", "2.9b")  # shapes written in bf16, as BlinkDL releases its .pth files
 CTX = CharacterContext(
     name="Mira",
     user_name="Ren",
@@ -61,7 +90,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--strategy", default="cpu fp32")
     ap.add_argument("--gguf-type", default="f16", choices=("f32", "f16", "q8_0"))
     ap.add_argument("--threads", type=int, help="threads of the model (default: the app's)")
-    ap.add_argument("--turns", type=int, default=40)
+    ap.add_argument("--turns", type=int, help="turns of the chat (default 40; 4 in 'real')")
+    ap.add_argument(
+        "--profile",
+        choices=("auto", "chat", "real"),
+        default="auto",
+        help="'chat': the 40-turn chat and its variants; 'real': what users meet at the sizes "
+        "people run (the module's doc); auto: 'real' from 0.4b up",
+    )
+    ap.add_argument("--card-tokens", type=int, default=2000)
     ap.add_argument("--decode-steps", type=int, default=64, help="forwards per decode run")
     ap.add_argument(
         "--rounds",
@@ -70,7 +107,12 @@ def parse_args() -> argparse.Namespace:
         help="decode runs of each loop after a warm-up (the best counts), and repeats of the "
         "re-feed and the restart (the median counts)",
     )
-    return ap.parse_args()
+    args = ap.parse_args()
+    if args.profile == "auto":
+        args.profile = "real" if args.shape in ("0.4b", *BF16_FROM) and not args.model else "chat"
+    if args.turns is None:
+        args.turns = 4 if args.profile == "real" else 40
+    return args
 
 
 def build_model(args: argparse.Namespace) -> Path:
@@ -80,9 +122,14 @@ def build_model(args: argparse.Namespace) -> Path:
 
     layers, width = SHAPES[args.shape]
     cache = Path(tempfile.gettempdir()) / "rwkv-rp-bench"
-    pth = cache / f"v7-{args.shape}.pth"
+    bf16 = args.shape in BF16_FROM
+    pth = cache / f"v7-{args.shape}{'-bf16' * bf16}.pth"
     if not pth.exists():
-        write_model(pth, 7, layers, width)
+        import torch
+
+        tmp = pth.with_suffix(".tmp")
+        write_model(tmp, 7, layers, width, dtype=torch.bfloat16 if bf16 else torch.float32)
+        tmp.rename(pth)
     if args.backend != "llama":
         return pth
     from core.models.convert import convert
@@ -537,7 +584,12 @@ def resident_fraction(paths: list[Path]) -> float | None:
 
 
 def measure_restart(
-    engine: Engine, model: Path, args: argparse.Namespace, cache_dir: Path, hist: list[Message]
+    engine: Engine,
+    model: Path,
+    args: argparse.Namespace,
+    cache_dir: Path,
+    hist: list[Message],
+    only: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """A real restart: a new process loads the model (as the app does, warm-up included) and
     resumes the long chat from the checkpoints on disk; its time to first token (not its load
@@ -557,6 +609,8 @@ def measure_restart(
     variants = [("restart", False, False), ("cold_restart", False, True)]
     if args.backend == "rwkv":
         variants.append(("restart_no_warm_up", True, False))
+    if only:
+        variants = [v for v in variants if v[0] in only]
     files = sorted(cache_dir.glob("*.state"))
     out["checkpoint_files_bytes"] = sum(f.stat().st_size for f in files)
     for name, no_warm_up, cold in variants:
@@ -619,12 +673,202 @@ def resume_child(spec_path: Path) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- the sizes people run
+def status_mb() -> dict[str, float]:
+    """This process's memory from /proc/self/status: peak, anonymous, mapped file pages (MB)."""
+    out: dict[str, float] = {}
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return out
+    for key, name in (("VmHWM", "peak"), ("RssAnon", "anon"), ("RssFile", "file")):
+        for line in text.splitlines():
+            if line.startswith(key + ":"):
+                out[name] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
+def measure_load(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Launch to first token in a new process: import, load (llama.cpp maps the file), build the
+    engine, feed a short prompt and sample its first token. Cold: the model file dropped from
+    the page cache first (only possible while no process maps it: run before this one loads
+    it); warm: at once after. The child's memory is read at its end."""
+    out: dict[str, Any] = {}
+    for name, cold in (("cold", True), ("warm", False)):
+        if cold:
+            drop_from_page_cache([model])
+            frac = resident_fraction([model])
+            if frac is not None:
+                out["load_cold_resident"] = round(frac, 4)
+        spec = {
+            "model": str(model),
+            "backend": args.backend,
+            "strategy": args.strategy,
+            "threads": args.threads,
+        }
+        run = subprocess.run(
+            [sys.executable, __file__, "--load-child", json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        got = json.loads(run.stdout.strip().splitlines()[-1])
+        out[f"load_{name}_s"] = got["load_s"]
+        out[f"first_token_{name}_s"] = got["first_token_s"]
+        out[f"load_rss_{name}_mb"] = got["mem"]
+    return out
+
+
+def load_child(spec_json: str) -> int:
+    """measure_load's new process: one JSON line with its times (from its start) and memory."""
+    t0 = time.perf_counter()
+    spec = json.loads(spec_json)
+    backend = load_backend(
+        spec["model"], spec["backend"], spec["strategy"], n_threads=spec["threads"]
+    )
+    t_load = time.perf_counter() - t0
+    engine = Engine(backend)
+    params = SamplingParams(temperature=1.0, top_p=0.6, seed=1, max_tokens=1)
+    engine.reply(CTX, [GREETING, Message("user", "Hello!")], Message("char"), params).consume()
+    first = time.perf_counter() - t0
+    print(
+        json.dumps(
+            {"load_s": round(t_load, 3), "first_token_s": round(first, 3), "mem": status_mb()}
+        )
+    )
+    return 0
+
+
+def card_context(tag: str, tokens: int, engine: Engine) -> CharacterContext:
+    """A character whose description is about `tokens` tokens; `tag` makes it unlike others."""
+    from dataclasses import replace
+
+    unit = (
+        "{{char}} keeps a journal of every road, every inn and every river crossing between "
+        "the mountains and the sea, with the names of the ferrymen and the price of bread. "
+    )
+    n = max(1, tokens // max(1, len(engine.backend.tokenize(unit))))
+    return replace(CTX, persona=f"[{tag}] " + unit * n)
+
+
+def measure_card(engine: Engine, backend: Backend, tokens: int, rounds: int) -> dict[str, Any]:
+    """A new chat whose card is about `tokens` tokens: our time from the request to its first
+    sampled token (a reply capped at one token; the card is new each round, so nothing of it is
+    cached) against the bare prefill of the same tokens from the initial state (llama.cpp: one
+    sequence, n_batch tokens a call, logits of the last, argmax; a .pth: the rwkv package's
+    forward), taking turns, the best of `rounds` each."""
+    ours, bare = float("inf"), float("inf")
+    one = SamplingParams(temperature=1.0, top_p=0.6, seed=3, max_tokens=1)
+    n_tokens = 0
+    for i in range(rounds):
+        ctx = card_context(f"card {i}", tokens, engine)
+        ids = [t for c in engine._build(ctx, [GREETING], Message("char")).chunks for t in c.tokens]
+        n_tokens = len(ids)
+        engine.flush()
+        t0 = time.perf_counter()
+        engine.reply(ctx, [GREETING], Message("char"), one).consume()
+        ours = min(ours, time.perf_counter() - t0)
+        engine.flush()
+        bare = min(bare, on_model_thread(bare_prefill_s, backend, ids))
+    return {
+        "card_tokens": n_tokens,
+        "card_ttft_s": round(ours, 3),
+        "card_bare_prefill_s": round(bare, 3),
+        "card_ttft_ratio": round(ours / bare, 3),
+        "prefill_tok_s": round(n_tokens / bare, 1),
+    }
+
+
+def measure_regen_steps(engine: Engine, hist: list[Message], step_s: float) -> dict[str, Any]:
+    """Regenerate the last reply, to its first sampled token (a reply capped at one token),
+    in decode steps: what it costs beyond sampling is restoring the state it started from."""
+    one = SamplingParams(temperature=1.0, top_p=0.6, seed=4, max_tokens=1)
+    times = []
+    for _ in range(3):
+        engine.flush()
+        t0 = time.perf_counter()
+        res = engine.reply(CTX, hist[:-1], Message("char"), one).consume()
+        times.append(time.perf_counter() - t0)
+        assert res.fed_tokens == 0, "a regenerate fed tokens"
+    regen = statistics.median(times)
+    return {"regen_s": round(regen, 4), "regen_steps": round(regen / step_s, 3)}
+
+
+def measure_checkpoint(engine: Engine, hist: list[Message]) -> dict[str, Any]:
+    """One checkpoint (the state after the chat) written as the state cache writes it
+    (serialised, sha256, written, fsynced, renamed): its size and the time, best of 3."""
+    from core.engine.state_cache import StateCache
+
+    logits, state = engine.state_for(CTX, hist, Message("char"))
+    cp = Checkpoint(logits, state, 0)
+    best = float("inf")
+    size = 0
+    with tempfile.TemporaryDirectory(prefix="rp-cp-") as tmp:
+        for i in range(3):
+            cache = StateCache(
+                engine.backend.state_to_bytes, engine.backend.state_from_bytes, Path(tmp)
+            )
+            t0 = time.perf_counter()
+            cache._write_disk(f"{i:064x}", cp)
+            best = min(best, time.perf_counter() - t0)
+            size = (Path(tmp) / f"{i:064x}.state").stat().st_size
+    return {"checkpoint_bytes": size, "checkpoint_write_s": round(best, 4)}
+
+
+def main_real(args: argparse.Namespace, model: Path, work: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"real_profile": True, "model_file_bytes": model.stat().st_size}
+    out.update(measure_load(model, args))  # first: no process of ours maps the file yet
+    backend = load_backend(model, args.backend, args.strategy, n_threads=args.threads)
+    info = backend.info
+    cache_dir = work / "states"
+    engine = Engine(backend, cache_dir=cache_dir)
+    out.update(
+        backend=info.backend,
+        arch=info.arch,
+        shape=args.shape,
+        strategy=info.strategy,
+        n_layer=info.n_layer,
+        n_embd=info.n_embd,
+        params=info.n_params,
+        threads=info.extra["threads"],
+        turns=args.turns,
+        rounds=args.rounds,
+        load_s=round(info.load_s, 3),
+    )
+    out.update(measure_decode(backend, engine, args.decode_steps, args.rounds))
+    if info.backend == "llama":
+        out.update(
+            measure_bound(
+                model,
+                lambda: on_model_thread(bare_decode_tok_s, backend, args.decode_steps),
+                out["threads"],
+                args.rounds,
+            )
+        )
+    out.update(measure_card(engine, backend, args.card_tokens, args.rounds))
+    engine.warm(CTX, [GREETING])
+    hist = [GREETING]
+    for n in range(1, args.turns + 1):
+        hist.append(Message("user", USER.format(tag="S", n=n)))
+        hist.append(Message("char", ttft(engine, hist)[1]))
+    out.update(measure_regen_steps(engine, hist, out["decode_step_s"]))
+    out.update(measure_checkpoint(engine, hist))
+    restart = measure_restart(engine, model, args, cache_dir, hist, only=("cold_restart",))
+    out.update(restart)
+    out["resume_cold_ratio"] = restart.get("cold_restart_ratio")
+    out["rss_mb"] = status_mb()
+    return out
+
+
 def main() -> int:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="rp-bench-"))
     # building a random model is torch work: on the model thread too, so that the main thread
     # never starts an OpenMP team of its own
     model = on_model_thread(build_model, args)
+    if args.profile == "real":
+        print(json.dumps(main_real(args, model, work)))
+        return 0
     backend = load_backend(model, args.backend, args.strategy, n_threads=args.threads)
     info = backend.info
     cache_dir = work / "states"
@@ -668,4 +912,6 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--resume-child":  # measure_restart's new process
         raise SystemExit(resume_child(Path(sys.argv[2])))
+    if len(sys.argv) == 3 and sys.argv[1] == "--load-child":  # measure_load's new process
+        raise SystemExit(load_child(sys.argv[2]))
     raise SystemExit(main())

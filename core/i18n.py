@@ -540,6 +540,19 @@ _S: dict[str, tuple[str, str]] = {
         "apply to a model run here.",
         "模型由模型服务器提供，它有自己的缓存：这些上限只用于在本机运行的模型。",
     ),
+    "cache_capacity": (
+        "At this model's checkpoint size ({mb} MB), the disk budget keeps about {chats} chats "
+        "instantly resumable ({regen} with their last reply ready to regenerate too); "
+        "{kept} are now.",
+        "按此模型的检查点大小（{mb} MB），磁盘上限大约能让 {chats} 个聊天即时续上"
+        "（其中 {regen} 个还能即时重新生成最后的回复）；目前有 {kept} 个。",
+    ),
+    "cache_capacity_grows": (
+        "This model's checkpoints grow with a chat, about {kb} KB a token: the disk budget "
+        "keeps about {chats} chats of {tokens} tokens instantly resumable; {kept} are now.",
+        "此模型的检查点随聊天增长，每个词元约 {kb} KB：磁盘上限大约能让 {chats} 个 {tokens} "
+        "词元的聊天即时续上；目前有 {kept} 个。",
+    ),
     "cache_mem_mb": ("Memory budget (MB)", "内存上限（MB）"),
     "cache_disk_mb": ("Disk budget (MB)", "磁盘上限（MB）"),
     "clear_cache": ("Clear the cache", "清除缓存"),
@@ -706,6 +719,23 @@ _S: dict[str, tuple[str, str]] = {
         "已经有 {n} 个密钥：请先吊销一个。",
     ),
     "api_origins": ("Allowed origins", "允许的来源"),
+    "api_notes": (
+        "Notes at a depth (SillyTavern's Author's Note)",
+        "插入在某一深度的注释（SillyTavern 的作者注释）",
+    ),
+    "api_notes_auto": ("next to the reply for RWKV", "RWKV 模型放在回复旁"),
+    "api_notes_reply": ("next to the reply", "放在回复旁"),
+    "api_notes_depth": ("where the client puts them", "按客户端的位置"),
+    "api_notes_help": (
+        "SillyTavern sends its Author's Note and a card's Character's Note as a system message "
+        "4 messages above the end, a place that moves every turn: the model must then read "
+        "the messages after it again each turn. Next to the reply (where this app's own chats "
+        "put such notes) a turn feeds only its new tokens; the note is not kept in the chat's "
+        "state for later turns.",
+        "SillyTavern 把作者注释和角色卡的角色注释作为系统消息放在倒数第 4 条消息之上，"
+        "这个位置每轮都会移动，模型每轮都得重读它之后的消息。放在回复旁（本应用自己的聊天也这样放）时，"
+        "每轮只需处理新的词元；注释不会留在之后各轮的聊天状态里。",
+    ),
     "api_origins_help": (
         "Web pages of other sites may call the API from a browser only if their origin is "
         "listed here, one a line: scheme://host[:port], like http://localhost:8000, without a "

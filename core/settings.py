@@ -51,6 +51,10 @@ GPU_BANDWIDTH = "gpu_bandwidth"  # bytes/s of the GPU's memory, measured once wh
 # "continue" adds a new version instead of extending the one shown (the key is the chat
 # service's too, hence its home in core.contracts)
 CONTINUE_NEW_VERSION = _CONTINUE_NEW_VERSION
+# where the API feeds a client's notes at a depth (core/api/mapping.py): "auto" (next to the
+# reply for RWKV models, where the client put them for others), "reply", "depth"
+API_NOTES = "api_notes_at_reply"
+API_NOTES_CHOICES = ("auto", "reply", "depth")
 
 STRATEGIES = (
     "cpu fp32",
@@ -279,6 +283,24 @@ class AppSettings:
         if not isinstance(on, bool):
             raise SettingError("Say yes or no: whether continue adds a new version.")
         self._set(CONTINUE_NEW_VERSION, on)
+
+    def api_notes(self) -> str:
+        """Where the API feeds notes that a client puts at a depth (SillyTavern's Author's
+        Note): one of API_NOTES_CHOICES."""
+        v = self.get(API_NOTES, "auto")
+        return v if v in API_NOTES_CHOICES else "auto"
+
+    def set_api_notes(self, choice: str) -> None:
+        if choice not in API_NOTES_CHOICES:
+            raise SettingError(f"Choose one of {', '.join(API_NOTES_CHOICES)}, not {choice!r}.")
+        self._set(API_NOTES, choice)
+
+    def api_notes_at_reply(self, arch: str) -> bool:
+        """Whether the API moves notes at a depth next to the reply for a model of `arch`:
+        "auto" does for RWKV (a recurrent state would read the messages after a note that
+        moves every turn again, each turn), not for other models."""
+        choice = self.api_notes()
+        return choice == "reply" or (choice == "auto" and arch.startswith("rwkv"))
 
     # ------------------------------------------------------------------ the password
     def password_hash(self) -> str:

@@ -17,6 +17,7 @@ from core.engine.sampler import PRESETS
 from core.errors import AppError
 from core.i18n import LANG_NAMES, LANGS
 from core.settings import (
+    API_NOTES_CHOICES,
     LOCAL_BACKENDS,
     MAX_CACHE_DISK_MB,
     MAX_CACHE_MEM_MB,
@@ -502,6 +503,17 @@ with st.form("api_origins_form"):
 st.caption(T("api_origins_help"))
 if "*" in cfg.api_origins():
     st.warning(T("api_origins_star"), icon=":material/warning:")
+if ss.get("set_api_notes") not in API_NOTES_CHOICES:
+    ss.set_api_notes = cfg.api_notes()
+st.radio(
+    T("api_notes"),
+    API_NOTES_CHOICES,
+    format_func=lambda c: T(f"api_notes_{c}"),
+    key="set_api_notes",
+    horizontal=True,
+    on_change=lambda: _save(cfg.set_api_notes, ss.set_api_notes),
+    help=T("api_notes_help"),
+)
 
 # --- data and state cache --------------------------------------------------------------
 st.subheader(T("data"), anchor=False)
@@ -529,6 +541,23 @@ if engine is not None:
                 disk_mb=f"{stats.get('disk_bytes', 0) / 2**20:.1f}",
                 hits=stats.get("hits_mem", 0) + stats.get("hits_disk", 0),
                 misses=stats.get("misses", 0),
+            )
+        )
+    try:
+        cap = engine.cache_capacity()
+    except Exception:
+        cap = None
+    if cap is not None:
+        kind = "cache_capacity_grows" if cap["grows"] else "cache_capacity"
+        st.caption(
+            T(
+                kind,
+                mb=f"{cap['checkpoint_bytes'] / 2**20:.1f}",
+                kb=f"{cap['per_token'] / 1024:.0f}",
+                tokens=f"{engine.CAPACITY_TOKENS:,}",
+                chats=cap["chats"],
+                regen=cap["chats_with_regen"],
+                kept=cap["kept"],
             )
         )
 mem_now, disk_now = cfg.cache_budget()

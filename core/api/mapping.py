@@ -16,7 +16,15 @@ restores everything but the new tokens from its state cache:
   the first `name` given on a user / an assistant message, else "User" / "Assistant"; a name
   made only of underscores (SillyTavern's sanitised non-Latin name) counts as none;
 - a trailing assistant message with text is continued (a prefill); with no text, it only names
-  who speaks next; otherwise the assistant speaks next.
+  who speaks next; otherwise the assistant speaks next;
+- with `notes_at_reply` (the server setting `api_notes_at_reply`, on by default for RWKV), the
+  system messages among the last NOTE_MAX_DEPTH messages (SillyTavern's Author's Note and a
+  card's Character's Note, injected at depth 4 by default) are fed next to the reply (depth 0,
+  where the app's own chats put such notes; before the message being continued, for a
+  prefill) and are not part of the transcript kept for the next turn (Message.note): a note
+  that moves every turn would otherwise make each turn read the messages after it again. A
+  narrator line (a system message) within that depth is fed so too, and at its place once
+  older.
 
 Request fields are checked here (types, ranges, what we cannot honour), each refusal an ApiError
 400 naming its `param`. Unknown fields are ignored: clients send dozens of sampler settings.
@@ -65,6 +73,9 @@ MAX_TOKENS_ALIASES = (
 )
 STOP_ALIASES = ("stop", "stopping_strings", "stop_sequence")
 EXAMPLE_NAMES = {"example_user": "user", "example_assistant": "char"}
+# system messages at most this many messages from the end count as notes at a depth (SillyTavern
+# injects its Author's Note and a card's Character's Note at depth 4 by default)
+NOTE_MAX_DEPTH = 10
 
 
 # ---------------------------------------------------------------------------- field checks
@@ -446,8 +457,11 @@ def _request_name(body: dict[str, Any], field_name: str) -> str:
     return " ".join(v.split())[:MAX_NAME_CHARS] if v else ""
 
 
-def map_messages(body: dict[str, Any], stop_strings: list[str] | None = None) -> ChatInput:
-    """The chat request's `messages` (and `user_name` / `assistant_name`) as engine inputs."""
+def map_messages(
+    body: dict[str, Any], stop_strings: list[str] | None = None, notes_at_reply: bool = False
+) -> ChatInput:
+    """The chat request's `messages` (and `user_name` / `assistant_name`) as engine inputs;
+    with `notes_at_reply`, notes at a depth go next to the reply (the module's doc)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "`messages` must be a non-empty list.", param="messages")
@@ -490,11 +504,23 @@ def map_messages(body: dict[str, Any], stop_strings: list[str] | None = None) ->
 
     opening: list[str] = []
     history: list[Message] = []
+    notes: list[str] = []
     in_opening = True
-    for role, text, name in parsed:
+    for i, (role, text, name) in enumerate(parsed):
         example = EXAMPLE_NAMES.get(name) if role == "system" else None
         if role in ("user", "assistant"):
             in_opening = False
+        depth = len(parsed) - 1 - i  # messages after this one
+        if (
+            notes_at_reply
+            and not in_opening
+            and role == "system"
+            and example is None
+            and depth <= NOTE_MAX_DEPTH
+        ):
+            if text.strip():
+                notes.append(text)
+            continue
         if in_opening:
             if example is not None:
                 opening.append(f"{defaults[example]}: {text}")
@@ -515,10 +541,12 @@ def map_messages(body: dict[str, Any], stop_strings: list[str] | None = None) ->
         system_prompt="\n".join(t for t in opening if t.strip()),
         stop_strings=list(stop_strings or []),
     )
+    note = "\n".join(notes)
     last = history[-1] if history else None
     if last is not None and last.role == "char" and parsed[-1][0] == "assistant":
-        if last.text.strip():
+        if last.text.strip():  # (notes go before the message being continued)
+            last.note = note
             return ChatInput(ctx, history, last, continue_last=True)
         history.pop()  # an empty assistant message: only who speaks next
-        return ChatInput(ctx, history, Message("char", "", last.name))
-    return ChatInput(ctx, history, Message("char"))
+        return ChatInput(ctx, history, Message("char", "", last.name, note=note))
+    return ChatInput(ctx, history, Message("char", note=note))

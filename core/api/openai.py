@@ -99,6 +99,11 @@ def _ready(rt: Runtime) -> tuple[Engine, SamplingParams]:
     return rt.require_engine(), rt.chat.params(None)
 
 
+def _notes_at_reply(rt: Runtime, engine: Engine) -> bool:
+    """The setting `api_notes_at_reply` for the loaded model (core/api/mapping.py). Blocking."""
+    return rt.settings.api_notes_at_reply(engine.info.arch)
+
+
 # ---------------------------------------------------------------------------- alternatives
 @dataclass
 class _Alt:
@@ -251,7 +256,8 @@ class OpenAIApi:
     async def chat_completions(self, request: Request) -> Response:
         body, engine, base = await self._prepare(request, chat=True)
         gen = parse_generation(body, base, engine.info.n_vocab, engine.backend.eos_token())
-        chat = map_messages(body, gen.stops)
+        notes = await run_in_threadpool(_notes_at_reply, self.config.runtime(), engine)
+        chat = map_messages(body, gen.stops, notes_at_reply=notes)
         release = self._admit(gen.n)
 
         def start(i: int, cancel: threading.Event) -> Reply:

@@ -150,6 +150,17 @@ class Backend(Protocol):
         ModelError where the model has no such state or the shapes differ."""
         raise ModelError("This model has no RWKV state for a state file to set.")
 
+    # a state can be cut to a prefix of the tokens that made it (`prefix_state`): a
+    # transformer's KV cache, whose first n positions are the state after n tokens
+    cuts_states: bool = False
+
+    def prefix_state(self, state: State, n: int) -> State:
+        """The state after the first `n` tokens fed since the initial state of those that made
+        `state` (0 <= n <= their count), without feeding anything: where `cuts_states`. Lets
+        one checkpoint of a chat's tip stand for every prefix of it (the engine keeps no state
+        per message of a transformer's chat)."""
+        raise ModelError("This model's states cannot be cut to a prefix.")
+
     def state_nbytes(self, state: State) -> int | None:
         """A state's size in bytes without serialising it, for back ends whose states grow
         (a transformer's KV cache); None: every state has the same size."""

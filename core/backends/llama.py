@@ -44,6 +44,7 @@ import numpy as np
 
 from core.backends.base import Backend, BatchItemError, ModelInfo, check_wkv, file_identity
 from core.backends.gguf_file import RWKV_ARCHS, GGUFSummary, check_gguf
+from core.backends.memory import check_fits, gguf_needs
 from core.backends.threads import resolve_threads, usable_cpus
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, WorldTokenizer, world_tokenizer
 from core.errors import ModelError
@@ -91,6 +92,25 @@ def _init_llama() -> None:
 def _recent_log() -> str:
     lines = [s for s in _log_lines if s]
     return lines[-1] if lines else ""
+
+
+def _context_bytes(summary: GGUFSummary, n_ctx: int | None, n_slots: int | None) -> int:
+    """What a context of this model takes beside its weights (core/backends/memory.py): a
+    recurrent model's states (one per sequence), a transformer's KV cache in f16. From the
+    file's metadata, before llama.cpp reads it; 0 where it does not say."""
+
+    def num(key: str) -> int:
+        v = summary.get(key)
+        return int(v) if isinstance(v, int) and v > 0 else 0
+
+    layers, width = num("{arch}.block_count"), num("{arch}.embedding_length")
+    if summary.arch in RWKV_ARCHS:
+        head = num("{arch}.wkv.head_size") or 64
+        return (n_slots or N_SEQ_RECURRENT) * layers * (2 * width + width * head) * 4
+    heads = num("{arch}.attention.head_count") or 1
+    kv_heads = num("{arch}.attention.head_count_kv") or heads
+    ctx = n_ctx or min(num("{arch}.context_length") or 4096, 8192)
+    return ctx * layers * 2 * (width * kv_heads // heads) * 2
 
 
 # ---------------------------------------------------------------- states
@@ -163,6 +183,12 @@ class LlamaBackend(Backend):
         _init_llama()
         p = Path(path).expanduser()
         summary = check_gguf(p)
+        check_fits(
+            gguf_needs(p, _context_bytes(summary, n_ctx, n_slots)),
+            p.name,
+            "Choose a smaller file (fewer parameters, or a lower precision such as Q5_K or "
+            "Q4_K), or close other programs.",
+        )
         self._lock = threading.RLock()
         self._closed = False
         self._model: Any = None
@@ -278,6 +304,14 @@ class LlamaBackend(Backend):
         )
         # what a saved state depends on besides the weights (keys the engine's state cache)
         self.state_format = f"llama-cpp-python {L.__version__}, seq state v1"
+        # a plain transformer's KV cache cut at a position is the state after the tokens
+        # before it (llama.cpp's server reuses a slot's prefix so); not a recurrent or hybrid
+        # model, nor one with sliding-window layers (their cells beyond the window are gone)
+        self.cuts_states = (
+            not self.recurrent
+            and not L.llama_model_is_hybrid(model)
+            and int(L.llama_model_n_swa(model)) == 0
+        )
         self._id_tag = self.info.identity.encode()[:16].ljust(16, b"\0")
         self._initial = LlamaState(0, owner=id(self))
         bos = int(L.llama_vocab_bos(self._vocab))
@@ -498,6 +532,38 @@ class LlamaBackend(Backend):
                 at += row
         self._seq_layout = _SeqLayout(data, start + 4, r_row, s_row, found["r"], found["s"])
         return self._seq_layout
+
+    def prefix_state(self, state: LlamaState, n: int) -> LlamaState:
+        """The state after the first `n` tokens of those that made `state` (`cuts_states`):
+        the cells of its first positions copied to a sequence of their own (shared cells, no
+        copy of the KV data). A state held only as bytes is loaded into a sequence first."""
+        self._check_state(state)
+        if not self.cuts_states:
+            return super().prefix_state(state, n)
+        with self._lock:
+            self._check_open()
+            if state.owner != id(self):
+                state = self._adopt(state)
+            keep = self._initial.n_past + n  # positions kept (after the BOS a model wants)
+            if n < 0 or keep > state.n_past:
+                raise ValueError(f"cannot cut a state of {state.n_past} positions to {keep}")
+            if keep == state.n_past:
+                return state
+            if n == 0:
+                return self._initial
+            self._collect()
+            src = self._slot_of(state)
+            if src is None:
+                if state.data is None:
+                    raise ModelError("This state was lost (its model was closed or reloaded).")
+                src = self._take_slot(None)
+                self._load_seq(src, state.data)
+                self._bind(state, src)
+            dst = self._take_slot({src})
+            L.llama_memory_seq_cp(self._mem, src, dst, 0, keep)
+            cut = LlamaState(keep, owner=id(self))
+            self._bind(cut, dst)
+            return cut
 
     def copy_state(self, state: LlamaState) -> LlamaState:
         """A detached copy, held as bytes (states never change, so this is for callers that

@@ -108,6 +108,7 @@ class OnModelThread:
             "state_to_bytes",
             "state_from_bytes",
             "state_with_wkv",
+            "prefix_state",
         )
     )
 

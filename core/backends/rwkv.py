@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from core.backends.base import Backend, BatchItemError, ModelInfo, check_wkv, file_identity
+from core.backends.memory import GIB, check_fits, pth_needs
 from core.backends.rwkv7_batch import Rwkv7Batch
 from core.backends.threads import resolve_threads
 from core.backends.tokenizer import WORLD_VOCAB_SIZE, world_tokenizer
@@ -178,6 +179,13 @@ class RwkvBackend(Backend):
         n_vocab, n_embd = (int(x) for x in sd["emb.weight"].shape)
         n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
         del sd
+        check_fits(
+            pth_needs(n_params, strategy),
+            f"{p.name} in '{strategy}'",
+            f"Convert it to GGUF q8_0 in Settings (about {n_params / GIB * 1.07:.1f} GB, read "
+            "from the file as it runs) and load that, choose a smaller model, or close other "
+            "programs.",
+        )
         if n_vocab != WORLD_VOCAB_SIZE:
             raise ModelError(
                 f"{p.name} has a vocabulary of {n_vocab} tokens; this app supports RWKV World "

@@ -212,6 +212,9 @@ class Engine:
         self.backend: Backend = OnModelThread(backend)  # type: ignore[assignment]
         self.info: ModelInfo = backend.info
         self.format: PromptFormat = backend.prompt_format() or RoleplayFormat()
+        # a transformer's KV cache: one checkpoint (a chat's tip) stands for all its prefixes
+        self._cuts = bool(backend.cuts_states)
+        self._per_token: int | None = None  # bytes a growing state takes a token
         self.cache = StateCache(
             self.backend.state_to_bytes,
             self.backend.state_from_bytes,
@@ -255,6 +258,46 @@ class Engine:
     def cache_stats(self) -> dict[str, Any]:
         self.settle()
         return self.cache.stats()
+
+    CAPACITY_TOKENS = 2000  # the chat length the capacity of growing checkpoints is told for
+
+    def cache_capacity(self) -> dict[str, Any]:
+        """What the disk budget means at this model's size (Settings): one checkpoint's bytes
+        (`grows`: a transformer's, at CAPACITY_TOKENS tokens, and `per_token`), about how many
+        chats keep their tip (reopened and continued at no cost: `chats`) and also the state
+        before their last reply (a regenerate at once, `chats_with_regen`), and how many
+        chats keep their tip now (`kept`)."""
+        stats = self.cache_stats()
+        budget = stats["disk_budget"]
+        logits = 4 * self.info.n_vocab + 200  # the logits and the file's header
+        if self._cuts:  # the tip holds its last reply's start: one file a chat
+            per_token = self._bytes_per_token()
+            size = per_token * self.CAPACITY_TOKENS + 2 * logits
+            chats = with_regen = budget // max(1, size)
+        else:
+            per_token = 0
+            size = self.cache.state_bytes(self._initial_checkpoint().state) + logits
+            chats, with_regen = budget // size, budget // (2 * size)
+        return {
+            "checkpoint_bytes": size,
+            "grows": self._cuts,
+            "per_token": per_token,
+            "chats": int(chats),
+            "chats_with_regen": int(with_regen),
+            "kept": stats.get("chats_kept", 0),
+        }
+
+    def _bytes_per_token(self) -> int:
+        """Bytes a growing state takes per token fed (a KV cache's row), measured once."""
+        if self._per_token is None:
+            st = self._initial_checkpoint().state
+            tok = self._tokens("a")[:1] or [0]
+            _, one = self._forward(tok, st)
+            _, two = self._forward(tok, one)
+            a = self.backend.state_nbytes(one) or 0
+            b = self.backend.state_nbytes(two) or 0
+            self._per_token = max(0, b - a)
+        return int(self._per_token)
 
     def clear_cache(self) -> None:
         self.settle()
@@ -378,6 +421,8 @@ class Engine:
             last_open = open_last and i == len(history) - 1
             if msg.before:
                 texts.append(fmt.note(msg.before, ctx))
+            if last_open and msg.note:  # a message being continued: its note, not stored
+                texts.append(fmt.note(msg.note, ctx))
             texts.append(fmt.header(msg, ctx))
             if last_open:
                 texts.append(fmt.open_body(msg.text, msg, ctx))
@@ -387,6 +432,8 @@ class Engine:
         if speaker is not None and not open_last:
             if speaker.before:
                 texts.append(fmt.note(speaker.before, ctx))
+            if speaker.note:  # this reply's alone: not in the transcript it is stored in
+                texts.append(fmt.note(speaker.note, ctx))
             texts.append(fmt.header(speaker, ctx))
         chunks: list[_Chunk] = []
         prev = self._root
@@ -522,14 +569,51 @@ class Engine:
         return self._initial
 
     def _restore(self, prompt: _Prompt, upto: int | None = None) -> tuple[Checkpoint, int]:
-        """The longest cached prefix among chunks[:upto]: (checkpoint, chunks covered)."""
+        """The longest cached prefix among chunks[:upto]: (checkpoint, chunks covered). Where
+        the back end cuts states, a prefix may also be cut from a checkpoint that holds it
+        (`StateCache.holder`: a chat's tip holds every earlier point of the chat)."""
         self.settle()
         end = len(prompt.chunks) if upto is None else upto
         for i in range(end - 1, -1, -1):
-            cp = self.cache.get(prompt.chunks[i].key)
+            key = prompt.chunks[i].key
+            cp = self.cache.get(key)
             if cp is not None:
                 return cp, i + 1
+            if self._cuts:
+                found = self.cache.holder(key, want_logits=i == end - 1)
+                if found is not None:
+                    try:
+                        return self._cut(prompt, i, *found, logits=i == end - 1), i + 1
+                    except ModelError:  # a state the back end refuses: forget it, go on
+                        self.cache.discard(found[2])
         return self._initial_checkpoint(prompt.start), 0
+
+    def _cut(
+        self, prompt: _Prompt, i: int, holder: Checkpoint, n: int, _key: str, logits: bool
+    ) -> Checkpoint:
+        """The checkpoint of chunks[:i + 1] (`n` tokens) cut from `holder`. With `logits` (the
+        prefix is the whole prompt: the reply samples from them) they come with the holder
+        (a chat's tip keeps those of its last reply's start), else the last token is fed
+        again to compute them: one decode step."""
+        if n == 0:
+            return self._initial_checkpoint(prompt.start)
+        known = holder.prefix_logits.get(prompt.chunks[i].key)
+        if not logits or known is not None:
+            state = self.backend.prefix_state(holder.state, n)
+            return Checkpoint(known if known is not None else np.zeros(0, np.float32), state, n)
+        last = next(c.tokens[-1] for c in reversed(prompt.chunks[: i + 1]) if c.tokens)
+        state = self.backend.prefix_state(holder.state, n - 1)
+        out, state = self._forward([last], state)
+        return Checkpoint(out, state, n)
+
+    def _lineage(self, prompt: _Prompt, i: int) -> list[tuple[str, int]]:
+        """The keys and token counts of chunks[:i]: the prefixes a checkpoint of chunks[:i + 1]
+        holds where the back end cuts states."""
+        out, n = [], 0
+        for c in prompt.chunks[:i]:
+            n += len(c.tokens)
+            out.append((c.key, n))
+        return out
 
     def _advance(
         self,
@@ -550,7 +634,8 @@ class Engine:
         cp, done = self._restore(prompt, end)
         fed = 0
         logits, state, n = cp.logits, cp.state, cp.n_tokens
-        keep = kept_checkpoints(prompt.boundaries, done, end)
+        # where states cut, the feed's end holds every prefix (`_lineage`): nothing else kept
+        keep = {end - 1} if self._cuts else kept_checkpoints(prompt.boundaries, done, end)
         last_boundary = max((b for b in prompt.boundaries if b < end), default=-1)
         try:
             pending: list[int] = []
@@ -575,6 +660,7 @@ class Engine:
                         prompt.chunks[i].key,
                         Checkpoint(logits, state, n),
                         disk=to_disk and i == last_boundary,
+                        lineage=self._lineage(prompt, i) if self._cuts else None,
                     )
                     unsaved = False
         except ModelError:
@@ -799,6 +885,7 @@ class Engine:
                     run.start,
                     run.fed,
                     run.state,
+                    [c.key for c in prompt.chunks],
                 )
                 self._durable()
             holder.append(res)
@@ -892,7 +979,9 @@ class Engine:
         return self._initial_checkpoint()
 
     def _raw_put(self, tokens: list[int], cp: Checkpoint) -> None:
-        self.cache.put(self._raw_key(tokens), cp, disk=True)
+        # (not to disk where states cut: each would be a whole KV cache, and after a restart
+        # the lengths above are forgotten anyway)
+        self.cache.put(self._raw_key(tokens), cp, disk=not self._cuts)
         with self._raw_lock:
             self._raw_lengths[len(tokens)] = None
             self._raw_lengths.move_to_end(len(tokens))
@@ -956,18 +1045,36 @@ class Engine:
         header_cp: Checkpoint,
         fed: list[int],
         state: State,
+        prompt_keys: list[str],
     ) -> None:
         """Checkpoint the transcript with the reply as it will be stored, so the next turn only
         feeds the user's message. Built from the stored text: the state after the sampled tokens
-        is reused only when they are exactly a prefix of the text's tokens."""
+        is reused only when they are exactly a prefix of the text's tokens.
+
+        The chat's new tip and the state the reply started from (`header_cp`, the last of
+        `prompt_keys`: a regenerate starts there) go to disk and are pinned (`pin_reply`):
+        they outlast plain checkpoints when the disk is over its budget."""
         msg = Message(speaker.role, text, speaker.name, speaker.before)
         base = history[:-1] if continued else history
         full = self._build(ctx, [*base, msg], None)
         body = full.chunks[-1]
+        ancestors = [c.key for c in full.chunks[:-1]] + prompt_keys[:-1]
         if continued:
             # the open body differs from the closed one: rebuild from the header's checkpoint
             self._advance(full)
+            self.cache.pin_reply(body.key, None, ancestors)
             return
+        if speaker.note:
+            # the reply was made after a note the transcript will not have: its checkpoint is
+            # fed from the last message before the note (header and body, after the reply
+            # has been shown), so the next turn feeds only its new message and the note
+            if not self._cuts:
+                self.cache.put(prompt_keys[-1], header_cp, disk=True)
+            self._advance(full)
+            self.cache.pin_reply(body.key, prompt_keys[-1], ancestors, keep_before=not self._cuts)
+            return
+        if not self._cuts:  # (where states cut, the tip holds it)
+            self.cache.put(prompt_keys[-1], header_cp, disk=True)
         logits, st, n = header_cp.logits, header_cp.state, header_cp.n_tokens
         rest = body.tokens
         if fed and body.tokens[: len(fed)] == fed:
@@ -978,8 +1085,15 @@ class Engine:
             n += len(rest)
         if logits is None:  # sampled tokens were the whole body (rare): no logits for it
             self._advance(full)
-            return
-        self.cache.put(body.key, Checkpoint(logits, st, n), disk=True)
+        else:
+            tip = Checkpoint(logits, st, n)
+            lineage = None
+            if self._cuts:  # the tip holds every prefix, and its reply's start with logits
+                lineage = self._lineage(full, len(full.chunks) - 1)
+                if any(k == prompt_keys[-1] for k, _ in lineage):
+                    tip.prefix_logits[prompt_keys[-1]] = header_cp.logits
+            self.cache.put(body.key, tip, disk=True, lineage=lineage)
+        self.cache.pin_reply(body.key, prompt_keys[-1], ancestors, keep_before=not self._cuts)
 
 
 def _prefix_keys(root: str, tokens: list[int]) -> list[str]:

@@ -24,6 +24,10 @@ class Message:
     # text fed just before this message's header (lorebook entries that fired for it, the
     # card's post-history instructions), evaluated once and stored with the message
     before: str = ""
+    # text fed after `before`, just before the header of the message being generated (or
+    # continued), and not kept with it: the next turn's transcript does not have it (an API
+    # client's note at a depth, moved next to the reply: core/api/mapping.py)
+    note: str = ""
 
     def __post_init__(self) -> None:
         self.name = _speaker(self.name, "")

@@ -848,3 +848,54 @@ def test_a_lone_surrogate_in_a_request_becomes_a_replacement_character(api: str)
     raw = b'{"prompt": "Once \\ud83d upon", "max_tokens": 2}'
     r = httpx.post(api + "/v1/completions", content=raw, timeout=WAIT_S)
     assert r.status_code == 200, r.text
+
+
+def test_an_authors_note_at_depth_4_costs_only_the_new_tokens_on_rwkv(api: str) -> None:
+    """SillyTavern's Author's Note at depth 4 (a system message 4 messages above the end: a
+    place that moves every turn). By default (`api_notes_at_reply` "auto", an RWKV model) the
+    server feeds it next to the reply and out of the chat's state, so the next turn feeds only
+    the new user message, the note and the reply's header; with the setting at "depth" (where
+    the client put it) the messages after the note's old place are fed again."""
+    url = api + "/v1/chat/completions"
+    note = "[Author's note: Rex is sleepy.]"
+
+    def with_note(history: list[dict[str, Any]]) -> dict[str, Any]:
+        at = len(history) - 4
+        return sillytavern_chat(
+            False, [*history[:at], {"role": "system", "content": note}, *history[at:]]
+        )
+
+    def turn(history: list[dict[str, Any]]) -> tuple[str, int]:
+        """The reply and the prompt tokens that were not cached."""
+        r = httpx.post(url, json=with_note(history), timeout=WAIT_S).json()
+        usage = r["usage"]
+        return (
+            r["choices"][0]["message"]["content"],
+            usage["prompt_tokens"] - usage["prompt_tokens_details"]["cached_tokens"],
+        )
+
+    def new_tokens(text: str) -> int:
+        eng = engine()
+        fmt, tok = eng.format, eng.backend.tokenize
+        ctx = map_messages(sillytavern_chat(False, [])).ctx
+        msg = Message("user", text)
+        parts = (fmt.header(msg, ctx), fmt.body(text, msg, ctx), fmt.note(note, ctx))
+        return sum(len(tok(t)) for t in (*parts, fmt.header(Message("char"), ctx)))
+
+    def said(who: str, text: str) -> dict[str, Any]:
+        name = {"user": "Bob", "assistant": "Rex"}[who]
+        return {"role": who, "name": name, "content": text}
+
+    chat = [said("user", "Hi Rex."), said("assistant", "Hi."), said("user", "Is it cold?")]
+    chat += [said("assistant", "Very."), said("user", "Shall we go out?")]
+    reply, _ = turn(chat)
+    chat += [said("assistant", reply), said("user", "Where to?")]
+    reply, fed = turn(chat)
+    assert fed == new_tokens("Where to?")
+
+    runtime.current().settings.set_api_notes("depth")
+    chat += [said("assistant", reply), said("user", "Now?")]
+    reply, _ = turn(chat)  # the note goes into the transcript here
+    chat += [said("assistant", reply), said("user", "Then go.")]
+    _, fed_depth = turn(chat)
+    assert fed_depth > new_tokens("Then go.")  # and the messages after its old place, again

@@ -253,6 +253,43 @@ def test_three_turn_chat_and_regenerate_through_the_engine(smol, tmp_path: Path)
     assert again.text.strip() and again.fed_tokens == 0
 
 
+def test_a_chats_disk_checkpoints_grow_with_its_length_not_its_square(smol, tmp_path: Path) -> None:
+    """A transformer's state is its whole KV cache. One checkpoint file per reply made the data
+    directory grow with the square of a chat's length (a new user's reached 688 MB after about
+    30 replies). Now a chat keeps one file, its tip, which holds every earlier point of it: the
+    directory stays at about one tip's size, and after a restart the next turn feeds only its
+    new message and a regenerate feeds nothing, its logits within the invariant's tolerance."""
+    from core.engine import Engine
+
+    states = tmp_path / "states"
+    engine = Engine(smol, cache_dir=states)
+    params = SamplingParams(temperature=0.7, top_p=0.8, max_tokens=40, seed=1)
+    history: list[Message] = []
+    totals, tips = [], []
+    for turn in range(12):
+        history.append(Message("user", f"Turn {turn}: tell me about another kind of bread."))
+        res = engine.reply(MIA, history, Message("char"), params).consume()
+        history.append(Message("char", res.text or "..."))
+        engine.flush()
+        sizes = [f.stat().st_size for f in states.glob("*.state")]
+        totals.append(sum(sizes))
+        tips.append(max(sizes))
+        assert totals[-1] == tips[-1], f"turn {turn}: {len(sizes)} checkpoint files"
+    assert tips[-1] > 3 * tips[0]  # the tip grows with the chat: a long one, not a short one
+
+    fresh = Engine(smol, cache_dir=states)  # a restart
+    regen = fresh.reply(MIA, history[:-1], Message("char"), params).consume()
+    assert regen.fed_tokens == 0
+    got, _ = fresh.state_for(MIA, history[:-1], Message("char"))
+    want, _ = fresh.reference_state(MIA, history[:-1], Message("char"))
+    assert np.abs(got - want).max() < 3.0  # the invariant's tolerance on this model
+    nxt = Message("user", "Bye!")
+    res = fresh.reply(MIA, [*history, nxt], Message("char"), params).consume()
+    fmt = fresh.format
+    new = [fmt.header(nxt, MIA), fmt.body(nxt.text, nxt, MIA), fmt.header(Message("char"), MIA)]
+    assert res.fed_tokens == sum(len(smol.tokenize(t)) for t in new)
+
+
 def test_a_real_gguf_cut_in_half_is_refused(smol, tmp_path: Path) -> None:
     path = embedded_model_path()
     assert path is not None

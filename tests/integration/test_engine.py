@@ -259,7 +259,12 @@ def test_a_long_prefill_keeps_a_bounded_number_of_checkpoints(rwkv7_backend) -> 
     eng = Engine(model)
     kept: list[str] = []
     real_put = eng.cache.put
-    eng.cache.put = lambda key, cp, disk=False: kept.append(key) or real_put(key, cp, disk)  # type: ignore[method-assign]
+
+    def put(key, cp, disk=False, **kw) -> None:
+        kept.append(key)
+        real_put(key, cp, disk, **kw)
+
+    eng.cache.put = put  # type: ignore[method-assign]
     history = _many(1000)
     eng.warm(CTX, history)
     assert 0 < len(kept) <= 16, len(kept)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.api_invariant import api_op, check_api_invariant
+from tests.support.api_invariant import api_op, check_api_invariant, note_op
 from tests.support.invariant import CHARACTERS, PROPERTY, SPEAKERS, check_invariant, op
 from tests.support.required import unavailable
 
@@ -33,6 +33,15 @@ def test_state_invariant_for_api_requests(rwkv7_backend, ops) -> None:
     """Chat completions of a client that resends the whole chat (through the API's mapping of
     messages) and raw completions of one that resends its transcript (core/api)."""
     check_api_invariant(rwkv7_backend, ops)
+
+
+@settings(PROPERTY, max_examples=15)
+@given(ops=st.lists(note_op, min_size=1, max_size=8))
+def test_state_invariant_for_api_requests_with_a_note_at_a_depth(rwkv7_backend, ops) -> None:
+    """SillyTavern's Author's Note at a depth, fed next to the reply (the setting
+    `api_notes_at_reply`): the invariant holds, and a turn feeds only its new message, the note
+    and the header, even when the note changes."""
+    check_api_invariant(rwkv7_backend, [("note", "be brief"), *ops], notes=True)
 
 
 # a checkpoint of the tiny model is ~0.33 MB (mostly its 65536 logits): 1 MB holds three

@@ -7,6 +7,11 @@ After every request, the state the next chat completion starts from gives the lo
 prompt fed from scratch, and after a reply the client kept as it came, it feeds exactly the new
 user message and the next reply's header (the reply's own checkpoint, rebuilt from its text).
 
+With `notes` (the API setting `api_notes_at_reply`), the client also sends a note at depth 2
+once a "note" op set one (SillyTavern's Author's Note), a place that moves every turn: the note
+is fed next to the reply and the turn still feeds only the new message, the note and the
+header.
+
 A raw completion must start from the state of its prompt's tokens fed from scratch: with
 greedy sampling its tokens equal those picked from the reference logits, and it feeds exactly
 the tokens after the longest prefix the engine checkpointed (the ends of earlier prompts, and
@@ -36,6 +41,14 @@ api_op = st.one_of(
     st.tuples(st.just("system"), st.sampled_from(WORDS)),
     st.tuples(st.just("raw"), st.sampled_from(WORDS), SEED),
 )
+# with notes at a depth: the note set or changed (a narrator line would be a note while recent)
+note_op = st.one_of(
+    st.tuples(st.just("say"), st.sampled_from(WORDS), SEED),
+    st.tuples(st.just("regen"), SEED),
+    st.tuples(st.just("prefill"), st.sampled_from(WORDS), SEED),
+    st.tuples(st.just("note"), st.sampled_from(WORDS)),
+)
+NOTE_DEPTH = 2
 
 # the leading block SillyTavern sends: the card as system messages, the example dialogue as
 # system messages named example_user / example_assistant
@@ -48,7 +61,9 @@ OPENING: list[dict[str, Any]] = [
 GREEDY = SamplingParams(temperature=0.0, presence_penalty=0.0, frequency_penalty=0.0, max_tokens=3)
 
 
-def check_api_invariant(backend: Any, ops: list[tuple], tol: float = 1e-4) -> None:
+def check_api_invariant(
+    backend: Any, ops: list[tuple], tol: float = 1e-4, notes: bool = False
+) -> None:
     counted = Counted(backend)
     cache_dir = Path(tempfile.mkdtemp(prefix="states-"))
     tok = backend.tokenize
@@ -60,9 +75,27 @@ def check_api_invariant(backend: Any, ops: list[tuple], tol: float = 1e-4) -> No
         stored: set[tuple[int, ...]] = set()  # raw token prefixes the engine checkpointed
         kept = False  # the last request was a reply the client kept as it came
         seen: set[str] = set()  # prompts whose state was checked (so cached) before
+        seen_history: set[str] = set()  # their transcripts before the note and the header
+
+        note = ""  # the note the client puts at NOTE_DEPTH ("" for none)
 
         def mapped(messages: list[dict[str, Any]]) -> ChatInput:
-            return map_messages({"messages": messages, "user_name": "Bob"})
+            """The request the client sends for its transcript `messages` (with its note at
+            its depth, never inside the opening), as the endpoint maps it."""
+            if note:
+                at = max(len(OPENING), len(messages) - NOTE_DEPTH)
+                messages = [*messages[:at], {"role": "system", "content": note}, *messages[at:]]
+            body = {"messages": messages, "user_name": "Bob"}
+            return map_messages(body, notes_at_reply=notes)
+
+        def fresh_tokens(m: ChatInput) -> int:
+            """What a turn after a kept reply feeds: the new message, the note, the header."""
+            new = m.history[-1]
+            texts = [fmt.header(new, m.ctx), fmt.body(new.text, new, m.ctx)]
+            if m.speaker.note:
+                texts.append(fmt.note(m.speaker.note, m.ctx))
+            texts.append(fmt.header(m.speaker, m.ctx))
+            return sum(len(tok(t)) for t in texts)
 
         def chat(seed: int) -> tuple[ChatInput, Any]:
             """One chat completion as the endpoint makes it."""
@@ -88,13 +121,7 @@ def check_api_invariant(backend: Any, ops: list[tuple], tol: float = 1e-4) -> No
                     msgs.append({"role": "assistant", "name": "小雪", "content": o[1]})
                 m, res = chat(o[-1])
                 if kind == "say" and was_kept:
-                    new = m.history[-1]
-                    fresh = [
-                        fmt.header(new, m.ctx),
-                        fmt.body(new.text, new, m.ctx),
-                        fmt.header(m.speaker, m.ctx),
-                    ]
-                    want = sum(len(tok(t)) for t in fresh)
+                    want = fresh_tokens(m)
                     assert res.fed_tokens == want, f"fed {res.fed_tokens}, not {want}: {msgs}"
                 if kind == "prefill":
                     base = normalize(o[1])  # the client appends what was added
@@ -106,6 +133,9 @@ def check_api_invariant(backend: Any, ops: list[tuple], tol: float = 1e-4) -> No
                     kept = True
             elif kind == "system":
                 msgs.append({"role": "system", "content": o[1]})
+            elif kind == "note":
+                note = o[1]  # not in the transcript: the next turn feeds the same, the new note
+                kept = was_kept
             elif kind == "raw":
                 prompt = raw + " " + o[1]
                 tokens = tok(prompt)
@@ -130,20 +160,22 @@ def check_api_invariant(backend: Any, ops: list[tuple], tol: float = 1e-4) -> No
             eng.settle()  # a reply's checkpoint is made after it ends: not this feed's tokens
             before = counted.fed
             cached, _ = eng.state_for(nxt.ctx, nxt.history, nxt.speaker)
-            if kept:  # after a kept reply: only the new message and the reply's header
-                new = nxt.history[-1]
-                fresh = [
-                    fmt.header(new, nxt.ctx),
-                    fmt.body(new.text, new, nxt.ctx),
-                    fmt.header(nxt.speaker, nxt.ctx),
-                ]
-                want = 0 if key in seen else sum(len(tok(t)) for t in fresh)  # seen: cached
+            # the transcript before the reply's note and header: checked before with another
+            # note, its state is cached up to the new message
+            before_note = "".join(c.text for c in eng._build(nxt.ctx, nxt.history, None).chunks)
+            if kept:  # after a kept reply: only the new message (its note) and the header
+                want = 0 if key in seen else fresh_tokens(nxt)  # seen: cached
+                if key not in seen and before_note in seen_history:
+                    head = [fmt.note(nxt.speaker.note, nxt.ctx)] if nxt.speaker.note else []
+                    head.append(fmt.header(nxt.speaker, nxt.ctx))
+                    want = sum(len(tok(t)) for t in head)
                 fed = counted.fed - before
                 assert fed == want, f"after {o}, the next state fed {fed}, not {want}: {msgs}"
             fresh_logits, _ = eng.reference_state(nxt.ctx, nxt.history, nxt.speaker)
             diff = float(np.abs(cached - fresh_logits).max())
             assert diff <= tol, f"after {o}: logits differ by {diff}: {msgs}"
             seen.add(key)
+            seen_history.add(before_note)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 

@@ -8,9 +8,11 @@ back end refuses (`Engine._advance` discards it and feeds again), still ends in 
 only the count grows. `Expected` keeps what the cache holds as documented (docs/ARCHITECTURE.md,
 "The state cache"): in memory the checkpoints a feed keeps (`kept_checkpoints`: after its last
 few messages, a few spread over the others, and at the prompt's end; after every message in a
-short feed), on disk the last message of a prefill and every reply; a restart keeps only the
-disk. A chat that starts from a character's state file has checkpoints of its own
-(`Chunks.start`).
+short feed), on disk the last message of a prefill, every reply and the state each reply started
+from; a restart keeps only the disk. Where the back end cuts states (a transformer's KV cache)
+a feed keeps only its end, which holds every prefix of it, and a reply's tip holds its start
+with the logits there. A chat that starts from a character's state file has checkpoints of its
+own (`Chunks.start`).
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ class Expected:
     tokenize: Callable[[str], list[int]]
     evicts: bool  # memory may have dropped some of `mem`
     state_files: bool = True  # the model has an RWKV state, which a state file sets
+    cuts: bool = False  # a checkpoint holds every prefix of it (Backend.cuts_states)
     mem: set[tuple[str, ...]] = field(default_factory=set)
     disk: set[tuple[str, ...]] = field(default_factory=set)
 
@@ -222,16 +225,32 @@ class Expected:
             assert starts, f"fed {tokens} tokens: not a suffix of the prompt's chunks {sizes}"
             first = first_disk = starts[0]
         ends = [i for i, (_, boundary) in enumerate(chunks) if boundary]
+        if self.cuts:  # the feed's end, holding every prefix; on disk when it ends a message
+            if first < len(chunks):
+                self.mem |= self._prefixes(chunks, len(chunks))
+                if to_disk and ends and ends[-1] == len(chunks) - 1:
+                    self.disk |= self._prefixes(chunks, len(chunks))
+            return
         for i in kept_checkpoints(ends, first, len(chunks)):
             self.mem.add(chunks.key(i + 1))
         if to_disk and ends and ends[-1] >= first_disk:
             self.disk.add(chunks.key(ends[-1] + 1))
 
-    def reply_kept(self, chunks: Chunks) -> None:
-        """A finished reply's checkpoint, rebuilt from its stored text: memory and disk."""
+    @staticmethod
+    def _prefixes(chunks: Chunks, k: int) -> set[tuple[str, ...]]:
+        return {chunks.key(j) for j in range(1, k + 1)}
+
+    def reply_kept(self, chunks: Chunks, start: Chunks | None = None) -> None:
+        """A finished reply's checkpoint, rebuilt from its stored text, and the state it
+        started from (the prompt `start`: a regenerate starts there): memory and disk."""
         key = chunks.key(len(chunks))
         self.mem.add(key)
         self.disk.add(key)
+        if self.cuts:
+            self.mem |= self._prefixes(chunks, len(chunks))
+            self.disk |= self._prefixes(chunks, len(chunks))
+        elif start is not None:
+            self.disk.add(start.key(len(start)))
 
 
 def check_invariant(
@@ -253,6 +272,7 @@ def check_invariant(
             backend.tokenize,
             evicts=mem_budget_mb is not None,
             state_files=backend.wkv_shape() is not None,
+            cuts=bool(backend.cuts_states),
         )
         ctx = CTX
         hist: list[Message] = [Message("char", "Welcome, {{user}}.")]
@@ -285,7 +305,7 @@ def check_invariant(
             if cont:  # the whole message is fed again from its closed form
                 want.fed(want.chunks(ctx, hist, None), None, to_disk=True)
             else:
-                want.reply_kept(want.chunks(ctx, hist, None))
+                want.reply_kept(want.chunks(ctx, hist, None), prompt)
 
         def versions(n: int, seed: int, keep: int) -> None:
             """Regenerate with n versions at once (one batch, one prompt feed); keep one."""
@@ -302,7 +322,7 @@ def check_invariant(
             kept = [r.text for r in results if r.text]
             for text in kept:  # every version's checkpoint was recorded
                 want.reply_kept(
-                    want.chunks(ctx, [*hist, Message(last.role, text, last.name)], None)
+                    want.chunks(ctx, [*hist, Message(last.role, text, last.name)], None), prompt
                 )
             hist.append(
                 Message(last.role, kept[keep % len(kept)] if kept else last.text, last.name)

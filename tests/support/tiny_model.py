@@ -25,9 +25,16 @@ def _lora_dim(width: int, factor: float, power: float) -> int:
 
 
 def make_state_dict(
-    version: int, layers: int, width: int, vocab: int = VOCAB, seed: int = 0
+    version: int,
+    layers: int,
+    width: int,
+    vocab: int = VOCAB,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, torch.Tensor]:
-    """Random weights for RWKV-`version` (4, 5, 6 or 7) with `layers` blocks of `width`."""
+    """Random weights for RWKV-`version` (4, 5, 6 or 7) with `layers` blocks of `width`, each
+    tensor made in `dtype` as it is drawn (a 2.9B shape in bf16 never holds all its weights in
+    float32 at once; float32, the default, is what the tests use)."""
     if version not in (4, 5, 6, 7):
         raise ValueError(f"version must be 4, 5, 6 or 7, not {version}")
     if version >= 5 and width % HEAD_SIZE:
@@ -37,10 +44,10 @@ def make_state_dict(
     H = C // HEAD_SIZE
 
     def rnd(*shape: int, std: float = 0.02) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen) * std
+        return (torch.randn(*shape, generator=gen) * std).to(dtype)
 
     def uni(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(*shape, generator=gen)
+        return (lo + (hi - lo) * torch.rand(*shape, generator=gen)).to(dtype)
 
     w: dict[str, torch.Tensor] = {"emb.weight": rnd(vocab, C, std=1e-2)}
 
@@ -134,7 +141,7 @@ def write_model(
     path = Path(path)
     sd = {
         k: v.to(dtype).contiguous()
-        for k, v in make_state_dict(version, layers, width, vocab, seed).items()
+        for k, v in make_state_dict(version, layers, width, vocab, seed, dtype).items()
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(sd, path)

@@ -3,6 +3,7 @@ gate, the state cache (conversion: test_settings_convert.py)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from tests.support.ui import (
 )
 
 PAGE = "pages/settings.py"
+CAPACITY = re.compile(
+    r"size \(([\d.]+) MB\), the disk budget keeps about (\d+) chats instantly resumable "
+    r"\((\d+) with"
+)
 
 
 def _load_other(at: Any, path: str) -> Any:
@@ -169,6 +174,22 @@ def test_state_cache_budget_and_clear(app_env: Path) -> None:
     check(at)
     s = store()
     assert s.get_setting("cache_mem_mb") == 128 and s.get_setting("cache_disk_mb") == 512
+    # what the budget means at this model's size (issue 27): the space used, and the chats
+    # the disk budget keeps instantly resumable at its checkpoint size
+    assert any(re.search(r"disk: \d+ states, [\d.]+ MB", t.value) for t in at.text)
+    said = [m for c in at.caption if (m := CAPACITY.search(c.value))]
+    assert len(said) == 1, [c.value for c in at.caption]
+    from core import runtime
+
+    eng = runtime.current().engine()
+    assert eng is not None
+    cap = eng.cache_capacity()
+    assert cap["chats"] == 512 * 2**20 // cap["checkpoint_bytes"]  # the budget just saved
+    assert said[0].groups() == (
+        f"{cap['checkpoint_bytes'] / 2**20:.1f}",
+        str(cap["chats"]),
+        str(cap["chats_with_regen"]),
+    )
     at.button(key="clear_cache").click().run()
     check(at)
     assert any("cleared" in x.value for x in at.success)

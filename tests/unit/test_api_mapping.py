@@ -345,3 +345,39 @@ def test_dry_fields_as_sillytavern_koboldcpp_and_llama_cpp_send_them() -> None:
     # not given: the preset's values stand
     on = parse_generation({}, PRESETS["roleplay"], VOCAB).params
     assert on.dry_multiplier == PRESETS["roleplay"].dry_multiplier > 0
+
+
+def _with_note(chat: list[dict], note: str, depth: int) -> list[dict]:
+    """`chat` (after an opening of one system message) with `note` at `depth`, as SillyTavern
+    injects its Author's Note."""
+    at = max(1, len(chat) - depth)
+    return [*chat[:at], {"role": "system", "content": note}, *chat[at:]]
+
+
+def test_a_note_at_a_depth_goes_next_to_the_reply_and_out_of_the_transcript() -> None:
+    """With notes at the reply (the API setting, on for RWKV by default), a system message
+    among the last messages is the speaker's note, not a narrator line of the transcript: one
+    turn later the transcript before the reply is the same, whatever depth the note was at."""
+    chat = [{"role": "system", "content": "A story."}, {"role": "assistant", "content": "Hi."}]
+    for i in range(4):
+        chat += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    chat.append({"role": "user", "content": "last"})
+    body = {"messages": _with_note(chat, "[Be terse.]", 4)}
+    on = map_messages(body, notes_at_reply=True)
+    assert on.speaker.note == "[Be terse.]" and on.speaker.role == "char"
+    assert all(m.role != "narrator" for m in on.history)
+    plain = map_messages({"messages": chat})
+    assert [(m.role, m.text) for m in on.history] == [(m.role, m.text) for m in plain.history]
+    off = map_messages(body)  # off: where the client put it, a narrator line
+    assert [m.role for m in off.history][-5] == "narrator" and not off.speaker.note
+    # a prefill: the note goes before the message continued, and out of its stored form
+    pre = map_messages(
+        {"messages": [*_with_note(chat, "[N]", 2), {"role": "assistant", "content": "Well"}]},
+        notes_at_reply=True,
+    )
+    assert pre.continue_last and pre.speaker.note == "[N]" and pre.speaker.text == "Well"
+    # a system message deeper than NOTE_MAX_DEPTH stays at its place
+    deep = map_messages({"messages": _with_note(chat, "[old]", 9)}, notes_at_reply=True)
+    assert deep.speaker.note == "[old]"
+    older = [*_with_note(chat, "[old]", 9), *[{"role": "user", "content": "x"}] * 4]
+    assert not map_messages({"messages": older}, notes_at_reply=True).speaker.note

@@ -33,6 +33,7 @@ class Engine:
     def __init__(self) -> None:
         self.raw_backend = Backend()
         self.budgets: list[tuple[float, float]] = []
+        self.last_speed = None  # as the engine's: no reply yet
 
     def set_cache_budget(self, mem_mb: float, disk_mb: float) -> None:
         self.budgets.append((mem_mb, disk_mb))
@@ -145,7 +146,7 @@ def test_threads_advice_warns_at_the_cpus_in_use_and_shows_the_last_speed(
     assert not cfg.threads_advice().crowded
     cfg.set_threads(4)
     assert cfg.threads_advice().crowded and cfg.threads_advice().count == 4
-    engine.last_speed = DecodeSpeed(14.4, 80, 4)  # type: ignore[attr-defined]
+    engine.last_speed = DecodeSpeed(14.4, 80, 4)  # type: ignore[assignment]
     assert cfg.threads_advice().speed == DecodeSpeed(14.4, 80, 4)
     # one CPU: one thread is all there is, nothing to warn about
     monkeypatch.setattr(threads, "usable_cpus", lambda: 1)
@@ -210,3 +211,17 @@ def test_measured_bandwidths_are_kept(cfg: AppSettings, store: MemoryStore) -> N
             cfg.set_memory_bandwidth(bad)  # type: ignore[arg-type]
     store.values["memory_bandwidth"] = "junk"
     assert cfg.memory_bandwidth() is None
+
+
+def test_notes_at_a_depth_go_next_to_the_reply_for_rwkv_by_default(cfg: AppSettings) -> None:
+    """The API setting `api_notes_at_reply` (core/api/mapping.py): "auto" moves them for RWKV
+    models only; "reply" and "depth" for every model; anything else is refused."""
+    assert cfg.api_notes() == "auto"
+    assert cfg.api_notes_at_reply("rwkv7") and not cfg.api_notes_at_reply("llama")
+    cfg.set_api_notes("depth")
+    assert not cfg.api_notes_at_reply("rwkv7")
+    cfg.set_api_notes("reply")
+    assert cfg.api_notes_at_reply("llama")
+    with pytest.raises(SettingError):
+        cfg.set_api_notes("sometimes")
+    assert cfg.api_notes() == "reply"
