@@ -282,7 +282,8 @@ class StateCache:
         if self.dir is None or self._pins is None:
             return
         path = self.dir / PINS_FILE
-        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
+        # unique across processes and machines: a shared folder (RP_STATE_DIR) has other writers
+        tmp = path.with_name(f"{PINS_FILE}.tmp-{os.getpid()}-{secrets.token_hex(6)}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
