@@ -44,6 +44,7 @@ def test_every_key_used_by_the_pages_exists() -> None:
             "seed",
         ],
         "backend_": ["auto", "rwkv", "llama"],
+        "api_notes_": ["auto", "reply", "depth"],
         "export_": ["png", "json", "markdown", "jsonl"],
         "chats_": ["keep", "delete"],
     }
