@@ -112,7 +112,9 @@ class Page:
         reply = wait_for(lambda: _new_ended_reply(store, conv_id, before), timeout=REPLY_S)
         assert reply is not None, f"no reply ended in chat {conv_id}"
         self.idle()
-        assert self.page.locator(".st-key-stop_gen").count() == 0
+        # the last run's leftovers leave the page once it has drawn that run (a moment after
+        # it ends, in the browser's own time): the Stop button must go, or this fails
+        self.page.wait_for_selector(".st-key-stop_gen", state="detached", timeout=60_000)
         return reply
 
     def mark(self, conv_id: int) -> None:
