@@ -65,7 +65,7 @@ _HEAD = struct.Struct("<4sQ32s")
 
 def rwkv7_state_bytes(layers: int, width: int) -> int:
     """Bytes of an RWKV-7 state in float32: per layer two token shifts of `width` values and
-    width/64 heads of 64 x 64 WKV values (DESIGN.md: 66 x width a layer)."""
+    width/64 heads of 64 x 64 WKV values: 66 x width values a layer."""
     return layers * 66 * width * 4
 
 

@@ -6,7 +6,7 @@ row), so its speed is about memory bandwidth / bytes read per token, times how m
 bandwidth the back end reaches:
 - llama.cpp (GGUF, on the CPU): 0.8 of the measured copy bandwidth. On the 2-core development
   machine an f16 RWKV-7 0.1B decoded at 90.7 tok/s, 282 MB a token = 25.6 GB/s, against a
-  numpy copy of 25 GB/s (DESIGN.md): about 1.0 on a quiet machine, 0.8 leaves room for load.
+  numpy copy of 25 GB/s measured there: about 1.0 on a quiet machine, 0.8 leaves room for load.
 - the rwkv package on the CPU (`cpu fp32`, a .pth widened to 32 bits, twice its size in RAM):
   0.45 (24.9 tok/s at 564 MB a token there).
 - the rwkv package on a GPU (`cuda fp16`): 0.5 of the GPU's measured copy bandwidth.
