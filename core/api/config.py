@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from core import runtime
 from core.api.errors import ApiError
 from core.auth import check_api_key
 from core.errors import AppError
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+    from core.engine.sampler import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +27,13 @@ class ApiConfig:
     listen_address: Callable[[], str | None] = lambda: "127.0.0.1"
     # the runtime (store and model) of this process
     runtime: Callable[[], runtime.Runtime] = field(default=runtime.current)
+
+    def ready(self) -> tuple[Engine, SamplingParams]:
+        """The loaded engine (loading it now if need be: Runtime.require_engine, the one readiness
+        rule of every front end) and the sampling a request starts from (the app's default preset,
+        as a new chat gets it; the request's fields override it). Blocking: call it in a thread."""
+        rt = self.runtime()
+        return rt.require_engine(), rt.chat.params(None)
 
     def key_required(self) -> bool:
         """A key is needed when a password is set or the server is reachable from elsewhere

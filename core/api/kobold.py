@@ -42,7 +42,6 @@ from core.chat.service import model_name
 
 if TYPE_CHECKING:
     from core.engine import Engine, Reply, ReplyResult
-    from core.engine.sampler import SamplingParams
 
 # what the version checks answer: a KoboldAI API recent enough for stop sequences, and a
 # KoboldCpp recent enough for streaming, token counts, min-p (SillyTavern's kai_flags)
@@ -63,11 +62,6 @@ def routes(config: ApiConfig) -> list[Route]:
         Route("/api/v1/config/max_context_length", api.max_context, methods=["GET"]),
         Route("/api/v1/config/max_length", api.max_length, methods=["GET"]),
     ]
-
-
-def _ready(config: ApiConfig) -> tuple[Engine, SamplingParams]:
-    rt = config.runtime()
-    return rt.require_engine(), rt.chat.params(None)
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -107,7 +101,7 @@ class KoboldApi:
         body = await read_json(request)
         refuse_unsupported(body, chat=False)  # grammars (an empty one passes)
         prompt = _prompt(body)
-        engine, base = await run_in_threadpool(_ready, self.config)
+        engine, base = await run_in_threadpool(self.config.ready)
         body = {k: v for k, v in body.items() if k not in ("n", "best_of")}  # one answer
         if body.get("max_length") is not None:  # the KoboldAI API's own field wins
             body["max_tokens"] = body["max_length"]

@@ -60,13 +60,6 @@ def routes(config: ApiConfig) -> list[Route]:
     ]
 
 
-def _ready(config: ApiConfig) -> tuple[Engine, SamplingParams]:
-    """The loaded engine (loaded now if need be) and the app's default sampling, as a new
-    chat gets it. Blocking: call it in a thread."""
-    rt = config.runtime()
-    return rt.require_engine(), rt.chat.params(None)
-
-
 def prompt_text(body: dict[str, Any], engine: Engine) -> str:
     """llama.cpp's `prompt`: a string, a list of token ids, or both mixed (one prompt), or such
     a prompt alone in a list; several prompts in one request are refused."""
@@ -186,7 +179,7 @@ class LlamaCppApi:
     async def completion(self, request: Request) -> Response:
         body = await read_json(request)
         refuse_unsupported(body, chat=False)  # n_probs, grammars, JSON schemas
-        engine, base = await run_in_threadpool(_ready, self.config)
+        engine, base = await run_in_threadpool(self.config.ready)
         body = await run_in_threadpool(llama_logit_bias, body, engine)
         prompt = await run_in_threadpool(prompt_text, body, engine)
         body = {k: v for k, v in body.items() if k not in ("n", "best_of")}  # one completion

@@ -42,7 +42,6 @@ from core.api.mapping import (
 )
 from core.api.stream import EventStream, ThreadedPieces, error_body, merge, until_disconnect
 from core.chat.service import model_name
-from core.engine.sampler import SamplingParams
 from core.errors import AppError, ModelError
 from core.prompt import normalize
 
@@ -90,13 +89,6 @@ def _model_entry(model_id: str, engine: Engine | None, created: int) -> dict[str
         "max_model_len": n,
         "max_context_length": n,
     }
-
-
-def _ready(rt: Runtime) -> tuple[Engine, SamplingParams]:
-    """The loaded engine (loading it now if need be: Runtime.require_engine, the one readiness
-    rule of every front end) and the sampling a request starts from (the app's default preset,
-    as a new chat gets it; the request's fields override it). Blocking: call it in a thread."""
-    return rt.require_engine(), rt.chat.params(None)
 
 
 def _notes_at_reply(rt: Runtime, engine: Engine) -> bool:
@@ -250,7 +242,7 @@ class OpenAIApi:
         if body.get("model") is not None and not isinstance(body.get("model"), str):
             raise ApiError(400, "`model` must be a string.", param="model", code="invalid_type")
         refuse_unsupported(body, chat)
-        engine, base = await run_in_threadpool(_ready, self.config.runtime())
+        engine, base = await run_in_threadpool(self.config.ready)
         return body, engine, base
 
     async def chat_completions(self, request: Request) -> Response:
