@@ -382,7 +382,7 @@ def test_html_in_messages_is_not_rendered(app_env: Path) -> None:
     at = open_app()
     conv_id = _start(at)
     at.radio(key="next_speaker").set_value("user").run()
-    _say(at, "<script>alert(1)</script><b>x</b> ![img](http://example.com/x.png) $x$")
+    _say(at, "<script>alert(1)</script><b>x</b> ![img](http://127.0.0.1:9/x.png) $x$")
     body = [t for t in chat_texts(at) if "alert" in t][0]
     # Streamlit shows raw HTML in markdown as text; images and math are escaped by the page
     assert "<script>alert(1)</script><b>x</b>" in body

@@ -49,7 +49,7 @@ CODE = [
     r"\brp-[\w-]+",  # an API key's first letters
     r"\$\w+",  # environment variables: $HF_ENDPOINT
     r"\b[\w.-]+/[\w./-]+",  # a model's repository and file: BlinkDL/rwkv7-g1, owner/name
-    r"\b[\w-]+\.(?:co|com|org|io)\b",  # domains: huggingface.co
+    r"\b[\w-]+\.(?:co|com|org|io)\b",  # a host's name, as the Hub's is shown
     r":\w+\[",  # Markdown's colour directives: :gray[...]
 ]
 _CODE = re.compile("|".join(CODE))
