@@ -362,6 +362,18 @@ class Ledger:
     messages: dict[int, Acked] = field(default_factory=dict)
     chats: set[int] = field(default_factory=set)
     acked_total: int = 0
+    gone: set[int] = field(default_factory=set)  # messages and chats the walk deleted
+    gone_chats: set[int] = field(default_factory=set)
+
+    def merge(self, late: list[dict[str, Any]]) -> None:
+        """Acknowledgements a slow client read while the walk went on: each, unless the walk
+        has since acknowledged something newer of that message, or deleted it or its chat."""
+        for m in late:
+            if m["id"] in self.messages or m["id"] in self.gone:
+                continue
+            if m["chat_id"] in self.gone_chats:
+                continue
+            self.ack(m)
 
     def ack(self, m: dict[str, Any] | None) -> None:
         if not isinstance(m, dict) or "id" not in m:
@@ -379,6 +391,7 @@ class Ledger:
 
     def forget_chat(self, chat: int) -> None:
         self.chats.discard(chat)
+        self.gone_chats.add(chat)
         for mid in [m for m, a in self.messages.items() if a.chat == chat]:
             del self.messages[mid]
 
@@ -499,7 +512,9 @@ class Chaos:
             restores=0,
             migration_kills=0,
             kills_before_migrated=0,
+            slow_clients=0,
         )
+        self.slow: tuple[threading.Thread, dict[str, Any]] | None = None
         self.ready_s = 5.0  # how long the last start took to answer (spawn to /api ready)
         self.groups: dict[int, list[str]] = {}  # group chats: their members' names
         self.violations: list[str] = []
@@ -685,6 +700,7 @@ class Chaos:
         status, out = self.api.call("DELETE", f"/api/messages/{m['id']}")
         if self.expect_ok("delete", status, out):
             self.ledger.messages.pop(m["id"], None)
+            self.ledger.gone.add(m["id"])
 
     def op_delete_chat(self, chat: int) -> None:
         if len(self.ledger.chats) < 3:
@@ -742,12 +758,48 @@ class Chaos:
             self.expect_ok("client gone", status, events[0] if events else None)
         self.counts["clients_gone"] += 1
 
+    def op_slow_client(self, chat: int) -> None:
+        """A streamed send read slowly, in a thread, while the walk goes on with the next
+        operations (on this chat too: its writes wait for the reply, NativeApi._settled). What
+        it read is acknowledged when it has ended (settle_slow), before any fault or check."""
+        self.settle_slow()
+        body = {"text": "tell me slowly", "stream": True, **self.params()}
+        body["max_tokens"] = self.rng.randint(8, 32)
+        pause = self.rng.uniform(0.05, 0.25)
+        api, path, box = self.api, f"/api/chats/{chat}/messages", {}
+
+        def read() -> None:
+            box["out"] = api.stream(path, body, on_event=lambda _i, _e: time.sleep(pause))
+
+        thread = threading.Thread(target=read, name="slow client", daemon=True)
+        thread.start()
+        self.slow = (thread, box)
+        self.counts["slow_clients"] += 1
+
+    def settle_slow(self) -> None:
+        if self.slow is None:
+            return
+        thread, box = self.slow
+        self.slow = None
+        thread.join()
+        status, events, done = box.get("out", (0, [], False))
+        late = []
+        for e in events:
+            if isinstance(e, dict):
+                late += [m for m in (e.get("user_message"), e.get("message")) if m]
+        self.ledger.merge(late)
+        if status != 200:
+            self.expect_ok("slow client", status, events[0] if events else None)
+        elif not done:
+            self.violations.append(f"op {self.counts['ops']}: a slow client's stream ended early")
+
     def op_export_import(self, chat: int) -> None:
         """Another process exports the chat and imports it as a new one; now and then it is
         killed meanwhile. An import is all or nothing: no chat may appear with part of it, and
         the chat that appears holds what the file holds. (The file, not the chat as read just
         before: a reply whose client went away may still be saving its end meanwhile; seed 305
         once saw that. What the chat itself must hold is check_acked's.)"""
+        self.settle_slow()
         status, info = self.api.call("GET", f"/api/chats/{chat}")
         if status != 200 or info.get("character_id") is None:
             return
@@ -889,6 +941,7 @@ class Chaos:
         closes its store first). The database it replaced is kept, holding everything
         acknowledged; the app then shows exactly the backup's chats, and the walk goes on from
         there (what came after the backup is, by the user's choice, no longer the chat)."""
+        self.settle_slow()
         backups = sorted(
             (p for p in (self.data / "backups").glob("app-*.db") if "before" not in p.name),
             key=lambda p: p.stat().st_mtime,
@@ -1093,6 +1146,7 @@ class Chaos:
 
     # --- checks
     def check(self, after_restart: bool = False, final: bool = False) -> None:
+        self.settle_slow()
         self.check_acked()
         self.check_integrity()
         self.check_cwd()
@@ -1249,7 +1303,7 @@ class Chaos:
             return
         r = self.rng.random()
         table: list[tuple[float, Any]] = [
-            (0.21, lambda: self.op_send(chat)),
+            (0.18, lambda: self.op_send(chat)),
             (0.10, lambda: self.op_redo(chat, "regenerate")),
             (0.07, lambda: self.op_redo(chat, "continue")),
             (0.08, lambda: self.op_reply(chat)),
@@ -1267,6 +1321,7 @@ class Chaos:
             (0.01, self.op_group),
             (0.01, self.op_backup),
             (0.005, self.op_restore),
+            (0.03, lambda: self.op_slow_client(chat)),
         ]
         for weight, fn in table:
             if r < weight:
@@ -1289,6 +1344,8 @@ class Chaos:
         try:
             for i in range(n):
                 self.counts["ops"] = i + 1
+                if i in corrupts | fulls | locks | kills:
+                    self.settle_slow()  # a slow client reads on between operations only
                 if i in corrupts:
                     self.fault_corrupt()
                 if i in fulls:
@@ -1331,6 +1388,7 @@ class Chaos:
             **{k: c[k] for k in ("cards", "lorebooks", "group_chats", "group_turns")},
             **{k: c[k] for k in ("backups", "backups_killed", "restores", "migration_kills")},
             "kills_before_migrated": c["kills_before_migrated"],
+            "slow_clients": c["slow_clients"],
             "clients_gone": c["clients_gone"],
             "streams_cut": c["streams_cut"],
             "violations": self.violations[:50],
