@@ -341,6 +341,12 @@ class RemoteEngine:
             body["logit_bias"] = {str(t): b for t, b in p.logit_bias}
         if stops:
             body["stop"] = stops[:MAX_STOPS]
+        if p.dry_multiplier > 0:  # in llama.cpp's names, which this app's own /v1 reads too
+            body["dry_multiplier"] = p.dry_multiplier
+            body["dry_base"] = p.dry_base
+            body["dry_allowed_length"] = p.dry_allowed_length
+            body["dry_penalty_last_n"] = p.dry_range or -1
+            body["dry_sequence_breakers"] = list(p.dry_sequence_breakers)
         return body
 
     def _open(self, body: dict[str, Any]) -> _Stream:

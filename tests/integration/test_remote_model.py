@@ -328,3 +328,30 @@ def test_the_text_sent_is_the_prompt_the_engine_feeds(rwkv7_backend) -> None:
     built = engine._build(CTX, history, None, open_last=True)
     texts = transcript_texts(engine.format, CTX, history, None, open_last=True)
     assert texts == [c.text for c in built.chunks]
+
+
+DRY = dict(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=3, dry_range=64)
+
+
+def test_dry_is_sent_as_this_apps_own_api_reads_it() -> None:
+    """DRY on: the request names it in llama.cpp's fields, and this app's own /v1 (a second
+    copy as the model server) reads back the same settings; DRY off: nothing is sent."""
+    from core.api.mapping import dry
+
+    remote = RemoteEngine("http://127.0.0.1:9/v1")
+    params = SamplingParams(**DRY, dry_sequence_breakers=("\n", "*"))
+    body = remote._body("Hi", params, [])
+    assert dry(body) == {**DRY, "dry_sequence_breakers": ("\n", "*")}
+    assert not [k for k in remote._body("Hi", SamplingParams(), []) if k.startswith("dry")]
+
+
+def test_llama_cpp_server_takes_a_reply_with_dry_on(llama_server: str, remote_rt) -> None:
+    """llama-cpp-python's server is sent the DRY fields too; the reply still comes."""
+    from dataclasses import replace
+
+    rt = remote_rt(llama_server)
+    conv = _chat(rt)
+    rt.chat.send(conv, "Hi Rex, what do you eat?")
+    turn = rt.chat.reply(conv, params=replace(PARAMS, **DRY)).consume()
+    assert turn.error is None and turn.message is not None and turn.message.text
+    assert turn.result is not None and turn.result.stop_reason in ("stop", "length")
