@@ -106,3 +106,25 @@ def test_a_partial_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(report, "run_all", lambda *a: pytest.fail("ran for a partial file"))
     with pytest.raises(SystemExit, match="partial"):
         report.add_to(path, ["cluster"], 10)
+
+
+def test_the_chaos_table_lists_each_long_finished_run_as_its_file_says(tmp_path: Path) -> None:
+    def run(name: str, **result: Any) -> None:
+        doc = {
+            "machine": {"cpu_model": "AMD EPYC", "usable_cpus": 2, "ram_gib": 23.5, "host": "vm"},
+            "versions": {"git_commit": "f590d3d0"},
+            "loadavg_after": [2.5],
+            "result": {"backend": "rwkv", "kills": 50, "lost_messages": 0, **result},
+        }
+        (tmp_path / name).write_text(json.dumps(doc))
+
+    common = {"invariant_violations": 0, "failed_starts": 0, "wall_s": 1500}
+    run("a.json", seed=501, ops=2000, finished=True, lost_messages=1, **common)
+    run("b.json", seed=502, ops=2000, finished=False, **common)  # cut off: not a run
+    run("c.json", seed=503, ops=150, finished=True, **common)  # a short one
+    table = report.table_chaos(tmp_path)
+    assert "| `a.json` | f590d3d | rwkv | 501 | 2,000 | 50 |" in table
+    assert "| 1 | 0 | 0 |" in table  # the lost message shows
+    assert "b.json" not in table and "c.json" not in table
+    assert "2 CPUs" in table
+    assert "No finished chaos run" in report.table_chaos(tmp_path / "none")
