@@ -170,6 +170,10 @@ class Expected:
     cuts: bool = False  # a checkpoint holds every prefix of it (Backend.cuts_states)
     mem: set[tuple[str, ...]] = field(default_factory=set)
     disk: set[tuple[str, ...]] = field(default_factory=set)
+    # where states cut: the prefixes whose logits a checkpoint keeps (a feed's end, a reply's
+    # start in its tip); a prompt held whole without them costs one decode step (Engine._cut)
+    logits: set[tuple[str, ...]] = field(default_factory=set)
+    logits_disk: set[tuple[str, ...]] = field(default_factory=set)
 
     def chunks(
         self, ctx: CharacterContext, hist: list[Message], speaker: Message | None, open_last=False
@@ -202,14 +206,26 @@ class Expected:
     def _resume(chunks: Chunks, known: set[tuple[str, ...]]) -> int:
         return next((k for k in range(len(chunks), 0, -1) if chunks.key(k) in known), 0)
 
-    def bounds(self, chunks: Chunks) -> tuple[int, int]:
+    def _need(self, chunks: Chunks, known: set[tuple[str, ...]], logits: set, step: bool) -> int:
+        k = self._resume(chunks, known)
+        if step and self.cuts and k == len(chunks) > 0 and chunks.key(k) not in logits:
+            return 1  # held whole inside a longer checkpoint: its last token fed again
+        return sum(self._sizes(chunks)[k:])
+
+    def bounds(self, chunks: Chunks, step: bool = True) -> tuple[int, int]:
         """Tokens the engine must feed for `chunks`: the fewest (every checkpoint it made is
-        still in memory) and the most (only the disk is left)."""
-        sizes = self._sizes(chunks)
+        still in memory) and the most (only the disk is left). `step`: counting the decode
+        step that gives the logits of a prompt held whole inside a longer checkpoint (the
+        back end's count; a reply's `fed_tokens` leaves it out)."""
         return (
-            sum(sizes[self._resume(chunks, self.mem | self.disk) :]),
-            sum(sizes[self._resume(chunks, self.disk) :]),
+            self._need(chunks, self.mem | self.disk, self.logits, step),
+            self._need(chunks, self.disk, self.logits_disk, step),
         )
+
+    def reopened(self) -> None:
+        """A new engine on the same folder: only the disk's checkpoints are left."""
+        self.mem.clear()
+        self.logits &= self.logits_disk
 
     def fed(self, chunks: Chunks, tokens: int | None, to_disk: bool) -> None:
         """Note the checkpoints the engine made feeding `chunks`, resuming where feeding `tokens`
@@ -220,6 +236,10 @@ class Expected:
             first = first_disk = self._resume(chunks, self.mem | self.disk)
             if self.evicts:
                 first = self._resume(chunks, self.disk)
+        elif (
+            self.cuts and tokens == 1 and self._resume(chunks, self.mem | self.disk) == len(chunks)
+        ):
+            first = first_disk = len(chunks)  # the one decode step of a prompt held whole
         else:
             starts = [k for k in range(len(sizes) + 1) if sum(sizes[k:]) == tokens]
             assert starts, f"fed {tokens} tokens: not a suffix of the prompt's chunks {sizes}"
@@ -228,8 +248,10 @@ class Expected:
         if self.cuts:  # the feed's end, holding every prefix; on disk when it ends a message
             if first < len(chunks):
                 self.mem |= self._prefixes(chunks, len(chunks))
+                self.logits.add(chunks.key(len(chunks)))
                 if to_disk and ends and ends[-1] == len(chunks) - 1:
                     self.disk |= self._prefixes(chunks, len(chunks))
+                    self.logits_disk.add(chunks.key(len(chunks)))
             return
         for i in kept_checkpoints(ends, first, len(chunks)):
             self.mem.add(chunks.key(i + 1))
@@ -249,6 +271,11 @@ class Expected:
         if self.cuts:
             self.mem |= self._prefixes(chunks, len(chunks))
             self.disk |= self._prefixes(chunks, len(chunks))
+            self.logits.add(key)
+            self.logits_disk.add(key)
+            if start is not None:  # the tip keeps the logits of its reply's start
+                self.logits.add(start.key(len(start)))
+                self.logits_disk.add(start.key(len(start)))
         elif start is not None:
             self.disk.add(start.key(len(start)))
 
@@ -289,7 +316,7 @@ def check_invariant(
 
         def reply(speaker: Message, seed: int, max_tokens=6, cancel_after=None, cont=False) -> None:
             prompt = want.chunks(ctx, hist, None if cont else speaker, open_last=cont)
-            bounds = want.bounds(prompt)
+            bounds = want.bounds(prompt, step=False)
             params = SamplingParams(temperature=1.0, top_p=0.9, seed=seed, max_tokens=max_tokens)
             cancel = threading.Event()
             r = eng.reply(ctx, hist, speaker, params, cancel=cancel, continue_last=cont)
@@ -314,7 +341,7 @@ def check_invariant(
             last = hist.pop()
             speaker = Message(last.role, "", last.name)
             prompt = want.chunks(ctx, hist, speaker)
-            bounds = want.bounds(prompt)
+            bounds = want.bounds(prompt, step=False)
             params = SamplingParams(temperature=1.0, top_p=0.9, seed=seed, max_tokens=6)
             results = consume_together(eng.reply_versions(ctx, hist, speaker, params, n))
             check_fed("the versions", sum(r.fed_tokens for r in results), bounds)
@@ -373,7 +400,7 @@ def check_invariant(
             elif kind == "reopen":
                 eng.flush()  # a restart after the writes (a crash before them only loses speed)
                 eng = Engine(counted, cache_dir=cache_dir, **budget)
-                want.mem.clear()
+                want.reopened()
             prompt = want.chunks(ctx, hist, Message("char"))
             bounds = want.bounds(prompt)
             eng.settle()  # a reply's checkpoint is made after it ends: not this feed's tokens
