@@ -48,3 +48,18 @@ def test_an_answer_clears_what_was_pending() -> None:
     ledger.ack(message("fresh", ["hello", "fresh"]))
     assert ledger.messages[25].pending == set()
     assert not ledger.messages[25].held_by(message("fresh and more", ["hello", "fresh and more"]))
+
+
+def test_a_check_before_a_restart_keeps_what_is_pending() -> None:
+    """Seed 602 (llama.cpp): the final check, before the clean stop, took a message's text as
+    acknowledged while a continue cut off was still saving its end; the text then grew. Only
+    after a restart can nothing of the old server still be going."""
+    ledger = Ledger()
+    ledger.ack(message("hello", ["hello"]))
+    ledger.unsure(25, "continue")
+    live = ledger.messages[25].seen("hello wor", settled=False)
+    assert live.held_by(message("hello world", ["hello world"]))
+    after_restart = ledger.messages[25].seen("hello wor", settled=True)
+    assert not after_restart.held_by(message("hello world", ["hello world"]))
+    plain = Acked(2, "hi").seen("hi", settled=False)  # nothing pending: exact from then on
+    assert plain.pending == set() and not plain.held_by(message("hi there", ["hi there"]))
