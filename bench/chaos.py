@@ -1032,6 +1032,7 @@ class Chaos:
 
     # --- faults
     def fault_kill(self) -> None:
+        self.settle_slow()  # also one started by fault_lock's operations just before
         chat = self.pick_chat()
         how = self.rng.random()
         if chat is not None and how < 0.6:  # during a streamed reply, regenerate or continue
