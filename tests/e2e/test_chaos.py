@@ -8,8 +8,8 @@ and the app must start every time.
 The seed is fixed (each back end its own) so that CI is the same run each time; it is printed,
 and RP_CHAOS_SEED=N replays another (RP_CHAOS_SEED=fresh draws one). Seeds that found a fault:
 305 (a regenerate cut off undid a later choice of version; fixed in core/api/native.py), and
-544013653 (the run's own check, wrong when a continue and a regenerate were both cut off on one
-message; tests/unit/test_chaos_checks.py). The tmpfs needs root: without it the test skips
+544013653 and 602 on llama.cpp (the run's own checks: README, "Chaos";
+tests/unit/test_chaos_checks.py). The tmpfs needs root: without it the test skips
 (fails under CI=true), saying so.
 """
 
